@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # Debian packages the integration tests drive for real (nginx, openssl, iproute2, curl).
 sysdeps:
 	@missing=""; \
-	for c in nginx:nginx openssl:openssl ip:iproute2 curl:curl ssh-keygen:openssh-client; do \
+	for c in nginx:nginx openssl:openssl ip:iproute2 curl:curl ssh-keygen:openssh-client podman:podman busybox:busybox-static; do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${c%%:*} ] || missing="$$missing $${c##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -1,0 +1,221 @@
+"""Node attestor `sshpop`: proof that the node holds an OpenSSH host key certified by a CA.
+
+The agent sends its host certificate (`ssh_host_*_key-cert.pub`) and hostname. The server
+accepts it only if it is a host (not user) certificate, signed by one of the configured CA
+keys, inside its validity window, and lists the hostname (with `canonical_domain` appended
+when set) among its principals. It then runs the same nonce challenge as x509pop
+(`attestors.node.pop`), answered with the host private key.
+
+Agent ID `spiffe://<td>/insignia/agent/sshpop/<fingerprint>`, the fingerprint being SPIRE's:
+unpadded URL-safe base64 of the SHA-256 of the certificate's wire form. Node selectors:
+`sshpop:principal:<name>` for each principal the CA signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import trio
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import ssh
+from pydantic import Field, model_validator
+
+from attestors.interface import (
+    AgentAttestation,
+    AttestationError,
+    Challenge,
+    NodeAttestorPlugin,
+    PluginConfig,
+    ServerEnvironment,
+    Step,
+    agent_id_path,
+)
+from attestors.node.messages import Message, decode, encode
+from attestors.node.pop import (
+    NodeKey,
+    NodePublicKey,
+    answer_challenge,
+    check_response,
+    new_challenge,
+)
+from insignia.selectors import InvalidSelector, Selector
+from insignia.spiffeid import SpiffeId, TrustDomain
+
+NAME: Final = "sshpop"
+
+
+class SshPopPayload(Message):
+    certificate: str = Field(max_length=16384)
+    hostname: str = Field(min_length=1, max_length=253)
+
+
+def fingerprint(cert: ssh.SSHCertificate) -> str:
+    wire = base64.b64decode(cert.public_bytes().split()[1])
+    return base64.urlsafe_b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
+
+
+def _raw(key: ssh.SSHPublicKeyTypes) -> bytes:
+    """A public key's OpenSSH encoding without the comment: how CA keys are compared."""
+    return b" ".join(ssh.serialize_ssh_public_key(key).split()[:2])
+
+
+def principal_selectors(cert: ssh.SSHCertificate) -> tuple[Selector, ...]:
+    selectors = []
+    for principal in cert.valid_principals:
+        try:
+            selectors.append(Selector(NAME, f"principal:{principal.decode()}"))
+        except (UnicodeDecodeError, InvalidSelector):
+            continue  # omitting a fact narrows what the node matches, never widens it
+    return tuple(selectors)
+
+
+# --- agent side -------------------------------------------------------------------------------
+
+
+class SshPopAgentConfig(PluginConfig):
+    host_key_path: Path = Path("/etc/ssh/ssh_host_rsa_key")
+    host_cert_path: Path = Path("/etc/ssh/ssh_host_rsa_key-cert.pub")
+    #: Defaults to the system hostname.
+    hostname: str | None = None
+
+
+def load_host_credentials(config: SshPopAgentConfig) -> tuple[bytes, NodeKey]:
+    """The certificate line and host key, checked to belong together (blocking)."""
+    try:
+        line = config.host_cert_path.read_bytes().strip()
+        cert = ssh.load_ssh_public_identity(line)
+        key = ssh.load_ssh_private_key(config.host_key_path.read_bytes(), None)
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        raise AttestationError(NAME, f"cannot load host certificate or key: {exc}") from exc
+    if not isinstance(cert, ssh.SSHCertificate):
+        raise AttestationError(NAME, f"{config.host_cert_path} is a plain key, not a certificate")
+    if not isinstance(key, NodeKey) or _raw(key.public_key()) != _raw(cert.public_key()):
+        raise AttestationError(
+            NAME, f"{config.host_key_path} is not the key of {config.host_cert_path}"
+        )
+    return line, key
+
+
+class SshPopAgent:
+    def __init__(self, config: SshPopAgentConfig, trust_domain: TrustDomain) -> None:
+        self._config = config
+        self._trust_domain = trust_domain
+        self._key: NodeKey | None = None
+
+    async def payload(self) -> bytes:
+        line, self._key = await trio.to_thread.run_sync(load_host_credentials, self._config)
+        hostname = self._config.hostname or socket.gethostname()
+        return encode(SshPopPayload(certificate=line.decode(), hostname=hostname))
+
+    async def answer(self, challenge: bytes) -> bytes:
+        if self._key is None:
+            raise AttestationError(NAME, "challenge received before the payload was sent")
+        return answer_challenge(NAME, self._key, challenge, self._trust_domain.name)
+
+
+# --- server side ------------------------------------------------------------------------------
+
+
+class SshPopServerConfig(PluginConfig):
+    """CA public keys in authorized_keys format, inline and/or from a file (the union)."""
+
+    cert_authorities: tuple[str, ...] = ()
+    cert_authorities_path: Path | None = None
+    canonical_domain: str | None = None
+
+    @model_validator(mode="after")
+    def _some_authority(self) -> SshPopServerConfig:
+        if not self.cert_authorities and self.cert_authorities_path is None:
+            raise ValueError("set cert_authorities or cert_authorities_path")
+        return self
+
+
+def load_authorities(config: SshPopServerConfig) -> frozenset[bytes]:
+    lines = list(config.cert_authorities)
+    if config.cert_authorities_path is not None:
+        text = config.cert_authorities_path.read_text()
+        lines += [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    try:
+        return frozenset(_raw(ssh.load_ssh_public_key(ln.encode())) for ln in lines)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"cannot parse an SSH CA key: {exc}") from exc
+
+
+def verify_host_certificate(
+    payload: SshPopPayload, authorities: frozenset[bytes], domain: str | None, now: datetime
+) -> ssh.SSHCertificate:
+    try:
+        cert = ssh.load_ssh_public_identity(payload.certificate.encode())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise AttestationError(NAME, f"not an OpenSSH certificate: {exc}") from exc
+    if not isinstance(cert, ssh.SSHCertificate):
+        raise AttestationError(NAME, "a plain public key, not a certificate")
+    if cert.type is not ssh.SSHCertificateType.HOST:
+        raise AttestationError(NAME, "a user certificate, not a host certificate")
+    if _raw(cert.signature_key()) not in authorities:
+        raise AttestationError(NAME, "certificate is not signed by a trusted CA")
+    try:
+        cert.verify_cert_signature()
+    except Exception as exc:  # InvalidSignature or a malformed signature blob
+        raise AttestationError(NAME, "certificate signature does not verify") from exc
+    if not cert.valid_after <= now.timestamp() < cert.valid_before:
+        raise AttestationError(NAME, "certificate is outside its validity period")
+    principal = f"{payload.hostname}.{domain}" if domain else payload.hostname
+    if principal.encode() not in cert.valid_principals:
+        raise AttestationError(NAME, f"{principal!r} is not a principal of the certificate")
+    return cert
+
+
+class SshPopSession:
+    def __init__(self, server: SshPopServer) -> None:
+        self._server = server
+        self._begun = False
+        self._nonce: bytes | None = None
+        self._cert: ssh.SSHCertificate | None = None
+
+    async def begin(self, payload: bytes) -> Step:
+        if self._begun:
+            raise AttestationError(NAME, "session already used")
+        self._begun = True
+        env = self._server.env
+        message = decode(NAME, payload, SshPopPayload)
+        self._cert = verify_host_certificate(
+            message, self._server.authorities, self._server.domain, env.clock()
+        )
+        self._nonce, challenge = new_challenge(env.trust_domain.name)
+        return Challenge(challenge)
+
+    async def answer(self, response: bytes) -> Step:
+        nonce, self._nonce = self._nonce, None  # single use, whatever happens next
+        if nonce is None or self._cert is None:
+            raise AttestationError(NAME, "no challenge outstanding")
+        key = self._cert.public_key()
+        if not isinstance(key, NodePublicKey):
+            raise AttestationError(NAME, f"host key is {type(key).__name__}; not supported")
+        td = self._server.env.trust_domain
+        check_response(NAME, key, nonce, td.name, response)
+        agent_id = SpiffeId.from_segments(td, *agent_id_path(NAME, fingerprint(self._cert)))
+        return AgentAttestation(agent_id, principal_selectors(self._cert), can_reattest=True)
+
+
+class SshPopServer:
+    def __init__(self, config: SshPopServerConfig, env: ServerEnvironment) -> None:
+        self.authorities = load_authorities(config)
+        self.domain = config.canonical_domain
+        self.env = env
+
+    def session(self) -> SshPopSession:
+        return SshPopSession(self)
+
+
+PLUGIN: Final = NodeAttestorPlugin(
+    agent_config=SshPopAgentConfig,
+    server_config=SshPopServerConfig,
+    create_agent=SshPopAgent,
+    create_server=SshPopServer,
+)

@@ -1,0 +1,267 @@
+"""Node attestor `x509pop`: proof that the node holds the key of a certificate from a known CA.
+
+Exchange (each message JSON, see `attestors.node.messages`):
+
+1. agent -> server: the node certificate chain (leaf first, DER, base64).
+2. server: verifies the chain to one of its configured CAs at the current time (expiry of
+   every certificate checked), requires the leaf's KeyUsage to have digitalSignature and the
+   leaf not to be a CA, then sends a fresh 32-byte random nonce and its trust domain.
+3. agent: refuses a challenge for another trust domain (a relay from a foreign server), and
+   signs it with the node key (EC, RSA or Ed25519; see `attestors.node.pop`).
+4. server: verifies the signature with the leaf's public key. The nonce is forgotten before
+   verification, so each challenge is answerable once.
+
+Agent ID `spiffe://<td>/insignia/agent/x509pop/<sha1 hex of leaf DER>` (SPIRE's form); node
+selectors `subject:cn`, `ca:fingerprint` (every CA on the verified chain, as SPIRE),
+`serialnumber` and `san:dns`. Holding the key again later proves the same identity, so the
+agent may re-attest.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Final
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+from pydantic import Field
+
+from attestors.interface import (
+    AgentAttestation,
+    AttestationError,
+    Challenge,
+    NodeAttestorPlugin,
+    PluginConfig,
+    ServerEnvironment,
+    Step,
+    agent_id_path,
+)
+from attestors.node.messages import Message, b64decode, b64encode, decode, encode
+from attestors.node.pop import (
+    NodeKey,
+    NodePublicKey,
+    answer_challenge,
+    check_response,
+    new_challenge,
+)
+from insignia.selectors import Selector
+from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.x509ca import is_ca
+
+NAME: Final = "x509pop"
+MAX_CHAIN: Final = 8
+
+
+class X509PopPayload(Message):
+    certificates: Annotated[list[str], Field(min_length=1, max_length=MAX_CHAIN)]
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-1 of the DER: SPIRE's x509pop naming (an identifier, not a security boundary)."""
+    return cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303
+
+
+# --- agent side -------------------------------------------------------------------------------
+
+
+class X509PopAgentConfig(PluginConfig):
+    private_key_path: Path
+    #: PEM: the node certificate first, then any intermediates.
+    certificate_path: Path
+    intermediates_path: Path | None = None
+
+
+def load_node_credentials(config: X509PopAgentConfig) -> tuple[list[x509.Certificate], NodeKey]:
+    """The chain and key from disk, checked to belong together (blocking: run in a thread)."""
+    try:
+        chain = x509.load_pem_x509_certificates(config.certificate_path.read_bytes())
+        if config.intermediates_path is not None:
+            chain += x509.load_pem_x509_certificates(config.intermediates_path.read_bytes())
+        key = serialization.load_pem_private_key(config.private_key_path.read_bytes(), None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise AttestationError(NAME, f"cannot load node certificate or key: {exc}") from exc
+    if not isinstance(key, NodeKey):
+        raise AttestationError(NAME, f"node key is {type(key).__name__}; not supported")
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != chain[0].public_key().public_bytes(der, spki):
+        raise AttestationError(
+            NAME, f"{config.private_key_path} is not the key of {config.certificate_path}"
+        )
+    return chain, key
+
+
+class X509PopAgent:
+    def __init__(self, config: X509PopAgentConfig, trust_domain: TrustDomain) -> None:
+        self._config = config
+        self._trust_domain = trust_domain
+        self._key: NodeKey | None = None
+
+    async def payload(self) -> bytes:
+        chain, self._key = await trio.to_thread.run_sync(load_node_credentials, self._config)
+        der = serialization.Encoding.DER
+        return encode(X509PopPayload(certificates=[b64encode(c.public_bytes(der)) for c in chain]))
+
+    async def answer(self, challenge: bytes) -> bytes:
+        if self._key is None:
+            raise AttestationError(NAME, "challenge received before the payload was sent")
+        return answer_challenge(NAME, self._key, challenge, self._trust_domain.name)
+
+
+# --- server side ------------------------------------------------------------------------------
+
+
+class X509PopServerConfig(PluginConfig):
+    #: PEM files of the CAs that issue node certificates.
+    ca_bundle_paths: Annotated[tuple[Path, ...], Field(min_length=1)]
+
+
+def load_ca_bundle(paths: tuple[Path, ...]) -> list[x509.Certificate]:
+    cas: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot load CA bundle {path}: {exc}") from exc
+        for cert in certs:
+            if not is_ca(cert):
+                raise ValueError(
+                    f"{path}: {cert.subject.rfc4514_string()!r} is not a CA (BasicConstraints)"
+                )
+        cas += certs
+    return cas
+
+
+def _require_ca(policy: object, cert: x509.Certificate, ext: x509.BasicConstraints) -> None:
+    if not ext.ca:
+        raise ValueError("issuer is not a CA")
+
+
+def _ca_key_usage(policy: object, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
+    if ext is not None and not ext.key_cert_sign:
+        raise ValueError("issuer KeyUsage lacks keyCertSign")
+
+
+def _leaf_key_usage(policy: object, cert: x509.Certificate, ext: x509.KeyUsage) -> None:
+    if not ext.digital_signature:
+        raise ValueError("node certificate KeyUsage lacks digitalSignature")
+
+
+def _leaf_not_ca(policy: object, cert: x509.Certificate, ext: x509.BasicConstraints | None) -> None:
+    if ext is not None and ext.ca:
+        raise ValueError("node certificate is a CA")
+
+
+# CA policy looser than WebPKI's on purpose: node CAs made with `openssl req -x509` carry no
+# KeyUsage; when they do, it must allow certificate signing.
+_CA_POLICY: Final = (
+    ExtensionPolicy.permit_all()
+    .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _require_ca)
+    .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _ca_key_usage)
+)
+_LEAF_POLICY: Final = (
+    ExtensionPolicy.permit_all()
+    .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _leaf_key_usage)
+    .may_be_present(x509.BasicConstraints, Criticality.AGNOSTIC, _leaf_not_ca)
+)
+
+
+def verify_node_chain(
+    chain: list[x509.Certificate], store: Store, now: datetime
+) -> list[x509.Certificate]:
+    """The verified path leaf -> trusted CA, or AttestationError saying why there is none."""
+    verifier = (
+        PolicyBuilder()
+        .store(store)
+        .time(now)
+        .max_chain_depth(MAX_CHAIN)
+        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_LEAF_POLICY)
+        .build_client_verifier()
+    )
+    try:
+        return verifier.verify(chain[0], chain[1:]).chain
+    except VerificationError as exc:
+        raise AttestationError(NAME, f"node certificate not trusted: {exc}") from exc
+
+
+def node_selectors(path: list[x509.Certificate]) -> tuple[Selector, ...]:
+    leaf = path[0]
+    values = [
+        f"subject:cn:{attr.value!s}"
+        for attr in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+    values += [f"ca:fingerprint:{fingerprint(ca)}" for ca in path[1:]]
+    serial = format(leaf.serial_number, "x")
+    values.append(f"serialnumber:{serial.zfill(len(serial) + len(serial) % 2)}")
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        values += [f"san:dns:{name}" for name in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        pass
+    return tuple(dict.fromkeys(Selector(NAME, v) for v in values))
+
+
+class X509PopSession:
+    def __init__(self, store: Store, env: ServerEnvironment) -> None:
+        self._store = store
+        self._env = env
+        self._begun = False
+        self._nonce: bytes | None = None
+        self._path: list[x509.Certificate] = []
+
+    async def begin(self, payload: bytes) -> Step:
+        if self._begun:
+            raise AttestationError(NAME, "session already used")
+        self._begun = True
+        encoded = decode(NAME, payload, X509PopPayload).certificates
+        try:
+            chain = [
+                x509.load_der_x509_certificate(b64decode(NAME, "certificate", c)) for c in encoded
+            ]
+        except ValueError as exc:
+            raise AttestationError(NAME, f"certificate is not DER X.509: {exc}") from exc
+        self._path = verify_node_chain(chain, self._store, self._env.clock())
+        self._nonce, challenge = new_challenge(self._env.trust_domain.name)
+        return Challenge(challenge)
+
+    async def answer(self, response: bytes) -> Step:
+        nonce, self._nonce = self._nonce, None  # single use, whatever happens next
+        if nonce is None:
+            raise AttestationError(NAME, "no challenge outstanding")
+        leaf = self._path[0]
+        key = leaf.public_key()
+        if not isinstance(key, NodePublicKey):
+            raise AttestationError(NAME, f"node key is {type(key).__name__}; not supported")
+        check_response(NAME, key, nonce, self._env.trust_domain.name, response)
+        if self._env.clock() > leaf.not_valid_after_utc:
+            raise AttestationError(NAME, "node certificate expired during attestation")
+        td = self._env.trust_domain
+        agent_id = SpiffeId.from_segments(td, *agent_id_path(NAME, fingerprint(leaf)))
+        return AgentAttestation(agent_id, node_selectors(self._path), can_reattest=True)
+
+
+class X509PopServer:
+    def __init__(self, config: X509PopServerConfig, env: ServerEnvironment) -> None:
+        self._store = Store(load_ca_bundle(config.ca_bundle_paths))
+        self._env = env
+
+    def session(self) -> X509PopSession:
+        return X509PopSession(self._store, self._env)
+
+
+PLUGIN: Final = NodeAttestorPlugin(
+    agent_config=X509PopAgentConfig,
+    server_config=X509PopServerConfig,
+    create_agent=X509PopAgent,
+    create_server=X509PopServer,
+)

@@ -1,0 +1,152 @@
+"""The SPIFFE Workload API on the wire: exact service path, handlers and client calls.
+
+Our messages live in the proto package ``insignia.workload`` so they can share a process
+with py-spiffe's package-less copy (design.md §1). The generated stubs would therefore
+serve ``/insignia.workload.SpiffeWorkloadAPI/...``; the public API is
+``/SpiffeWorkloadAPI/...``. This module registers and calls the public paths; never use the
+generated ``add_SpiffeWorkloadAPIServicer_to_server`` or ``SpiffeWorkloadAPIStub``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+from insignia_proto import workload_pb2 as pb
+
+WORKLOAD_SERVICE = "SpiffeWorkloadAPI"
+FETCH_X509_SVID = f"/{WORKLOAD_SERVICE}/FetchX509SVID"
+FETCH_X509_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchX509Bundles"
+FETCH_JWT_SVID = f"/{WORKLOAD_SERVICE}/FetchJWTSVID"
+FETCH_JWT_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchJWTBundles"
+VALIDATE_JWT_SVID = f"/{WORKLOAD_SERVICE}/ValidateJWTSVID"
+
+# Every Workload API call carries this metadata; it proves the caller meant to reach a
+# local Workload API (not a browser or proxy replaying a request), so servers require it.
+SECURITY_HEADER_KEY = "workload.spiffe.io"
+SECURITY_HEADER: tuple[tuple[str, str]] = ((SECURITY_HEADER_KEY, "true"),)
+
+
+class WorkloadApiServicer(Protocol):
+    """The five Workload API methods as grpc.aio handlers (PascalCase, as the RPC names)."""
+
+    def FetchX509SVID(
+        self,
+        request: pb.X509SVIDRequest,
+        context: grpc.aio.ServicerContext[pb.X509SVIDRequest, pb.X509SVIDResponse],
+    ) -> AsyncIterator[pb.X509SVIDResponse]: ...
+
+    def FetchX509Bundles(
+        self,
+        request: pb.X509BundlesRequest,
+        context: grpc.aio.ServicerContext[pb.X509BundlesRequest, pb.X509BundlesResponse],
+    ) -> AsyncIterator[pb.X509BundlesResponse]: ...
+
+    async def FetchJWTSVID(
+        self,
+        request: pb.JWTSVIDRequest,
+        context: grpc.aio.ServicerContext[pb.JWTSVIDRequest, pb.JWTSVIDResponse],
+    ) -> pb.JWTSVIDResponse: ...
+
+    def FetchJWTBundles(
+        self,
+        request: pb.JWTBundlesRequest,
+        context: grpc.aio.ServicerContext[pb.JWTBundlesRequest, pb.JWTBundlesResponse],
+    ) -> AsyncIterator[pb.JWTBundlesResponse]: ...
+
+    async def ValidateJWTSVID(
+        self,
+        request: pb.ValidateJWTSVIDRequest,
+        context: grpc.aio.ServicerContext[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse],
+    ) -> pb.ValidateJWTSVIDResponse: ...
+
+
+def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """A handler serving ``servicer`` under the exact public service name ``SpiffeWorkloadAPI``.
+
+    Pass it to ``grpc.aio.Server.add_generic_rpc_handlers([...])``.
+    """
+    stream = grpc.unary_stream_rpc_method_handler
+    unary = grpc.unary_unary_rpc_method_handler
+    methods = {
+        "FetchX509SVID": stream(
+            servicer.FetchX509SVID,
+            request_deserializer=pb.X509SVIDRequest.FromString,
+            response_serializer=pb.X509SVIDResponse.SerializeToString,
+        ),
+        "FetchX509Bundles": stream(
+            servicer.FetchX509Bundles,
+            request_deserializer=pb.X509BundlesRequest.FromString,
+            response_serializer=pb.X509BundlesResponse.SerializeToString,
+        ),
+        "FetchJWTSVID": unary(
+            servicer.FetchJWTSVID,
+            request_deserializer=pb.JWTSVIDRequest.FromString,
+            response_serializer=pb.JWTSVIDResponse.SerializeToString,
+        ),
+        "FetchJWTBundles": stream(
+            servicer.FetchJWTBundles,
+            request_deserializer=pb.JWTBundlesRequest.FromString,
+            response_serializer=pb.JWTBundlesResponse.SerializeToString,
+        ),
+        "ValidateJWTSVID": unary(
+            servicer.ValidateJWTSVID,
+            request_deserializer=pb.ValidateJWTSVIDRequest.FromString,
+            response_serializer=pb.ValidateJWTSVIDResponse.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(WORKLOAD_SERVICE, methods)
+
+
+class WorkloadApiStub:
+    """Client calls on a grpc.aio channel, at the public paths.
+
+    Callers add ``metadata=SECURITY_HEADER`` to every call; the server rejects calls without it.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        ser = _serializer
+        self.FetchX509SVID: grpc.aio.UnaryStreamMultiCallable[
+            pb.X509SVIDRequest, pb.X509SVIDResponse
+        ] = channel.unary_stream(FETCH_X509_SVID, ser, pb.X509SVIDResponse.FromString)
+        self.FetchX509Bundles: grpc.aio.UnaryStreamMultiCallable[
+            pb.X509BundlesRequest, pb.X509BundlesResponse
+        ] = channel.unary_stream(FETCH_X509_BUNDLES, ser, pb.X509BundlesResponse.FromString)
+        self.FetchJWTSVID: grpc.aio.UnaryUnaryMultiCallable[
+            pb.JWTSVIDRequest, pb.JWTSVIDResponse
+        ] = channel.unary_unary(FETCH_JWT_SVID, ser, pb.JWTSVIDResponse.FromString)
+        self.FetchJWTBundles: grpc.aio.UnaryStreamMultiCallable[
+            pb.JWTBundlesRequest, pb.JWTBundlesResponse
+        ] = channel.unary_stream(FETCH_JWT_BUNDLES, ser, pb.JWTBundlesResponse.FromString)
+        self.ValidateJWTSVID: grpc.aio.UnaryUnaryMultiCallable[
+            pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse
+        ] = channel.unary_unary(VALIDATE_JWT_SVID, ser, pb.ValidateJWTSVIDResponse.FromString)
+
+
+class WorkloadApiSyncStub:
+    """The same calls on a blocking ``grpc.Channel`` (for threads and simple tools)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        ser = _serializer
+        self.FetchX509SVID: grpc.UnaryStreamMultiCallable[
+            pb.X509SVIDRequest, pb.X509SVIDResponse
+        ] = channel.unary_stream(FETCH_X509_SVID, ser, pb.X509SVIDResponse.FromString)
+        self.FetchX509Bundles: grpc.UnaryStreamMultiCallable[
+            pb.X509BundlesRequest, pb.X509BundlesResponse
+        ] = channel.unary_stream(FETCH_X509_BUNDLES, ser, pb.X509BundlesResponse.FromString)
+        self.FetchJWTSVID: grpc.UnaryUnaryMultiCallable[pb.JWTSVIDRequest, pb.JWTSVIDResponse] = (
+            channel.unary_unary(FETCH_JWT_SVID, ser, pb.JWTSVIDResponse.FromString)
+        )
+        self.FetchJWTBundles: grpc.UnaryStreamMultiCallable[
+            pb.JWTBundlesRequest, pb.JWTBundlesResponse
+        ] = channel.unary_stream(FETCH_JWT_BUNDLES, ser, pb.JWTBundlesResponse.FromString)
+        self.ValidateJWTSVID: grpc.UnaryUnaryMultiCallable[
+            pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse
+        ] = channel.unary_unary(VALIDATE_JWT_SVID, ser, pb.ValidateJWTSVIDResponse.FromString)
+
+
+def _serializer(message: Message) -> bytes:
+    return message.SerializeToString()
