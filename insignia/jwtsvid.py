@@ -1,0 +1,333 @@
+"""JWT-SVIDs: signing them, and validating presented ones by the JWT-SVID specification.
+
+Validation never trusts an unverified value beyond choosing the key: the `sub` claim only
+selects the bundle of its trust domain and the `kid` must be found in THAT bundle, so a key
+from another trust domain can never vouch for a subject it does not own. Only RS/ES/PS
+256/384/512 are accepted (no none, HS*, EdDSA).
+
+The JWS primitives (RFC 7518 §3: raw r||s ECDSA signatures, PSS with salt = hash length) are
+written against `cryptography` directly, with the per-key and per-header work cached, because
+they are the hot path of the agent and the server; the tests check every token against PyJWT,
+joserfc and py-spiffe.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from insignia.bundle import BundleSource, JwtPublicKey, b64url_decode
+from insignia.durations import InvalidDuration
+from insignia.keys import PrivateKey, jwt_algorithm
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId
+from insignia.x509ca import check_ttl, utc_now
+
+#: The JWT-SVID algorithm set (JWT-SVID spec §3.1 minus none/HMAC; EdDSA is refused too).
+ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"}
+)
+MAX_LEEWAY: Final = timedelta(seconds=30)
+MAX_TOKEN_BYTES: Final = 16 * 1024
+_MAX_NUMERIC_DATE: Final = 253402300799  # 9999-12-31T23:59:59Z
+
+_HASHES: Final[Mapping[str, hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "256": hashes.SHA256(),
+    "384": hashes.SHA384(),
+    "512": hashes.SHA512(),
+}
+# alg -> (curve name, coordinate bytes) for ECDSA (RFC 7518 §3.4)
+_EC_PARAMS: Final = {
+    "ES256": ("secp256r1", 32),
+    "ES384": ("secp384r1", 48),
+    "ES512": ("secp521r1", 66),
+}
+_ECDSA: Final = {alg: ec.ECDSA(_HASHES[alg[2:]]) for alg in _EC_PARAMS}
+_PKCS1: Final = padding.PKCS1v15()
+_PSS: Final = {
+    f"PS{n}": padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
+    for n, h in _HASHES.items()
+}
+
+
+class InvalidJwtSvid(ValueError):
+    """A token that is not a valid JWT-SVID here; subclasses name the rule that failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedToken(InvalidJwtSvid):
+    """Not a compact JWS with JSON header and claims, or a required member is missing."""
+
+
+class UnsupportedAlgorithm(InvalidJwtSvid):
+    """`alg` is none, HMAC, EdDSA, unknown, or does not fit the key."""
+
+
+class InvalidSubject(InvalidJwtSvid):
+    """`sub` is missing or not a valid SPIFFE ID."""
+
+
+class UntrustedTrustDomain(InvalidJwtSvid):
+    """No bundle (or no JWT authorities) for the subject's trust domain."""
+
+
+class UnknownKeyId(InvalidJwtSvid):
+    """`kid` names no JWT authority in the bundle of the subject's trust domain."""
+
+
+class BadSignature(InvalidJwtSvid):
+    """The signature does not verify with the authority named by `kid`."""
+
+
+class TokenExpired(InvalidJwtSvid):
+    """`exp` is in the past (beyond the leeway)."""
+
+
+class TokenNotYetValid(InvalidJwtSvid):
+    """`nbf` or `iat` is in the future (beyond the leeway)."""
+
+
+class AudienceMismatch(InvalidJwtSvid):
+    """`aud` is missing, empty, or names none of the expected audiences."""
+
+
+@dataclass(frozen=True)
+class JwtSvid:
+    """A validated JWT-SVID. `audience` is the token's full `aud`, `claims` all its claims."""
+
+    spiffe_id: SpiffeId
+    audience: tuple[str, ...]
+    expiry: datetime
+    claims: Mapping[str, Any]
+    token: str
+    hint: str = ""
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _jws_sign(alg: str, key: PrivateKey) -> Callable[[bytes], bytes]:
+    """A signing function for `alg` and `key`, producing the JWS signature encoding."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ecdsa, size = _ECDSA[alg], _EC_PARAMS[alg][1]
+
+        def sign_ec(msg: bytes) -> bytes:
+            r, s = decode_dss_signature(key.sign(msg, ecdsa))
+            return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+        return sign_ec
+    pad = _PSS[alg] if alg.startswith("PS") else _PKCS1
+    digest = _HASHES[alg[2:]]
+    return lambda msg: key.sign(msg, pad, digest)
+
+
+@dataclass(frozen=True)
+class _Signer:
+    alg: str
+    header: bytes  # encoded header and the "." that follows it
+    sign: Callable[[bytes], bytes]
+
+
+@lru_cache(maxsize=16)
+def _signer(private_key: PrivateKey, kid: str, alg: str | None) -> _Signer:
+    """Per-key work done once: the algorithm, the encoded header and the signing function.
+    Keyed by the key object's identity; the server holds two JWT key slots at a time."""
+    if not kid:
+        raise ValueError("kid must be a non-empty string: verifiers select the key by it")
+    alg = jwt_algorithm(private_key, alg)
+    header = json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}, separators=(",", ":"))
+    return _Signer(alg, _b64(header.encode()) + b".", _jws_sign(alg, private_key))
+
+
+@lru_cache(maxsize=1024)
+def _audience_json(audience: tuple[str, ...]) -> str:
+    if not audience or not all(isinstance(a, str) and a for a in audience):
+        raise ValueError(f"audience {audience!r}: expected a non-empty list of non-empty strings")
+    return json.dumps(list(audience), separators=(",", ":"))
+
+
+def sign_jwt_svid(
+    spiffe_id: SpiffeId,
+    audience: Sequence[str],
+    ttl: timedelta,
+    private_key: PrivateKey,
+    kid: str,
+    alg: str | None = None,
+    now: datetime | None = None,
+    issuer: str | None = None,
+) -> str:
+    """A compact JWT-SVID: header {alg, kid, typ}, claims sub, aud (always a list), exp, iat.
+
+    `alg` defaults to the key's natural algorithm (ES256/ES384/RS256); PS* may be chosen for
+    RSA keys. `issuer`, when given, becomes the `iss` claim (SPIRE's `jwt_issuer`).
+    """
+    if isinstance(audience, str):
+        raise ValueError(f"audience {audience!r}: expected a list of strings, not a string")
+    signer = _signer(private_key, kid, alg)
+    iat = int(time.time() if now is None else utc_now(now).timestamp())
+    seconds = int(check_ttl(ttl).total_seconds())
+    if seconds < 1:
+        raise InvalidDuration(ttl, "a JWT-SVID TTL must be at least 1s (exp has 1s resolution)")
+    exp = iat + seconds
+    # A SPIFFE ID never needs JSON escaping (its grammar has no quotes, backslashes or
+    # controls), so the claims are formatted directly; the audience is JSON-encoded.
+    iss = "" if issuer is None else f',"iss":{json.dumps(issuer)}'
+    aud = _audience_json(tuple(audience))
+    claims = f'{{"sub":"{spiffe_id}","aud":{aud},"exp":{exp},"iat":{iat}{iss}}}'
+    signing_input = signer.header + _b64(claims.encode())
+    return (signing_input + b"." + _b64(signer.sign(signing_input))).decode("ascii")
+
+
+def _json_segment(segment: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(segment).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # binascii.Error is a ValueError
+        raise MalformedToken(f"{what} is not base64url-encoded JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise MalformedToken(f"{what} is not a JSON object")
+    return value
+
+
+@lru_cache(maxsize=1024)
+def _parse_header(segment: str) -> tuple[str, str]:
+    """(alg, kid) of an encoded header. Cached: every token of one signing key shares it."""
+    header = _json_segment(segment, "header")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALGORITHMS:
+        raise UnsupportedAlgorithm(f"alg {alg!r} is not allowed; expected one of RS/ES/PS*")
+    if header.get("typ", "JWT") not in ("JWT", "JOSE"):
+        raise MalformedToken(f"typ {header.get('typ')!r}; expected JWT or JOSE")
+    if "crit" in header:
+        raise MalformedToken("critical header extensions are not supported")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise MalformedToken("header has no kid; JWT-SVIDs name their signing key")
+    return alg, kid
+
+
+# Subjects repeat across tokens; SpiffeId is immutable, and failures are never cached.
+_parse_subject = lru_cache(maxsize=4096)(SpiffeId.parse)
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedToken(f"claim {name!r} must be a NumericDate, got {value!r}")
+    if not 0 <= value <= _MAX_NUMERIC_DATE:  # also false for NaN
+        raise MalformedToken(f"claim {name!r} = {value!r} is not a date between 1970 and 9999")
+    return float(value)
+
+
+def _jws_verify(alg: str, key: JwtPublicKey, msg: bytes, sig: bytes) -> None:
+    """Check `sig` over `msg`; UnsupportedAlgorithm if `alg` does not fit `key`."""
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            curve, size = _EC_PARAMS.get(alg, ("", 0))
+            if key.curve.name != curve:
+                raise UnsupportedAlgorithm(f"alg {alg!r} does not fit a {key.curve.name} key")
+            if len(sig) != 2 * size:
+                raise BadSignature(f"{alg} signature must be {2 * size} bytes, got {len(sig)}")
+            der = encode_dss_signature(
+                int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big")
+            )
+            key.verify(der, msg, _ECDSA[alg])
+        elif isinstance(key, rsa.RSAPublicKey) and alg[:2] in ("RS", "PS"):
+            key.verify(sig, msg, _PSS[alg] if alg[0] == "P" else _PKCS1, _HASHES[alg[2:]])
+        else:
+            raise UnsupportedAlgorithm(f"alg {alg!r} does not fit a {type(key).__name__}")
+    except InvalidSignature:
+        raise BadSignature(f"{alg} signature does not verify") from None
+
+
+def parse_and_validate(
+    token: str,
+    bundle_source: BundleSource,
+    audience: str | Sequence[str],
+    now: datetime | None = None,
+    leeway: timedelta = timedelta(0),
+) -> JwtSvid:
+    """Verify a JWT-SVID and return it; InvalidJwtSvid (a subclass naming the rule) otherwise.
+
+    `audience`: the token's `aud` must contain it, or at least one of them if a list.
+    `leeway` absorbs clock skew on exp/nbf/iat and is capped at `MAX_LEEWAY`.
+    """
+    expected = (audience,) if isinstance(audience, str) else tuple(audience)
+    if not expected or not all(expected):
+        raise ValueError(f"expected audience {audience!r} must be non-empty")
+    if not timedelta(0) <= leeway <= MAX_LEEWAY:
+        raise ValueError(f"leeway {leeway} must be between 0 and {MAX_LEEWAY}")
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES:
+        raise MalformedToken(f"token must be a string of at most {MAX_TOKEN_BYTES} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedToken(f"compact JWS has {len(parts)} parts; expected 3")
+    alg, kid = _parse_header(parts[0])
+    claims = _json_segment(parts[1], "claims")
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        raise InvalidSubject(f"sub {sub!r} must be a SPIFFE ID string")
+    try:
+        spiffe_id = _parse_subject(sub)
+    except InvalidSpiffeId as exc:
+        raise InvalidSubject(f"sub {sub!r} is not a SPIFFE ID: {exc.reason}") from exc
+    td = spiffe_id.trust_domain
+    bundle = bundle_source.get_bundle_for_trust_domain(td)
+    if bundle is None or not bundle.jwt_authorities:
+        raise UntrustedTrustDomain(f"no JWT authorities for trust domain {td}")
+    key = bundle.jwt_authorities.get(kid)
+    if key is None:
+        raise UnknownKeyId(f"kid {kid!r} is not a JWT authority of trust domain {td}")
+    try:
+        signature = b64url_decode(parts[2])
+    except ValueError as exc:  # binascii.Error included
+        raise MalformedToken(f"signature is not base64url: {exc}") from exc
+    _jws_verify(alg, key, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+
+    t = time.time() if now is None else utc_now(now).timestamp()
+    slack = leeway.total_seconds()
+    exp = _numeric_date(claims, "exp")
+    if exp is None:
+        raise MalformedToken("claim 'exp' is required: a JWT-SVID must expire")
+    if t > exp + slack:
+        raise TokenExpired(f"token expired at {datetime.fromtimestamp(exp, UTC).isoformat()}")
+    for name in ("nbf", "iat"):
+        when = _numeric_date(claims, name)
+        if when is not None and t + slack < when:
+            raise TokenNotYetValid(f"claim {name!r} is in the future ({when}); now is {t:.0f}")
+    aud = claims.get("aud")
+    token_aud = (aud,) if isinstance(aud, str) else aud
+    if (
+        not isinstance(token_aud, list | tuple)
+        or not token_aud
+        or not all(isinstance(a, str) for a in token_aud)
+    ):
+        raise AudienceMismatch(f"aud {aud!r} must be a non-empty string or list of strings")
+    if not any(a in token_aud for a in expected):
+        raise AudienceMismatch(f"aud {aud!r} names none of the expected audiences {expected!r}")
+    return JwtSvid(
+        spiffe_id,
+        tuple(token_aud),
+        datetime.fromtimestamp(exp, UTC),
+        MappingProxyType(claims),
+        token,
+    )
