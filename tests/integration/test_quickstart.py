@@ -1,0 +1,80 @@
+"""`make quickstart`'s program brings up a working pair and stops it cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """Lines of the quickstart's stdout up to `marker`, or fail with what it printed."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+            continue
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)  # polling a pipe for the next line, bounded by the deadline
+    pytest.fail(f"quickstart did not print {marker!r}:\n{''.join(seen)}")
+
+
+def test_quickstart_serves_an_identity_for_the_invoking_user(tmp_path: Path) -> None:
+    root = tmp_path / "qs"
+    env = {**os.environ, "INSIGNIA_QUICKSTART_DIR": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insignia.quickstart"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        banner = _read_until(proc, "Ctrl-C", timeout=120)
+        socket_path = root / "run" / "agent" / "public" / "api.sock"
+        assert f"export SPIFFE_ENDPOINT_SOCKET=unix://{socket_path}" in banner
+        expected = f"spiffe://example.org/quickstart/{getpass.getuser()}"
+        assert expected in banner
+
+        fetch_env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": f"unix://{socket_path}"}
+        # The entry reaches the agent through the server's push; the first fetch may race it.
+        deadline = time.monotonic() + 30
+        while True:
+            fetch = subprocess.run(
+                [str(BIN / "insignia-agent"), "api", "fetch", "x509"],
+                capture_output=True,
+                text=True,
+                env=fetch_env,
+                timeout=30,
+            )
+            if fetch.returncode == 0 or time.monotonic() > deadline:
+                break
+        assert fetch.returncode == 0, fetch.stderr
+        assert expected in fetch.stdout
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        assert proc.stdout is not None
+        assert "stopped the server and the agent" in proc.stdout.read()
+        assert not socket_path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
