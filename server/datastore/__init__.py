@@ -1,0 +1,106 @@
+"""The server's datastore: SQLite (default) or PostgreSQL, one schema, migrations at open.
+
+All methods are synchronous and thread-safe; call them via `trio.to_thread.run_sync`.
+Times are timezone-aware UTC. Every write is one transaction; writes that change entries,
+agents, bundles or CA keys append change events in that same transaction.
+
+    store = Datastore.open(url)        # sqlite:///PATH | postgresql[+psycopg]://...; upgrades
+    store.close() / with Datastore.open(url) as store: ...
+    store.backend -> "sqlite" | "postgresql";  store.ping()  (for /ready)
+
+Entries (build them with `server.entries.validate_entry`):
+    create_entry(e) / create_entries([e, ...]) -> stored (all or none; DuplicateEntry)
+    update_entry(e, expected_revision=None) -> stored, revision + 1
+        (EntryNotFound, DuplicateEntry, EntryRevisionConflict)
+    delete_entry(id) / delete_entries([id, ...]) -> deleted (all or none; EntryNotFound)
+    prune_expired_entries() -> deleted
+    get_entry(id) (EntryNotFound);  get_entries(ids) -> {id: entry} for those that exist
+    list_entries(spiffe_id=, parent_id=, selectors=) -> oldest first; selectors: entry has all
+    entries_snapshot() -> EntrySnapshot(entries, revision);  count_entries()
+Agents:
+    put_agent(AgentRecord) -> stored (upsert; keeps created_at);  get_agent(id) (AgentNotFound)
+    find_agent(id) -> record | None;  list_agents(banned=None);  count_agents()
+    set_agent_banned(id, banned=True) -> record;  delete_agent(id) -> record  (evict)
+Join tokens (stored as SHA-256 only):
+    create_join_token(token, expires_at) (DuplicateJoinToken)
+    consume_join_token(token)  (JoinTokenNotFound | JoinTokenUsed | JoinTokenExpired)
+    prune_join_tokens() -> count
+Bundles (SPIFFE bundle JSON text, opaque here):
+    put_bundle(td, document) -> BundleRecord (sequence + 1);  get_bundle(td) (BundleNotFound)
+    list_bundles();  delete_bundle(td)
+CA journal:
+    put_ca_keys([CaKeyRecord, ...]) (upsert by (kind, key_id), one transaction)
+    load_ca_keys(kind=None);  delete_ca_key(kind, key_id) (CaKeyNotFound)
+Change log (resume "after revision N"):
+    head_revision();  events_since(revision, limit=None) -> [ChangeEvent] (RevisionPruned)
+    prune_events(before) -> count;  add_listener(fn(head_revision)) / remove_listener(fn)
+Database failures surface as DatastoreUnavailable; all errors derive from DatastoreError.
+"""
+
+from server.datastore.engine import normalize_url, sqlite_url
+from server.datastore.errors import (
+    AgentNotFound,
+    BundleNotFound,
+    CaKeyNotFound,
+    ConstraintViolation,
+    DatastoreError,
+    DatastoreUnavailable,
+    DuplicateEntry,
+    DuplicateJoinToken,
+    EntryNotFound,
+    EntryRevisionConflict,
+    InvalidRecord,
+    JoinTokenError,
+    JoinTokenExpired,
+    JoinTokenNotFound,
+    JoinTokenUsed,
+    RevisionPruned,
+    SchemaTooNew,
+    UnsupportedDatabaseUrl,
+)
+from server.datastore.records import (
+    AgentRecord,
+    AuthorityKind,
+    AuthorityStatus,
+    BundleRecord,
+    CaKeyRecord,
+    ChangeEvent,
+    ChangeKind,
+    ChangeOp,
+    EntrySnapshot,
+)
+from server.datastore.store import Datastore, Listener
+
+__all__ = [
+    "AgentNotFound",
+    "AgentRecord",
+    "AuthorityKind",
+    "AuthorityStatus",
+    "BundleNotFound",
+    "BundleRecord",
+    "CaKeyNotFound",
+    "CaKeyRecord",
+    "ChangeEvent",
+    "ChangeKind",
+    "ChangeOp",
+    "ConstraintViolation",
+    "Datastore",
+    "DatastoreError",
+    "DatastoreUnavailable",
+    "DuplicateEntry",
+    "DuplicateJoinToken",
+    "EntryNotFound",
+    "EntryRevisionConflict",
+    "EntrySnapshot",
+    "InvalidRecord",
+    "JoinTokenError",
+    "JoinTokenExpired",
+    "JoinTokenNotFound",
+    "JoinTokenUsed",
+    "Listener",
+    "RevisionPruned",
+    "SchemaTooNew",
+    "UnsupportedDatabaseUrl",
+    "normalize_url",
+    "sqlite_url",
+]

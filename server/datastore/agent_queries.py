@@ -1,0 +1,117 @@
+"""Attested agents and their node selectors in SQL."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from insignia.selectors import Selector
+from insignia.spiffeid import SpiffeId
+from server.datastore.errors import AgentNotFound
+from server.datastore.records import AgentRecord
+from server.datastore.schema import agent_selectors, agents
+
+
+def upsert(conn: Connection, agent: AgentRecord, now: datetime) -> tuple[AgentRecord, bool]:
+    """Insert or replace the agent; returns the stored record and whether it was new.
+    A replaced agent keeps its original `created_at`."""
+    key = str(agent.spiffe_id)
+    created_at = conn.execute(
+        sa.select(agents.c.created_at).where(agents.c.spiffe_id == key)
+    ).scalar_one_or_none()
+    stored = replace(
+        agent,
+        created_at=created_at if created_at is not None else agent.created_at,
+        updated_at=now,
+    )
+    row = _row(stored)
+    if created_at is None:
+        conn.execute(agents.insert().values(**row))
+    else:
+        conn.execute(agents.update().where(agents.c.spiffe_id == key).values(**row))
+        conn.execute(agent_selectors.delete().where(agent_selectors.c.agent_id == key))
+    if stored.selectors:
+        conn.execute(
+            agent_selectors.insert(),
+            [
+                {"agent_id": key, "position": i, "type": s.type, "value": s.value}
+                for i, s in enumerate(stored.selectors)
+            ],
+        )
+    return stored, created_at is None
+
+
+def set_banned(conn: Connection, agent_id: SpiffeId, banned: bool, now: datetime) -> None:
+    result = conn.execute(
+        agents.update()
+        .where(agents.c.spiffe_id == str(agent_id))
+        .values(banned=banned, updated_at=now)
+    )
+    if result.rowcount == 0:
+        raise AgentNotFound(str(agent_id))
+
+
+def delete(conn: Connection, agent_id: SpiffeId) -> AgentRecord:
+    agent = load_one(conn, agent_id)
+    conn.execute(agents.delete().where(agents.c.spiffe_id == str(agent_id)))
+    return agent
+
+
+def load_one(conn: Connection, agent_id: SpiffeId) -> AgentRecord:
+    found = load(conn, agents.c.spiffe_id == str(agent_id))
+    if not found:
+        raise AgentNotFound(str(agent_id))
+    return found[0]
+
+
+def load(conn: Connection, where: sa.ColumnElement[bool] | None = None) -> list[AgentRecord]:
+    query = sa.select(agents).order_by(agents.c.created_at, agents.c.spiffe_id)
+    selectors_query = sa.select(agent_selectors).order_by(
+        agent_selectors.c.agent_id, agent_selectors.c.position
+    )
+    if where is not None:
+        query = query.where(where)
+        selectors_query = selectors_query.where(
+            agent_selectors.c.agent_id.in_(sa.select(agents.c.spiffe_id).where(where))
+        )
+    rows = conn.execute(query).all()
+    if not rows:
+        return []
+    selectors: defaultdict[str, list[Selector]] = defaultdict(list)
+    for r in conn.execute(selectors_query):
+        selectors[r.agent_id].append(Selector(r.type, r.value))
+    return [_record(r, tuple(selectors[r.spiffe_id])) for r in rows]
+
+
+def _row(agent: AgentRecord) -> dict[str, Any]:
+    return {
+        "spiffe_id": str(agent.spiffe_id),
+        "attestation_type": agent.attestation_type,
+        "serial_number": agent.serial_number,
+        "new_serial_number": agent.new_serial_number,
+        "expires_at": agent.expires_at,
+        "banned": agent.banned,
+        "can_reattest": agent.can_reattest,
+        "created_at": agent.created_at,
+        "updated_at": agent.updated_at,
+    }
+
+
+def _record(r: sa.Row[Any], selectors: tuple[Selector, ...]) -> AgentRecord:
+    return AgentRecord(
+        spiffe_id=SpiffeId.parse(r.spiffe_id),
+        attestation_type=r.attestation_type,
+        serial_number=r.serial_number,
+        new_serial_number=r.new_serial_number,
+        expires_at=r.expires_at,
+        selectors=selectors,
+        banned=r.banned,
+        can_reattest=r.can_reattest,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )

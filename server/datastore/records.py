@@ -1,0 +1,116 @@
+"""Records the datastore keeps besides registration entries, as frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, get_args
+
+from insignia.selectors import Selector
+from insignia.spiffeid import SpiffeId, TrustDomain
+from server.datastore.errors import InvalidRecord
+from server.entries import RegistrationEntry
+
+AuthorityKind = Literal["x509", "jwt"]
+AuthorityStatus = Literal["prepared", "active", "old"]
+ChangeKind = Literal["entry", "agent", "bundle", "ca_key"]
+ChangeOp = Literal["created", "updated", "deleted"]
+
+AUTHORITY_KINDS: tuple[str, ...] = get_args(AuthorityKind)
+AUTHORITY_STATUSES: tuple[str, ...] = get_args(AuthorityStatus)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def require_aware(name: str, value: datetime | None) -> None:
+    """Naive times are ambiguous across hosts, so every stored time is timezone-aware."""
+    if value is not None and value.tzinfo is None:
+        raise InvalidRecord(name, value, "expected a timezone-aware time")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An attested agent. `serial_number` is that of its current SVID (decimal string);
+    `new_serial_number` that of a renewed SVID it has not used yet ("" when none)."""
+
+    spiffe_id: SpiffeId
+    attestation_type: str
+    serial_number: str
+    expires_at: datetime
+    selectors: tuple[Selector, ...] = ()
+    banned: bool = False
+    can_reattest: bool = False
+    new_serial_number: str = ""
+    created_at: datetime = field(default_factory=_now)
+    updated_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        if not self.attestation_type:
+            raise InvalidRecord("attestation_type", self.attestation_type, "is empty")
+        for name in ("expires_at", "created_at", "updated_at"):
+            require_aware(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class BundleRecord:
+    """A trust bundle in SPIFFE bundle format (JWKS JSON). `sequence` grows on every write."""
+
+    trust_domain: TrustDomain
+    document: str
+    sequence: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaKeyRecord:
+    """One signing authority in the CA journal. The private key lives in the key manager.
+
+    `public_key` is SubjectPublicKeyInfo DER. `certificate` is the CA certificate DER for
+    X.509 authorities (chain to an upstream root appended, concatenated DER) and None for JWT.
+    """
+
+    kind: AuthorityKind
+    key_id: str
+    slot: str
+    status: AuthorityStatus
+    public_key: bytes
+    not_after: datetime
+    not_before: datetime
+    certificate: bytes | None = None
+    tainted: bool = False
+    revoked: bool = False
+    created_at: datetime = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUTHORITY_KINDS:
+            raise InvalidRecord("kind", self.kind, f"expected one of {AUTHORITY_KINDS}")
+        if self.status not in AUTHORITY_STATUSES:
+            raise InvalidRecord("status", self.status, f"expected one of {AUTHORITY_STATUSES}")
+        if not self.key_id:
+            raise InvalidRecord("key_id", self.key_id, "is empty")
+        if self.kind == "x509" and not self.certificate:
+            raise InvalidRecord("certificate", self.certificate, "an X.509 authority needs one")
+        for name in ("not_after", "not_before", "created_at"):
+            require_aware(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One committed change. `subject` is the entry id, agent SPIFFE ID, trust domain name,
+    or `<kind>:<key_id>` of a CA key. Revisions only grow and are never reused."""
+
+    revision: int
+    kind: ChangeKind
+    op: ChangeOp
+    subject: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySnapshot:
+    """All entries as of `revision`: follow with `events_since(revision)` to stay current."""
+
+    entries: list[RegistrationEntry]
+    revision: int

@@ -1,0 +1,141 @@
+"""Opening a datastore: URL handling, migrations at start, and per-backend settings."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from insignia.spiffeid import TrustDomain
+from server.datastore import (
+    Datastore,
+    DatastoreUnavailable,
+    SchemaTooNew,
+    UnsupportedDatabaseUrl,
+    normalize_url,
+)
+from server.datastore.schema import metadata
+from tests.postgres import BACKEND_PARAMS, database_url
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database_url(request.param, tmp_path) as u:
+        yield u
+
+
+@pytest.mark.parametrize(
+    ("given", "driver"),
+    [
+        ("sqlite:////var/lib/insignia/datastore.sqlite3", "sqlite+pysqlite"),
+        ("sqlite:///relative.db", "sqlite+pysqlite"),
+        ("postgresql://u:p@db:5432/insignia", "postgresql+psycopg"),
+        ("postgres://u@db/insignia?sslmode=require", "postgresql+psycopg"),
+        ("postgresql+psycopg://u@db/insignia", "postgresql+psycopg"),
+    ],
+)
+def test_urls_are_normalized(given: str, driver: str) -> None:
+    normalized = normalize_url(given)
+    assert normalized.drivername == driver
+    assert normalized.database == sa.engine.make_url(given).database
+    assert dict(normalized.query) == dict(sa.engine.make_url(given).query)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "mysql://u@db/x",
+        "postgresql+asyncpg://u@db/x",
+        "sqlite://",
+        "sqlite:///:memory:",
+        "not a url",
+    ],
+)
+def test_unsupported_urls_are_refused(given: str) -> None:
+    with pytest.raises(UnsupportedDatabaseUrl, match="database url"):
+        normalize_url(given)
+
+
+def test_migrated_schema_matches_the_model(url: str) -> None:
+    with Datastore.open(url):
+        pass
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn)
+            assert context.get_current_revision() == "0001"
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(url: str) -> None:
+    with Datastore.open(url) as store:
+        store.put_bundle(TrustDomain("example.org"), "{}")
+    with Datastore.open(url) as store:
+        assert store.get_bundle(TrustDomain("example.org")).sequence == 1
+        store.ping()
+
+
+def test_concurrent_first_opens_both_succeed(url: str) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def open_once() -> None:
+        start.wait()
+        try:
+            Datastore.open(url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_once) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+
+
+def test_sqlite_runs_in_wal_with_full_sync_and_foreign_keys(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    # Per-connection settings can only be seen on the store's own connections.
+    with Datastore.open(f"sqlite:///{path}") as store, store._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_unreachable_postgres_is_reported_as_unavailable() -> None:
+    with pytest.raises(DatastoreUnavailable):
+        Datastore.open("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+
+
+def test_a_newer_schema_is_refused(url: str) -> None:
+    Datastore.open(url).close()
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(SchemaTooNew, match="9999"):
+        Datastore.open(url)
+
+
+def test_unopenable_sqlite_path_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(DatastoreUnavailable):
+        Datastore.open(f"sqlite:///{tmp_path}/missing-dir/store.sqlite3")
+
+
+def test_refused_url_does_not_echo_the_password() -> None:
+    with pytest.raises(UnsupportedDatabaseUrl) as caught:
+        normalize_url("mysql://admin:hunter2@db/x")
+    assert "hunter2" not in str(caught.value)
