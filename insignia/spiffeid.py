@@ -113,6 +113,12 @@ class TrustDomain:
         return self.name
 
 
+def _trusted_trust_domain(name: str) -> TrustDomain:
+    td = object.__new__(TrustDomain)
+    object.__setattr__(td, "name", name)
+    return td
+
+
 @dataclass(frozen=True, slots=True)
 class SpiffeId:
     """`spiffe://<trust domain><path>`; `path` is "" or starts with '/'."""
@@ -147,7 +153,16 @@ class SpiffeId:
                 raise InvalidTrustDomain(text, "query and fragment are not allowed")
         _check_trust_domain(name, text)
         _check_path(path, text)
-        return cls(TrustDomain(name), path)
+        return cls._trusted(_trusted_trust_domain(name), path)
+
+    @classmethod
+    def _trusted(cls, trust_domain: TrustDomain, path: str) -> SpiffeId:
+        """Build from parts `parse` has just validated: skipping a second validation pass
+        matters when the server loads a hundred thousand entries."""
+        sid = object.__new__(cls)
+        object.__setattr__(sid, "trust_domain", trust_domain)
+        object.__setattr__(sid, "path", path)
+        return sid
 
     @classmethod
     def from_path(cls, trust_domain: TrustDomain, path: str) -> SpiffeId:
