@@ -3,6 +3,10 @@
 isort:skip_file
 Agent <-> server API. The agent authenticates with mTLS using its agent X509-SVID on every
 RPC except Attest, which runs before the agent has an SVID (see server/agent_api.py).
+Attest is served on the server's `attestation_port` (TLS, no client certificate); every
+other RPC on its `port` (mTLS, the agent SVID required). The server's certificate is its
+X509-SVID spiffe://<td>/insignia/server with DNS SAN "insignia-server": agents verify it
+against the trust bundle and set grpc.ssl_target_name_override = "insignia-server".
 """
 
 import builtins
@@ -53,7 +57,7 @@ class AttestParams(google.protobuf.message.Message):
     payload: builtins.bytes
     """the plugin's evidence"""
     csr: builtins.bytes
-    """PKCS#10 DER for the agent SVID"""
+    """PKCS#10 DER for the agent SVID; no URI SAN needed (the server sets it)"""
     def __init__(
         self,
         *,

@@ -1,0 +1,172 @@
+"""`insignia-agent`: run the daemon, talk to a Workload API, check an agent's health.
+
+Exit codes: 0 success, 1 runtime failure (server refused us, Workload API error), 2 bad
+config or usage. Every failure is one line on stderr that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from agent.cli_api import api
+from agent.cli_helper import helper
+from agent.config import (
+    DEFAULT_ADMIN_SOCKET_PATH,
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    load_agent_config,
+)
+from insignia.bundle import Bundle, InvalidBundle
+from insignia.config import CONFIG_EXIT_CODE, ConfigError
+
+
+def _version() -> str:
+    try:
+        return version("insignia")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"insignia-agent: {message}", err=True)
+    sys.exit(code)
+
+
+def _check_trust_bundle(config: AgentConfig, path: Path) -> None:
+    bundle_path = config.trust_bundle_path
+    if bundle_path is None:
+        return
+    try:
+        data = bundle_path.read_bytes()
+        td = config.trust_domain_value
+        bundle = (
+            Bundle.parse_spiffe(td, data)
+            if config.trust_bundle_format == "spiffe"
+            else Bundle.parse_pem(td, data)
+        )
+    except OSError as exc:
+        raise ConfigError(
+            path, "trust_bundle_path", f"cannot read {bundle_path}: {exc.strerror}"
+        ) from exc
+    except InvalidBundle as exc:
+        raise ConfigError(path, "trust_bundle_path", str(exc)) from exc
+    if not bundle.x509_authorities:
+        raise ConfigError(path, "trust_bundle_path", f"{bundle_path} holds no CA certificates")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="insignia-agent")
+def main() -> None:
+    """Insignia agent: attests this node and serves the SPIFFE Workload API."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_CONFIG_PATH,
+    show_default=True,
+    help="Agent config file (TOML).",
+)
+@click.option("--join-token", help="Attest with this join token (overrides node_attestor).")
+def run(config_path: Path, join_token: str | None) -> None:
+    """Run the agent daemon until SIGTERM or SIGINT."""
+    from agent.daemon import AgentDaemon
+    from agent.node_attestation import AttestationRefused
+    from attestors.registry import load_node_attestor_agent, load_workload_attestors
+    from insignia import runtime
+    from insignia.logs import configure_logging
+
+    try:
+        config = load_agent_config(config_path)
+        if join_token is not None:
+            config = config.with_join_token(join_token)
+        _check_trust_bundle(config, config_path)
+        configure_logging(config.log.level, config.log.format)
+        workload_attestors = load_workload_attestors(config.workload_attestors, config_path)
+        name = config.node_attestor_name
+        node_attestor = load_node_attestor_agent(
+            name, config.node_attestor[name], config.trust_domain_value, config_path
+        )
+    except ConfigError as exc:
+        fail(str(exc), CONFIG_EXIT_CODE)
+    daemon = AgentDaemon(config, workload_attestors, node_attestor)
+    refused: AttestationRefused | None = None
+    try:
+        runtime.run(daemon.run)
+    except* AttestationRefused as group:
+        first = group.exceptions[0]
+        assert isinstance(first, AttestationRefused)
+        refused = first
+    except* KeyboardInterrupt:
+        pass
+    if refused is not None:
+        fail(str(refused))
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self._path))
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read admin_socket_path from this config file.",
+)
+@click.option(
+    "--admin-socket",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Agent admin socket [default: from --config, else {DEFAULT_ADMIN_SOCKET_PATH}].",
+)
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds.")
+def healthcheck(config_path: Path | None, admin_socket: Path | None, timeout: float) -> None:
+    """Exit 0 if the agent is ready (attested, synced, serving), else 1 with the reason."""
+    path = admin_socket
+    if path is None:
+        try:
+            path = (
+                load_agent_config(config_path).admin_socket_path
+                if config_path is not None
+                else DEFAULT_ADMIN_SOCKET_PATH
+            )
+        except ConfigError as exc:
+            fail(str(exc), CONFIG_EXIT_CODE)
+    connection = _UnixHTTPConnection(path, timeout)
+    try:
+        connection.request("GET", "/ready")
+        response = connection.getresponse()
+        body = response.read().decode(errors="replace").strip()
+    except OSError as exc:
+        fail(f"agent is unhealthy: cannot reach its admin socket {path}: {exc}")
+    finally:
+        connection.close()
+    if response.status != 200:
+        fail(f"agent is unhealthy: {body}")
+    click.echo("Agent is healthy.")
+
+
+main.add_command(api)
+main.add_command(helper)
+
+
+if __name__ == "__main__":
+    main()

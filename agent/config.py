@@ -1,0 +1,151 @@
+"""The agent's TOML config: every key, its default, and the checks that make a bad file fail fast.
+
+Loaded through `insignia.config.load_toml`, so an unknown key, a bad value or a missing file
+becomes one line naming the key, and the CLI exits with code 2. Plugin sections (the node
+attestor and the workload attestors) are passed through as tables; each plugin validates its
+own keys when it is configured at start-up.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from insignia.config import PositiveDuration, StrictModel, load_toml
+from insignia.keys import KeyType
+from insignia.logs import LogFormat, LogLevel
+from insignia.spiffeid import TrustDomain
+
+DEFAULT_CONFIG_PATH = Path("/etc/insignia/agent.toml")
+DEFAULT_SOCKET_PATH = Path("/run/insignia-agent/public/api.sock")
+DEFAULT_ADMIN_SOCKET_PATH = Path("/run/insignia-agent/private/admin.sock")
+DEFAULT_DATA_DIR = Path("/var/lib/insignia-agent")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _trust_domain(value: str) -> str:
+    TrustDomain.parse(value)  # raises InvalidTrustDomain naming what is wrong
+    return value
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    return path
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
+class ServerSection(StrictModel):
+    """Where the server is. Attestation has its own port (TLS without a client certificate)."""
+
+    address: str = Field(min_length=1)
+    port: Port = 8081
+    attestation_port: Port = 8082
+
+
+class WorkloadSection(StrictModel):
+    """How the Workload API treats callers and the SVIDs it hands them."""
+
+    attestation_timeout: PositiveDuration = timedelta(seconds=5)
+    key_type: KeyType = KeyType.EC_P256
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+
+
+class SyncSection(StrictModel):
+    """Reconnect pacing for the server's push stream (exponential backoff with full jitter)."""
+
+    initial_backoff: PositiveDuration = timedelta(milliseconds=200)
+    max_backoff: PositiveDuration = timedelta(seconds=30)
+    rpc_timeout: PositiveDuration = timedelta(seconds=30)
+
+
+def _listen_address(value: str) -> str:
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port (e.g. 127.0.0.1:8089) or an empty string to disable")
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+
+
+class HealthSection(StrictModel):
+    """HTTP /live and /ready (and /metrics). The admin socket serves the same, always."""
+
+    address: ListenAddress = "127.0.0.1:8089"
+
+
+class MetricsSection(StrictModel):
+    """Prometheus /metrics; the same listener as health when the addresses are equal."""
+
+    address: ListenAddress = "127.0.0.1:8089"
+
+
+class LogSection(StrictModel):
+    level: LogLevel = "info"
+    format: LogFormat = "json"
+
+
+def _default_workload_attestors() -> dict[str, dict[str, Any]]:
+    return {"unix": {}}
+
+
+class AgentConfig(StrictModel):
+    trust_domain: Annotated[str, AfterValidator(_trust_domain)]
+    server: ServerSection
+    data_dir: AbsolutePath = DEFAULT_DATA_DIR
+    socket_path: AbsolutePath = DEFAULT_SOCKET_PATH
+    admin_socket_path: AbsolutePath = DEFAULT_ADMIN_SOCKET_PATH
+    trust_bundle_path: AbsolutePath | None = None
+    trust_bundle_format: Literal["pem", "spiffe"] = "pem"
+    insecure_bootstrap: bool = False
+    node_attestor: dict[str, dict[str, Any]] = Field(min_length=1, max_length=1)
+    workload_attestors: dict[str, dict[str, Any]] = Field(
+        default_factory=_default_workload_attestors, min_length=1
+    )
+    workload: WorkloadSection = WorkloadSection()
+    sync: SyncSection = SyncSection()
+    health: HealthSection = HealthSection()
+    metrics: MetricsSection = MetricsSection()
+    log: LogSection = LogSection()
+
+    @model_validator(mode="after")
+    def _one_trust_bootstrap(self) -> AgentConfig:
+        if self.trust_bundle_path is None and not self.insecure_bootstrap:
+            raise ValueError(
+                "set trust_bundle_path (the server's CA bundle) or insecure_bootstrap = true "
+                "(development only)"
+            )
+        if self.trust_bundle_path is not None and self.insecure_bootstrap:
+            raise ValueError("trust_bundle_path and insecure_bootstrap = true exclude each other")
+        if self.socket_path.parent == self.admin_socket_path.parent:
+            raise ValueError(
+                "socket_path and admin_socket_path must be in different directories: the "
+                "Workload API directory is world-reachable, the admin one is private"
+            )
+        return self
+
+    @property
+    def node_attestor_name(self) -> str:
+        return next(iter(self.node_attestor))
+
+    def with_join_token(self, token: str) -> AgentConfig:
+        """`run --join-token`: attest with this token, whatever node attestor is configured."""
+        return self.model_copy(update={"node_attestor": {"join_token": {"token": token}}})
+
+    @property
+    def trust_domain_value(self) -> TrustDomain:
+        return TrustDomain.parse(self.trust_domain)
+
+
+def load_agent_config(path: Path | str) -> AgentConfig:
+    """The validated config at `path`, or `insignia.config.ConfigError` naming the bad key."""
+    return load_toml(path, AgentConfig)

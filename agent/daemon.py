@@ -1,0 +1,217 @@
+"""The agent daemon: one trio nursery (as a guest of asyncio) running every agent task.
+
+Start-up order matters to an operator: the agent proves its identity first (from disk when
+the persisted SVID is still valid, else by node attestation), takes its first Sync, and only
+then opens the Workload API, so a workload never sees PERMISSION_DENIED merely because the
+agent had not synced yet. Server-facing tasks run in an inner nursery: if the server evicts
+the agent, that nursery ends, the agent re-attests when its attestor allows it, and the
+Workload API keeps serving the cache meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import trio
+
+from agent.cache import Cache, Change
+from agent.config import AgentConfig
+from agent.identity import IdentityKeeper
+from agent.metrics import AgentMetrics
+from agent.node_attestation import NeedsNewJoinToken, forget_identity
+from agent.server_client import AgentEvicted, ServerClient
+from agent.signing import JwtMinter, X509Signer
+from agent.sync import Backoff, run_sync
+from agent.workload_api import Attest, WorkloadApi, WorkloadAttestationFailed
+from attestors.interface import AttestationError, Caller, NodeAttestorAgent
+from attestors.registry import ConfiguredWorkloadAttestor
+from attestors.workload_attestation import attest_workload
+from insignia.files import ensure_private_dir
+from insignia.health import serve_health
+from insignia.logs import get_logger
+from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
+from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS
+from insignia.peercred_grpc import serve_grpc_with_peercred
+from insignia.runtime import open_trio_bridge
+from insignia.selectors import Selector
+from insignia.workload_wire import workload_api_handler
+
+log = get_logger("insignia.agent")
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd about our state (Type=notify) when NOTIFY_SOCKET is set; else a no-op."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+    return True
+
+
+def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
+    """Workload attestation for the Workload API: every attestor at once, with a deadline."""
+
+    async def attest(creds: PeerCredentials) -> frozenset[Selector]:
+        caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
+        with trio.move_on_after(timeout + 1.0) as scope:
+            try:
+                return frozenset(await attest_workload(caller, attestors, timeout))
+            except AttestationError as exc:
+                raise WorkloadAttestationFailed(exc.plugin, str(exc)) from exc
+            except (ProcessGone, ValueError) as exc:
+                raise WorkloadAttestationFailed("process_gone", str(exc)) from exc
+        assert scope.cancelled_caught
+        raise WorkloadAttestationFailed("timeout", f"no selectors within {timeout:g}s")
+
+    return attest
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket left by a previous run would make the HTTP listener fail to bind."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()
+
+
+class AgentDaemon:
+    def __init__(
+        self,
+        config: AgentConfig,
+        workload_attestors: tuple[ConfiguredWorkloadAttestor, ...],
+        node_attestor: NodeAttestorAgent,
+    ) -> None:
+        self.config = config
+        self.metrics = AgentMetrics()
+        self.keeper = IdentityKeeper(config, node_attestor, self.metrics)
+        self.cache = Cache(config.trust_domain_value)
+        self.callers = CallerTable()
+        self.attestors = workload_attestors
+        self.synced = trio.Event()
+        self.serving = False
+        sync = config.sync
+        self.backoff = Backoff(
+            sync.initial_backoff.total_seconds(), sync.max_backoff.total_seconds()
+        )
+        self.cache.add_listener(self._on_change)
+        self._bundle_dirty = trio.Event()
+
+    def readiness(self) -> str | None:
+        if self.keeper.identity is None:
+            return "node attestation has not completed"
+        if not self.synced.is_set():
+            return "waiting for the first sync from the server"
+        if not self.serving:
+            return "the Workload API is not listening yet"
+        return None
+
+    def _on_change(self, change: Change) -> None:
+        if change.bundles:
+            self._bundle_dirty.set()
+
+    async def _follow_bundle(self, server: ServerClient) -> None:
+        """Trust and persist every new bundle, so a restart survives CA rotation."""
+        while True:
+            await self._bundle_dirty.wait()
+            self._bundle_dirty = trio.Event()
+            view = self.cache.bundles
+            if view is not None:
+                server.set_roots(view.local.x509_pem())
+                await self.keeper.update_bundle(view.local)
+
+    async def _server_tasks(self, server: ServerClient) -> None:
+        signer = X509Signer(
+            self.cache, server, self.config.workload.key_type, self.metrics, self.backoff
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.keeper.maintain, server)
+            nursery.start_soon(signer.run)
+            nursery.start_soon(self._follow_bundle, server)
+            nursery.start_soon(
+                lambda: run_sync(
+                    server, self.cache, self.metrics, self.backoff, on_update=self.synced.set
+                )
+            )
+
+    async def _stay_attested(self, server: ServerClient) -> None:
+        """Run the server-facing tasks; after an eviction, re-attest or give up clearly."""
+        while True:
+            try:
+                await self._server_tasks(server)
+            except* AgentEvicted as group:
+                detail = str(group.exceptions[0])
+                identity = self.keeper.identity
+                await trio.to_thread.run_sync(forget_identity, self.config.data_dir)
+                if identity is None or not identity.reattestable:
+                    raise NeedsNewJoinToken(detail) from None
+                log.warning("agent.evicted_reattesting", detail=detail)
+                await self.keeper.attest(server, self.backoff)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        ensure_private_dir(config.data_dir)
+        admin_dir = ensure_private_dir(config.admin_socket_path.parent)
+        config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _remove_stale_socket(config.admin_socket_path)
+        server = await self.keeper.start(self.backoff)
+        timeout = config.workload.attestation_timeout.total_seconds()
+        async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
+            nursery.start_soon(self._stay_attested, server)
+            await self.synced.wait()
+            api = WorkloadApi(
+                self.cache,
+                self.callers,
+                bridge,
+                make_attest(self.attestors, timeout),
+                JwtMinter(self.cache, server, self.metrics),
+                self.metrics,
+            )
+            max_bytes = config.workload.max_message_bytes
+            await nursery.start(
+                lambda task_status: serve_grpc_with_peercred(
+                    config.socket_path,
+                    [workload_api_handler(api)],
+                    self.callers,
+                    private_dir=admin_dir / "workload",
+                    max_connections=DEFAULT_MAX_CONNECTIONS,
+                    server_options=(
+                        ("grpc.max_receive_message_length", max_bytes),
+                        ("grpc.max_send_message_length", max_bytes),
+                    ),
+                    task_status=task_status,
+                )
+            )
+            self.serving = True
+            await nursery.start(
+                serve_health,
+                f"unix:{config.admin_socket_path}",
+                self.metrics.registry,
+                self.readiness,
+            )
+            for address in dict.fromkeys((config.health.address, config.metrics.address)):
+                if address:
+                    await nursery.start(
+                        serve_health, address, self.metrics.registry, self.readiness
+                    )
+            log.info(
+                "agent.ready",
+                spiffe_id=str(self.keeper.identity.spiffe_id) if self.keeper.identity else None,
+                socket=str(config.socket_path),
+            )
+            sd_notify("READY=1")
+            task_status.started()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    log.info("agent.signal", signal=signal.Signals(signum).name)
+                    if signum == signal.SIGTERM:
+                        sd_notify("STOPPING=1")
+                        nursery.cancel_scope.cancel()
+                        return

@@ -1,0 +1,182 @@
+"""The agent's gRPC channels to the server: TLS for Attest, mTLS with the agent SVID otherwise.
+
+grpcio checks the server's certificate against the trust bundle and its DNS SAN (through
+`grpc.ssl_target_name_override`), so the agent talks only to a server holding an SVID of its
+own trust domain. Channels are rebuilt when the agent SVID or the bundle changes; streams
+already open on the previous channel run on until they end. Methods are asyncio coroutines
+(grpc.aio); trio code calls them through `insignia.runtime.call_asyncio`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final, TypeVar
+
+import grpc
+import grpc.aio
+from insignia_proto import agent_pb2
+from insignia_proto.agent_pb2_grpc import AgentAPIStub
+
+T = TypeVar("T")
+
+SERVER_TLS_NAME: Final = "insignia-server"
+"""The DNS SAN in the server's SVID; the agent checks it instead of the address it dials."""
+
+_EVICTION_CODES: Final = frozenset(
+    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+)
+_KEEPALIVE: Final = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+class AgentEvicted(Exception):
+    """The server no longer accepts this agent's SVID (evicted, or unknown to the server)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the server refused this agent's identity: {detail}")
+        self.detail = detail
+
+
+def is_eviction(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() in _EVICTION_CODES
+
+
+def fetch_server_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
+    """The server's leaf certificate, UNVERIFIED (PEM): only for `insecure_bootstrap`.
+
+    The agent then pins exactly this certificate for its first attestation, so it is at
+    least talking to one consistent server; it trusts the bundle that server returns.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the whole point of insecure bootstrap
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_TLS_NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ConnectionError(f"{host}:{port} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+async def next_message(stream: AsyncIterator[T]) -> T | None:
+    """The next message of a grpc.aio response stream, or None at its end (asyncio side)."""
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
+
+
+class ServerClient:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        attestation_port: int,
+        roots_pem: bytes,
+        rpc_timeout: float,
+        tls_name: str = SERVER_TLS_NAME,
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.attestation_port = attestation_port
+        self.rpc_timeout = rpc_timeout
+        self._tls_name = tls_name
+        self._roots = roots_pem
+        self._identity: tuple[bytes, bytes] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._retired: list[grpc.aio.Channel] = []
+
+    def _options(self) -> Sequence[tuple[str, Any]]:
+        return (("grpc.ssl_target_name_override", self._tls_name), *_KEEPALIVE)
+
+    def set_roots(self, roots_pem: bytes) -> None:
+        """Trust a new bundle (after attestation or a bundle change); rebuilds the channel."""
+        if roots_pem != self._roots:
+            self._roots = roots_pem
+            self._retire()
+
+    def set_identity(self, chain_pem: bytes, key_pem: bytes) -> None:
+        """Present a new agent SVID from now on."""
+        if (chain_pem, key_pem) != self._identity:
+            self._identity = (chain_pem, key_pem)
+            self._retire()
+
+    def _retire(self) -> None:
+        if self._channel is not None:
+            self._retired.append(self._channel)
+            self._channel = None
+
+    def _stub(self) -> AgentAPIStub[Any, Any, Any, Any, Any]:
+        if self._identity is None:
+            raise RuntimeError("no agent SVID yet: attest first")
+        if self._channel is None:
+            chain, key = self._identity
+            creds = grpc.ssl_channel_credentials(self._roots, key, chain)
+            target = f"{self.address}:{self.port}"
+            self._channel = grpc.aio.secure_channel(target, creds, options=self._options())
+        return AgentAPIStub(self._channel)
+
+    def attest(
+        self,
+    ) -> grpc.aio.StreamStreamCall[agent_pb2.AttestRequest, agent_pb2.AttestResponse]:
+        """An Attest stream on the attestation port (server TLS only). Close the returned
+        channel-owning call with `cancel()`; its one-off channel closes with the client."""
+        creds = grpc.ssl_channel_credentials(self._roots)
+        target = f"{self.address}:{self.attestation_port}"
+        channel = grpc.aio.secure_channel(target, creds, options=self._options())
+        self._retired.append(channel)
+        call: grpc.aio.StreamStreamCall[agent_pb2.AttestRequest, agent_pb2.AttestResponse] = (
+            AgentAPIStub(channel).Attest(None, timeout=self.rpc_timeout)
+        )
+        return call
+
+    def sync(
+        self, request: agent_pb2.SyncRequest
+    ) -> grpc.aio.UnaryStreamCall[agent_pb2.SyncRequest, agent_pb2.SyncUpdate]:
+        call: grpc.aio.UnaryStreamCall[agent_pb2.SyncRequest, agent_pb2.SyncUpdate] = (
+            self._stub().Sync(request)
+        )
+        return call
+
+    async def renew_agent(self, csr_der: bytes) -> bytes:
+        request = agent_pb2.RenewAgentRequest(csr=csr_der)
+        response: agent_pb2.RenewAgentResponse = await self._stub().RenewAgent(
+            request, timeout=self.rpc_timeout
+        )
+        return response.svid_chain
+
+    async def batch_new_x509_svid(
+        self, params: Sequence[agent_pb2.X509SVIDParams]
+    ) -> Sequence[agent_pb2.X509SVIDResult]:
+        request = agent_pb2.BatchNewX509SVIDRequest(params=params)
+        response: agent_pb2.BatchNewX509SVIDResponse = await self._stub().BatchNewX509SVID(
+            request, timeout=self.rpc_timeout
+        )
+        return response.results
+
+    async def batch_new_jwt_svid(
+        self, params: Sequence[agent_pb2.JWTSVIDParams]
+    ) -> Sequence[agent_pb2.JWTSVIDResult]:
+        request = agent_pb2.BatchNewJWTSVIDRequest(params=params)
+        response: agent_pb2.BatchNewJWTSVIDResponse = await self._stub().BatchNewJWTSVID(
+            request, timeout=self.rpc_timeout
+        )
+        return response.results
+
+    async def close_retired(self) -> None:
+        """Close channels replaced by newer credentials (their streams have moved on)."""
+        retired, self._retired = self._retired, []
+        for channel in retired:
+            await channel.close(grace=1.0)
+
+    async def close(self) -> None:
+        self._retire()
+        await self.close_retired()

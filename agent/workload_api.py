@@ -1,0 +1,287 @@
+"""The five SPIFFE Workload API RPCs, as grpc.aio handlers answering from the agent cache.
+
+Every call goes through the same gate: the security header, the caller's kernel credentials
+(from the peer-credentials front), workload attestation in trio with a deadline, then the
+pid-reuse check, because an answer is only as good as the proof that the process asking is
+the one that was attested. Streams send at once, then again whenever the cache reports a
+change that concerns the caller, and stay open until the caller cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+from insignia_proto import workload_pb2 as pb
+
+from agent.cache import Cache, JwtSvidRecord
+from agent.entries import Entry
+from agent.jwt_validation import JwtValidator
+from agent.metrics import AgentMetrics
+from agent.workload_views import NoIdentity, jwt_bundles, jwt_targets, x509_bundles, x509_view
+from insignia.bundle import BundleSet
+from insignia.jwtsvid import InvalidJwtSvid
+from insignia.logs import get_logger
+from insignia.peercred import CallerTable, PeerCredentials, still_same_process
+from insignia.runtime import TrioBridge
+from insignia.selectors import Selector
+from insignia.workload_wire import SECURITY_HEADER_KEY
+
+log = get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+M = TypeVar("M", bound=Message)
+
+NO_IDENTITY = "no identity issued"
+HEADER_MISSING = "security header missing from request"
+
+
+class WorkloadAttestationFailed(Exception):
+    """Attestation could not establish the caller's selectors; `reason` is a metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
+"""Trio side: the caller's selectors, or WorkloadAttestationFailed (deadline included)."""
+
+
+class JwtSource(Protocol):
+    """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted."""
+
+    async def jwt_svid(self, entry: Entry, audience: frozenset[str]) -> JwtSvidRecord: ...
+
+
+class JwtUnavailable(Exception):
+    """No JWT-SVID could be had: the server is unreachable and nothing usable is cached."""
+
+
+class _StreamSubscriber:
+    """A cache subscriber that wakes one open stream (asyncio side, same thread as trio)."""
+
+    def __init__(self, selectors: frozenset[Selector]) -> None:
+        self.selectors = selectors
+        self.event = asyncio.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkloadApi:
+    """Implements `insignia.workload_wire.WorkloadApiServicer`."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        callers: CallerTable,
+        bridge: TrioBridge,
+        attest: Attest,
+        jwt_source: JwtSource,
+        metrics: AgentMetrics,
+    ) -> None:
+        self._cache = cache
+        self._callers = callers
+        self._bridge = bridge
+        self._attest = attest
+        self._jwt = jwt_source
+        self._metrics = metrics
+        self._validator = JwtValidator()
+
+    # --- the gate -------------------------------------------------------------------
+
+    async def _authenticate(self, context: Context, method: str) -> frozenset[Selector]:
+        metadata = context.invocation_metadata() or ()
+        if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
+            log.info("workload.header_missing", method=method, peer=context.peer())
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
+        creds = await self._callers.caller_or_abort(context)
+        try:
+            selectors = await self._bridge.call_trio(self._attest, creds)
+        except WorkloadAttestationFailed as exc:
+            self._metrics.attestation_failed(exc.reason)
+            log.warning(
+                "workload.attestation_failed",
+                method=method,
+                pid=creds.pid,
+                uid=creds.uid,
+                reason=exc.reason,
+                error=exc.detail,
+            )
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"workload attestation failed: {exc.detail}"
+            )
+        if not still_same_process(creds):
+            self._metrics.attestation_failed("process_replaced")
+            log.warning("workload.caller_replaced", method=method, pid=creds.pid, uid=creds.uid)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the calling process exited or was replaced during attestation",
+            )
+        self._metrics.workloads_attested.inc()
+        return selectors
+
+    async def _denied(self, context: Context, method: str, exc: NoIdentity) -> NoReturn:
+        log.info("workload.no_identity", method=method, selectors=sorted(map(str, exc.selectors)))
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+
+    def _observe(self, method: str, started: float, code: grpc.StatusCode) -> None:
+        self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
+
+    # --- streams --------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        context: Context,
+        method: str,
+        build: Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]],
+    ) -> AsyncIterator[M]:
+        """Send `build(...)` at once and after every relevant change, until cancelled.
+
+        `build` returns the message (None: nothing to send yet) and when it goes stale by
+        itself (an SVID expiring), so the stream re-checks then even without a change.
+        """
+        started = time.perf_counter()
+        selectors = await self._authenticate(context, method)
+        subscriber = _StreamSubscriber(selectors)
+        self._cache.subscribe(subscriber)
+        self._metrics.open_streams.inc()
+        last: M | None = None
+        try:
+            while True:
+                subscriber.event.clear()
+                try:
+                    message, stale_at = build(selectors, _now())
+                except NoIdentity as exc:
+                    await self._denied(context, method, exc)
+                if message is not None and message != last:
+                    if last is None:
+                        self._observe(method, started, grpc.StatusCode.OK)
+                    last = message
+                    yield message
+                timeout = None
+                if stale_at is not None:
+                    timeout = max(0.0, (stale_at - _now()).total_seconds()) + 0.001
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscriber.event.wait(), timeout)
+        finally:
+            self._metrics.open_streams.dec()
+            self._cache.unsubscribe(subscriber)
+
+    def _x509_message(
+        self, selectors: frozenset[Selector], now: datetime
+    ) -> tuple[pb.X509SVIDResponse | None, datetime | None]:
+        view = x509_view(self._cache, selectors, now)
+        stale_at = min((r.timing.not_after for r in view.served), default=None)
+        if not view.response.svids:
+            return None, stale_at  # identities exist but are still being signed
+        return view.response, stale_at
+
+    async def FetchX509SVID(
+        self, request: pb.X509SVIDRequest, context: Context
+    ) -> AsyncIterator[pb.X509SVIDResponse]:
+        async for message in self._stream(context, "FetchX509SVID", self._x509_message):
+            self._metrics.served("x509", len(message.svids))
+            yield message
+
+    async def FetchX509Bundles(
+        self, request: pb.X509BundlesRequest, context: Context
+    ) -> AsyncIterator[pb.X509BundlesResponse]:
+        def build(
+            selectors: frozenset[Selector], now: datetime
+        ) -> tuple[pb.X509BundlesResponse | None, None]:
+            bundles = x509_bundles(self._cache, selectors, now)
+            return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
+
+        async for message in self._stream(context, "FetchX509Bundles", build):
+            yield message
+
+    async def FetchJWTBundles(
+        self, request: pb.JWTBundlesRequest, context: Context
+    ) -> AsyncIterator[pb.JWTBundlesResponse]:
+        def build(
+            selectors: frozenset[Selector], now: datetime
+        ) -> tuple[pb.JWTBundlesResponse | None, None]:
+            bundles = jwt_bundles(self._cache, selectors, now)
+            return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
+
+        async for message in self._stream(context, "FetchJWTBundles", build):
+            yield message
+
+    # --- unary ----------------------------------------------------------------------
+
+    async def FetchJWTSVID(
+        self, request: pb.JWTSVIDRequest, context: Context
+    ) -> pb.JWTSVIDResponse:
+        started = time.perf_counter()
+        selectors = await self._authenticate(context, "FetchJWTSVID")
+        audience = frozenset(request.audience)
+        if not audience or not all(audience):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        try:
+            targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
+        except NoIdentity as exc:
+            await self._denied(context, "FetchJWTSVID", exc)
+        svids = []
+        for entry in targets:
+            try:
+                record = await self._jwt.jwt_svid(entry, audience)
+            except JwtUnavailable as exc:
+                log.warning("workload.jwt_unavailable", entry_id=entry.id, error=str(exc))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not mint JWT-SVID: {exc}")
+            svids.append(
+                pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=record.token, hint=entry.hint)
+            )
+        self._metrics.served("jwt", len(svids))
+        self._observe("FetchJWTSVID", started, grpc.StatusCode.OK)
+        return pb.JWTSVIDResponse(svids=svids)
+
+    async def ValidateJWTSVID(
+        self, request: pb.ValidateJWTSVIDRequest, context: Context
+    ) -> pb.ValidateJWTSVIDResponse:
+        started = time.perf_counter()
+        selectors = await self._authenticate(context, "ValidateJWTSVID")
+        if not request.audience:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        if not request.svid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
+        try:
+            jwt = self._validator.validate(
+                request.svid, self._trusted_bundles(selectors), request.audience, _now()
+            )
+        except InvalidJwtSvid as exc:
+            self._observe("ValidateJWTSVID", started, grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        claims = Struct()
+        claims.update(dict(jwt.claims))
+        self._observe("ValidateJWTSVID", started, grpc.StatusCode.OK)
+        return pb.ValidateJWTSVIDResponse(spiffe_id=str(jwt.spiffe_id), claims=claims)
+
+    def _trusted_bundles(self, selectors: frozenset[Selector]) -> BundleSet:
+        """The local bundle plus federated ones of the caller's entries, as SPIRE does.
+
+        A caller without an identity may still validate tokens of its own trust domain.
+        """
+        view = self._cache.bundles
+        if view is None:
+            return BundleSet()
+        bundles = [view.local]
+        wanted = {
+            td for e in self._cache.entitled(selectors, time.time()) for td in e.federates_with
+        }
+        bundles += [b for td, b in view.federated.items() if td in wanted]
+        return BundleSet.of(bundles)

@@ -1,0 +1,120 @@
+"""What one workload sees: Workload API responses built from the cache and its selectors.
+
+Pure functions of (cache state, caller selectors, time), so the authorization rule "a caller
+gets exactly the identities its selectors entitle it to, with the bundles of its own and its
+federated trust domains" is tested without sockets or processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from insignia_proto import workload_pb2 as pb
+
+from agent.cache import BundleView, Cache, X509SvidRecord
+from agent.entries import Entry
+from insignia.bundle import Bundle
+from insignia.selectors import Selector
+from insignia.spiffeid import TrustDomain
+
+
+class NoIdentity(Exception):
+    """The caller's selectors match no entry: the Workload API answers PERMISSION_DENIED."""
+
+    def __init__(self, selectors: frozenset[Selector]) -> None:
+        shown = ", ".join(sorted(str(s) for s in selectors)) or "none"
+        super().__init__(f"no identity issued (selectors: {shown})")
+        self.selectors = selectors
+
+
+@dataclass(frozen=True, slots=True)
+class X509View:
+    """The caller's X.509 identities that have an SVID now, and whether any are still pending."""
+
+    response: pb.X509SVIDResponse
+    served: tuple[X509SvidRecord, ...]
+    pending: tuple[Entry, ...]
+
+
+def _entitled(cache: Cache, selectors: frozenset[Selector], now: datetime) -> list[Entry]:
+    entries = cache.entitled(selectors, now.timestamp())
+    if not entries:
+        raise NoIdentity(selectors)
+    return entries
+
+
+def _federated(
+    bundles: BundleView, entries: list[Entry], own: TrustDomain
+) -> dict[TrustDomain, Bundle]:
+    """Federated bundles the caller's entries federate with (never the local one twice)."""
+    wanted = {td for e in entries for td in e.federates_with if td != own}
+    return {td: bundles.federated[td] for td in sorted(wanted, key=str) if td in bundles.federated}
+
+
+def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X509View:
+    """FetchX509SVID's message for the caller; NoIdentity when nothing matches."""
+    entries = _entitled(cache, selectors, now)
+    bundles = cache.bundles
+    local_der = bundles.local.x509_der() if bundles is not None else b""
+    svids = []
+    served = []
+    pending = []
+    for entry in entries:
+        record = cache.x509_svid(entry.id)
+        if record is None or record.timing.not_after <= now:
+            pending.append(entry)
+            continue
+        served.append(record)
+        svids.append(
+            pb.X509SVID(
+                spiffe_id=str(record.spiffe_id),
+                x509_svid=record.chain_der,
+                x509_svid_key=record.key_der,
+                bundle=local_der,
+                hint=entry.hint,
+            )
+        )
+    federated = {}
+    if bundles is not None:
+        fed = _federated(bundles, entries, cache.trust_domain)
+        federated = {str(td): b.x509_der() for td, b in fed.items()}
+    response = pb.X509SVIDResponse(svids=svids, federated_bundles=federated)
+    return X509View(response, tuple(served), tuple(pending))
+
+
+def x509_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
+    """FetchX509Bundles' map: trust domain -> concatenated DER, own domain first."""
+    entries = _entitled(cache, selectors, now)
+    bundles = cache.bundles
+    if bundles is None:
+        return {}
+    result = {str(cache.trust_domain): bundles.local.x509_der()}
+    for td, bundle in _federated(bundles, entries, cache.trust_domain).items():
+        result[str(td)] = bundle.x509_der()
+    return result
+
+
+def jwt_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
+    """FetchJWTBundles' map: trust domain -> JWKS JSON."""
+    entries = _entitled(cache, selectors, now)
+    bundles = cache.bundles
+    if bundles is None:
+        return {}
+    result = {str(cache.trust_domain): bundles.local.jwks()}
+    for td, bundle in _federated(bundles, entries, cache.trust_domain).items():
+        result[str(td)] = bundle.jwks()
+    return result
+
+
+def jwt_targets(
+    cache: Cache, selectors: frozenset[Selector], now: datetime, spiffe_id: str
+) -> list[Entry]:
+    """The entries FetchJWTSVID mints for: all of the caller's, or the one it named."""
+    entries = _entitled(cache, selectors, now)
+    if not spiffe_id:
+        return entries
+    chosen = [e for e in entries if str(e.spiffe_id) == spiffe_id]
+    if not chosen:
+        raise NoIdentity(selectors)
+    return chosen[:1]

@@ -1,0 +1,79 @@
+"""Structured logging for both daemons: JSON lines for machines, aligned text for people.
+
+Everything goes to stderr (systemd's journal and container runtimes collect it there). Records
+from the standard `logging` module (hypercorn, alembic, grpc) are rendered by the same
+processors, so one log stream has one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal, TextIO, get_args
+
+import structlog
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+# Third-party loggers whose info records are start-up chatter, not events an operator needs.
+_QUIET = ("alembic.runtime.plugins",)
+LogFormat = Literal["json", "console"]
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def configure_logging(
+    level: LogLevel | str = "info", fmt: LogFormat | str = "console", stream: TextIO | None = None
+) -> None:
+    """Route structlog and stdlib logging to `stream` (stderr) at `level` in format `fmt`.
+
+    Raises ValueError naming the bad level or format. Safe to call more than once (tests do).
+    """
+    if level not in get_args(LogLevel):
+        raise ValueError(f"unknown log level {level!r}; expected one of {get_args(LogLevel)}")
+    if fmt not in get_args(LogFormat):
+        raise ValueError(f"unknown log format {fmt!r}; expected one of {get_args(LogFormat)}")
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_shared_processors(),
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger bound to `name` (use the module's `__name__`)."""
+    return structlog.stdlib.get_logger(name)

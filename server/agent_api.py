@@ -1,0 +1,256 @@
+"""The agent API (insignia.agent.v1.AgentAPI, see agent.proto) on grpc.aio.
+
+Attest runs on the server-auth-only TLS port (no agent SVID yet, see server/tls.py); every
+other RPC runs on the mTLS port and starts by checking the caller's certificate: a current
+agent SVID (the serial the agents table holds), not evicted, not banned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import timedelta
+
+import grpc
+from insignia_proto import agent_pb2
+
+from insignia.spiffeid import SpiffeId
+from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
+from server.core import ServerCore, log
+from server.entries import is_agent_id
+from server.node_attestation import attest_agent
+from server.ratelimit import peer_ip
+from server.signing import (
+    NoActiveAuthority,
+    SigningRefused,
+    sign_jwt,
+    sign_x509_svid,
+)
+from server.sync import delta_update, full_update
+from server.tls import peer_certificate
+
+Context = grpc.aio.ServicerContext[object, object]
+SERVICE = "AgentAPI"
+
+
+class AgentApi:
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    # --- caller authentication ----------------------------------------------------------
+
+    async def _caller(self, context: Context) -> tuple[SpiffeId, str]:
+        """The agent behind this connection, or abort UNAUTHENTICATED / PERMISSION_DENIED."""
+        cert = peer_certificate(context)
+        if cert is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+            raise AssertionError("unreachable")
+        try:
+            agent_id = leaf_spiffe_id(cert)
+        except InvalidX509Svid as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"not an X509-SVID: {exc}")
+            raise
+        if not agent_id.member_of(self.core.trust_domain) or not is_agent_id(agent_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{agent_id} is not an agent of this server"
+            )
+        if cert.not_valid_after_utc <= self.core.clock():
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "agent SVID has expired")
+        serial = str(cert.serial_number)
+        problem = self.core.model.check_agent(agent_id, serial)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
+        record = self.core.model.agents[agent_id]
+        if serial == record.new_serial_number:  # first use of a renewed SVID: promote it
+            await self.core.save_agent(replace(record, serial_number=serial, new_serial_number=""))
+        return agent_id, serial
+
+    async def _limit(self, context: Context, cost: float) -> None:
+        ip = peer_ip(context.peer())
+        if not self.core.signing_limiter.try_acquire(ip, time.monotonic(), cost):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"signing rate limit for {ip} exceeded; retry in "
+                f"{self.core.signing_limiter.retry_after(ip, cost):.2f}s",
+            )
+
+    # --- RPCs -----------------------------------------------------------------------------
+
+    async def Attest(self, request_iterator: object, context: Context) -> None:
+        with self.core.metrics.rpc(SERVICE, "Attest") as outcome:
+            await attest_agent(self.core, request_iterator, context, outcome)
+
+    async def RenewAgent(
+        self, request: agent_pb2.RenewAgentRequest, context: Context
+    ) -> agent_pb2.RenewAgentResponse:
+        with self.core.metrics.rpc(SERVICE, "RenewAgent") as outcome:
+            agent_id, _ = await self._caller(context)
+            await self._limit(context, 1)
+            try:
+                signed = sign_x509_svid(
+                    self.core.authorities.state.active_x509(),
+                    request.csr,
+                    agent_id,
+                    self.core.config.agent_svid_ttl,
+                    now=self.core.clock(),
+                    id_optional=True,
+                )
+            except (SigningRefused, NoActiveAuthority) as exc:
+                outcome[0] = "INVALID_ARGUMENT"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise
+            record = self.core.model.agents[agent_id]
+            await self.core.save_agent(
+                replace(
+                    record,
+                    new_serial_number=str(signed.serial_number),
+                    expires_at=signed.expires_at,
+                )
+            )
+            self.core.metrics.svids_signed.labels("agent").inc()
+            log.info("agent SVID renewed", agent_id=str(agent_id), serial=signed.serial_number)
+            return agent_pb2.RenewAgentResponse(svid_chain=signed.chain_der)
+
+    async def Sync(self, request: agent_pb2.SyncRequest, context: Context) -> None:
+        agent_id, serial = await self._caller(context)
+        core, model = self.core, self.core.model
+        history = model.history(agent_id)
+        with model.watch(agent_id) as changed:
+            previous = (
+                history.find(request.since_revision) if request.store_id == model.store_id else None
+            )
+            if previous is not None:
+                update, view = delta_update(
+                    model.store_id,
+                    model.revision,
+                    previous,
+                    model.authorized(agent_id).values(),
+                    model.bundle_state,
+                    core.defaults,
+                )
+                update = update or agent_pb2.SyncUpdate(
+                    store_id=model.store_id, revision=model.revision
+                )
+            else:
+                update, view = full_update(
+                    model.store_id,
+                    model.revision,
+                    model.authorized(agent_id).values(),
+                    model.bundle_state,
+                    core.defaults,
+                )
+            history.remember(view)
+            await context.write(update)
+            while True:
+                await changed.wait()
+                changed.clear()
+                problem = model.check_agent(agent_id, serial)
+                if problem is not None:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
+                maybe, new_view = delta_update(
+                    model.store_id,
+                    model.revision,
+                    view,
+                    model.authorized(agent_id).values(),
+                    model.bundle_state,
+                    core.defaults,
+                )
+                if maybe is not None:
+                    view = new_view
+                    history.remember(view)
+                    await context.write(maybe)
+
+    async def BatchNewX509SVID(
+        self, request: agent_pb2.BatchNewX509SVIDRequest, context: Context
+    ) -> agent_pb2.BatchNewX509SVIDResponse:
+        with self.core.metrics.rpc(SERVICE, "BatchNewX509SVID"):
+            agent_id, _ = await self._caller(context)
+            await self._limit(context, max(1, len(request.params)))
+            authorized = self.core.model.authorized(agent_id)
+            authority = self.core.authorities.state.active_x509()
+            now = self.core.clock()
+            results = []
+            for params in request.params:
+                entry = authorized.get(params.entry_id)
+                if entry is None:
+                    self.core.metrics.signing_refused.labels("x509").inc()
+                    results.append(
+                        agent_pb2.X509SVIDResult(
+                            entry_id=params.entry_id,
+                            error=f"entry {params.entry_id!r} is not authorized for {agent_id}",
+                        )
+                    )
+                    continue
+                ttl = timedelta(seconds=entry.x509_svid_ttl) if entry.x509_svid_ttl else None
+                try:
+                    signed = sign_x509_svid(
+                        authority,
+                        params.csr,
+                        entry.spiffe_id,
+                        ttl or self.core.config.default_x509_svid_ttl,
+                        entry.dns_names,
+                        now,
+                    )
+                except (SigningRefused, NoActiveAuthority) as exc:
+                    self.core.metrics.signing_refused.labels("x509").inc()
+                    results.append(agent_pb2.X509SVIDResult(entry_id=entry.id, error=str(exc)))
+                    continue
+                results.append(
+                    agent_pb2.X509SVIDResult(
+                        entry_id=entry.id,
+                        svid_chain=signed.chain_der,
+                        expires_at=int(signed.expires_at.timestamp()),
+                    )
+                )
+            signed_count = sum(1 for r in results if not r.error)
+            self.core.metrics.svids_signed.labels("x509").inc(signed_count)
+            return agent_pb2.BatchNewX509SVIDResponse(results=results)
+
+    async def BatchNewJWTSVID(
+        self, request: agent_pb2.BatchNewJWTSVIDRequest, context: Context
+    ) -> agent_pb2.BatchNewJWTSVIDResponse:
+        with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID"):
+            agent_id, _ = await self._caller(context)
+            await self._limit(context, max(1, len(request.params)))
+            authorized = self.core.model.authorized(agent_id)
+            state = self.core.authorities.state
+            active = state.active_jwt()
+            key_not_after = state.active_jwt_not_after()
+            now = self.core.clock()
+            results = []
+            for params in request.params:
+                entry = authorized.get(params.entry_id)
+                if entry is None:
+                    self.core.metrics.signing_refused.labels("jwt").inc()
+                    results.append(
+                        agent_pb2.JWTSVIDResult(
+                            entry_id=params.entry_id,
+                            error=f"entry {params.entry_id!r} is not authorized for {agent_id}",
+                        )
+                    )
+                    continue
+                ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl else None
+                try:
+                    signed = sign_jwt(
+                        active,
+                        key_not_after,
+                        entry.spiffe_id,
+                        list(params.audience),
+                        ttl or self.core.config.default_jwt_svid_ttl,
+                        now,
+                        self.core.config.jwt_issuer,
+                    )
+                except (SigningRefused, NoActiveAuthority) as exc:
+                    self.core.metrics.signing_refused.labels("jwt").inc()
+                    results.append(agent_pb2.JWTSVIDResult(entry_id=entry.id, error=str(exc)))
+                    continue
+                results.append(
+                    agent_pb2.JWTSVIDResult(
+                        entry_id=entry.id,
+                        token=signed.token,
+                        issued_at=signed.issued_at,
+                        expires_at=signed.expires_at,
+                    )
+                )
+            self.core.metrics.svids_signed.labels("jwt").inc(sum(1 for r in results if r.token))
+            return agent_pb2.BatchNewJWTSVIDResponse(results=results)

@@ -1,0 +1,88 @@
+"""`insignia-server`: run the server, and administer it through the admin API socket."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from insignia_proto import admin_pb2
+
+from insignia.config import CONFIG_EXIT_CODE, ConfigError
+from insignia.logs import configure_logging
+from insignia.runtime import run as run_trio
+from server.cli_client import admin_options, call, emit
+from server.cli_commands import agent, authority, bundle, jwt, token, x509
+from server.cli_entry import entry
+from server.config import load_server_config
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("insignia")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="insignia-server")
+def main() -> None:
+    """Insignia server: the trust domain's CA, registration entries and agent API."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Server config file (TOML); see server/server.sample.toml.",
+)
+def run(config_path: Path) -> None:
+    """Run the server until SIGTERM or SIGINT."""
+    try:
+        config = load_server_config(config_path)
+        configure_logging(config.log.level, config.log.format)
+    except (ConfigError, ValueError) as exc:
+        _config_failure(exc)
+    from server.daemon import run_daemon  # heavy imports only when running
+
+    try:
+        run_trio(run_daemon, config, config_path)
+    except KeyboardInterrupt:
+        pass
+    except BaseExceptionGroup as group:
+        found, _ = group.split(ConfigError)
+        if found is None:
+            raise
+        _config_failure(_first(found))
+    except ConfigError as exc:
+        _config_failure(exc)
+
+
+def _first(group: BaseExceptionGroup[ConfigError]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _config_failure(exc: BaseException) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(CONFIG_EXIT_CODE)
+
+
+@main.command()
+@admin_options
+def healthcheck(socket_path: Path, as_json: bool) -> None:
+    """Exit 0 when the server answers on its socket and is ready, else 1."""
+    response = call(socket_path, "Health", admin_pb2.HealthRequest())
+    emit(as_json, response, lambda: "ready" if response.ready else f"not ready: {response.reason}")
+    if not response.ready:
+        sys.exit(1)
+
+
+for command in (entry, token, agent, bundle, x509, jwt, authority):
+    main.add_command(command)

@@ -1,0 +1,76 @@
+"""The CLI's side of the admin API: connect to the Unix socket, call, print, fail clearly."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from insignia_proto import admin_pb2_grpc
+
+from server.config import DEFAULT_ADMIN_SOCKET
+
+F = TypeVar("F", bound=Callable[..., Any])
+CALL_TIMEOUT = 30.0
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def admin_options(fn: F) -> F:
+    """--socket and --json for every admin command."""
+    fn = click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(path_type=Path),
+        default=DEFAULT_ADMIN_SOCKET,
+        show_default=True,
+        envvar="INSIGNIA_SERVER_SOCKET",
+        help="Admin API socket of the server.",
+    )(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+    return fn
+
+
+@contextmanager
+def admin_stub(socket_path: Path) -> Iterator[admin_pb2_grpc.AdminAPIStub]:
+    try:
+        socket_path.stat()
+    except FileNotFoundError:
+        fail(f"admin socket {socket_path} does not exist (is the server running? see --socket)")
+    except OSError as exc:
+        fail(f"cannot use admin socket {socket_path}: {exc.strerror}")
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        yield admin_pb2_grpc.AdminAPIStub(channel)
+
+
+def call(socket_path: Path, method: str, request: Message) -> Any:
+    """One admin RPC; any gRPC error becomes one line on stderr and exit code 1."""
+    with admin_stub(socket_path) as stub:
+        try:
+            return getattr(stub, method)(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                fail(f"cannot reach the server at {socket_path}: {details}")
+            fail(f"{code.name if code else 'failed'}: {details}")
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def emit(as_json: bool, message: Message, text: Callable[[], str]) -> None:
+    click.echo(json.dumps(to_dict(message), indent=2) if as_json else text())

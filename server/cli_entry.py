@@ -1,0 +1,169 @@
+"""`insignia-server entry create|show|update|delete`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf.json_format import ParseDict, ParseError
+from insignia_proto import admin_pb2
+
+from server.cli_client import admin_options, call, emit, fail, to_dict
+
+
+def _entry_text(e: admin_pb2.Entry) -> str:
+    lines = [
+        f"Entry ID       : {e.id}",
+        f"SPIFFE ID      : {e.spiffe_id}",
+        f"Parent ID      : {e.parent_id}",
+        f"Revision       : {e.revision}",
+        f"X509-SVID TTL  : {e.x509_svid_ttl or 'default'}",
+        f"JWT-SVID TTL   : {e.jwt_svid_ttl or 'default'}",
+    ]
+    lines += [f"Selector       : {s}" for s in e.selectors]
+    lines += [f"DNS name       : {d}" for d in e.dns_names]
+    lines += [f"FederatesWith  : {td}" for td in e.federates_with]
+    if e.hint:
+        lines.append(f"Hint           : {e.hint}")
+    if e.admin:
+        lines.append("Admin          : true")
+    if e.downstream:
+        lines.append("Downstream     : true")
+    if e.expires_at:
+        lines.append(f"Expires at     : {e.expires_at}")
+    return "\n".join(lines)
+
+
+def entry_fields(fn: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--spiffe-id", help="SPIFFE ID the entry issues."),
+            click.option("--parent-id", help="Agent ID, node alias ID or parent workload ID."),
+            click.option("--selector", "selectors", multiple=True, help="type:value (repeat)."),
+            click.option("--x509-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
+            click.option("--jwt-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
+            click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
+            click.option("--hint", help="Hint for workloads holding several SVIDs."),
+            click.option("--federates-with", multiple=True, help="Trust domain (repeat)."),
+            click.option("--admin/--no-admin", default=None, help="Admin workload."),
+            click.option("--downstream/--no-downstream", default=None, help="Downstream."),
+            click.option("--expires-at", type=click.IntRange(min=0), help="Unix seconds."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _apply(entry: admin_pb2.Entry, given: dict[str, Any]) -> admin_pb2.Entry:
+    """Set the fields given on the command line; repeated options replace the whole list."""
+    for name, value in given.items():
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        if isinstance(value, tuple):
+            field = getattr(entry, name)
+            del field[:]
+            field.extend(value)
+        else:
+            setattr(entry, name, value)
+    return entry
+
+
+def _load_file(path: Path) -> list[admin_pb2.Entry]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: cannot read entries JSON: {exc}")
+    items = doc.get("entries") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        fail(f'{path}: expected a list of entries or {{"entries": [...]}}')
+    entries = []
+    for i, item in enumerate(items):
+        try:
+            entries.append(ParseDict(item, admin_pb2.Entry()))
+        except ParseError as exc:
+            fail(f"{path}: entries[{i}]: {exc}")
+    return entries
+
+
+@click.group()
+def entry() -> None:
+    """Manage registration entries."""
+
+
+@entry.command("create")
+@entry_fields
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Create every entry in this JSON file, all or none.",
+)
+@admin_options
+def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: Any) -> None:
+    """Create one entry (or a batch from --file); prints the new entry IDs."""
+    if file_path is not None:
+        if any(v not in (None, ()) for v in fields.values()):
+            fail("--file cannot be combined with entry fields")
+        entries = _load_file(file_path)
+    else:
+        for required in ("spiffe_id", "parent_id", "selectors"):
+            if not fields[required]:
+                fail(f"--{required.replace('_', '-').rstrip('s')} is required")
+        entries = [_apply(admin_pb2.Entry(), fields)]
+    response = call(socket_path, "CreateEntries", admin_pb2.CreateEntriesRequest(entries=entries))
+    emit(as_json, response, lambda: "\n".join(e.id for e in response.entries))
+
+
+@entry.command("show")
+@click.option("--id", "entry_id", help="Show only this entry.")
+@click.option("--spiffe-id", help="Only entries with this SPIFFE ID.")
+@click.option("--parent-id", help="Only entries with this parent ID.")
+@click.option("--selector", "selectors", multiple=True, help="Only entries holding all of these.")
+@admin_options
+def show(
+    socket_path: Path,
+    as_json: bool,
+    entry_id: str | None,
+    spiffe_id: str | None,
+    parent_id: str | None,
+    selectors: tuple[str, ...],
+) -> None:
+    """List entries matching every filter given."""
+    if entry_id:
+        found = [call(socket_path, "GetEntry", admin_pb2.GetEntryRequest(id=entry_id))]
+    else:
+        request = admin_pb2.ListEntriesRequest(
+            spiffe_id=spiffe_id or "", parent_id=parent_id or "", selectors=list(selectors)
+        )
+        found = list(call(socket_path, "ListEntries", request).entries)
+    if as_json:
+        click.echo(json.dumps({"entries": [to_dict(e) for e in found]}, indent=2))
+    else:
+        click.echo(f"Found {len(found)} entr{'y' if len(found) == 1 else 'ies'}")
+        for e in found:
+            click.echo("\n" + _entry_text(e))
+
+
+@entry.command("update")
+@click.argument("entry_id")
+@entry_fields
+@admin_options
+def update(socket_path: Path, as_json: bool, entry_id: str, **fields: Any) -> None:
+    """Change the given fields of ENTRY_ID (lists given replace the old lists)."""
+    current = call(socket_path, "GetEntry", admin_pb2.GetEntryRequest(id=entry_id))
+    revision = current.revision
+    changed = _apply(current, fields)
+    request = admin_pb2.UpdateEntryRequest(entry=changed, expected_revision=revision)
+    response = call(socket_path, "UpdateEntry", request)
+    emit(as_json, response, lambda: _entry_text(response))
+
+
+@entry.command("delete")
+@click.argument("entry_id")
+@admin_options
+def delete(socket_path: Path, as_json: bool, entry_id: str) -> None:
+    """Delete ENTRY_ID."""
+    response = call(socket_path, "DeleteEntry", admin_pb2.DeleteEntryRequest(id=entry_id))
+    emit(as_json, response, lambda: f"deleted {response.entry.id}")

@@ -1,0 +1,168 @@
+"""The server's configuration file: every key, its default, and its validation.
+
+`server/server.sample.toml` documents the same keys for operators; keep the two in step.
+Values are checked here, at load time, so a bad trust domain or TTL stops the daemon with a
+one-line error (exit code 2) instead of failing on the first agent that connects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from insignia.config import PositiveDuration, StrictModel, load_toml
+from insignia.keys import KeyType
+from insignia.logs import LogFormat, LogLevel
+from insignia.spiffeid import InvalidSpiffeId, TrustDomain
+
+DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
+DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
+
+
+def _trust_domain(value: str) -> str:
+    try:
+        TrustDomain.parse(value)
+    except InvalidSpiffeId as exc:
+        raise ValueError(exc.reason) from exc
+    return value
+
+
+def _host(value: str) -> str:
+    if value == "localhost":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError("expected an IP address or localhost") from exc
+    return value
+
+
+def _listen_address(value: str) -> str:
+    """ "host:port" (port 0 picks a free one), or "" to disable the listener."""
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8080, or an empty string")
+    _host(host.strip("[]"))
+    return value
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+Host = Annotated[str, AfterValidator(_host)]
+
+
+class AgentApiConfig(StrictModel):
+    """The agents' gRPC listeners: mTLS for everything but Attest, plain server TLS for Attest.
+
+    grpcio's server credentials either require a client certificate or never ask for one, so
+    node attestation (which runs before the agent has an SVID) gets a port of its own.
+    """
+
+    bind_address: Host = "127.0.0.1"
+    port: Port = 8081
+    attestation_port: Port = 8082
+    attestation_rate: float = Field(default=1.0, gt=0)
+    signing_rate: float = Field(default=500.0, gt=0)
+
+
+class DatabaseConfig(StrictModel):
+    url: str = ""  # "" = sqlite in data_dir
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("expected sqlite:///path or postgresql://user@host/db")
+        return value
+
+
+class UpstreamConfig(StrictModel):
+    """An existing CA (PEM cert, then its chain up to the root) the server CA is signed under."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class CaConfig(StrictModel):
+    key_type: KeyType = KeyType.EC_P256
+    jwt_key_type: KeyType | None = None  # None = same as key_type
+    ttl: PositiveDuration = timedelta(hours=24)
+    key_manager: Literal["disk", "memory"] = "disk"
+    upstream: UpstreamConfig | None = None
+
+
+class HealthConfig(StrictModel):
+    address: ListenAddress = "127.0.0.1:8080"
+
+
+class MetricsConfig(StrictModel):
+    address: ListenAddress = "127.0.0.1:8080"
+
+
+class LogConfig(StrictModel):
+    level: LogLevel = "info"
+    format: LogFormat = "json"
+
+
+class ServerConfig(StrictModel):
+    trust_domain: Annotated[str, AfterValidator(_trust_domain)]
+    data_dir: Path = DEFAULT_DATA_DIR
+    admin_socket: Path = DEFAULT_ADMIN_SOCKET
+    admin_uids: list[Annotated[int, Field(ge=0)]] = []
+    default_x509_svid_ttl: PositiveDuration = timedelta(hours=1)
+    default_jwt_svid_ttl: PositiveDuration = timedelta(minutes=5)
+    jwt_issuer: str = ""
+    agent_svid_ttl: PositiveDuration = timedelta(hours=1)
+    agent_api: AgentApiConfig = AgentApiConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    ca: CaConfig = CaConfig()
+    join_token_ttl: PositiveDuration = timedelta(seconds=600)
+    # [node_attestors.<plugin>] sections, validated by each plugin's own config model.
+    node_attestors: dict[str, dict[str, Any]] = {"join_token": {}}
+    health: HealthConfig = HealthConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        api = self.agent_api
+        if api.port != 0 and api.port == api.attestation_port:
+            raise ValueError("agent_api.port and agent_api.attestation_port must differ")
+        return self
+
+    @property
+    def td(self) -> TrustDomain:
+        return TrustDomain.parse(self.trust_domain)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'datastore.sqlite3'}"
+
+    @property
+    def jwt_key_type(self) -> KeyType:
+        return self.ca.jwt_key_type or self.ca.key_type
+
+    def ttl_warnings(self) -> list[str]:
+        """SPIRE's rule: the CA can only guarantee SVIDs up to min(ca_ttl/6, 7d) long."""
+        guaranteed = min(self.ca.ttl / 6, timedelta(days=7))
+        return [
+            f"{name} {ttl} exceeds {guaranteed}, the longest TTL a CA with ttl {self.ca.ttl} "
+            "guarantees; SVIDs will be cut short at the CA's expiry"
+            for name, ttl in (
+                ("default_x509_svid_ttl", self.default_x509_svid_ttl),
+                ("default_jwt_svid_ttl", self.default_jwt_svid_ttl),
+                ("agent_svid_ttl", self.agent_svid_ttl),
+            )
+            if ttl > guaranteed
+        ]
+
+
+def load_server_config(path: Path | str) -> ServerConfig:
+    """Load and validate `path`; `ConfigError` (one line naming the key) on any problem."""
+    return load_toml(path, ServerConfig)

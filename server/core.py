@@ -1,0 +1,211 @@
+"""What both APIs share: config, datastore, CA, in-memory model, metrics, and the writes that
+must also update the model (agents, the published bundle).
+
+The change-log follower lives here too: it turns every committed datastore write (from this
+process or another) into model updates and Sync wake-ups, usually within milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import trio
+from insignia_proto import agent_pb2
+
+from attestors.interface import NodeAttestorServer
+from insignia.logs import get_logger
+from insignia.runtime import TrioBridge
+from insignia.spiffeid import SpiffeId, TrustDomain
+from server.authorities import Authorities
+from server.authorization import EntryChange
+from server.ca import x509_authority_id
+from server.config import ServerConfig
+from server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
+from server.datastore.records import AgentRecord
+from server.datastore.store import Datastore
+from server.entries import EntryLimits, server_spiffe_id
+from server.metrics import ServerMetrics
+from server.model import ServerModel
+from server.ratelimit import RateLimiter
+from server.sync import Defaults
+
+T = TypeVar("T")
+log = get_logger("insignia.server")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JoinTokens:
+    """`JoinTokenStore` for the join_token attestor: one use per token, atomically."""
+
+    def __init__(self, store: Datastore | None = None) -> None:
+        self.store = store
+
+    async def consume_token(self, token: str, now: datetime) -> bool:
+        if self.store is None:
+            return False
+        try:
+            await trio.to_thread.run_sync(self.store.consume_join_token, token)
+        except JoinTokenError as exc:
+            log.info("join token refused", reason=exc.reason)
+            return False
+        return True
+
+
+@dataclass
+class ServerCore:
+    config: ServerConfig
+    store: Datastore
+    authorities: Authorities
+    metrics: ServerMetrics
+    bridge: TrioBridge | None = None
+    attestors: dict[str, NodeAttestorServer] = field(default_factory=dict)
+    clock: Callable[[], datetime] = utc_now
+
+    def __post_init__(self) -> None:
+        self.trust_domain: TrustDomain = self.config.td
+        self.server_id: SpiffeId = server_spiffe_id(self.trust_domain)
+        self.model = ServerModel(self.server_id)
+        self.defaults = Defaults(
+            self.config.default_x509_svid_ttl, self.config.default_jwt_svid_ttl
+        )
+        api = self.config.agent_api
+        self.attestation_limiter = RateLimiter(api.attestation_rate)
+        self.signing_limiter = RateLimiter(api.signing_rate)
+        guaranteed = int(min(self.config.ca.ttl.total_seconds() / 6, 7 * 86400))
+        self.limits = EntryLimits(self.trust_domain, guaranteed * 6, guaranteed * 6)
+        self._bundle_sequence = 0
+        self.ca_lock = trio.Lock()
+        self.ready_reason: str | None = "starting"
+        self.on_ca_change: Callable[[], None] = lambda: None
+
+    @property
+    def settings_upstream_id(self) -> str:
+        upstream = self.authorities.settings.upstream
+        return x509_authority_id(upstream.authority.certificate) if upstream else ""
+
+    def readiness(self) -> str | None:
+        """None when ready, else why not (blocking: pings the database)."""
+        try:
+            self.store.ping()
+        except DatastoreUnavailable as exc:
+            return f"datastore unavailable: {exc}"
+        if self.authorities.state.active_x509() is None:
+            return "no active X.509 CA"
+        if self.authorities.state.active_jwt() is None:
+            return "no active JWT signing key"
+        return None
+
+    # --- running blocking work off the event loop ---------------------------------------
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (SQL, key generation) in a worker thread from asyncio code."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def ca_operation(self, fn: Callable[..., T], *args: Any) -> T:
+        """From trio: run a CA change (rotation step or operator command) in a thread, one at
+        a time, then republish the bundle and push the new bundle state to agents."""
+        async with self.ca_lock:
+            result = await trio.to_thread.run_sync(fn, *args)
+            await trio.to_thread.run_sync(self.publish_bundle)
+            self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
+            self.on_ca_change()
+        return result
+
+    async def in_trio(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """From asyncio: run trio function `fn(*args)` in the daemon's nursery."""
+        assert self.bridge is not None
+        return await self.bridge.call_trio(fn, *args)
+
+    # --- writes that the model must see at once -------------------------------------------
+
+    async def save_agent(self, record: AgentRecord) -> AgentRecord:
+        stored = await self.blocking(self.store.put_agent, record)
+        self.model.apply_agent(stored.spiffe_id, stored)
+        return stored
+
+    # --- bundle publishing ------------------------------------------------------------------
+
+    def publish_bundle(self) -> None:
+        """Recompute the bundle state from the CA; store the local bundle if it changed.
+
+        Blocking (SQL): call from a worker thread. The model update happens via the follower
+        (bundle and CA journal events), and directly here for this process.
+        """
+        current = self.authorities.bundle(self._bundle_sequence)
+        document = current.to_spiffe().decode()
+        try:
+            stored = self.store.get_bundle(self.trust_domain)
+        except LookupError:
+            stored = None
+        if stored is None or _keys_of(stored.document) != _keys_of(document):
+            sequence = (stored.sequence if stored else 0) + 1
+            self._bundle_sequence = sequence
+            document = self.authorities.bundle(sequence).to_spiffe().decode()
+            self.store.put_bundle(self.trust_domain, document)
+        else:
+            self._bundle_sequence = stored.sequence
+
+    def bundle_state(self) -> agent_pb2.BundleState:
+        """Blocking read of the bundles table plus the in-memory taint lists."""
+        state = agent_pb2.BundleState(
+            tainted_x509_authorities=self.authorities.state.tainted("x509"),
+            tainted_jwt_authorities=self.authorities.state.tainted("jwt"),
+        )
+        for record in self.store.list_bundles():
+            if record.trust_domain == self.trust_domain:
+                state.spiffe_bundle = record.document.encode()
+            else:
+                state.federated_bundles[str(record.trust_domain)] = record.document.encode()
+        return state
+
+    # --- following the change log --------------------------------------------------------------
+
+    async def load_model(self) -> None:
+        snapshot = await trio.to_thread.run_sync(self.store.entries_snapshot)
+        agents = await trio.to_thread.run_sync(self.store.list_agents)
+        self.model.load(snapshot.entries, agents, snapshot.revision)
+        self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
+
+    async def follow(self, wakeup: trio.Event | None = None) -> None:
+        """Apply every change after `model.revision`; returns when caught up."""
+        try:
+            events = await trio.to_thread.run_sync(self.store.events_since, self.model.revision)
+        except RevisionPruned:
+            await self.load_model()
+            return
+        if not events:
+            return
+        entry_ids = {e.subject for e in events if e.kind == "entry"}
+        agent_ids = {e.subject for e in events if e.kind == "agent"}
+        bundle_changed = any(e.kind in ("bundle", "ca_key") for e in events)
+        loaded = await trio.to_thread.run_sync(self.store.get_entries, entry_ids)
+        changes = [
+            EntryChange(self.model.index.get(i), loaded.get(i))
+            for i in entry_ids
+            if self.model.index.get(i) is not None or loaded.get(i) is not None
+        ]
+        self.model.apply_entry_changes(changes)
+        for agent_text in agent_ids:
+            agent_id = SpiffeId.parse(agent_text)
+            record = await trio.to_thread.run_sync(self.store.find_agent, agent_id)
+            self.model.apply_agent(agent_id, record)
+        self.model.revision = events[-1].revision
+        if bundle_changed:
+            # Under the CA lock: mid-operation, the journal and the bundles table disagree.
+            async with self.ca_lock:
+                self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
+
+
+def _keys_of(document: str) -> str:
+    """A bundle document without its sequence, to tell a real change from a re-publish."""
+    doc = json.loads(document)
+    doc.pop("spiffe_sequence", None)
+    return json.dumps(doc, sort_keys=True)

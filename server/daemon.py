@@ -1,0 +1,238 @@
+"""`insignia-server run`: one trio nursery (a guest of asyncio, for grpc.aio) whose children are
+the agent API, the admin API, health and metrics, CA rotation, the change-log follower and
+signal handling. SIGTERM or SIGINT cancels the nursery: listeners stop, in-flight RPCs get a
+short grace period, the datastore closes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import trio
+from insignia_proto import agent_pb2_grpc
+
+from attestors.interface import ServerEnvironment
+from attestors.registry import load_node_attestor_servers
+from insignia.files import atomic_write, ensure_private_dir
+from insignia.health import serve_health
+from insignia.logs import get_logger
+from insignia.peercred import CallerTable
+from insignia.peercred_grpc import serve_grpc_with_peercred
+from insignia.runtime import call_asyncio, open_trio_bridge
+from server.admin_api import AdminApi, admin_handlers
+from server.agent_api import AgentApi
+from server.authorities import Authorities
+from server.ca import CaSettings, load_upstream
+from server.config import ServerConfig
+from server.core import JoinTokens, ServerCore
+from server.datastore.store import Datastore
+from server.keymanager import key_manager
+from server.metrics import ServerMetrics
+from server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
+
+log = get_logger("insignia.server")
+ADDRESSES_FILE = "server.addresses.json"
+SERVER_SVID_TTL = timedelta(hours=1)
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+def notify_systemd(message: bytes = b"READY=1") -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if it is set."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(message, address)
+
+
+def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
+    """Check the node attestors' config, open the datastore and the CA (blocking)."""
+    data_dir = ensure_private_dir(config.data_dir)
+    upstream = (
+        load_upstream(config.ca.upstream.cert_file, config.ca.upstream.key_file)
+        if config.ca.upstream
+        else None
+    )
+    settings = CaSettings(
+        config.td, config.ca.key_type, config.jwt_key_type, config.ca.ttl, upstream
+    )
+    tokens = JoinTokens()
+    env = ServerEnvironment(config.td, token_store=tokens)
+    # Plugins first: a config error there must stop us before anything is opened or logged.
+    attestors = load_node_attestor_servers(config.node_attestors, env, source=config_path)
+    store = Datastore.open(config.database_url)
+    tokens.store = store
+    authorities = Authorities(settings, key_manager(config.ca.key_manager, data_dir), store)
+    core = ServerCore(config, store, authorities, ServerMetrics(), attestors=attestors)
+    for warning in config.ttl_warnings():
+        log.warning("svid ttl exceeds ca guarantee", detail=warning)
+    return core
+
+
+class _ServerTls:
+    """The server SVID and the two listeners' credentials, renewed at half life."""
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        self.identity = self._issue()
+        roots = self._roots()
+        self.attestation = DynamicCredentials(self.identity, None)
+        self.agent_api = DynamicCredentials(self.identity, roots)
+
+    def _issue(self) -> ServerIdentity:
+        authority = self.core.authorities.state.active_x509()
+        if authority is None:
+            raise RuntimeError("no active X.509 CA to issue the server SVID")
+        return issue_server_identity(
+            authority, self.core.trust_domain, SERVER_SVID_TTL, self.core.clock()
+        )
+
+    def _roots(self) -> bytes:
+        return self.core.authorities.bundle().x509_pem()
+
+    def refresh(self, reissue: bool = True) -> None:
+        if reissue:
+            self.identity = self._issue()
+        self.attestation.update(self.identity, None)
+        self.agent_api.update(self.identity, self._roots())
+
+    async def renew_forever(self) -> None:
+        while True:
+            wait = (self.identity.renew_at() - self.core.clock()).total_seconds()
+            await trio.sleep(max(1.0, wait))
+            await trio.to_thread.run_sync(self.refresh)
+            log.info("server SVID renewed", not_after=self.identity.not_after.isoformat())
+
+
+async def _rotate_forever(core: ServerCore) -> None:
+    while True:
+        wait = (core.authorities.next_check() - core.clock()).total_seconds()
+        await trio.sleep(min(3600.0, max(0.05, wait)))
+        done = await core.ca_operation(core.authorities.rotate)
+        for step in done:
+            log.info("ca rotation", step=step)
+
+
+async def _follow_forever(core: ServerCore, wakeup: trio.MemoryReceiveChannel[int]) -> None:
+    async for _ in wakeup:
+        while True:  # drain: one catch-up covers every queued notification
+            try:
+                wakeup.receive_nowait()
+            except trio.WouldBlock:
+                break
+        await core.follow()
+
+
+async def _housekeeping_forever(core: ServerCore) -> None:
+    """Prune expired entries and join tokens, trim the change log, refresh readiness."""
+    while True:
+        core.ready_reason = await trio.to_thread.run_sync(core.readiness)
+        await trio.to_thread.run_sync(core.store.prune_expired_entries)
+        await trio.to_thread.run_sync(core.store.prune_join_tokens)
+        await trio.to_thread.run_sync(core.store.prune_events, core.clock() - timedelta(hours=1))
+        await trio.sleep(5)
+
+
+async def _serve_agent_api(
+    core: ServerCore, tls: _ServerTls, task_status: trio.TaskStatus[dict[str, str]]
+) -> None:
+    api = core.config.agent_api
+
+    async def start() -> tuple[grpc.aio.Server, int, int]:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        agent_pb2_grpc.add_AgentAPIServicer_to_server(AgentApi(core), server)
+        host = api.bind_address
+        port = server.add_secure_port(f"{host}:{api.port}", tls.agent_api.credentials)
+        att = server.add_secure_port(f"{host}:{api.attestation_port}", tls.attestation.credentials)
+        await server.start()
+        return server, port, att
+
+    server, port, att_port = await call_asyncio(start)
+    try:
+        host = api.bind_address
+        task_status.started({"agent_api": f"{host}:{port}", "attestation": f"{host}:{att_port}"})
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await call_asyncio(server.stop, 1.0)
+
+
+async def run_daemon(config: ServerConfig, config_path: Path) -> None:
+    """The whole server, until SIGTERM/SIGINT."""
+    core = await trio.to_thread.run_sync(open_core, config, config_path)
+    try:
+        await _run(core, config)
+    finally:
+        await trio.to_thread.run_sync(core.store.close)
+        log.info("server stopped")
+
+
+async def _run(core: ServerCore, config: ServerConfig) -> None:
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[int](math.inf)
+    core.store.add_listener(lambda head: token.run_sync_soon(send.send_nowait, head))
+    for step in await core.ca_operation(core.authorities.load):
+        log.info("ca rotation", step=step)
+    await core.load_model()
+    tls = await trio.to_thread.run_sync(_ServerTls, core)
+    core.on_ca_change = lambda: tls.refresh(reissue=True)
+    core.ready_reason = await trio.to_thread.run_sync(core.readiness)
+    core.metrics.bind_gauges(
+        lambda: len(core.model.index), lambda: len(core.model.agents), core.model.connected_agents
+    )
+    async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
+        core.bridge = bridge
+        addresses: dict[str, Any] = await nursery.start(_serve_agent_api, core, tls)
+        for name, bind in _health_binds(config).items():
+            addresses[name] = await nursery.start(
+                serve_health, bind, core.metrics.registry, lambda: core.ready_reason
+            )
+        admin = AdminApi(core, callers := CallerTable(), set(config.admin_uids))
+        socket_dir = ensure_private_dir(config.admin_socket.parent)
+        await nursery.start(
+            lambda task_status: serve_grpc_with_peercred(
+                config.admin_socket,
+                admin_handlers(admin),
+                callers,
+                private_dir=socket_dir / "private",
+                mode=0o777,  # the 0700 directory and the uid check guard it
+                task_status=task_status,
+            )
+        )
+        addresses["admin_socket"] = str(config.admin_socket)
+        nursery.start_soon(_rotate_forever, core)
+        nursery.start_soon(_follow_forever, core, receive)
+        nursery.start_soon(tls.renew_forever)
+        nursery.start_soon(_housekeeping_forever, core)
+        await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
+        log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
+        notify_systemd()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                notify_systemd(b"STOPPING=1")
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _health_binds(config: ServerConfig) -> dict[str, str]:
+    binds = {}
+    if config.health.address:
+        binds["health"] = config.health.address
+    if config.metrics.address and config.metrics.address != config.health.address:
+        binds["metrics"] = config.metrics.address
+    return binds
+
+
+def _write_addresses(data_dir: Path, addresses: dict[str, Any]) -> None:
+    """Where each listener really is (port 0 picks a free one), for tests and tooling."""
+    atomic_write(data_dir / ADDRESSES_FILE, json.dumps(addresses).encode(), mode=0o644)

@@ -1,0 +1,183 @@
+"""CA and JWT key rotation as a pure state machine over authority records (no I/O, no keys).
+
+Each kind of authority (X.509 CA, JWT signing key) moves through prepared -> active -> old,
+on SPIRE's schedule (design.md §6): a successor is prepared, and published in the bundle, when
+the active authority's remaining life falls to min(life/2, 30d); it becomes active when that
+falls to min(life/6, 7d). An old authority stays in the bundle until it expires, since SVIDs
+it signed never outlive it; a revoked one leaves at once. The daemon applies the steps and
+persists the records; operators drive the same transitions by hand (prepare, activate, taint,
+revoke) through the checks below, so manual and scheduled rotation cannot disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+MAX_PREPARE_THRESHOLD = timedelta(days=30)
+MAX_ACTIVATE_THRESHOLD = timedelta(days=7)
+
+
+class AuthorityState(enum.Enum):
+    PREPARED = "prepared"
+    ACTIVE = "active"
+    OLD = "old"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityRecord:
+    """One signing authority as the rotation logic sees it.
+
+    `authority_id` is the hex SubjectKeyIdentifier of an X.509 CA or the `kid` of a JWT key:
+    the same name the bundle, the sync stream's taint lists and the CLI use.
+    """
+
+    authority_id: str
+    state: AuthorityState
+    not_before: datetime
+    not_after: datetime
+    tainted: bool = False
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.not_after - self.not_before
+
+
+class AuthorityError(ValueError):
+    """A manual transition that the current records do not allow; says what was expected."""
+
+    def __init__(self, authority_id: str, reason: str) -> None:
+        super().__init__(f"authority {authority_id or '(none)'}: {reason}")
+        self.authority_id = authority_id
+        self.reason = reason
+
+
+class Step(enum.Enum):
+    """What the daemon must do next. PREPARE creates a key (I/O); the rest are record edits."""
+
+    PREPARE = "prepare"
+    ACTIVATE = "activate"
+    DROP_EXPIRED = "drop_expired"
+
+
+def prepare_threshold(lifetime: timedelta) -> timedelta:
+    return min(lifetime / 2, MAX_PREPARE_THRESHOLD)
+
+
+def activate_threshold(lifetime: timedelta) -> timedelta:
+    return min(lifetime / 6, MAX_ACTIVATE_THRESHOLD)
+
+
+def find(records: Iterable[AuthorityRecord], state: AuthorityState) -> AuthorityRecord | None:
+    return next((r for r in records if r.state is state), None)
+
+
+def _get(records: Sequence[AuthorityRecord], authority_id: str) -> AuthorityRecord:
+    for record in records:
+        if record.authority_id == authority_id:
+            return record
+    known = ", ".join(r.authority_id for r in records) or "none"
+    raise AuthorityError(authority_id, f"no such authority (known: {known})")
+
+
+def next_step(records: Sequence[AuthorityRecord], now: datetime) -> Step | None:
+    """The one transition due at `now`, or None. Call repeatedly until None."""
+    active = find(records, AuthorityState.ACTIVE)
+    prepared = find(records, AuthorityState.PREPARED)
+    if any(r.state is AuthorityState.OLD and r.not_after <= now for r in records):
+        return Step.DROP_EXPIRED
+    if active is None or active.not_after <= now:
+        # Bootstrap, or the active one ran out (e.g. the server was down): replace it now.
+        return Step.ACTIVATE if prepared is not None and prepared.not_after > now else Step.PREPARE
+    remaining = active.not_after - now
+    if prepared is None:
+        if remaining <= prepare_threshold(active.lifetime):
+            return Step.PREPARE
+        return None
+    if remaining <= activate_threshold(active.lifetime):
+        return Step.ACTIVATE
+    return None
+
+
+def next_check(records: Sequence[AuthorityRecord], now: datetime) -> datetime:
+    """When `next_step` next returns a step (never later than one hour from `now`)."""
+    times = [now + timedelta(hours=1)]
+    active = find(records, AuthorityState.ACTIVE)
+    if active is None:
+        return now
+    times.append(active.not_after)
+    if find(records, AuthorityState.PREPARED) is None:
+        times.append(active.not_after - prepare_threshold(active.lifetime))
+    else:
+        times.append(active.not_after - activate_threshold(active.lifetime))
+    times.extend(r.not_after for r in records if r.state is AuthorityState.OLD)
+    return max(now, min(times))
+
+
+def with_prepared(
+    records: Sequence[AuthorityRecord], new: AuthorityRecord
+) -> tuple[list[AuthorityRecord], AuthorityRecord | None]:
+    """Add `new` as the prepared authority; returns the records and the prepared one it
+    replaced (whose key the caller deletes). A replaced prepared key never signed anything."""
+    if new.state is not AuthorityState.PREPARED:
+        raise AuthorityError(new.authority_id, "a new authority must start prepared")
+    replaced = find(records, AuthorityState.PREPARED)
+    kept = [r for r in records if r.state is not AuthorityState.PREPARED]
+    return [*kept, new], replaced
+
+
+def activated(records: Sequence[AuthorityRecord], authority_id: str = "") -> list[AuthorityRecord]:
+    """The prepared authority becomes active and the active one becomes old."""
+    prepared = find(records, AuthorityState.PREPARED)
+    if prepared is None:
+        raise AuthorityError(authority_id, "no prepared authority to activate; prepare one first")
+    if authority_id and prepared.authority_id != authority_id:
+        raise AuthorityError(
+            authority_id, f"is not the prepared authority (that is {prepared.authority_id})"
+        )
+    result = []
+    for record in records:
+        if record is prepared:
+            result.append(replace(record, state=AuthorityState.ACTIVE))
+        elif record.state is AuthorityState.ACTIVE:
+            result.append(replace(record, state=AuthorityState.OLD))
+        else:
+            result.append(record)
+    return result
+
+
+def tainted(records: Sequence[AuthorityRecord], authority_id: str) -> list[AuthorityRecord]:
+    """Mark an old authority tainted: agents must replace the SVIDs it signed.
+
+    Only an old authority can be tainted, because the active one would keep signing new SVIDs
+    with the suspect key; activate a successor first (as SPIRE requires).
+    """
+    record = _get(records, authority_id)
+    if record.state is not AuthorityState.OLD:
+        raise AuthorityError(
+            authority_id, f"is {record.state.value}; only an old authority can be tainted"
+        )
+    if record.tainted:
+        raise AuthorityError(authority_id, "is already tainted")
+    return [replace(r, tainted=True) if r is record else r for r in records]
+
+
+def revoked(records: Sequence[AuthorityRecord], authority_id: str) -> list[AuthorityRecord]:
+    """Remove a tainted old authority from the records (and so from the bundle)."""
+    record = _get(records, authority_id)
+    if record.state is not AuthorityState.OLD or not record.tainted:
+        raise AuthorityError(
+            authority_id, "only a tainted old authority can be revoked; taint it first"
+        )
+    return [r for r in records if r is not record]
+
+
+def without_expired(records: Sequence[AuthorityRecord], now: datetime) -> list[AuthorityRecord]:
+    return [r for r in records if not (r.state is AuthorityState.OLD and r.not_after <= now)]
+
+
+def published(records: Sequence[AuthorityRecord], now: datetime) -> list[AuthorityRecord]:
+    """What the bundle carries: every authority not yet expired, prepared ones included."""
+    return [r for r in records if r.not_after > now]

@@ -1,0 +1,83 @@
+"""Running Workload API clients as separate processes (py-spiffe, the agent CLI), any uid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess, wait_until
+from tests.integration.agent_workloads import as_user
+from tests.integration.server_fixtures import ServerProcess
+
+PYTHON = sys.executable
+PYSPIFFE_CLIENT = Path(__file__).with_name("agent_pyspiffe_client.py")
+
+# Workload uids no system account uses; root tests run workloads under them.
+UID_A = 41001
+UID_B = 41002
+
+
+@pytest.fixture(name="tmp_path")
+def short_tmp_path() -> Iterator[Path]:
+    """Replaces pytest's tmp_path in the agent test modules that import it.
+
+    Under xdist, tmp_path is about 75 characters deep before a daemon adds its socket names,
+    and a Unix socket path may not exceed 107: the server's temporary bind name overflowed.
+    """
+    path = Path(tempfile.mkdtemp(prefix="insignia-t-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pyspiffe(agent: AgentProcess, *args: str, uid: int | None = None, timeout: float = 60) -> Any:
+    """Run agent_pyspiffe_client.py against `agent`; its JSON answer (errors included)."""
+    result = subprocess.run(
+        [*as_user(uid), PYTHON, str(PYSPIFFE_CLIENT), str(agent.socket_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise AssertionError(f"py-spiffe client printed nothing; stderr:\n{result.stderr}")
+    return json.loads(lines[-1])
+
+
+def agent_cli(
+    *args: str, uid: int | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*as_user(uid), str(AGENT_BIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def register(
+    server: ServerProcess,
+    agent: AgentProcess,
+    path: str,
+    *selectors: str,
+    extra: tuple[str, ...] = (),
+) -> str:
+    """Create an entry under `agent` and wait until the agent has it in its cache."""
+    before = agent.metric("insignia_agent_cached_entries") or 0
+    entry_id = server.create_entry(
+        f"spiffe://{server.trust_domain}{path}", agent.agent_id, selectors, *extra
+    )
+    wait_until(
+        lambda: (agent.metric("insignia_agent_cached_entries") or 0) > before,
+        30,
+        f"entry {entry_id} to reach the agent",
+    )
+    return entry_id

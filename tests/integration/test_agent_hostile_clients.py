@@ -1,0 +1,107 @@
+"""Misbehaving clients on the Workload API socket do not stop the agent serving the others."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from insignia_proto import workload_pb2 as pb
+
+from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
+from insignia.workloadapi.client import WorkloadApiClient
+from tests.integration.agent_clients import (
+    register,
+    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
+)
+from tests.integration.agent_fixtures import AgentProcess
+from tests.integration.conftest import AgentFactory
+from tests.integration.server_fixtures import ServerProcess
+
+pytestmark = [pytest.mark.integration]
+
+MAX_MESSAGE = 64 * 1024
+
+
+@pytest.fixture
+def agent(running_server: ServerProcess, agent_factory: AgentFactory) -> AgentProcess:
+    agent = agent_factory(workload={"max_message_bytes": MAX_MESSAGE})
+    register(running_server, agent, "/steady", f"unix:uid:{os.getuid()}")
+    return agent
+
+
+def still_serving(agent: AgentProcess) -> str:
+    with WorkloadApiClient(agent.socket_path, timeout=30) as client:
+        return str(client.fetch_x509_context().default_svid.spiffe_id)
+
+
+def test_garbage_bytes_are_dropped(agent: AgentProcess) -> None:
+    payloads = [
+        b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n",
+        os.urandom(70_000),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64,
+        b"",
+    ]
+    for payload in payloads:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(agent.socket_path))
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):  # the agent answers, then hangs up
+                pass
+    assert still_serving(agent) == "spiffe://example.org/steady"
+
+
+def test_oversized_request_is_refused(agent: AgentProcess) -> None:
+    with grpc.insecure_channel(f"unix:{agent.socket_path}") as channel:
+        stub = WorkloadApiSyncStub(channel)
+        request = pb.JWTSVIDRequest(audience=["x" * (MAX_MESSAGE * 2)])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.FetchJWTSVID(request, metadata=SECURITY_HEADER, timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert still_serving(agent) == "spiffe://example.org/steady"
+
+
+def test_missing_security_header_is_invalid_argument_and_logged(agent: AgentProcess) -> None:
+    with grpc.insecure_channel(f"unix:{agent.socket_path}") as channel:
+        stream = WorkloadApiSyncStub(channel).FetchX509SVID(pb.X509SVIDRequest(), timeout=30)
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(stream))
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert error.details() == "security header missing from request"  # type: ignore[attr-defined]
+    assert any(e.get("event") == "workload.header_missing" for e in agent.log_events())
+
+
+def test_a_thousand_connect_and_drop_clients_leave_open_streams_working(
+    running_server: ServerProcess, agent: AgentProcess, tmp_path: Path
+) -> None:
+    updates: list[str] = []
+    got_second = threading.Event()
+    client = WorkloadApiClient(agent.socket_path, timeout=30)
+
+    def watch() -> None:
+        for context in client.watch_x509_context():
+            updates.append(str(context.default_svid.leaf.serial_number))
+            if len(updates) >= 2:
+                got_second.set()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+
+    for _ in range(1000):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(agent.socket_path))
+    assert still_serving(agent) == "spiffe://example.org/steady"
+
+    # Changing the entry re-signs its SVID; the stream opened before the flood must see it.
+    entry_id = next(e["id"] for e in running_server.cli_json("entry", "show")["entries"])
+    running_server.cli("entry", "update", entry_id, "--x509-svid-ttl", "1800")
+    assert got_second.wait(60), f"no update on the open stream; got {updates}"
+    client.close()
+    assert agent.ready_status() == (200, "ready\n")

@@ -1,0 +1,62 @@
+"""With the server stopped, workloads keep their SVIDs, also on new connections; once the
+server is back, rotation resumes."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.integration.agent_clients import (
+    UID_A,
+    pyspiffe,
+    register,
+    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
+)
+from tests.integration.agent_fixtures import wait_until
+from tests.integration.conftest import AgentFactory, ServerFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_svids_survive_a_server_outage_and_rotation_resumes(
+    server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    # Fixed ports, so the restarted server is where the agent expects it.
+    server = server_factory(
+        agent_api={"port": free_port(), "attestation_port": free_port(), "attestation_rate": 1000}
+    )
+    agent = agent_factory(server=server)
+    # 30 s TTL (+ backdating): renewal falls due a few seconds into the outage, expiry later.
+    register(server, agent, "/steady", f"unix:uid:{UID_A}", extra=("--x509-svid-ttl", "30"))
+    before = pyspiffe(agent, "x509", uid=UID_A)
+    assert before["ids"] == ["spiffe://example.org/steady"], before
+
+    server.stop()
+    during = pyspiffe(agent, "x509", uid=UID_A)  # a new connection, served from the cache
+    assert during.get("ids") == before["ids"], during
+
+    # Wait until the agent has tried to renew and failed: the server is really gone for it.
+    def renewal_failed() -> bool:
+        return any(e.get("event") == "signer.unavailable" for e in agent.log_events())
+
+    wait_until(renewal_failed, 60, "a failed renewal while the server is down")
+    stale = pyspiffe(agent, "x509", uid=UID_A)
+    assert stale.get("ids") == before["ids"], stale
+    assert agent.ready_status() == (200, "ready\n")
+
+    server.start()
+    latest = {stale["serial"], before["serial"], during["serial"]}
+
+    def rotated() -> bool:
+        return pyspiffe(agent, "x509", uid=UID_A).get("serial") not in latest
+
+    wait_until(rotated, 60, "a rotated SVID after the server came back")
+    since = agent.metric("insignia_agent_seconds_since_server_contact")
+    assert since is not None and 0 <= since < 30

@@ -1,0 +1,149 @@
+"""The agent's Workload API end to end: a real server, a real agent, py-spiffe as the client."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from tests.integration.agent_clients import (
+    UID_A,
+    UID_B,
+    agent_cli,
+    pyspiffe,
+    register,
+    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
+)
+from tests.integration.agent_fixtures import AgentProcess, wait_until
+from tests.integration.server_fixtures import ServerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+
+def openssl_verify(tmp_path: Path, chain_pem: list[str], bundle_pem: list[str]) -> str:
+    (tmp_path / "leaf.pem").write_text(chain_pem[0])
+    (tmp_path / "untrusted.pem").write_text("".join(chain_pem[1:]))
+    (tmp_path / "ca.pem").write_text("".join(bundle_pem))
+    args = ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem")]
+    if len(chain_pem) > 1:
+        args += ["-untrusted", str(tmp_path / "untrusted.pem")]
+    result = subprocess.run([*args, str(tmp_path / "leaf.pem")], capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
+def test_each_uid_gets_its_own_identity_and_no_one_elses(
+    running_server: ServerProcess, running_agent: AgentProcess, tmp_path: Path
+) -> None:
+    register(running_server, running_agent, "/team-a", f"unix:uid:{UID_A}")
+    a = pyspiffe(running_agent, "x509", uid=UID_A)
+    assert a["ids"] == [f"spiffe://{running_server.trust_domain}/team-a"], a
+    assert a["has_own_bundle"]
+    assert openssl_verify(tmp_path, a["chain_pem"], a["bundle_pem"]).strip().endswith(": OK")
+
+    b = pyspiffe(running_agent, "x509", uid=UID_B)
+    assert b["error"] == "PERMISSION_DENIED" and "no identity issued" in b["detail"]
+    b_jwt = pyspiffe(running_agent, "jwt", "svc", uid=UID_B)
+    assert b_jwt["error"] == "PERMISSION_DENIED"
+
+
+def test_x509_source_and_a_rotation_on_the_stream(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(
+        running_server,
+        running_agent,
+        "/rotating",
+        f"unix:uid:{UID_A}",
+        extra=("--x509-svid-ttl", "8"),
+    )
+    source = pyspiffe(running_agent, "source", uid=UID_A)
+    assert source["ids"] == [f"spiffe://{running_server.trust_domain}/rotating"]
+    watched = pyspiffe(running_agent, "watch", "2", "60", uid=UID_A, timeout=90)
+    assert len(watched["serials"]) == 2, watched
+    assert watched["errors"] == []
+    rotations = running_agent.metric("insignia_agent_svid_rotations_total", {"reason": "half_life"})
+    assert rotations is not None and rotations >= 1
+
+
+def test_jwt_svids_validate_independently_and_through_the_agent(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(running_server, running_agent, "/api", f"unix:uid:{UID_A}")
+    result = pyspiffe(running_agent, "jwt", "orders", "billing", uid=UID_A)
+    expected = f"spiffe://{running_server.trust_domain}/api"
+    assert result["spiffe_id"] == expected and result["agent_validated"] == expected
+    assert result["aud"] == ["billing", "orders"]
+
+    # A second JOSE library checks the token against the server's own bundle document.
+    fetched = agent_cli(
+        "api",
+        "fetch",
+        "jwt",
+        "--socket",
+        str(running_agent.socket_path),
+        "--audience",
+        "orders",
+        uid=UID_A,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    token = fetched.stdout.splitlines()[1].strip()
+    document = json.loads(running_server.cli("bundle", "show", "--format", "spiffe").stdout)
+    jwks = {"keys": [{**k, "use": "sig"} for k in document["keys"] if k["use"] == "jwt-svid"]}
+    decoded = jwt.decode(token, KeySet.import_key_set(jwks))
+    assert decoded.claims["sub"] == expected and decoded.claims["aud"] == ["orders"]
+
+    # The agent refuses a token for another audience, with the reason.
+    validate = agent_cli(
+        "api",
+        "validate",
+        "jwt",
+        "--socket",
+        str(running_agent.socket_path),
+        "--audience",
+        "someone-else",
+        "--svid",
+        token,
+        uid=UID_A,
+    )
+    assert validate.returncode == 1
+    assert "INVALID_ARGUMENT" in validate.stderr and "aud" in validate.stderr
+
+
+def test_cli_writes_files_like_spire_and_reads_the_endpoint_variable(
+    running_server: ServerProcess, running_agent: AgentProcess, tmp_path: Path
+) -> None:
+    register(running_server, running_agent, "/cli", "unix:uid:0")
+    out = tmp_path / "out"
+    env = {"SPIFFE_ENDPOINT_SOCKET": running_agent.endpoint, "PATH": "/usr/bin:/bin"}
+    result = agent_cli("api", "fetch", "x509", "--write", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"spiffe://{running_server.trust_domain}/cli" in result.stdout
+    assert stat.S_IMODE((out / "svid.0.key").stat().st_mode) == 0o600
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(out / "bundle.0.pem"), str(out / "svid.0.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    health = agent_cli("healthcheck", "--config", str(running_agent.config_path))
+    assert health.returncode == 0 and "healthy" in health.stdout
+
+
+def test_one_identity_per_hint_oldest_entry_wins(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(running_server, running_agent, "/db-old", f"unix:uid:{UID_A}", extra=("--hint", "db"))
+    first_second = int(time.time())  # created_at has whole seconds: let the clock move on
+    wait_until(lambda: int(time.time()) > first_second, 5, "the next second")
+    register(running_server, running_agent, "/db-new", f"unix:uid:{UID_A}", extra=("--hint", "db"))
+    register(running_server, running_agent, "/plain", f"unix:uid:{UID_A}")
+    got = pyspiffe(running_agent, "x509", uid=UID_A)
+    td = running_server.trust_domain
+    assert sorted(got["ids"]) == [f"spiffe://{td}/db-old", f"spiffe://{td}/plain"], got

@@ -1,0 +1,146 @@
+"""The agent API of a real server process, driven as an agent would."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from insignia_proto import agent_pb2
+
+from insignia.keys import KeyType, generate_key
+from tests.integration.server_agent_client import (
+    attest_join_token,
+    der_chain_to_pem,
+    make_csr,
+)
+from tests.integration.server_fixtures import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def openssl_verify(server: ServerProcess, chain_der: bytes, directory: Path) -> str:
+    """`openssl verify` of a leaf-first DER chain against `bundle show --format pem`."""
+    chain = der_chain_to_pem(chain_der)
+    leaf_end = chain.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
+    (directory / "leaf.pem").write_bytes(chain[:leaf_end])
+    (directory / "untrusted.pem").write_bytes(chain[leaf_end:] or b"")
+    args = ["openssl", "verify", "-CAfile", str(server.write_bundle())]
+    if chain[leaf_end:]:
+        args += ["-untrusted", str(directory / "untrusted.pem")]
+    result = subprocess.run([*args, str(directory / "leaf.pem")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_join_token_attest_sync_and_sign(running_server: ServerProcess, tmp_path: Path) -> None:
+    server = running_server
+    token = server.join_token()
+    agent = attest_join_token(server, token)
+    assert agent.agent_id == server.agent_id(token)
+    openssl_verify(server, agent.chain_der, tmp_path)
+    entry_id = server.create_entry(
+        "spiffe://example.org/web", agent.agent_id, ["unix:uid:1000"], "--dns", "web.example.org"
+    )
+    with agent.channel() as channel:
+        stream = agent.stub(channel).Sync(agent_pb2.SyncRequest(), timeout=30)
+        first = next(stream)
+        assert first.full
+        assert [e.id for e in first.entries] == [entry_id]
+        assert first.entries[0].x509_svid_ttl == 3600
+        assert b"x509-svid" in first.bundle.spiffe_bundle
+        # a new entry reaches the open stream quickly
+        started = time.monotonic()
+        second_id = server.create_entry("spiffe://example.org/db", agent.agent_id, ["unix:uid:7"])
+        update = next(stream)
+        assert time.monotonic() - started < 5  # includes the CLI process start-up
+        assert not update.full
+        assert [e.id for e in update.entries] == [second_id]
+        # sign for an authorized entry; openssl accepts the chain against the bundle
+        key = generate_key(KeyType.EC_P256)
+        result = agent.sign_x509(channel, entry_id, make_csr(key, ["spiffe://example.org/web"]))
+        assert result.error == ""
+        openssl_verify(server, result.svid_chain, tmp_path)
+        server.cli("entry", "delete", second_id)
+        update = next(stream)
+        assert list(update.deleted_entry_ids) == [second_id]
+        stream.cancel()
+
+
+def test_csr_refusals(running_server: ServerProcess) -> None:
+    server = running_server
+    agent = attest_join_token(server, server.join_token())
+    entry_id = server.create_entry("spiffe://example.org/web", agent.agent_id, ["unix:uid:1"])
+    other = server.create_entry(
+        "spiffe://example.org/other", "spiffe://example.org/elsewhere", ["unix:uid:1"]
+    )
+    key = generate_key(KeyType.EC_P256)
+    good_id = "spiffe://example.org/web"
+    bad_signature = bytearray(make_csr(key, [good_id]))
+    bad_signature[-5] ^= 0xFF
+    cases = {
+        "not authorized": (other, make_csr(key, ["spiffe://example.org/other"])),
+        "extra DNS SANs": (entry_id, make_csr(key, [good_id], dns=["evil.example.org"])),
+        "URI SANs": (entry_id, make_csr(key, [good_id, "spiffe://example.org/x"])),
+        "CA certificate": (entry_id, make_csr(key, [good_id], ca=True)),
+        "signature": (entry_id, bytes(bad_signature)),
+    }
+    with agent.channel() as channel:
+        for expected, (eid, csr) in cases.items():
+            result = agent.sign_x509(channel, eid, csr)
+            assert result.svid_chain == b""
+            assert expected in result.error, (expected, result.error)
+
+
+def test_jwt_svid(running_server: ServerProcess) -> None:
+    import jwt as pyjwt
+
+    server = running_server
+    agent = attest_join_token(server, server.join_token())
+    entry_id = server.create_entry("spiffe://example.org/api", agent.agent_id, ["unix:uid:1"])
+    with agent.channel() as channel:
+        request = agent_pb2.BatchNewJWTSVIDRequest(
+            params=[agent_pb2.JWTSVIDParams(entry_id=entry_id, audience=["a", "b"])]
+        )
+        result = agent.stub(channel).BatchNewJWTSVID(request, timeout=30).results[0]
+    assert result.error == ""
+    claims = pyjwt.decode(result.token, options={"verify_signature": False})
+    assert claims["sub"] == "spiffe://example.org/api"
+    assert claims["aud"] == ["a", "b"]
+    assert result.expires_at - result.issued_at == 300
+
+
+def test_used_and_expired_tokens_are_refused(running_server: ServerProcess) -> None:
+    server = running_server
+    token = server.join_token()
+    attest_join_token(server, token)
+    with pytest.raises(grpc.RpcError) as used:
+        attest_join_token(server, token)
+    assert used.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    generated = server.cli_json("token", "generate", "--ttl", "1")
+    # Waiting for the clock to pass expires_at is the event itself, not a synchronisation.
+    while time.time() <= int(generated["expires_at"]) + 0.2:
+        time.sleep(0.05)
+    with pytest.raises(grpc.RpcError) as late:
+        attest_join_token(server, generated["token"])
+    assert late.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_evict_and_ban(running_server: ServerProcess) -> None:
+    server = running_server
+    agent = attest_join_token(server, server.join_token())
+    with agent.channel() as channel:
+        stream = agent.stub(channel).Sync(agent_pb2.SyncRequest())
+        next(stream)
+        server.cli("agent", "evict", agent.agent_id)
+        with pytest.raises(grpc.RpcError) as evicted:
+            next(stream)
+        assert evicted.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    banned = attest_join_token(server, server.join_token())
+    assert server.cli_json("agent", "ban", banned.agent_id)["banned"] is True
+    with banned.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        banned.stub(channel).BatchNewJWTSVID(agent_pb2.BatchNewJWTSVIDRequest(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "banned" in (refused.value.details() or "")

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, load_agent_config
+from insignia.config import ConfigError
+from insignia.keys import KeyType
+
+MINIMAL = """
+trust_domain = "example.org"
+trust_bundle_path = "/etc/insignia/bundle.pem"
+[server]
+address = "10.0.0.1"
+[node_attestor.join_token]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_operator_defaults(tmp_path):
+    config = load_agent_config(write(tmp_path, MINIMAL))
+    assert config.server.port == 8081 and config.server.attestation_port == 8082
+    assert config.node_attestor_name == "join_token"
+    assert config.workload_attestors == {"unix": {}}
+    assert config.workload.key_type is KeyType.EC_P256
+    assert str(config.socket_path) == "/run/insignia-agent/public/api.sock"
+
+
+def test_join_token_flag_replaces_the_node_attestor(tmp_path):
+    config = load_agent_config(write(tmp_path, MINIMAL.replace("join_token]", "x509pop]")))
+    assert config.with_join_token("abc").node_attestor == {"join_token": {"token": "abc"}}
+
+
+def test_the_sample_config_loads():
+    sample = Path(__file__).parents[3] / "agent" / "agent.sample.toml"
+    assert isinstance(load_agent_config(sample), AgentConfig)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "fragment"),
+    [
+        (("", "colour = 1\n"), "colour", "unknown key"),
+        (('"example.org"', '"Example.org"'), "trust_domain", "upper"),
+        (("[server]", "[server]\nport = 0"), "server.port", "greater than or equal to 1"),
+        (('trust_bundle_path = "/etc/insignia/bundle.pem"', ""), "", "set trust_bundle_path"),
+        (
+            ('trust_bundle_path = "/etc/insignia/bundle.pem"', 'trust_bundle_path = "rel.pem"'),
+            "trust_bundle_path",
+            "absolute",
+        ),
+        (("[server]", "insecure_bootstrap = true\n[server]"), "", "exclude each other"),
+        (
+            ("[server]", '[workload]\nattestation_timeout = "soon"\n[server]'),
+            "workload.attestation_timeout",
+            "invalid duration",
+        ),
+        (("[server]", '[health]\naddress = "nowhere"\n[server]'), "health.address", "host:port"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, edit, key, fragment):
+    old, new = edit
+    text = MINIMAL.replace(old, new) if old else new + MINIMAL
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    assert info.value.key == key
+    assert fragment.lower() in message.lower()

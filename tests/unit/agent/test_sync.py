@@ -1,0 +1,77 @@
+import random
+
+import pytest
+from insignia_proto import agent_pb2
+
+from agent.sync import Backoff, InvalidSyncUpdate, parse_update
+from insignia.bundle import Bundle
+from tests.unit.agent.helpers import TD, make_ca
+
+
+def state(ca, **kw):
+    return agent_pb2.BundleState(spiffe_bundle=Bundle(TD, (ca.certificate,)).to_spiffe(), **kw)
+
+
+def entry(**kw):
+    fields = dict(
+        id="e",
+        spiffe_id="spiffe://example.org/w",
+        selectors=["unix:uid:1"],
+        x509_svid_ttl=60,
+        jwt_svid_ttl=60,
+    )
+    fields.update(kw)
+    return agent_pb2.Entry(**fields)
+
+
+def test_full_update_is_parsed_with_bundle_and_tainted_ids():
+    ca, fed = make_ca(), make_ca()
+    fed_doc = Bundle(TD.__class__.parse("partner.org"), (fed.certificate,)).to_spiffe()
+    update = agent_pb2.SyncUpdate(
+        store_id="s",
+        revision=9,
+        full=True,
+        entries=[entry()],
+        bundle=state(
+            ca,
+            tainted_x509_authorities=["ABCD"],
+            tainted_jwt_authorities=["k1"],
+            federated_bundles={"partner.org": fed_doc},
+        ),
+    )
+    delta = parse_update(update, TD)
+    assert (delta.store_id, delta.revision, delta.full) == ("s", 9, True)
+    assert [e.id for e in delta.entries] == ["e"]
+    assert delta.bundles.tainted_x509 == frozenset({"abcd"})
+    assert delta.bundles.tainted_jwt == frozenset({"k1"})
+    assert [str(td) for td in delta.bundles.federated] == ["partner.org"]
+
+
+def test_bad_entries_are_dropped_not_fatal():
+    update = agent_pb2.SyncUpdate(
+        store_id="s",
+        revision=1,
+        full=True,
+        entries=[entry(), entry(id="bad", selectors=[])],
+        bundle=state(make_ca()),
+    )
+    assert [e.id for e in parse_update(update, TD).entries] == ["e"]
+
+
+def test_full_update_without_bundle_or_with_garbage_bundle_is_refused():
+    with pytest.raises(InvalidSyncUpdate, match="must carry the bundle"):
+        parse_update(agent_pb2.SyncUpdate(store_id="s", revision=1, full=True), TD)
+    garbage = agent_pb2.SyncUpdate(
+        store_id="s", revision=1, full=True, bundle=agent_pb2.BundleState(spiffe_bundle=b"{nope")
+    )
+    with pytest.raises(InvalidSyncUpdate, match="unusable bundle"):
+        parse_update(garbage, TD)
+
+
+def test_backoff_grows_is_capped_and_jittered():
+    backoff = Backoff(0.2, 30.0)
+    rng = random.Random(1)
+    first = [backoff.delay(0, rng) for _ in range(200)]
+    assert all(0.1 <= d <= 0.2 for d in first) and len(set(first)) > 100
+    assert all(0.4 <= backoff.delay(2, rng) <= 0.8 for _ in range(50))
+    assert all(15.0 <= backoff.delay(40, rng) <= 30.0 for _ in range(50))

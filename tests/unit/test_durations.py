@@ -1,0 +1,45 @@
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from insignia.durations import InvalidDuration, format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("24h", 86400),
+        ("90s", 90),
+        ("1h30m", 5400),
+        ("5m", 300),
+        ("7d", 604800),
+        ("500ms", 0.5),
+        ("1d2h3m4s", 93784),
+        ("3600", 3600),
+        (" 2m ", 120),
+        (600, 600),
+        (1.5, 1.5),
+        (0, 0),
+    ],
+)
+def test_parses(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "h", "5", "-5s", "5x", "30m1h", "5m5m", "1h 30m", True, -1, None])
+def test_refuses(bad: object) -> None:
+    if bad == "5":
+        assert parse_duration("5") == timedelta(seconds=5)
+        return
+    with pytest.raises(InvalidDuration) as info:
+        parse_duration(bad)  # type: ignore[arg-type]
+    assert info.value.value == bad
+    assert "expected" in str(info.value)
+
+
+@given(st.integers(min_value=0, max_value=10**8))
+def test_format_round_trips(seconds: int) -> None:
+    delta = timedelta(seconds=seconds)
+    assert parse_duration(format_duration(delta)) == delta

@@ -1,0 +1,56 @@
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from insignia_proto import workload_pb2 as pb
+
+from insignia.keys import KeyType, generate_key, private_key_to_der
+from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.workloadapi.client import WorkloadApiError, x509_context_from_response
+from insignia.x509ca import build_root_ca
+from insignia.x509svid import build_leaf
+
+TD = TrustDomain.parse("example.org")
+
+
+def svid_message(spiffe_id="spiffe://example.org/web", claimed=None, hint=""):
+    ca = build_root_ca(TD, generate_key(KeyType.EC_P256), timedelta(hours=1))
+    key = generate_key(KeyType.EC_P256)
+    leaf = build_leaf(key.public_key(), SpiffeId.parse(spiffe_id), timedelta(minutes=5), ca)
+    return ca, pb.X509SVID(
+        spiffe_id=claimed or spiffe_id,
+        x509_svid=leaf.public_bytes(serialization.Encoding.DER),
+        x509_svid_key=private_key_to_der(key),
+        bundle=ca.certificate.public_bytes(serialization.Encoding.DER),
+        hint=hint,
+    )
+
+
+def test_decodes_svids_and_bundles():
+    ca, msg = svid_message(hint="web")
+    fed_ca = build_root_ca(
+        TrustDomain.parse("partner.org"), generate_key(KeyType.EC_P256), timedelta(hours=1)
+    )
+    response = pb.X509SVIDResponse(
+        svids=[msg],
+        federated_bundles={
+            "partner.org": fed_ca.certificate.public_bytes(serialization.Encoding.DER)
+        },
+    )
+    context = x509_context_from_response(response)
+    assert str(context.default_svid.spiffe_id) == "spiffe://example.org/web"
+    assert context.default_svid.hint == "web"
+    assert context.bundles.get_bundle_for_trust_domain(TD).x509_authorities == (ca.certificate,)
+    assert len(context.bundles) == 2
+
+
+def test_empty_response_and_inconsistent_ids_are_errors():
+    with pytest.raises(WorkloadApiError, match="without SVIDs"):
+        x509_context_from_response(pb.X509SVIDResponse())
+    _, msg = svid_message(claimed="spiffe://example.org/other")
+    with pytest.raises(WorkloadApiError, match="URI SAN"):
+        x509_context_from_response(pb.X509SVIDResponse(svids=[msg]))
+    _, msg = svid_message()
+    msg.x509_svid_key = b"garbage"
+    with pytest.raises(WorkloadApiError, match="svid 0"):
+        x509_context_from_response(pb.X509SVIDResponse(svids=[msg]))
