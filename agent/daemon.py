@@ -61,13 +61,13 @@ def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: floa
     """Workload attestation for the Workload API: every attestor at once, with a deadline."""
 
     async def attest(creds: PeerCredentials) -> frozenset[Selector]:
-        caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
         with trio.move_on_after(timeout + 1.0) as scope:
             try:
+                caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
                 return frozenset(await attest_workload(caller, attestors, timeout))
             except AttestationError as exc:
                 raise WorkloadAttestationFailed(exc.plugin, str(exc)) from exc
-            except (ProcessGone, ValueError) as exc:
+            except (ProcessGone, ValueError) as exc:  # ValueError: its pidfd is closed
                 raise WorkloadAttestationFailed("process_gone", str(exc)) from exc
         assert scope.cancelled_caught
         raise WorkloadAttestationFailed("timeout", f"no selectors within {timeout:g}s")
@@ -210,8 +210,10 @@ class AgentDaemon:
             task_status.started()
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
-                    log.info("agent.signal", signal=signal.Signals(signum).name)
-                    if signum == signal.SIGTERM:
-                        sd_notify("STOPPING=1")
-                        nursery.cancel_scope.cancel()
-                        return
+                    if signum == signal.SIGHUP:  # would otherwise kill the daemon
+                        log.info("agent.sighup_ignored", detail="no reload; restart to reconfigure")
+                        continue
+                    log.info("agent.stopping", signal="SIGTERM")
+                    sd_notify("STOPPING=1")
+                    nursery.cancel_scope.cancel()
+                    return

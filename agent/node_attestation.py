@@ -50,6 +50,16 @@ KEY_FILE: Final = "agent_key.pem"
 BUNDLE_FILE: Final = "bundle.spiffe.json"
 STATE_FILE: Final = "agent_state.json"
 
+# Answers no retry can change: wrong evidence, a used token, an attestor the server lacks.
+_REFUSALS: Final = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
 
 class AttestationRefused(Exception):
     """The server (or the plugin) refused node attestation; the message says what to do."""
@@ -163,12 +173,12 @@ async def attest(
             answer = await attestor.answer(response.challenge)
             await call_asyncio(call.write, agent_pb2.AttestRequest(challenge_response=answer))
     except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            detail = f"the server refused node attestation: {exc.details()}"
-            if plugin_name == "join_token":
-                raise NeedsNewJoinToken(detail) from exc
-            raise AttestationRefused(detail) from exc
-        raise
+        if exc.code() not in _REFUSALS:
+            raise  # transient: the caller retries with backoff
+        detail = f"the server refused node attestation: {exc.details()}"
+        if plugin_name == "join_token" and exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            raise NeedsNewJoinToken(detail) from exc
+        raise AttestationRefused(detail) from exc
     except AttestationError as exc:
         raise AttestationRefused(str(exc)) from exc
     finally:

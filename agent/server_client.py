@@ -9,6 +9,7 @@ already open on the previous channel run on until they end. Methods are asyncio 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -66,12 +67,25 @@ def fetch_server_certificate(host: str, port: int, timeout: float = 10.0) -> byt
     return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
+class StreamClosed(Exception):
+    """The channel under a stream was closed (replaced after an SVID or bundle change)."""
+
+
 async def next_message(stream: AsyncIterator[T]) -> T | None:
-    """The next message of a grpc.aio response stream, or None at its end (asyncio side)."""
+    """The next message of a grpc.aio response stream, or None at its end (asyncio side).
+
+    grpc.aio reports a stream whose channel was closed as CancelledError; unless this task
+    itself is being cancelled, that is a closed stream, not a cancellation to propagate.
+    """
     try:
         return await anext(stream)
     except StopAsyncIteration:
         return None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise StreamClosed("the channel was closed under the stream") from None
 
 
 class ServerClient:

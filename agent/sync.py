@@ -20,7 +20,13 @@ from insignia_proto import agent_pb2
 from agent.cache import BundleView, Cache, SyncDelta
 from agent.entries import Entry, InvalidEntry
 from agent.metrics import AgentMetrics
-from agent.server_client import AgentEvicted, ServerClient, is_eviction, next_message
+from agent.server_client import (
+    AgentEvicted,
+    ServerClient,
+    StreamClosed,
+    is_eviction,
+    next_message,
+)
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.logs import get_logger
 from insignia.runtime import call_asyncio
@@ -131,6 +137,8 @@ async def run_sync(
             if is_eviction(exc):
                 raise AgentEvicted(exc.details() or exc.code().name) from exc
             error = f"{exc.code().name}: {exc.details()}"
+        except StreamClosed as exc:
+            error = str(exc)
         except InvalidSyncUpdate as exc:
             error = str(exc)
             cache.store_id, cache.revision = "", 0  # ask for full state next time

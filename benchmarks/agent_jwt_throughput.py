@@ -65,8 +65,8 @@ def run_load(path: Path, method: str, seconds: float, clients: int, token: str) 
         proc.stdin.write("go\n")
         proc.stdin.flush()
     results = [json.loads(proc.communicate()[0].splitlines()[-1]) for proc in procs]
-    wall = max(time.monotonic() - start, max(r["wall"] for r in results))
-    return sum(r["calls"] for r in results) / wall
+    wall = max(time.monotonic() - start, *(float(r["wall"]) for r in results))
+    return sum(int(r["calls"]) for r in results) / wall
 
 
 def fetch_token(socket_path: Path) -> str:

@@ -6,31 +6,32 @@ FetchX509SVID stream open and stamps every message it receives with time.monoton
 clock for all processes on the host. Figures:
 
 - `entry create` -> the workload's stream carries the new identity (p50, p99 over --entries).
-  Each sample creates one entry for the workload's uid, waits, then deletes it and waits
-  for the identity to go, so every sample sees the same two-SVID message. Measured through
-  the admin API on a kept channel (the system's own latency) and through the
-  `insignia-server entry create` CLI (what an operator sees, process start included).
-- `authority x509 prepare` -> the new CA in every workload's bundle; `taint` of the old CA ->
-  every SVID on all three agents re-signed by the new one.
+  The workload holds one SVID already; each sample creates one more entry for its uid,
+  waits, then deletes it and waits for the identity to go, so every sample sees the same
+  two-SVID message. Measured through the admin API on a kept channel (the system's own
+  latency) and through the `insignia-server entry create` CLI (what an operator sees,
+  process start included).
+- `authority x509 prepare` -> the new CA in every workload's bundle; `activate` it, then
+  `taint` of the old CA -> every SVID on all three agents re-signed by the new one (each
+  workload holds --svids-per-agent SVIDs).
 
 References measured in the same run: an admin API round trip (GetEntry, kept channel) and a
-bare CLI round trip (`entry show --id`, `authority x509 show`).
+bare CLI round trip (`entry show`, `authority x509 show`).
 
     .venv/bin/python -m benchmarks.e2e_latency [--entries 100] [--cli-entries 20]
+        [--rotations 3] [--svids-per-agent 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from insignia_proto import admin_pb2, admin_pb2_grpc
@@ -87,19 +88,27 @@ def lacks_id(spiffe_id: str) -> Callable[[Record], bool]:
 
 class Bench:
     def __init__(self, server: ServerProcess, agents: list[AgentProcess]) -> None:
+        """One watching workload per agent, holding one SVID."""
         self.server = server
         self.agent_ids = [a.agent_id for a in agents]
         self.selector = f"unix:uid:{os.getuid()}"
         self.channel = grpc.insecure_channel(f"unix:{server.admin_socket}")
         self.admin = admin_pb2_grpc.AdminAPIStub(self.channel)
-        for i, agent_id in enumerate(self.agent_ids):
-            self.create(f"spiffe://{TRUST_DOMAIN}/bench/workload{i}", agent_id)
         self.watchers = [
             follow(workload_argv(agent.socket_path, "watch"), f"workload on agent{i}")
             for i, agent in enumerate(agents)
         ]
-        for i, watcher in enumerate(self.watchers):
-            watcher.wait_for(has_id(f"spiffe://{TRUST_DOMAIN}/bench/workload{i}"), TIMEOUT, "")
+        self.held = 0
+        self.hold_svids(1)
+
+    def hold_svids(self, count: int) -> None:
+        """Give every watching workload `count` SVIDs (one entry each) and wait until it has."""
+        for i, agent_id in enumerate(self.agent_ids):
+            for j in range(self.held, count):
+                self.create(f"spiffe://{TRUST_DOMAIN}/bench/workload{i}/svid{j}", agent_id)
+        self.held = count
+        for watcher in self.watchers:
+            watcher.wait_for(lambda r: len(r.get("ids", ())) == count, TIMEOUT, "with all")
 
     def close(self) -> None:
         for watcher in self.watchers:
@@ -170,39 +179,37 @@ class Bench:
 
     # --- CA rotation -> every workload ----------------------------------------------------------
 
-    def authorities(self) -> list[dict[str, Any]]:
-        listed: list[dict[str, Any]] = json.loads(self.cli("authority", "x509", "show", "--json"))[
-            "authorities"
-        ]
-        return listed
+    def wait_all(
+        self, marks: Sequence[int], start: float, done: Callable[[Record], bool], what: str
+    ) -> float:
+        """ms from `start` until every watcher, past its mark, has a record satisfying `done`."""
+        return max(
+            ms_since(start, watcher.wait_for(done, TIMEOUT, what, mark))
+            for watcher, mark in zip(self.watchers, marks, strict=True)
+        )
 
-    def until_every_workload(self, action: Sequence[str], done: Callable[[Record], bool]) -> float:
-        """Run the CLI `action`; ms until every watcher has a record satisfying `done`."""
+    def rotate(self) -> tuple[float, float]:
+        """prepare -> activate -> taint the old CA: (prepare ms, taint ms), via the admin API."""
+        x509 = admin_pb2.X509
+        listed = self.admin.ListAuthorities(admin_pb2.AuthorityRequest(kind=x509), timeout=TIMEOUT)
+        old = next(a.authority_id for a in listed.authorities if a.state == "active")
         marks = [len(w.records) for w in self.watchers]
         start = time.monotonic()
-        self.cli(*action)
-        last = 0.0
-        for watcher, mark in zip(self.watchers, marks, strict=True):
-            record = watcher.wait_for(done, TIMEOUT, f"after {' '.join(action)}", mark)
-            last = max(last, ms_since(start, record))
-        return last
-
-    def rotate(self) -> tuple[float, float, int]:
-        """prepare -> activate -> taint the old CA: (prepare ms, taint ms, SVIDs re-signed)."""
-        before = {a["authority_id"] for a in self.authorities()}
-        old = next(a["authority_id"] for a in self.authorities() if a["state"] == "active")
-        size = max(w.last()["bundle_size"] for w in self.watchers)
-        prepare_ms = self.until_every_workload(
-            ("authority", "x509", "prepare"), lambda r: r.get("bundle_size", 0) > size
+        request = admin_pb2.AuthorityRequest(kind=x509)
+        new = self.admin.PrepareAuthority(request, timeout=TIMEOUT).authority_id
+        prepare_ms = self.wait_all(marks, start, lambda r: new in r.get("bundle", ()), "with it")
+        request = admin_pb2.AuthorityRequest(kind=x509, authority_id=new)
+        self.admin.ActivateAuthority(request, timeout=TIMEOUT)
+        if any(old not in w.last()["authorities"] for w in self.watchers):
+            raise RuntimeError(f"a workload lost its SVIDs from {old} before the taint")
+        marks = [len(w.records) for w in self.watchers]
+        start = time.monotonic()
+        request = admin_pb2.AuthorityRequest(kind=x509, authority_id=old)
+        self.admin.TaintAuthority(request, timeout=TIMEOUT)
+        taint_ms = self.wait_all(
+            marks, start, lambda r: set(r.get("authorities", ())) == {new}, "all re-signed"
         )
-        new = next(a["authority_id"] for a in self.authorities() if a["authority_id"] not in before)
-        self.cli("authority", "x509", "activate", new)
-        held = {k for w in self.watchers for k in w.last()["authorities"]}
-        taint_ms = self.until_every_workload(
-            ("authority", "x509", "taint", old),
-            lambda r: "authorities" in r and not held & set(r["authorities"]),
-        )
-        return prepare_ms, taint_ms, sum(len(w.last()["ids"]) for w in self.watchers)
+        return prepare_ms, taint_ms
 
 
 def row(label: str, samples: Sequence[float]) -> str:
@@ -215,6 +222,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100)
     parser.add_argument("--cli-entries", type=int, default=20)
     parser.add_argument("--rotations", type=int, default=3)
+    parser.add_argument("--svids-per-agent", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, deployment(Path(tmp), 3) as (server, agents):
         bench = Bench(server, agents)
@@ -224,6 +232,7 @@ def main() -> None:
             ref_api = bench.reference_api(args.entries)
             ref_show = bench.reference_cli(args.cli_entries, "entry", "show", "--json")
             ref_auth = bench.reference_cli(args.cli_entries, "authority", "x509", "show")
+            bench.hold_svids(args.svids_per_agent)
             rotations = [bench.rotate() for _ in range(args.rotations)]
         finally:
             bench.close()
@@ -234,16 +243,19 @@ def main() -> None:
     print(row("entry create (CLI) -> workload holds the new SVID", cli_created))
     print(row("  reference: bare CLI round trip (entry show)", ref_show))
     print(row("  reference: bare CLI round trip (authority x509 show)", ref_auth))
-    print(f"\nCA rotation, 3 agents, {rotations[0][2] if rotations else 0} SVIDs, ms per round")
     print(
-        "  authority x509 prepare (CLI) -> new CA in every workload's bundle: "
+        f"\nCA rotation: 3 agents, {3 * args.svids_per_agent} SVIDs; "
+        f"ms for each of {args.rotations} rounds"
+    )
+    print(
+        "  authority x509 prepare (admin API) -> new CA in every workload's bundle: "
         + ", ".join(f"{r[0]:.0f}" for r in rotations)
     )
     print(
-        "  authority x509 taint (CLI) -> every SVID re-signed by the new CA:  "
+        "  authority x509 taint (admin API) -> every SVID re-signed by the new CA:  "
         + ", ".join(f"{r[1]:.0f}" for r in rotations)
     )
-    print(f"({os.cpu_count()} CPUs; times include the CLI's own process start, see the references)")
+    print(f"({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ mtls: presents B's X509-SVID, accepts the server only if its SVID carries `--ser
       sends one line and prints A's answer.
 jwt:  fetches a JWT-SVID for `--audience`, sends it as `Authorization: Bearer`, and prints
       the HTTP status and body.
-Exit status 0 when A accepted the call, 1 when it was refused.
+Exit status 0 when A accepted the call, 1 when it was refused, 2 when B got no identity.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import trio
 from insignia.authorize import one_of
 from insignia.jwt_http import attach
 from insignia.tls import client_context
-from insignia.workloadapi.source import open_x509_source
+from insignia.workloadapi.client import WorkloadApiError
+from insignia.workloadapi.source import SourceNotReady, open_x509_source
 from insignia.workloadapi.trio_client import TrioWorkloadApiClient
 
 MAX_LINE = 4096
@@ -95,7 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> int:
-    return await (call_mtls(args) if args.command == "mtls" else call_jwt(args))
+    try:
+        return await (call_mtls(args) if args.command == "mtls" else call_jwt(args))
+    except (WorkloadApiError, SourceNotReady) as exc:  # no identity (yet), or no agent
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

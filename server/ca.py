@@ -143,7 +143,7 @@ def new_x509_slot(settings: CaSettings, keys: KeyManager, now: datetime) -> X509
     else:
         parent = settings.upstream.authority
         cert = build_intermediate_ca(parent, key.public_key(), td, settings.ttl, now)
-        authority = SigningAuthority(cert, key, (cert, *(parent.chain or (parent.certificate,))))
+        authority = SigningAuthority(cert, key, (cert, *parent.chain))  # root excluded
     authority_id = x509_authority_id(authority.certificate)
     keys.store(key_name("x509", authority_id), key)
     record = AuthorityRecord(

@@ -21,6 +21,7 @@ from insignia.spiffeid import InvalidSpiffeId, TrustDomain
 
 DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 
 def _trust_domain(value: str) -> str:
@@ -135,6 +136,13 @@ class ServerConfig(StrictModel):
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
         return self
+
+    @field_validator("admin_socket")
+    @classmethod
+    def _socket_path_fits(cls, value: Path) -> Path:
+        if len(bytes(value)) > MAX_UNIX_PATH:
+            raise ValueError(f"longer than {MAX_UNIX_PATH} bytes, the limit for a Unix socket")
+        return value
 
     @property
     def td(self) -> TrustDomain:

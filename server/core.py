@@ -117,7 +117,17 @@ class ServerCore:
             await trio.to_thread.run_sync(self.publish_bundle)
             self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
             self.on_ca_change()
+            self._export_ca_expiry()
         return result
+
+    def _export_ca_expiry(self) -> None:
+        state = self.authorities.state
+        x509_authority = state.active_x509()
+        if x509_authority is not None:
+            self.metrics.ca_expiry.labels("x509").set(x509_authority.not_after.timestamp())
+        jwt_not_after = state.active_jwt_not_after()
+        if jwt_not_after is not None:
+            self.metrics.ca_expiry.labels("jwt").set(jwt_not_after.timestamp())
 
     async def in_trio(self, fn: Callable[..., Any], *args: Any) -> Any:
         """From asyncio: run trio function `fn(*args)` in the daemon's nursery."""

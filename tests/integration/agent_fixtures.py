@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_BIN = Path(sys.executable).with_name("insignia-agent")
@@ -98,7 +98,7 @@ class AgentProcess:
         self.public_dir.chmod(0o755)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(to_toml(self.config()))
-        self._log = None
+        self._log: BinaryIO | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -143,7 +143,9 @@ class AgentProcess:
             "metrics": {"address": "127.0.0.1:0"},
             "log": {"level": "debug", "format": "json"},
         }
-        return merge(base, self.extra_config)
+        if "node_attestor" in self.extra_config:  # exactly one attestor: replace, not merge
+            base["node_attestor"] = self.extra_config["node_attestor"]
+        return merge(base, {k: v for k, v in self.extra_config.items() if k != "node_attestor"})
 
     def start(self, join_token: str | None = None, wait: bool = True, timeout: float = 60) -> None:
         """Start the daemon (with a join token when given) and wait until /ready."""

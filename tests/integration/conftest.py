@@ -44,7 +44,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
             yield start
         finally:
             for server in started:
-                server.stop()
+                server.cleanup()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Every output line is one JSON object, flushed at once, so a test can follow it a
 
     python multinode_workload.py SOCKET watch
         one line per FetchX509SVID message: {"t", "ids", "serials", "authorities" (the key ID
-        of each leaf's issuer), "bundle_size" (X.509 authorities trusted in its own domain)}
+        of each leaf's issuer), "bundle" (key IDs of the X.509 authorities of its own domain)}
     python multinode_workload.py SOCKET serve HOST ALLOWED_ID
         mTLS echo server on HOST (port 0): {"port", "id"}, then serves until killed; each reply
         is "<client SPIFFE ID> <bytes received>"
@@ -41,6 +41,10 @@ def authority_key_id(cert: x509.Certificate) -> str:
     return (aki.key_identifier or b"").hex()
 
 
+def subject_key_id(cert: x509.Certificate) -> str:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
 def describe(context: X509Context) -> dict[str, Any]:
     own = context.bundles.get_bundle_for_trust_domain(context.default_svid.spiffe_id.trust_domain)
     return {
@@ -48,7 +52,7 @@ def describe(context: X509Context) -> dict[str, Any]:
         "ids": [str(s.spiffe_id) for s in context.svids],
         "serials": [str(s.leaf.serial_number) for s in context.svids],
         "authorities": [authority_key_id(s.leaf) for s in context.svids],
-        "bundle_size": len(own.x509_authorities) if own is not None else 0,
+        "bundle": [subject_key_id(c) for c in own.x509_authorities] if own is not None else [],
     }
 
 

@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped]
+
 from tests.integration.agent_fixtures import wait_until
 from tests.integration.agent_workloads import as_user
 
@@ -108,6 +110,22 @@ class NginxProcess:
         except OSError:
             return False
         return True
+
+    def settled(self) -> bool:
+        """One worker accepts connections: no worker from before a reload still takes them.
+
+        After `nginx -s reload` old and new workers both accept until the old ones handle
+        their QUIT, which is when they retitle themselves "... is shutting down".
+        """
+        if self.process is None:
+            return False
+        try:
+            titles = [
+                " ".join(c.cmdline()).strip() for c in psutil.Process(self.process.pid).children()
+            ]
+        except psutil.Error:
+            return False
+        return titles.count("nginx: worker process") == 1
 
     def error_log(self) -> str:
         path = self.directory / "error.log"

@@ -12,9 +12,11 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,9 @@ class ServerProcess:
     extra_config: Mapping[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     addresses: dict[str, str] = field(default_factory=dict)
+    # Unix socket paths are limited to 107 bytes and xdist's tmp paths are long: keep the
+    # admin socket in a short private directory of its own (removed by `cleanup()`).
+    socket_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ins-srv-")))
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ class ServerProcess:
         base: dict[str, Any] = {
             "trust_domain": self.trust_domain,
             "data_dir": self.data_dir,
-            "admin_socket": self.workdir / "admin" / "admin.sock",
+            "admin_socket": self.socket_dir / "admin.sock",
             "agent_api": {"port": 0, "attestation_port": 0, "attestation_rate": 1000},
             "health": {"address": "127.0.0.1:0"},
             "metrics": {"address": "127.0.0.1:0"},
@@ -164,6 +169,11 @@ class ServerProcess:
             proc.kill()
             proc.wait()
             raise ServerFailed(f"server ignored signal {sig}:\n{self.log_tail()}") from None
+
+    def cleanup(self) -> None:
+        """Stop the server and remove its socket directory."""
+        self.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def restart(self, timeout: float = 60) -> None:
         self.stop()

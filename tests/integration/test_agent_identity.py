@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import stat
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.integration.agent_clients import short_tmp_path  # noqa: F401  (the tmp_path fixture)
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.conftest import AgentFactory
+from insignia.keys import KeyType, generate_key
+from insignia.spiffeid import TrustDomain
+from insignia.x509ca import build_root_ca
+from tests.integration.agent_clients import (
+    agent_cli,
+    register,
+    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
+)
+from tests.integration.agent_fixtures import AgentProcess, wait_until
+from tests.integration.conftest import AgentFactory, ServerFactory
 from tests.integration.server_fixtures import ServerProcess
+from tests.integration.test_server_x509pop import node_cert
 
 pytestmark = [pytest.mark.integration]
 
@@ -53,3 +66,61 @@ def test_a_refused_token_fails_fast_with_the_reason(
     agent.start("00000000-0000-0000-0000-000000000000", wait=False)
     assert agent.wait_exit(60) == 1
     assert "join token" in agent.logs() and "restart with --join-token" in agent.logs()
+
+
+def test_an_evicted_x509pop_agent_attests_again_by_itself(
+    server_factory: ServerFactory, agent_factory: AgentFactory, tmp_path: Path
+) -> None:
+    node_ca = build_root_ca(
+        TrustDomain.parse("nodes.example"), generate_key(KeyType.EC_P256), timedelta(hours=1)
+    )
+    (tmp_path / "node-ca.pem").write_bytes(node_ca.certificate.public_bytes(Encoding.PEM))
+    server = server_factory(
+        name="popserver",
+        node_attestors={"x509pop": {"ca_bundle_paths": [str(tmp_path / "node-ca.pem")]}},
+    )
+    node = node_cert(node_ca, tmp_path / "node", "node-1")
+    agent = agent_factory(
+        server=server,
+        node_attestor={
+            "x509pop": {
+                "private_key_path": str(node.private_key_path),
+                "certificate_path": str(node.certificate_path),
+            }
+        },
+    )
+    agent_id = agent.agent_id
+    assert agent_id.startswith("spiffe://example.org/insignia/agent/x509pop/")
+    server.cli("agent", "evict", agent_id)
+
+    def attested_twice() -> bool:
+        return len(_events(agent, "agent.attested")) == 2
+
+    wait_until(attested_twice, 60, "the agent to attest again after eviction")
+    assert _events(agent, "agent.evicted_reattesting")
+    assert agent.process is not None and agent.process.poll() is None
+    agent.wait_ready(30)
+    assert agent.agent_id == agent_id
+
+
+def test_the_agent_renews_its_own_svid_and_keeps_working(
+    server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    server = server_factory(name="shortagent", agent_svid_ttl="20s")
+    agent = agent_factory(server=server)
+    first_serial = _agent_serial(agent)
+
+    def renewed_twice() -> bool:
+        return len(_events(agent, "agent.renewed")) >= 2
+
+    wait_until(renewed_twice, 90, "two agent SVID renewals")
+    assert _agent_serial(agent) != first_serial
+    # Still an agent the server accepts: a new entry reaches it and is served.
+    register(server, agent, "/after-renewal", f"unix:uid:{os.getuid()}")
+    fetched = agent_cli("api", "fetch", "x509", "--socket", str(agent.socket_path))
+    assert "spiffe://example.org/after-renewal" in fetched.stdout, fetched.stderr
+
+
+def _agent_serial(agent: AgentProcess) -> int:
+    pem = (agent.data_dir / "agent_svid.pem").read_bytes()
+    return x509.load_pem_x509_certificates(pem)[0].serial_number

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -53,9 +52,7 @@ def pyspiffe_server(
     allowed = ids[request.param]
     source = f"workload-api:{running_agent.endpoint}"
     argv, env = workload_argv(UID_A, PEER, "server", source, allowed)
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/"
-    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/")
     assert proc.stdout is not None and proc.stderr is not None
     try:
         try:
@@ -149,7 +146,7 @@ async def test_our_sdk_follows_our_agent_through_rotation_and_a_restart(
     td = running_server.trust_domain
     await trio.to_thread.run_sync(
         lambda: register(
-            running_server, running_agent, "/rotating", "unix:uid:0", extra=("--ttl", "6")
+            running_server, running_agent, "/rotating", "unix:uid:0", extra=("--x509-svid-ttl", "6")
         )
     )
     client = TrioWorkloadApiClient(running_agent.endpoint)

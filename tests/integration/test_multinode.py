@@ -208,8 +208,14 @@ def test_three_agents_across_hosts(cluster: Cluster) -> None:
         answer = _run_workload(lab, host2, "call", *target)
         assert answer == {"reply": f"{host2.workload_id} hello", "peer": host1.workload_id}
         # host3's workload holds a valid SVID of the same trust domain, but is not authorized.
+        # The TLS alert shows the refusal came from the handshake, not from the network.
         refused = _run_workload(lab, host3, "call", *target)
-        assert "error" in refused, refused
+        assert "alert" in refused.get("error", ""), refused
+        echo.wait_for(
+            lambda r: f"peer {host3.workload_id} is not authorized" in r.get("text", ""),
+            EVENT_TIMEOUT,
+            "logging that it refused host3's workload",
+        )
     finally:
         echo.stop()
 
@@ -268,3 +274,8 @@ def test_three_agents_across_hosts(cluster: Cluster) -> None:
         if "serials" in r and _serial(r) != evicted_serial
     ]
     assert renewed == [], (renewed, final)
+
+    # Over the whole run, no workload ever received another host's identity.
+    for node in nodes.values():
+        seen = {i for r in node.watch().records for i in r.get("ids", ())}
+        assert seen == {node.workload_id}, (node.host, seen)

@@ -144,3 +144,51 @@ def test_evict_and_ban(running_server: ServerProcess) -> None:
         banned.stub(channel).BatchNewJWTSVID(agent_pb2.BatchNewJWTSVIDRequest(), timeout=30)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "banned" in (refused.value.details() or "")
+
+
+def test_sync_resumes_without_resending(running_server: ServerProcess) -> None:
+    server = running_server
+    agent = attest_join_token(server, server.join_token())
+    first_id = server.create_entry("spiffe://example.org/a", agent.agent_id, ["unix:uid:1"])
+    kept_id = server.create_entry("spiffe://example.org/b", agent.agent_id, ["unix:uid:2"])
+    with agent.channel() as channel:
+        stream = agent.stub(channel).Sync(agent_pb2.SyncRequest(), timeout=60)
+        full = next(stream)
+        stream.cancel()
+        assert {e.id for e in full.entries} == {first_id, kept_id}
+        server.cli("entry", "delete", first_id)
+        new_id = server.create_entry("spiffe://example.org/c", agent.agent_id, ["unix:uid:3"])
+        resume = agent_pb2.SyncRequest(store_id=full.store_id, since_revision=full.revision)
+        stream = agent.stub(channel).Sync(resume, timeout=60)
+        delta = next(stream)
+        stream.cancel()
+        assert not delta.full
+        assert [e.id for e in delta.entries] == [new_id]  # b is not resent
+        assert list(delta.deleted_entry_ids) == [first_id]
+        unknown = agent_pb2.SyncRequest(store_id="another-server", since_revision=delta.revision)
+        stream = agent.stub(channel).Sync(unknown, timeout=60)
+        again = next(stream)
+        stream.cancel()
+        assert again.full and {e.id for e in again.entries} == {kept_id, new_id}
+
+
+def test_renew_agent_svid(running_server: ServerProcess) -> None:
+    server = running_server
+    agent = attest_join_token(server, server.join_token())
+    old_serial = server.cli_json("agent", "show", agent.agent_id)["serial"]
+    new_key = generate_key(KeyType.EC_P256)
+    empty = agent_pb2.BatchNewJWTSVIDRequest()
+    with agent.channel() as old_channel:
+        renewed = agent.stub(old_channel).RenewAgent(
+            agent_pb2.RenewAgentRequest(csr=make_csr(new_key)), timeout=30
+        )
+        # until the new SVID is used, the old one still works
+        agent.stub(old_channel).BatchNewJWTSVID(empty, timeout=30)
+        agent.key, agent.chain_der = new_key, renewed.svid_chain
+        with agent.channel() as new_channel:
+            agent.stub(new_channel).BatchNewJWTSVID(empty, timeout=30)
+        assert server.cli_json("agent", "show", agent.agent_id)["serial"] != old_serial
+        with pytest.raises(grpc.RpcError) as stale:
+            agent.stub(old_channel).BatchNewJWTSVID(empty, timeout=30)
+        assert stale.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "not current" in (stale.value.details() or "")

@@ -235,7 +235,7 @@ def test_metrics_are_served(running_server: ServerProcess) -> None:
     for name in (
         'insignia_server_svids_signed_total{type="x509"} 1.0',
         "insignia_server_entries",
-        "insignia_server_ca_expiry_timestamp_seconds",
+        'insignia_server_ca_expiry_timestamp_seconds{kind="jwt"}',
         "insignia_server_rpc_duration_seconds",
         "insignia_server_agents_attested",
     ):

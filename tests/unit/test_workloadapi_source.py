@@ -26,6 +26,7 @@ from insignia.workloadapi.source import (
     open_x509_source,
 )
 from insignia.workloadapi.trio_client import TrioWorkloadApiClient
+from insignia.x509svid import X509Svid
 from tests.unit.workload_api_server import TD, Authority, WorkloadApiServer
 
 FAST = Backoff(initial=0.01, maximum=0.05)
@@ -181,11 +182,11 @@ async def test_picker_chooses_among_several_svids(tmp_path: Path) -> None:
     first, second = authority.svid("/one"), authority.svid("/two")
     await agent.serve(authority.x509_response(first, second))
 
-    def by_path(svids: tuple[object, ...]) -> object:
-        return next(s for s in svids if str(s.spiffe_id).endswith("/two"))  # type: ignore[attr-defined]
+    def by_path(svids: tuple[X509Svid, ...]) -> X509Svid:
+        return next(s for s in svids if s.spiffe_id.path == "/two")
 
     try:
-        async with open_x509_source(agent.socket_path, jwt_bundles=False, picker=by_path) as source:  # type: ignore[arg-type]
+        async with open_x509_source(agent.socket_path, jwt_bundles=False, picker=by_path) as source:
             assert source.get_x509_svid().spiffe_id == second.spiffe_id
             assert source.x509_context is not None and len(source.x509_context.svids) == 2
     finally:

@@ -11,11 +11,11 @@ import trio
 
 from insignia.bundle import BundleSet
 from insignia.jwtsvid import parse_and_validate
-from insignia.spiffeid import SpiffeId
+from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workloadapi.backoff import Backoff
 from insignia.workloadapi.client import WorkloadApiError, X509Context
 from insignia.workloadapi.trio_client import TrioWorkloadApiClient, resolve_socket
-from tests.unit.workload_api_server import TD, WorkloadApiServer
+from tests.unit.workload_api_server import TD, Authority, WorkloadApiServer
 
 FAST = Backoff(initial=0.01, maximum=0.05)
 WEB = "spiffe://example.org/web"
@@ -191,6 +191,28 @@ async def test_cancelling_a_watch_cancels_the_stream_at_the_agent(
     assert isinstance(update, BundleSet)
     bundle = update.get_bundle_for_trust_domain(TD)
     assert bundle is not None and list(bundle.jwt_authorities) == ["k1"]
+
+
+async def test_x509_bundles_are_fetched_and_watched_with_federated_ones(
+    agent: WorkloadApiServer,
+) -> None:
+    partner = Authority(TrustDomain("partner.org"))
+    authority = agent.authority
+    await agent.serve(None, x509_bundles=authority.x509_bundles_response())
+    client = client_for(agent)
+    assert [b.trust_domain for b in await client.fetch_x509_bundles()] == [TD]
+    seen = Recorder()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.watch_x509_bundles, seen.update)
+        await seen.until(lambda: len(seen.updates) == 1)
+        await agent.serve(None, x509_bundles=authority.x509_bundles_response(partner.bundle))
+        await seen.until(lambda: len(seen.updates) == 2)
+        nursery.cancel_scope.cancel()
+    latest = seen.updates[1]
+    assert isinstance(latest, BundleSet)
+    federated = latest.get_bundle_for_trust_domain(partner.trust_domain)
+    assert federated is not None
+    assert federated.x509_authorities == (partner.ca.certificate,)
 
 
 def test_socket_comes_from_a_path_an_address_or_the_environment(

@@ -78,6 +78,10 @@ class Authority:
             federated_bundles={str(b.trust_domain): b.x509_der() for b in federated},
         )
 
+    def x509_bundles_response(self, *federated: Bundle) -> Any:
+        bundles = (self.bundle, *federated)
+        return pb.X509BundlesResponse(bundles={str(b.trust_domain): b.x509_der() for b in bundles})
+
     def jwt_bundles_response(self) -> Any:
         return pb.JWTBundlesResponse(bundles={str(self.trust_domain): self.bundle.jwks()})
 
@@ -94,6 +98,7 @@ class WorkloadApiServer:
         self.calls: Counter[str] = Counter()
         self.x509: Any = None  # a pb.X509SVIDResponse, or None for "no identity issued"
         self.jwt_bundles: Any = None
+        self.x509_bundles: Any = None
         self.jwt_identity: SpiffeId | None = None
         self.refusal: tuple[grpc.StatusCode, str] | None = None  # answer every call with this
         self.open_streams = 0
@@ -115,11 +120,17 @@ class WorkloadApiServer:
         """Stop serving (open streams are cancelled), as an agent that went away."""
         await self._on_loop(self._stop())
 
-    async def serve(self, x509: Any, jwt_bundles: Any = None, jwt_identity: str = "") -> None:
+    async def serve(
+        self,
+        x509: Any,
+        jwt_bundles: Any = None,
+        jwt_identity: str = "",
+        x509_bundles: Any = None,
+    ) -> None:
         """Change what is served; open streams get the new answer at once."""
 
         async def change() -> None:
-            self.x509, self.jwt_bundles = x509, jwt_bundles
+            self.x509, self.jwt_bundles, self.x509_bundles = x509, jwt_bundles, x509_bundles
             self.jwt_identity = SpiffeId.parse(jwt_identity) if jwt_identity else None
             self._version += 1
             await self._notify()
@@ -232,8 +243,8 @@ class _Servicer:
             yield answer
 
     async def FetchX509Bundles(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the SDK tests")
-        yield None
+        async for answer in self._stream("FetchX509Bundles", "x509_bundles", context):
+            yield answer
 
     async def FetchJWTBundles(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for answer in self._stream("FetchJWTBundles", "jwt_bundles", context):

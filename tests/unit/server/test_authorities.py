@@ -1,0 +1,85 @@
+"""The CA slots with the real datastore journal and key managers, time moved by the test."""
+
+from datetime import timedelta
+from pathlib import Path
+
+from insignia.keys import KeyType
+from insignia.spiffeid import TrustDomain
+from server.authorities import Authorities
+from server.ca import CaSettings, x509_authority_id
+from server.keymanager import DiskKeyManager, MemoryKeyManager
+from server.rotation import AuthorityState
+from tests.datastores import Clock, fresh_store
+
+TD = TrustDomain.parse("example.org")
+SETTINGS = CaSettings(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(hours=24))
+
+
+def states(authorities: Authorities, kind: str) -> list[str]:
+    return [r.state.value for r in authorities.state.records(kind)]  # type: ignore[arg-type]
+
+
+def test_schedule_restart_and_bundle(tmp_path: Path) -> None:
+    clock = Clock()
+    keys = DiskKeyManager(tmp_path / "keys")
+    with fresh_store("sqlite", tmp_path, clock) as store:
+        ca = Authorities(SETTINGS, keys, store, clock)
+        steps = [s.split()[:2] for s in ca.load()]
+        assert steps == [
+            ["x509", "prepared"],
+            ["x509", "activated"],
+            ["jwt", "prepared"],
+            ["jwt", "activated"],
+        ]
+        assert states(ca, "x509") == ["active"] and states(ca, "jwt") == ["active"]
+        first = ca.state.active_x509()
+        assert first is not None
+        clock.now += timedelta(hours=11, minutes=59)
+        assert ca.rotate() == []
+        clock.now += timedelta(minutes=1)  # min(24h/2, 30d) left: prepare a successor
+        assert [s.split()[:2] for s in ca.rotate()] == [["x509", "prepared"], ["jwt", "prepared"]]
+        assert states(ca, "x509") == ["active", "prepared"]
+        assert len(ca.bundle().x509_authorities) == 2  # published before use
+        clock.now += timedelta(hours=8)
+        ca.rotate()
+        assert states(ca, "x509") == ["old", "active"]  # min(24h/6, 7d) left: activate
+        assert states(ca, "jwt") == ["old", "active"]
+        second = ca.state.active_x509()
+        assert second is not None and second.certificate != first.certificate
+        # a restart (new objects, same database and key directory) keeps every slot
+        again = Authorities(SETTINGS, DiskKeyManager(tmp_path / "keys"), store, clock)
+        again.load()
+        assert again.state.records("x509") == ca.state.records("x509")
+        assert again.state.records("jwt") == ca.state.records("jwt")
+        reloaded = again.state.active_x509()
+        assert reloaded is not None and reloaded.certificate == second.certificate
+        assert reloaded.private_key.private_numbers() == second.private_key.private_numbers()
+        clock.now += timedelta(hours=4, seconds=1)  # the first CA expires: it leaves the bundle
+        again.rotate()
+        ids = {x509_authority_id(c) for c in again.bundle().x509_authorities}
+        assert x509_authority_id(first.certificate) not in ids
+        assert not (tmp_path / "keys" / f"x509-{x509_authority_id(first.certificate)}.pem").exists()
+
+
+def test_memory_keys_after_restart_demote_and_replace(tmp_path: Path) -> None:
+    clock = Clock()
+    with fresh_store("sqlite", tmp_path, clock) as store:
+        ca = Authorities(SETTINGS, MemoryKeyManager(), store, clock)
+        ca.load()
+        old_id = ca.state.records("x509")[0].authority_id
+        restarted = Authorities(SETTINGS, MemoryKeyManager(), store, clock)
+        restarted.load()
+        records = {r.authority_id: r.state for r in restarted.state.records("x509")}
+        assert records[old_id] is AuthorityState.OLD  # still published, cannot sign
+        assert list(records.values()).count(AuthorityState.ACTIVE) == 1
+        assert restarted.state.active_x509() is not None
+
+
+def test_disk_keys_are_private(tmp_path: Path) -> None:
+    clock = Clock()
+    with fresh_store("sqlite", tmp_path, clock) as store:
+        Authorities(SETTINGS, DiskKeyManager(tmp_path / "keys"), store, clock).load()
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    files = list((tmp_path / "keys").iterdir())
+    assert len(files) == 2
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)

@@ -1,0 +1,79 @@
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+
+from insignia.bundle import load_der_certificates
+from insignia.keys import KeyType, generate_key
+from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.x509ca import build_root_ca
+from server.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
+from tests.integration.server_agent_client import make_csr
+
+TD = TrustDomain.parse("example.org")
+WEB = SpiffeId.parse("spiffe://example.org/web")
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+def authority():  # type: ignore[no-untyped-def]
+    return build_root_ca(TD, generate_key(KeyType.EC_P256), timedelta(hours=1), NOW)
+
+
+def test_signs_and_clamps_to_the_ca(authority) -> None:  # type: ignore[no-untyped-def]
+    key = generate_key(KeyType.EC_P256)
+    signed = sign_x509_svid(
+        authority, make_csr(key, [str(WEB)]), WEB, timedelta(days=9), ["web.example.org"], NOW
+    )
+    leaf = load_der_certificates(signed.chain_der)[0]
+    assert leaf.not_valid_after_utc == authority.not_after
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["web.example.org"]
+    assert signed.serial_number == leaf.serial_number
+
+
+@pytest.mark.parametrize(
+    ("uris", "kwargs", "reason"),
+    [
+        ([], {}, "URI SANs []"),
+        (["spiffe://example.org/other"], {}, "URI SANs"),
+        ([str(WEB), "spiffe://example.org/x"], {}, "URI SANs"),
+        ([str(WEB)], {"dns": ["evil.example.org"]}, "extra DNS SANs"),
+        ([str(WEB)], {"ca": True}, "CA certificate"),
+    ],
+)
+def test_refusals(authority, uris, kwargs, reason) -> None:  # type: ignore[no-untyped-def]
+    csr = make_csr(generate_key(KeyType.EC_P256), uris, **kwargs)
+    with pytest.raises(SigningRefused, match=re.escape(reason)):
+        sign_x509_svid(authority, csr, WEB, timedelta(minutes=5), now=NOW)
+
+
+def test_bad_signature_and_garbage(authority) -> None:  # type: ignore[no-untyped-def]
+    csr = bytearray(make_csr(generate_key(KeyType.EC_P256), [str(WEB)]))
+    csr[-3] ^= 0x55
+    with pytest.raises(SigningRefused, match="CSR refused"):
+        sign_x509_svid(authority, bytes(csr), WEB, timedelta(minutes=5), now=NOW)
+    with pytest.raises(SigningRefused, match="not a DER"):
+        sign_x509_svid(authority, b"junk", WEB, timedelta(minutes=5), now=NOW)
+
+
+def test_agent_csr_may_omit_the_id(authority) -> None:  # type: ignore[no-untyped-def]
+    csr = make_csr(generate_key(KeyType.EC_P256))
+    agent = SpiffeId.parse("spiffe://example.org/insignia/agent/x")
+    signed = sign_x509_svid(authority, csr, agent, timedelta(minutes=5), now=NOW, id_optional=True)
+    assert signed.chain_der
+    with pytest.raises(NoActiveAuthority):
+        sign_x509_svid(None, csr, agent, timedelta(minutes=5), now=NOW)
+
+
+def test_jwt_expiry_never_passes_the_key() -> None:
+    key = generate_key(KeyType.EC_P256)
+    signed = sign_jwt(
+        ("kid1", key), NOW + timedelta(seconds=30), WEB, ["aud"], timedelta(minutes=5), NOW
+    )
+    assert signed.expires_at - signed.issued_at == 30
+    with pytest.raises(SigningRefused, match="audience"):
+        sign_jwt(("kid1", key), NOW + timedelta(hours=1), WEB, [], timedelta(minutes=5), NOW)
+    with pytest.raises(NoActiveAuthority):
+        sign_jwt(None, None, WEB, ["a"], timedelta(minutes=5), NOW)
