@@ -90,7 +90,9 @@ async def _bind_public(path: Path, mode: int, gid: int | None) -> trio.socket.So
     except FileNotFoundError:
         pass
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    # Short on purpose: a Unix socket path is limited to 107 bytes, and the temporary name must
+    # fit wherever the final one does.
+    tmp = path.with_name(f".{secrets.token_hex(4)}")
     try:
         await sock.bind(str(tmp))
         os.chmod(tmp, mode)
