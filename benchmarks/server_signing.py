@@ -107,7 +107,7 @@ def main() -> None:
             )
             api_jwt = through_api(agent, jwt_request, "BatchNewJWTSVID", args.seconds, args.clients)
         finally:
-            server.stop()
+            server.cleanup()
     raw_x509 = raw_x509_rate(args.seconds, csr)
     raw_jwt = raw_jwt_rate(args.seconds)
     print(f"batch={args.batch} clients={args.clients} seconds={args.seconds}")

@@ -28,7 +28,9 @@ def test_parses(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("bad", ["", "h", "5", "-5s", "5x", "30m1h", "5m5m", "1h 30m", True, -1, None])
+@pytest.mark.parametrize(
+    "bad", ["", "h", "5", "-5s", "5x", "30m1h", "5m5m", "1h 30m", True, -1, None]
+)
 def test_refuses(bad: object) -> None:
     if bad == "5":
         assert parse_duration("5") == timedelta(seconds=5)

@@ -50,5 +50,5 @@ def test_database_url_default_and_scheme(tmp_path: Path) -> None:
     assert config.database_url == f"sqlite:///{tmp_path}/datastore.sqlite3"
     path = tmp_path / "s.toml"
     path.write_text('trust_domain = "x.org"\n[database]\nurl = "mysql://x"\n')
-    with pytest.raises(ConfigError, match="database.url"):
+    with pytest.raises(ConfigError, match=r"database\.url"):
         load_server_config(path)
