@@ -171,21 +171,22 @@ class Cache:
             touched.append(entry.selectors)
         return self._publish(Change(tuple(set(touched))))
 
-    def put_jwt(self, entry_id: str, audience: frozenset[str], record: JwtSvidRecord) -> None:
-        """Cache a JWT-SVID per (entry, audience set); JWTs are fetched, never pushed."""
+    def put_jwt(
+        self, entry_id: str, audience: frozenset[str], record: JwtSvidRecord, now: datetime
+    ) -> None:
+        """Cache a JWT-SVID per (entry, audience set), dropping the entry's expired ones.
+
+        JWTs are fetched, never pushed, so storing one wakes nobody.
+        """
         entry = self._entries.get(entry_id)
         if entry is None or entry.spiffe_id != record.spiffe_id:
             return
         per_entry = self._jwt.setdefault(entry_id, {})
-        per_entry.pop(audience, None)
+        for stale in [a for a, r in per_entry.items() if r.expires_at <= now or a == audience]:
+            del per_entry[stale]
         per_entry[audience] = record
         while len(per_entry) > MAX_JWT_AUDIENCE_SETS_PER_ENTRY:
             del per_entry[next(iter(per_entry))]  # oldest insertion first
-
-    def prune_jwt(self, now: datetime) -> None:
-        for per_entry in self._jwt.values():
-            for audience in [a for a, r in per_entry.items() if r.expires_at <= now]:
-                del per_entry[audience]
 
     # --- subscriptions --------------------------------------------------------------
 

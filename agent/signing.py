@@ -254,5 +254,5 @@ class JwtMinter:
             issued_at=datetime.fromtimestamp(result.issued_at, UTC),
             expires_at=datetime.fromtimestamp(result.expires_at, UTC),
         )
-        self._cache.put_jwt(entry.id, audience, record)
+        self._cache.put_jwt(entry.id, audience, record, self._clock())
         return record

@@ -20,6 +20,7 @@ from server.core import ServerCore, log
 from server.entries import is_agent_id
 from server.node_attestation import attest_agent
 from server.ratelimit import peer_ip
+from server.signer_pool import SignOutcome, SignRequest
 from server.signing import (
     NoActiveAuthority,
     SigningRefused,
@@ -31,6 +32,16 @@ from server.tls import peer_certificate
 
 Context = grpc.aio.ServicerContext[object, object]
 SERVICE = "AgentAPI"
+
+
+def _x509_result(entry_id: str, outcome: SignOutcome) -> agent_pb2.X509SVIDResult:
+    if isinstance(outcome, str):
+        return agent_pb2.X509SVIDResult(entry_id=entry_id, error=outcome)
+    return agent_pb2.X509SVIDResult(
+        entry_id=entry_id,
+        svid_chain=outcome.chain_der,
+        expires_at=int(outcome.expires_at.timestamp()),
+    )
 
 
 class AgentApi:
@@ -167,9 +178,8 @@ class AgentApi:
             agent_id, _ = await self._caller(context)
             await self._limit(context, max(1, len(request.params)))
             authorized = self.core.model.authorized(agent_id)
-            authority = self.core.authorities.state.active_x509()
-            now = self.core.clock()
-            results = []
+            results: list[agent_pb2.X509SVIDResult | None] = []
+            requests: list[SignRequest] = []
             for params in request.params:
                 entry = authorized.get(params.entry_id)
                 if entry is None:
@@ -181,30 +191,27 @@ class AgentApi:
                         )
                     )
                     continue
-                ttl = timedelta(seconds=entry.x509_svid_ttl) if entry.x509_svid_ttl else None
-                try:
-                    signed = sign_x509_svid(
-                        authority,
-                        params.csr,
-                        entry.spiffe_id,
-                        ttl or self.core.config.default_x509_svid_ttl,
-                        entry.dns_names,
-                        now,
-                    )
-                except (SigningRefused, NoActiveAuthority) as exc:
-                    self.core.metrics.signing_refused.labels("x509").inc()
-                    results.append(agent_pb2.X509SVIDResult(entry_id=entry.id, error=str(exc)))
-                    continue
-                results.append(
-                    agent_pb2.X509SVIDResult(
-                        entry_id=entry.id,
-                        svid_chain=signed.chain_der,
-                        expires_at=int(signed.expires_at.timestamp()),
+                ttl = entry.x509_svid_ttl or self.core.config.default_x509_svid_ttl.total_seconds()
+                requests.append(SignRequest(params.csr, str(entry.spiffe_id), ttl, entry.dns_names))
+                results.append(None)  # filled in below, in request order
+            try:
+                outcomes = iter(
+                    await self.core.signer.sign(
+                        self.core.authorities.state.active_x509(), requests, self.core.clock()
                     )
                 )
-            signed_count = sum(1 for r in results if not r.error)
+            except NoActiveAuthority as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            final = []
+            for params, result in zip(request.params, results, strict=True):
+                if result is None:
+                    result = _x509_result(params.entry_id, next(outcomes))
+                    if result.error:
+                        self.core.metrics.signing_refused.labels("x509").inc()
+                final.append(result)
+            signed_count = sum(1 for r in final if not r.error)
             self.core.metrics.svids_signed.labels("x509").inc(signed_count)
-            return agent_pb2.BatchNewX509SVIDResponse(results=results)
+            return agent_pb2.BatchNewX509SVIDResponse(results=final)
 
     async def BatchNewJWTSVID(
         self, request: agent_pb2.BatchNewJWTSVIDRequest, context: Context

@@ -70,6 +70,8 @@ class AgentApiConfig(StrictModel):
     attestation_port: Port = 8082
     attestation_rate: float = Field(default=1.0, gt=0)
     signing_rate: float = Field(default=500.0, gt=0)
+    # Worker processes for large X.509 signing batches; -1 = one per CPU (none on one CPU).
+    signing_processes: int = Field(default=-1, ge=-1, le=64)
 
 
 class DatabaseConfig(StrictModel):

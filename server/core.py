@@ -32,6 +32,7 @@ from server.entries import EntryLimits, server_spiffe_id
 from server.metrics import ServerMetrics
 from server.model import ServerModel
 from server.ratelimit import RateLimiter
+from server.signer_pool import SignerPool, default_processes
 from server.sync import Defaults
 
 T = TypeVar("T")
@@ -84,6 +85,8 @@ class ServerCore:
         self._bundle_sequence = 0
         self.ca_lock = trio.Lock()
         self.ready_reason: str | None = "starting"
+        processes = api.signing_processes
+        self.signer = SignerPool(default_processes() if processes < 0 else processes)
         self.on_ca_change: Callable[[], None] = lambda: None
 
     @property

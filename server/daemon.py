@@ -172,6 +172,7 @@ async def run_daemon(config: ServerConfig, config_path: Path) -> None:
     try:
         await _run(core, config)
     finally:
+        core.signer.close()
         await trio.to_thread.run_sync(core.store.close)
         log.info("server stopped")
 
@@ -184,6 +185,7 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         log.info("ca rotation", step=step)
     await core.load_model()
     tls = await trio.to_thread.run_sync(_ServerTls, core)
+    await trio.to_thread.run_sync(core.signer.warm_up)
     core.on_ca_change = lambda: tls.refresh(reissue=True)
     core.ready_reason = await trio.to_thread.run_sync(core.readiness)
     core.metrics.bind_gauges(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -83,8 +85,22 @@ def sign_chunk(
     return out
 
 
-def _worker_chunk(blob: _AuthorityBlob, requests: list[SignRequest], now: datetime) -> list[SignOutcome]:
+def _worker_chunk(
+    blob: _AuthorityBlob, requests: list[SignRequest], now: datetime
+) -> list[SignOutcome]:
     return sign_chunk(_authority(blob), requests, now)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker start-up: exit when the server dies, even by SIGKILL (nobody else would stop us;
+    PR_SET_PDEATHSIG is tied to the thread that spawned us, which may end first)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class SignerPool:
@@ -95,7 +111,10 @@ class SignerPool:
         self._executor: ProcessPoolExecutor | None = None
         if processes > 1:
             self._executor = ProcessPoolExecutor(
-                processes, mp_context=multiprocessing.get_context("spawn")
+                processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
             )
 
     async def sign(
@@ -111,11 +130,21 @@ class SignerPool:
         size = max(MIN_CHUNK, -(-len(requests) // self.processes))
         loop = asyncio.get_running_loop()
         chunks = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
-        futures = [loop.run_in_executor(self._executor, _worker_chunk, blob, c, now) for c in chunks]
+        futures = [
+            loop.run_in_executor(self._executor, _worker_chunk, blob, c, now) for c in chunks
+        ]
         results: list[SignOutcome] = []
         for part in await asyncio.gather(*futures):
             results.extend(part)
         return results
+
+    def warm_up(self) -> None:
+        """Start every worker now (blocking), not on the first big batch: spawning one
+        process and importing `cryptography` there takes a good part of a second."""
+        if self._executor is not None:
+            futures = [self._executor.submit(os.getpid) for _ in range(self.processes * 2)]
+            for future in futures:
+                future.result()
 
     def close(self) -> None:
         if self._executor is not None:

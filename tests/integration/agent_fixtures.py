@@ -141,7 +141,7 @@ class AgentProcess:
             "sync": {"initial_backoff": "100ms", "max_backoff": "1s", "rpc_timeout": "10s"},
             "health": {"address": ""},
             "metrics": {"address": "127.0.0.1:0"},
-            "log": {"level": "debug", "format": "json"},
+            "log": {"level": "info", "format": "json"},
         }
         if "node_attestor" in self.extra_config:  # exactly one attestor: replace, not merge
             base["node_attestor"] = self.extra_config["node_attestor"]

@@ -17,10 +17,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import grpc
+from insignia_proto import admin_pb2_grpc
 
 from tests.integration.agent_fixtures import merge, to_toml, wait_until
 
@@ -192,6 +195,13 @@ class ServerProcess:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+    # --- the admin API in-process (benchmarks: no CLI start-up per call) -----------------------
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[admin_pb2_grpc.AdminAPIStub]:
+        with grpc.insecure_channel(f"unix:{self.admin_socket}") as channel:
+            yield admin_pb2_grpc.AdminAPIStub(channel)
 
     # --- the CLI ---------------------------------------------------------------------------------
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from insignia.spiffeid import TrustDomain
+from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
 from tests.integration.agent_clients import (
     UID_A,
     UID_B,
@@ -147,3 +151,42 @@ def test_one_identity_per_hint_oldest_entry_wins(
     got = pyspiffe(running_agent, "x509", uid=UID_A)
     td = running_server.trust_domain
     assert sorted(got["ids"]) == [f"spiffe://{td}/db-old", f"spiffe://{td}/plain"], got
+
+
+def test_open_streams_follow_entry_changes_and_bundle_changes(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    td = running_server.trust_domain
+    first = register(running_server, running_agent, "/one", f"unix:uid:{os.getuid()}")
+    with WorkloadApiClient(running_agent.socket_path, timeout=60) as client:
+        contexts = client.watch_x509_context()
+        bundles = client.watch_x509_bundles()
+        assert ids(next(contexts)) == [f"spiffe://{td}/one"]
+        initial = next(bundles).get_bundle_for_trust_domain(TrustDomain.parse(td))
+        assert initial is not None and len(initial.x509_authorities) == 1
+
+        second = register(running_server, running_agent, "/two", f"unix:uid:{os.getuid()}")
+        assert ids(next(contexts)) == [f"spiffe://{td}/one", f"spiffe://{td}/two"]
+        running_server.cli("entry", "delete", first)
+        assert ids(next(contexts)) == [f"spiffe://{td}/two"]
+
+        running_server.cli("authority", "x509", "prepare")  # the bundle gains a CA
+        grown = next(bundles).get_bundle_for_trust_domain(TrustDomain.parse(td))
+        assert grown is not None and len(grown.x509_authorities) == 2
+        assert (
+            len(
+                next(contexts)
+                .bundles.get_bundle_for_trust_domain(TrustDomain.parse(td))
+                .x509_authorities
+            )
+            == 2
+        )  # type: ignore[union-attr]
+
+        running_server.cli("entry", "delete", second)
+        with pytest.raises(WorkloadApiError) as info:
+            next(contexts)
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def ids(context: X509Context) -> list[str]:
+    return sorted(str(s.spiffe_id) for s in context.svids)

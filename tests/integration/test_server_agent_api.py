@@ -16,6 +16,7 @@ from tests.integration.server_agent_client import (
     der_chain_to_pem,
     make_csr,
 )
+from tests.integration.conftest import ServerFactory
 from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -192,3 +193,19 @@ def test_renew_agent_svid(running_server: ServerProcess) -> None:
             agent.stub(old_channel).BatchNewJWTSVID(empty, timeout=30)
         assert stale.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "not current" in (stale.value.details() or "")
+
+
+def test_per_ip_rate_limits(server_factory: ServerFactory) -> None:
+    server = server_factory(agent_api={"attestation_rate": 0.01, "signing_rate": 5})
+    agent = attest_join_token(server, server.join_token())
+    with pytest.raises(grpc.RpcError) as limited:
+        attest_join_token(server, server.join_token())
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    entry_id = server.create_entry("spiffe://example.org/w", agent.agent_id, ["unix:uid:1"])
+    params = agent_pb2.JWTSVIDParams(entry_id=entry_id, audience=["a"])
+    with agent.channel() as channel:
+        stub = agent.stub(channel)
+        stub.BatchNewJWTSVID(agent_pb2.BatchNewJWTSVIDRequest(params=[params] * 5), timeout=30)
+        with pytest.raises(grpc.RpcError) as over:
+            stub.BatchNewJWTSVID(agent_pb2.BatchNewJWTSVIDRequest(params=[params] * 5), timeout=30)
+    assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1,5 +1,9 @@
+from datetime import timedelta
+
 from agent.cache import MAX_JWT_AUDIENCE_SETS_PER_ENTRY, Cache, JwtSvidRecord, SyncDelta
 from tests.unit.agent.helpers import NOW, TD, bundle_view, issue, make_ca, make_entry, sels
+
+HOUR = timedelta(hours=1)
 
 
 class Recorder:
@@ -81,15 +85,18 @@ def test_jwt_cache_is_per_audience_set_and_bounded():
     cache = Cache(TD)
     cache.apply(SyncDelta("s", 1, True, (a,), (), bundle_view(ca)))
 
-    def record(token: str) -> JwtSvidRecord:
-        return JwtSvidRecord(a.spiffe_id, token, "kid", NOW, NOW)
+    def record(token: str, ttl: timedelta = HOUR) -> JwtSvidRecord:
+        return JwtSvidRecord(a.spiffe_id, token, "kid", NOW, NOW + ttl)
 
-    cache.put_jwt("a", frozenset({"x", "y"}), record("t1"))
+    cache.put_jwt("a", frozenset({"x", "y"}), record("t1"), NOW)
     assert cache.jwt_svid("a", frozenset({"y", "x"})).token == "t1"
     assert cache.jwt_svid("a", frozenset({"x"})) is None
     for i in range(MAX_JWT_AUDIENCE_SETS_PER_ENTRY + 5):
-        cache.put_jwt("a", frozenset({f"aud{i}"}), record(str(i)))
+        cache.put_jwt("a", frozenset({f"aud{i}"}), record(str(i)), NOW)
     assert cache.jwt_svid("a", frozenset({"x", "y"})) is None
     assert cache.jwt_svid("a", frozenset({f"aud{MAX_JWT_AUDIENCE_SETS_PER_ENTRY + 4}"}))
-    cache.prune_jwt(NOW)
-    assert cache.jwt_svid("a", frozenset({"aud300"})) is None
+    # Storing one more drops the entry's expired tokens.
+    cache.put_jwt("a", frozenset({"short"}), record("s", timedelta(seconds=1)), NOW)
+    cache.put_jwt("a", frozenset({"later"}), record("l"), NOW + timedelta(seconds=2))
+    assert cache.jwt_svid("a", frozenset({"short"})) is None
+    assert cache.jwt_svid("a", frozenset({"later"})) is not None
