@@ -52,10 +52,10 @@ proto-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check insignia attestors server agent tests benchmarks
+	$(BIN)/ruff format --check insignia attestors server agent tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict insignia
+	$(BIN)/mypy --strict insignia attestors agent server
 
 pytest: $(STAMP) sysdeps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -q
