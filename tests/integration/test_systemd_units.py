@@ -6,6 +6,7 @@ import configparser
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,23 @@ def test_agent_keeps_only_the_capabilities_attestation_needs() -> None:
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
     assert service["Restart"] in {"always", "on-failure"}
+
+
+@pytest.mark.parametrize(
+    ("daemon", "sample", "state_key", "runtime_keys"),
+    [
+        ("server", "server/server.sample.toml", "data_dir", ["admin_socket"]),
+        ("agent", "agent/agent.sample.toml", "data_dir", ["socket_path", "admin_socket_path"]),
+    ],
+)
+def test_unit_directories_match_the_sample_config(
+    daemon: str, sample: str, state_key: str, runtime_keys: list[str]
+) -> None:
+    """A packaged daemon started by its unit must find the directories its config names."""
+    config = tomllib.loads((UNITS.parent / sample).read_text())
+    service = _service_section(f"insignia-{daemon}.service")
+    state = Path("/var/lib") / service["StateDirectory"]
+    runtime = Path("/run") / service["RuntimeDirectory"]
+    assert Path(config[state_key]) == state
+    for key in runtime_keys:
+        assert runtime in Path(config[key]).parents, (key, config[key])
