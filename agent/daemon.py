@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import stat
 from pathlib import Path
 
@@ -39,22 +38,10 @@ from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS
 from insignia.peercred_grpc import serve_grpc_with_peercred
 from insignia.runtime import open_trio_bridge
 from insignia.selectors import Selector
+from insignia.systemd_notify import sd_notify
 from insignia.workload_wire import workload_api_handler
 
 log = get_logger("insignia.agent")
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd about our state (Type=notify) when NOTIFY_SOCKET is set; else a no-op."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
-    return True
 
 
 def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
