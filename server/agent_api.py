@@ -27,7 +27,7 @@ from server.signing import (
     sign_jwt,
     sign_x509_svid,
 )
-from server.sync import delta_update, full_update
+from server.sync import delta_update, full_update, split_update
 from server.tls import peer_certificate
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -151,7 +151,8 @@ class AgentApi:
                     core.defaults,
                 )
             history.remember(view)
-            await context.write(update)
+            for part in split_update(update):
+                await context.write(part)
             while True:
                 await changed.wait()
                 changed.clear()
@@ -169,7 +170,8 @@ class AgentApi:
                 if maybe is not None:
                     view = new_view
                     history.remember(view)
-                    await context.write(maybe)
+                    for part in split_update(maybe):
+                        await context.write(part)
 
     async def BatchNewX509SVID(
         self, request: agent_pb2.BatchNewX509SVIDRequest, context: Context

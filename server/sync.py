@@ -18,6 +18,7 @@ from insignia_proto import agent_pb2
 from server.entries import RegistrationEntry
 
 MAX_REMEMBERED_VIEWS = 4
+MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB: far below gRPC's default 4 MiB receive limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +125,27 @@ def delta_update(
     if digest != previous.bundle_digest:
         update.bundle.CopyFrom(bundle)
     return update, view
+
+
+def split_update(
+    update: agent_pb2.SyncUpdate, max_entries: int = MAX_ENTRIES_PER_MESSAGE
+) -> list[agent_pb2.SyncUpdate]:
+    """`update` cut into parts of at most `max_entries` entries, chained with `more`."""
+    entries = list(update.entries)
+    if len(entries) <= max_entries:
+        return [update]
+    parts = []
+    for start in range(0, len(entries), max_entries):
+        part = agent_pb2.SyncUpdate(
+            store_id=update.store_id,
+            revision=update.revision,
+            full=update.full,
+            entries=entries[start : start + max_entries],
+            more=start + max_entries < len(entries),
+        )
+        if start == 0:
+            part.deleted_entry_ids.extend(update.deleted_entry_ids)
+            if update.HasField("bundle"):
+                part.bundle.CopyFrom(update.bundle)
+        parts.append(part)
+    return parts

@@ -289,11 +289,18 @@ class SyncUpdate(google.protobuf.message.Message):
     ENTRIES_FIELD_NUMBER: builtins.int
     DELETED_ENTRY_IDS_FIELD_NUMBER: builtins.int
     BUNDLE_FIELD_NUMBER: builtins.int
+    MORE_FIELD_NUMBER: builtins.int
     store_id: builtins.str
     revision: builtins.int
     """the revision reached once this update is applied"""
     full: builtins.bool
     """true: `entries` is the whole authorized set; replace the view"""
+    more: builtins.bool
+    """True: this update continues in the next message (large states are sent in parts of at
+    most a few thousand entries, so no message nears gRPC's 4 MiB limit). Parts share
+    `revision` and `full`; the bundle and deletions come in the first part. Apply all parts
+    together when the one with more = false arrives, and only then record `revision`.
+    """
     @property
     def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Entry]:
         """created or changed (or all, when full)"""
@@ -315,9 +322,10 @@ class SyncUpdate(google.protobuf.message.Message):
         entries: collections.abc.Iterable[Global___Entry] | None = ...,
         deleted_entry_ids: collections.abc.Iterable[builtins.str] | None = ...,
         bundle: Global___BundleState | None = ...,
+        more: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["bundle", b"bundle"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "deleted_entry_ids", b"deleted_entry_ids", "entries", b"entries", "full", b"full", "revision", b"revision", "store_id", b"store_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "deleted_entry_ids", b"deleted_entry_ids", "entries", b"entries", "full", b"full", "more", b"more", "revision", b"revision", "store_id", b"store_id"]) -> None: ...
 
 Global___SyncUpdate: typing_extensions.TypeAlias = SyncUpdate
 

@@ -60,10 +60,27 @@ def ensure_image() -> None:
     )
 
 
+def mount_missing_hugetlb_hierarchy() -> None:
+    """crun refuses to start containers on a hybrid cgroup host whose v1 hugetlb controller is
+    not mounted ("drop all controllers from cgroupv2"), as on this kind of machine after boot.
+    Mounting it is what a host set up for containers would have done."""
+    root = Path("/sys/fs/cgroup")
+    hugetlb = root / "hugetlb"
+    if not (root / "pids").is_dir() or os.path.ismount(hugetlb):
+        return
+    hugetlb.mkdir(exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "cgroup", "-o", "hugetlb", "cgroup", str(hugetlb)],
+        capture_output=True,
+        timeout=30,
+    )
+
+
 @pytest.fixture
 def engine_socket(tmp_path: Path) -> Iterator[Path]:
     """podman's Engine API service on a private socket, with the test image present."""
     try:
+        mount_missing_hugetlb_hierarchy()
         ensure_image()
         podman("run", "--rm", *ULIMITS, IMAGE, "/bin/sh", "-c", "true")
     except (RuntimeError, subprocess.CalledProcessError) as exc:
