@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import socket
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,15 +22,9 @@ from agent.config import (
     AgentConfig,
     load_agent_config,
 )
+from insignia import __version__
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
-
-
-def _version() -> str:
-    try:
-        return version("insignia")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -62,7 +55,7 @@ def _check_trust_bundle(config: AgentConfig, path: Path) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), prog_name="insignia-agent")
+@click.version_option(__version__, prog_name="insignia-agent")
 def main() -> None:
     """Insignia agent: attests this node and serves the SPIFFE Workload API."""
 

@@ -14,9 +14,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from insignia.config import PositiveDuration, StrictModel, load_toml
+from insignia.backoff import Backoff
+from insignia.config import (
+    ListenAddress,
+    LogSection,
+    PositiveDuration,
+    StrictModel,
+    TrustDomainName,
+    load_toml,
+)
 from insignia.keys import KeyType
-from insignia.logs import LogFormat, LogLevel
 from insignia.spiffeid import TrustDomain
 
 DEFAULT_CONFIG_PATH = Path("/etc/insignia/agent.toml")
@@ -25,11 +32,6 @@ DEFAULT_ADMIN_SOCKET_PATH = Path("/run/insignia-agent/private/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia-agent")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-def _trust_domain(value: str) -> str:
-    TrustDomain.parse(value)  # raises InvalidTrustDomain naming what is wrong
-    return value
 
 
 def _absolute(path: Path) -> Path:
@@ -58,23 +60,23 @@ class WorkloadSection(StrictModel):
 
 
 class SyncSection(StrictModel):
-    """Reconnect pacing for the server's push stream (exponential backoff with full jitter)."""
+    """Reconnect pacing toward the server (push stream, attestation, renewal): exponential
+    backoff, each wait drawn between half and all of the current step."""
 
     initial_backoff: PositiveDuration = timedelta(milliseconds=200)
     max_backoff: PositiveDuration = timedelta(seconds=30)
     rpc_timeout: PositiveDuration = timedelta(seconds=30)
 
+    @model_validator(mode="after")
+    def _ceiling_above_start(self) -> SyncSection:
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError("max_backoff must be >= initial_backoff")
+        return self
 
-def _listen_address(value: str) -> str:
-    if value == "":
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected host:port (e.g. 127.0.0.1:8089) or an empty string to disable")
-    return value
-
-
-ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+    def backoff(self) -> Backoff:
+        return Backoff(
+            self.initial_backoff.total_seconds(), self.max_backoff.total_seconds(), jitter=0.5
+        )
 
 
 class HealthSection(StrictModel):
@@ -89,17 +91,12 @@ class MetricsSection(StrictModel):
     address: ListenAddress = "127.0.0.1:8089"
 
 
-class LogSection(StrictModel):
-    level: LogLevel = "info"
-    format: LogFormat = "json"
-
-
 def _default_workload_attestors() -> dict[str, dict[str, Any]]:
     return {"unix": {}}
 
 
 class AgentConfig(StrictModel):
-    trust_domain: Annotated[str, AfterValidator(_trust_domain)]
+    trust_domain: TrustDomainName
     server: ServerSection
     data_dir: AbsolutePath = DEFAULT_DATA_DIR
     socket_path: AbsolutePath = DEFAULT_SOCKET_PATH

@@ -25,7 +25,7 @@ from agent.metrics import AgentMetrics
 from agent.node_attestation import NeedsNewJoinToken, forget_identity
 from agent.server_client import AgentEvicted, ServerClient
 from agent.signing import JwtMinter, X509Signer
-from agent.sync import Backoff, run_sync
+from agent.sync import run_sync
 from agent.workload_api import Attest, WorkloadApi, WorkloadAttestationFailed
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
@@ -84,10 +84,7 @@ class AgentDaemon:
         self.attestors = workload_attestors
         self.synced = trio.Event()
         self.serving = False
-        sync = config.sync
-        self.backoff = Backoff(
-            sync.initial_backoff.total_seconds(), sync.max_backoff.total_seconds()
-        )
+        self.backoff = config.sync.backoff()
         self.cache.add_listener(self._on_change)
         self._bundle_dirty = trio.Event()
 

@@ -28,8 +28,8 @@ from agent.node_attestation import (
 )
 from agent.rotation import draw_jitter, half_life_renewal
 from agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate, is_eviction
-from agent.sync import Backoff
 from attestors.interface import NodeAttestorAgent
+from insignia.backoff import Backoff
 from insignia.bundle import Bundle
 from insignia.logs import get_logger
 from insignia.runtime import call_asyncio
@@ -130,7 +130,7 @@ class IdentityKeeper:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRYABLE:
                     raise
-                delay = backoff.delay(attempt, self.rng)
+                delay = backoff.delay(attempt, self.rng.random())
                 attempt += 1
                 log.warning(
                     "agent.attestation_retry",
@@ -185,7 +185,4 @@ class IdentityKeeper:
             renew_at = half_life_renewal(fresh.not_before, fresh.not_after, draw_jitter(self.rng))
 
     def backoff_delay(self, attempt: int) -> float:
-        sync = self.config.sync
-        return Backoff(
-            sync.initial_backoff.total_seconds(), sync.max_backoff.total_seconds()
-        ).delay(attempt, self.rng)
+        return self.config.sync.backoff().delay(attempt, self.rng.random())

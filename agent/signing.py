@@ -34,8 +34,8 @@ from agent.rotation import (
     x509_renew_reason,
 )
 from agent.server_client import AgentEvicted, ServerClient, is_eviction
-from agent.sync import Backoff
 from agent.workload_api import JwtUnavailable
+from insignia.backoff import Backoff
 from insignia.bundle import b64url_decode
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_der
 from insignia.logs import get_logger
@@ -131,7 +131,7 @@ class X509Signer:
                 except grpc.aio.AioRpcError as exc:
                     if is_eviction(exc):
                         raise AgentEvicted(exc.details() or exc.code().name) from exc
-                    delay = self._backoff.delay(attempt, self._rng)
+                    delay = self._backoff.delay(attempt, self._rng.random())
                     attempt += 1
                     log.warning(
                         "signer.unavailable", error=exc.code().name, retry_in=round(delay, 3)
@@ -167,7 +167,7 @@ class X509Signer:
                 self._metrics.rotations.labels(reasons[entry.id].value).inc()
             except (ValueError, InvalidX509Svid) as exc:
                 failures = self._retry_at.get(entry.id, (now, 0))[1] + 1
-                delay = self._backoff.delay(failures, self._rng)
+                delay = self._backoff.delay(failures, self._rng.random())
                 self._retry_at[entry.id] = (now + timedelta(seconds=delay), failures)
                 log.warning("signer.entry_refused", entry_id=entry.id, error=str(exc))
         self._cache.put_x509(records)

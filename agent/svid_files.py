@@ -37,7 +37,7 @@ from typing import Final
 import trio
 
 from agent.reload_command import ReloadCommand, run_reload
-from agent.sync import Backoff
+from insignia.backoff import Backoff
 from insignia.files import atomic_write
 from insignia.keys import private_key_to_pem
 from insignia.logs import get_logger
@@ -49,7 +49,7 @@ KEY_FILE: Final = "svid_key.pem"
 BUNDLE_FILE: Final = "bundle.pem"
 PUBLIC_MODE: Final = 0o644
 KEY_MODE: Final = 0o600
-RECONNECT_BACKOFF: Final = Backoff(initial=0.2, maximum=10.0)  # seconds
+RECONNECT_BACKOFF: Final = Backoff(initial=0.2, maximum=10.0, jitter=0.5)  # seconds
 
 log = get_logger(__name__)
 
@@ -247,7 +247,7 @@ class SvidFilesHelper:
                 await self.follow_stream(once)
                 return
             except (WorkloadApiError, NoMatchingSvid, OSError) as exc:
-                delay = self.settings.backoff.delay(self._failures, self._rng)
+                delay = self.settings.backoff.delay(self._failures, self._rng.random())
                 self._failures += 1
                 log.warning(
                     "svid_files.retrying",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 import grpc.aio
@@ -27,6 +26,7 @@ from agent.server_client import (
     is_eviction,
     next_message,
 )
+from insignia.backoff import Backoff
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.logs import get_logger
 from insignia.runtime import call_asyncio
@@ -37,18 +37,6 @@ log = get_logger(__name__)
 
 class InvalidSyncUpdate(ValueError):
     """An update the agent cannot apply at all (its trust bundle is unusable)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt n waits in [cap/2, cap], cap = initial * 2**n."""
-
-    initial: float
-    maximum: float
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        cap = min(self.maximum, self.initial * 2.0 ** min(attempt, 32))
-        return cap / 2 + rng.uniform(0, cap / 2)
 
 
 def parse_bundle_state(state: agent_pb2.BundleState, trust_domain: TrustDomain) -> BundleView:
@@ -144,7 +132,7 @@ async def run_sync(
             cache.store_id, cache.revision = "", 0  # ask for full state next time
         if (cache.store_id, cache.revision) != revision_before:
             attempt = 0  # the stream made progress before it broke
-        delay = backoff.delay(attempt, rng)
+        delay = backoff.delay(attempt, rng.random())
         attempt += 1
         metrics.sync_reconnects.inc()
         log.warning("sync.disconnected", error=error, retry_in=round(delay, 3), attempt=attempt)

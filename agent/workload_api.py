@@ -104,7 +104,9 @@ class WorkloadApi:
 
     # --- the gate -------------------------------------------------------------------
 
-    async def _authenticate(self, context: Context, method: str) -> frozenset[Selector]:
+    async def _authenticate(
+        self, context: Context, method: str
+    ) -> tuple[PeerCredentials, frozenset[Selector]]:
         metadata = context.invocation_metadata() or ()
         if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             log.info("workload.header_missing", method=method, peer=context.peer())
@@ -125,15 +127,24 @@ class WorkloadApi:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"workload attestation failed: {exc.detail}"
             )
+        await self._require_same_process(context, method, creds, "during attestation")
+        self._metrics.workloads_attested.inc()
+        return creds, selectors
+
+    async def _require_same_process(
+        self, context: Context, method: str, creds: PeerCredentials, when: str
+    ) -> None:
+        """Abort with UNAUTHENTICATED unless the attested process still holds the connection
+        unchanged (same pid, start time, uid/gid and executable: see insignia.peercred)."""
         if not still_same_process(creds):
             self._metrics.attestation_failed("process_replaced")
-            log.warning("workload.caller_replaced", method=method, pid=creds.pid, uid=creds.uid)
+            log.warning(
+                "workload.caller_replaced", method=method, pid=creds.pid, uid=creds.uid, when=when
+            )
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "the calling process exited or was replaced during attestation",
+                f"the calling process exited or was replaced {when}",
             )
-        self._metrics.workloads_attested.inc()
-        return selectors
 
     async def _denied(self, context: Context, method: str, exc: NoIdentity) -> NoReturn:
         log.info("workload.no_identity", method=method, selectors=sorted(map(str, exc.selectors)))
@@ -154,9 +165,11 @@ class WorkloadApi:
 
         `build` returns the message (None: nothing to send yet) and when it goes stale by
         itself (an SVID expiring), so the stream re-checks then even without a change.
+        Attested once, so every later send first re-checks that the attested process still
+        holds the stream: otherwise rotated SVIDs would flow to whoever inherited the fd.
         """
         started = time.perf_counter()
-        selectors = await self._authenticate(context, method)
+        creds, selectors = await self._authenticate(context, method)
         subscriber = _StreamSubscriber(selectors)
         self._cache.subscribe(subscriber)
         self._metrics.open_streams.inc()
@@ -169,6 +182,7 @@ class WorkloadApi:
                 except NoIdentity as exc:
                     await self._denied(context, method, exc)
                 if message is not None and message != last:
+                    await self._require_same_process(context, method, creds, "while streaming")
                     if last is None:
                         self._observe(method, started, grpc.StatusCode.OK)
                     last = message
@@ -228,7 +242,7 @@ class WorkloadApi:
         self, request: pb.JWTSVIDRequest, context: Context
     ) -> pb.JWTSVIDResponse:
         started = time.perf_counter()
-        selectors = await self._authenticate(context, "FetchJWTSVID")
+        _, selectors = await self._authenticate(context, "FetchJWTSVID")
         audience = frozenset(request.audience)
         if not audience or not all(audience):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
@@ -254,7 +268,7 @@ class WorkloadApi:
         self, request: pb.ValidateJWTSVIDRequest, context: Context
     ) -> pb.ValidateJWTSVIDResponse:
         started = time.perf_counter()
-        selectors = await self._authenticate(context, "ValidateJWTSVID")
+        _, selectors = await self._authenticate(context, "ValidateJWTSVID")
         if not request.audience:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:

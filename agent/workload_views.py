@@ -7,6 +7,7 @@ federated trust domains" is tested without sockets or processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,28 +84,29 @@ def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X5
     return X509View(response, tuple(served), tuple(pending))
 
 
-def x509_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
-    """FetchX509Bundles' map: trust domain -> concatenated DER, own domain first."""
+def _bundle_map(
+    cache: Cache, selectors: frozenset[Selector], now: datetime, encode: Callable[[Bundle], bytes]
+) -> dict[str, bytes]:
+    """Trust domain -> encoded bundle: our own domain first, then those the caller federates
+    with; empty before the first sync."""
     entries = _entitled(cache, selectors, now)
     bundles = cache.bundles
     if bundles is None:
         return {}
-    result = {str(cache.trust_domain): bundles.local.x509_der()}
+    result = {str(cache.trust_domain): encode(bundles.local)}
     for td, bundle in _federated(bundles, entries, cache.trust_domain).items():
-        result[str(td)] = bundle.x509_der()
+        result[str(td)] = encode(bundle)
     return result
+
+
+def x509_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
+    """FetchX509Bundles' map: trust domain -> concatenated DER."""
+    return _bundle_map(cache, selectors, now, Bundle.x509_der)
 
 
 def jwt_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
     """FetchJWTBundles' map: trust domain -> JWKS JSON."""
-    entries = _entitled(cache, selectors, now)
-    bundles = cache.bundles
-    if bundles is None:
-        return {}
-    result = {str(cache.trust_domain): bundles.local.jwks()}
-    for td, bundle in _federated(bundles, entries, cache.trust_domain).items():
-        result[str(td)] = bundle.jwks()
-    return result
+    return _bundle_map(cache, selectors, now, Bundle.jwks)
 
 
 def jwt_targets(

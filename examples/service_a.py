@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
+from insignia.asgi import HttpApp, Scope, Send, respond, serve_asgi
 from insignia.authorize import Authorizer, NotAuthorized, one_of
 from insignia.jwt_http import InvalidAuthorizationHeader, validate_authorization
 from insignia.jwtsvid import InvalidJwtSvid
@@ -34,8 +31,6 @@ from insignia.workloadapi.source import WorkloadX509Source, open_x509_source
 
 log = get_logger("service_a")
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_LINE = 4096
 
 
@@ -52,7 +47,7 @@ async def greet(stream: TlsStream) -> None:
     await stream.send_all(f"hello {stream.peer_id}, you said {text!r}\n".encode())
 
 
-class JwtApp:
+class JwtApp(HttpApp):
     """ASGI app: 200 for a valid JWT-SVID from an allowed caller, 401 or 403 otherwise."""
 
     def __init__(self, source: WorkloadX509Source, audience: str, authorize: Authorizer) -> None:
@@ -60,12 +55,7 @@ class JwtApp:
         self.audience = audience
         self.authorize = authorize
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, send: Send) -> None:
         header = dict(scope["headers"]).get(b"authorization")
         try:
             svid = validate_authorization(
@@ -73,59 +63,19 @@ class JwtApp:
             )
         except (InvalidAuthorizationHeader, InvalidJwtSvid) as exc:
             log.info("jwt call refused", status=401, error=str(exc))
-            await respond(send, 401, f"unauthorized: {exc}\n", [(b"www-authenticate", b"Bearer")])
+            await respond(
+                send,
+                401,
+                f"unauthorized: {exc}\n".encode(),
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
             return
         except NotAuthorized as exc:
             log.info("jwt call refused", status=403, error=str(exc))
-            await respond(send, 403, f"forbidden: {exc}\n")
+            await respond(send, 403, f"forbidden: {exc}\n".encode())
             return
         log.info("jwt call", peer=str(svid.spiffe_id))
-        await respond(send, 200, f"hello {svid.spiffe_id}\n")
-
-
-async def respond(
-    send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = text.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def serve_http(
-    app: JwtApp, host: str, port: int, *, task_status: trio.TaskStatus[str]
-) -> None:
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    asgi: Any = app  # hypercorn types ASGI messages as TypedDicts; this app uses dicts
-
-    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(asgi, config, mode="asgi", task_status=task_status)
-
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(run)
-        task_status.started(binds[0].removeprefix("http://"))
+        await respond(send, 200, f"hello {svid.spiffe_id}\n".encode())
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -135,9 +85,8 @@ async def main(args: argparse.Namespace) -> None:
         serve_mtls = partial(trio.serve_tcp, tls.serve(greet), args.mtls_port, host=args.host)
         listeners = await nursery.start(serve_mtls)
         mtls_port = listeners[0].socket.getsockname()[1]
-        http = await nursery.start(
-            serve_http, JwtApp(source, args.audience, authorize), args.host, args.http_port
-        )
+        jwt_app = JwtApp(source, args.audience, authorize)
+        http = await nursery.start(serve_asgi, jwt_app, f"{args.host}:{args.http_port}")
         ready = {
             "spiffe_id": str(source.get_x509_svid().spiffe_id),
             "mtls": f"{args.host}:{mtls_port}",

@@ -8,6 +8,7 @@ unknown key, bad value) becomes a `ConfigError` whose message is one line of the
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from insignia.durations import parse_duration
+from insignia.logs import LogFormat, LogLevel
+from insignia.spiffeid import InvalidSpiffeId, TrustDomain
 
 CONFIG_EXIT_CODE = 2
 
@@ -45,10 +48,56 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+class LogSection(StrictModel):
+    """The `[log]` table both daemons share; applied with `insignia.logs.configure_logging`."""
+
+    level: LogLevel = "info"
+    format: LogFormat = "json"
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 """A config duration: seconds as a number or a string like "1h30m" (see insignia.durations)."""
 
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+
+
+def _trust_domain(value: str) -> str:
+    try:
+        TrustDomain.parse(value)
+    except InvalidSpiffeId as exc:
+        raise ValueError(exc.reason) from exc
+    return value
+
+
+TrustDomainName = Annotated[str, AfterValidator(_trust_domain)]
+"""A trust domain name ("example.org"), checked by `TrustDomain.parse`; kept as text."""
+
+
+def _host(value: str) -> str:
+    if value == "localhost":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError("expected an IP address or localhost") from exc
+    return value
+
+
+def _listen_address(value: str) -> str:
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8080, or an empty string to disable")
+    _host(host.strip("[]"))
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+"""An address to bind: an IP address (v4 or v6) or "localhost"; no names that need DNS."""
+
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+"""A listener's "host:port" ("[::1]:80" for IPv6; port 0 picks a free one), or "" for none."""
 
 
 def _describe(error: Any) -> tuple[str, str]:

@@ -68,16 +68,3 @@ def _parse_text(text: str) -> float:
         pos = match.end()
     return total
 
-
-def format_duration(delta: timedelta) -> str:
-    """The shortest unit string `parse_duration` reads back to the same whole seconds."""
-    seconds = int(delta.total_seconds())
-    if seconds == 0:
-        return "0s"
-    parts = []
-    for unit in ("d", "h", "m", "s"):
-        size = int(_UNITS[unit])
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)

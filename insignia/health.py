@@ -9,48 +9,27 @@ tests running two daemons' code in one process do not mix their figures).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from insignia.asgi import HttpApp, Scope, Send, respond, serve_asgi
 
 ReadinessCheck = Callable[[], str | None]
 """Returns None when ready, else a short reason why not (sent in the 503 body)."""
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-
-class HealthApp:
+class HealthApp(HttpApp):
     """A minimal ASGI app: three GET routes and nothing else (no framework needed)."""
 
     def __init__(self, registry: CollectorRegistry, readiness: ReadinessCheck) -> None:
         self.registry = registry
         self.readiness = readiness
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, send: Send) -> None:
         status, content_type, body = self.respond(scope["method"], scope["path"])
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, body, content_type, [(b"cache-control", b"no-store")])
 
     def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for one request (pure; the ASGI layer sends it)."""
@@ -69,16 +48,6 @@ class HealthApp:
         return 404, text, b"not found\n"
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def serve_health(
     bind: str,
     registry: CollectorRegistry,
@@ -91,17 +60,4 @@ async def serve_health(
     Use with `await nursery.start(serve_health, ...)`: it reports the bound "host:port" (the
     real port when 0 was asked) once the socket is listening.
     """
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-
-    app: Any = HealthApp(registry, readiness)  # hypercorn's ASGI TypedDicts; ours are dicts
-
-    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(app, config, task_status=task_status, mode="asgi")
-
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(run)
-        task_status.started(binds[0].removeprefix("http://"))
+    await serve_asgi(HealthApp(registry, readiness), bind, task_status=task_status)

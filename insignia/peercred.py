@@ -5,8 +5,16 @@ each connection itself, records the caller here under the unique abstract socket
 upstream connection, and the gRPC handler finds it again through ``context.peer()``.
 
 A pid alone is not an identity: it can be reused after the process exits. So each entry holds
-a pidfd (the kernel's stable handle to that one process) and the process start time, and
-``still_same_process()`` re-checks both, plus the uid/gid, after attestation.
+a pidfd (the kernel's stable handle to that one process), the process start time and the
+identity of its executable, and ``still_same_process()`` re-checks them all, plus the uid/gid,
+after attestation. The executable matters because exec keeps the pid, start time and uid: a
+process that connects, forks a child sharing the socket and then execs another binary of the
+same user must not hand that child the other binary's identity.
+
+Residual window: what we record is read at accept(), not at connect(). A process that execs
+between its connect() and our accept() (normally microseconds: the front accepts at once) is
+recorded as the new binary, and that is what it gets. Closing that would need the kernel to
+record the executable at connect(), which it does not.
 """
 
 from __future__ import annotations
@@ -86,12 +94,19 @@ class PidFd:
             os.close(fd)
 
 
+ExecutableId = tuple[int, int] | None
+"""(st_dev, st_ino) of the file /proc/<pid>/exe names; None when the kernel refuses to show it
+(a non-dumpable process, or another uid's process to a non-root reader)."""
+
+
 @dataclass(frozen=True)
 class PeerCredentials:
-    """The caller as the kernel saw it at connect(): effective uid/gid, pid, pidfd, start time.
+    """The caller as the kernel saw it: effective uid/gid and pid at connect(), then at accept()
+    its pidfd, start time and executable.
 
-    ``start_time`` is field 22 of /proc/<pid>/stat (clock ticks since boot). The pidfd stays
-    open for the life of the connection and is closed by the front when it ends.
+    ``start_time`` is field 22 of /proc/<pid>/stat (clock ticks since boot). ``executable``
+    tells an exec apart (see the module docstring). The pidfd stays open for the life of the
+    connection and is closed by the front when it ends.
     """
 
     pid: int
@@ -99,6 +114,7 @@ class PeerCredentials:
     gid: int
     pidfd: PidFd
     start_time: int
+    executable: ExecutableId
 
 
 def parse_start_time(stat_line: str) -> int:
@@ -139,6 +155,21 @@ def process_start_time(pid: int) -> int:
     return parse_start_time(_read_proc(pid, "stat"))
 
 
+def process_executable(pid: int) -> ExecutableId:
+    """(st_dev, st_ino) of the executable ``pid`` runs, None if the kernel will not say.
+
+    Only meaningful when the caller confirms afterwards that the pidfd is still alive (so
+    ``pid`` still named the same process while we looked).
+    """
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        raise ProcessGone(pid, f"/proc/{pid}/exe: {exc.strerror}") from None
+    except PermissionError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def peer_pidfd(sock: socket.socket, pid: int) -> PidFd:
     """The peer's pidfd: SO_PEERPIDFD when the kernel has it, else pidfd_open(pid).
 
@@ -167,8 +198,8 @@ def peer_ids(sock: socket.socket) -> tuple[int, int, int]:
 def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
     """Everything about the peer of ``sock`` (blocking: reads /proc; use trio.to_thread).
 
-    The start time is read after the pidfd was taken and accepted only if the pidfd is still
-    alive afterwards, so it belongs to the very process that connected.
+    The start time and executable are read after the pidfd was taken and accepted only if the
+    pidfd is still alive afterwards, so they belong to the very process that connected.
     """
     pid, uid, gid = peer_ids(sock)
     if pid <= 0:
@@ -176,25 +207,31 @@ def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
     pidfd = peer_pidfd(sock, pid)
     try:
         start_time = process_start_time(pid)
+        executable = process_executable(pid)
         if not pidfd.is_alive():
             raise ProcessGone(pid, "exited while its start time was read")
     except BaseException:
         pidfd.close()
         raise
-    return PeerCredentials(pid=pid, uid=uid, gid=gid, pidfd=pidfd, start_time=start_time)
+    return PeerCredentials(
+        pid=pid, uid=uid, gid=gid, pidfd=pidfd, start_time=start_time, executable=executable
+    )
 
 
 def still_same_process(creds: PeerCredentials) -> bool:
-    """True if the process that connected still lives with the same start time and uid/gid.
+    """True if the process that connected still lives with the same start time, uid/gid and
+    executable.
 
-    Call it after attestation, before answering: False means the caller exited or its pid now
-    names another process, so answer UNAUTHENTICATED. Reads /proc (procfs; a few tens of us).
+    Call it after attestation, before answering: False means the caller exited, its pid now
+    names another process, or it exec'ed another binary, so answer UNAUTHENTICATED. Reads
+    /proc (procfs; a few tens of us).
     """
     if not creds.pidfd.is_alive():
         return False
     try:
         start_time = process_start_time(creds.pid)
         uid, gid = parse_effective_ids(_read_proc(creds.pid, "status"))
+        executable = process_executable(creds.pid)
     except (ProcessGone, ValueError):
         return False
     # Read /proc first, then confirm the pidfd is still alive: only then is what we read
@@ -202,6 +239,7 @@ def still_same_process(creds: PeerCredentials) -> bool:
     return (
         start_time == creds.start_time
         and (uid, gid) == (creds.uid, creds.gid)
+        and executable == creds.executable
         and creds.pidfd.is_alive()
     )
 

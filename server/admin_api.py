@@ -168,7 +168,8 @@ class AdminApi:
                     selectors=[f"spiffe_id:{agent_id}"],
                     limits=self.core.limits,
                 )
-            expires_at = self.core.clock() + ttl
+            # whole seconds, so the expiry we report is exactly the one we enforce
+            expires_at = (self.core.clock() + ttl).replace(microsecond=0)
             await self.core.blocking(self.core.store.create_join_token, token, expires_at)
             if alias is not None:
                 await self.core.blocking(self.core.store.create_entry, alias)

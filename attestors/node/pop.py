@@ -10,14 +10,23 @@ nonce has a fixed length, so the concatenation is unambiguous.
 from __future__ import annotations
 
 import secrets
-from typing import Final
+from abc import ABC, abstractmethod
+from typing import ClassVar, Final, Generic, TypeVar
 
+import trio
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from attestors.interface import AttestationError
+from attestors.interface import (
+    AgentAttestation,
+    AttestationError,
+    Challenge,
+    ServerEnvironment,
+    Step,
+)
 from attestors.node.messages import Message, b64decode, b64encode, decode, encode
+from insignia.spiffeid import TrustDomain
 
 NONCE_BYTES: Final = 32
 
@@ -99,3 +108,75 @@ def check_response(
         raise AttestationError(
             plugin, "challenge signature does not verify with the node's key"
         ) from exc
+
+
+AgentConfig = TypeVar("AgentConfig")
+
+
+class PopAgent(ABC, Generic[AgentConfig]):
+    """Agent side of a proof-of-possession attestor: send the evidence, then sign the server's
+    challenge with the node key the evidence names. Plugins supply only the evidence."""
+
+    plugin: ClassVar[str]
+
+    def __init__(self, config: AgentConfig, trust_domain: TrustDomain) -> None:
+        self._config = config
+        self._trust_domain = trust_domain
+        self._key: NodeKey | None = None
+
+    @abstractmethod
+    def evidence(self) -> tuple[bytes, NodeKey]:
+        """The payload and the node key it vouches for (blocking: runs in a thread)."""
+
+    async def payload(self) -> bytes:
+        payload, self._key = await trio.to_thread.run_sync(self.evidence)
+        return payload
+
+    async def answer(self, challenge: bytes) -> bytes:
+        if self._key is None:
+            raise AttestationError(self.plugin, "challenge received before the payload was sent")
+        return answer_challenge(self.plugin, self._key, challenge, self._trust_domain.name)
+
+
+class PopSession(ABC):
+    """Server side of one proof-of-possession attestation: verify the evidence, send one nonce,
+    check its signature. Single use; the nonce is forgotten before the signature is checked,
+    so each challenge is answerable once. Plugins supply the evidence check and the identity."""
+
+    plugin: ClassVar[str]
+
+    def __init__(self, env: ServerEnvironment) -> None:
+        self._env = env
+        self._begun = False
+        self._nonce: bytes | None = None
+        self._key: NodePublicKey | None = None
+
+    @abstractmethod
+    def verify_evidence(self, payload: bytes) -> NodePublicKey:
+        """Check the evidence (AttestationError if untrusted); the key the node must hold."""
+
+    @abstractmethod
+    def attested(self) -> AgentAttestation:
+        """The agent's identity, once the node proved it holds the key."""
+
+    async def begin(self, payload: bytes) -> Step:
+        if self._begun:
+            raise AttestationError(self.plugin, "session already used")
+        self._begun = True
+        self._key = self.verify_evidence(payload)
+        self._nonce, challenge = new_challenge(self._env.trust_domain.name)
+        return Challenge(challenge)
+
+    async def answer(self, response: bytes) -> Step:
+        nonce, self._nonce = self._nonce, None  # single use, whatever happens next
+        if nonce is None or self._key is None:
+            raise AttestationError(self.plugin, "no challenge outstanding")
+        check_response(self.plugin, self._key, nonce, self._env.trust_domain.name, response)
+        return self.attested()
+
+
+def node_public_key(plugin: str, key: object) -> NodePublicKey:
+    """`key` if pop can check signatures made with it, else AttestationError naming its type."""
+    if not isinstance(key, NodePublicKey):
+        raise AttestationError(plugin, f"node key is {type(key).__name__}; not supported")
+    return key

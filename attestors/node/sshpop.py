@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-import trio
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import ssh
 from pydantic import Field, model_validator
@@ -28,23 +27,15 @@ from pydantic import Field, model_validator
 from attestors.interface import (
     AgentAttestation,
     AttestationError,
-    Challenge,
     NodeAttestorPlugin,
     PluginConfig,
     ServerEnvironment,
-    Step,
     agent_id_path,
 )
 from attestors.node.messages import Message, decode, encode
-from attestors.node.pop import (
-    NodeKey,
-    NodePublicKey,
-    answer_challenge,
-    check_response,
-    new_challenge,
-)
+from attestors.node.pop import NodeKey, NodePublicKey, PopAgent, PopSession, node_public_key
 from insignia.selectors import InvalidSelector, Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
 
 NAME: Final = "sshpop"
 
@@ -101,21 +92,13 @@ def load_host_credentials(config: SshPopAgentConfig) -> tuple[bytes, NodeKey]:
     return line, key
 
 
-class SshPopAgent:
-    def __init__(self, config: SshPopAgentConfig, trust_domain: TrustDomain) -> None:
-        self._config = config
-        self._trust_domain = trust_domain
-        self._key: NodeKey | None = None
+class SshPopAgent(PopAgent[SshPopAgentConfig]):
+    plugin = NAME
 
-    async def payload(self) -> bytes:
-        line, self._key = await trio.to_thread.run_sync(load_host_credentials, self._config)
+    def evidence(self) -> tuple[bytes, NodeKey]:
+        line, key = load_host_credentials(self._config)
         hostname = self._config.hostname or socket.gethostname()
-        return encode(SshPopPayload(certificate=line.decode(), hostname=hostname))
-
-    async def answer(self, challenge: bytes) -> bytes:
-        if self._key is None:
-            raise AttestationError(NAME, "challenge received before the payload was sent")
-        return answer_challenge(NAME, self._key, challenge, self._trust_domain.name)
+        return encode(SshPopPayload(certificate=line.decode(), hostname=hostname)), key
 
 
 # --- server side ------------------------------------------------------------------------------
@@ -171,34 +154,24 @@ def verify_host_certificate(
     return cert
 
 
-class SshPopSession:
+class SshPopSession(PopSession):
+    plugin = NAME
+
     def __init__(self, server: SshPopServer) -> None:
+        super().__init__(server.env)
         self._server = server
-        self._begun = False
-        self._nonce: bytes | None = None
         self._cert: ssh.SSHCertificate | None = None
 
-    async def begin(self, payload: bytes) -> Step:
-        if self._begun:
-            raise AttestationError(NAME, "session already used")
-        self._begun = True
-        env = self._server.env
+    def verify_evidence(self, payload: bytes) -> NodePublicKey:
         message = decode(NAME, payload, SshPopPayload)
         self._cert = verify_host_certificate(
-            message, self._server.authorities, self._server.domain, env.clock()
+            message, self._server.authorities, self._server.domain, self._env.clock()
         )
-        self._nonce, challenge = new_challenge(env.trust_domain.name)
-        return Challenge(challenge)
+        return node_public_key(NAME, self._cert.public_key())
 
-    async def answer(self, response: bytes) -> Step:
-        nonce, self._nonce = self._nonce, None  # single use, whatever happens next
-        if nonce is None or self._cert is None:
-            raise AttestationError(NAME, "no challenge outstanding")
-        key = self._cert.public_key()
-        if not isinstance(key, NodePublicKey):
-            raise AttestationError(NAME, f"host key is {type(key).__name__}; not supported")
-        td = self._server.env.trust_domain
-        check_response(NAME, key, nonce, td.name, response)
+    def attested(self) -> AgentAttestation:
+        assert self._cert is not None  # set by verify_evidence before any challenge
+        td = self._env.trust_domain
         agent_id = SpiffeId.from_segments(td, *agent_id_path(NAME, fingerprint(self._cert)))
         return AgentAttestation(agent_id, principal_selectors(self._cert), can_reattest=True)
 

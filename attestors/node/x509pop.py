@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Final
 
-import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
@@ -39,23 +38,15 @@ from pydantic import Field
 from attestors.interface import (
     AgentAttestation,
     AttestationError,
-    Challenge,
     NodeAttestorPlugin,
     PluginConfig,
     ServerEnvironment,
-    Step,
     agent_id_path,
 )
 from attestors.node.messages import Message, b64decode, b64encode, decode, encode
-from attestors.node.pop import (
-    NodeKey,
-    NodePublicKey,
-    answer_challenge,
-    check_response,
-    new_challenge,
-)
+from attestors.node.pop import NodeKey, NodePublicKey, PopAgent, PopSession, node_public_key
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
 from insignia.x509ca import is_ca
 
 NAME: Final = "x509pop"
@@ -101,21 +92,14 @@ def load_node_credentials(config: X509PopAgentConfig) -> tuple[list[x509.Certifi
     return chain, key
 
 
-class X509PopAgent:
-    def __init__(self, config: X509PopAgentConfig, trust_domain: TrustDomain) -> None:
-        self._config = config
-        self._trust_domain = trust_domain
-        self._key: NodeKey | None = None
+class X509PopAgent(PopAgent[X509PopAgentConfig]):
+    plugin = NAME
 
-    async def payload(self) -> bytes:
-        chain, self._key = await trio.to_thread.run_sync(load_node_credentials, self._config)
+    def evidence(self) -> tuple[bytes, NodeKey]:
+        chain, key = load_node_credentials(self._config)
         der = serialization.Encoding.DER
-        return encode(X509PopPayload(certificates=[b64encode(c.public_bytes(der)) for c in chain]))
-
-    async def answer(self, challenge: bytes) -> bytes:
-        if self._key is None:
-            raise AttestationError(NAME, "challenge received before the payload was sent")
-        return answer_challenge(NAME, self._key, challenge, self._trust_domain.name)
+        certificates = [b64encode(c.public_bytes(der)) for c in chain]
+        return encode(X509PopPayload(certificates=certificates)), key
 
 
 # --- server side ------------------------------------------------------------------------------
@@ -211,18 +195,15 @@ def node_selectors(path: list[x509.Certificate]) -> tuple[Selector, ...]:
     return tuple(dict.fromkeys(Selector(NAME, v) for v in values))
 
 
-class X509PopSession:
+class X509PopSession(PopSession):
+    plugin = NAME
+
     def __init__(self, store: Store, env: ServerEnvironment) -> None:
+        super().__init__(env)
         self._store = store
-        self._env = env
-        self._begun = False
-        self._nonce: bytes | None = None
         self._path: list[x509.Certificate] = []
 
-    async def begin(self, payload: bytes) -> Step:
-        if self._begun:
-            raise AttestationError(NAME, "session already used")
-        self._begun = True
+    def verify_evidence(self, payload: bytes) -> NodePublicKey:
         encoded = decode(NAME, payload, X509PopPayload).certificates
         try:
             chain = [
@@ -231,18 +212,10 @@ class X509PopSession:
         except ValueError as exc:
             raise AttestationError(NAME, f"certificate is not DER X.509: {exc}") from exc
         self._path = verify_node_chain(chain, self._store, self._env.clock())
-        self._nonce, challenge = new_challenge(self._env.trust_domain.name)
-        return Challenge(challenge)
+        return node_public_key(NAME, self._path[0].public_key())
 
-    async def answer(self, response: bytes) -> Step:
-        nonce, self._nonce = self._nonce, None  # single use, whatever happens next
-        if nonce is None:
-            raise AttestationError(NAME, "no challenge outstanding")
+    def attested(self) -> AgentAttestation:
         leaf = self._path[0]
-        key = leaf.public_key()
-        if not isinstance(key, NodePublicKey):
-            raise AttestationError(NAME, f"node key is {type(key).__name__}; not supported")
-        check_response(NAME, key, nonce, self._env.trust_domain.name, response)
         if self._env.clock() > leaf.not_valid_after_utc:
             raise AttestationError(NAME, "node certificate expired during attestation")
         td = self._env.trust_domain

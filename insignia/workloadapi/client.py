@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
@@ -20,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 from insignia_proto import workload_pb2 as pb
 
 from insignia.bundle import Bundle, BundleSet, InvalidBundle
+from insignia.closing import Closing
 from insignia.keys import InvalidKey
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
@@ -102,7 +102,7 @@ def _jwt_bundles(response: pb.JWTBundlesResponse) -> BundleSet:
     return BundleSet(out)
 
 
-class WorkloadApiClient:
+class WorkloadApiClient(Closing):
     """One channel to the Workload API socket. Use as a context manager, or call close()."""
 
     def __init__(self, socket_path: Path, timeout: float = 10.0) -> None:
@@ -113,17 +113,6 @@ class WorkloadApiClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> WorkloadApiClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- X.509 ------------------------------------------------------------------------
 

@@ -19,14 +19,15 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 
 import trio
 
+from insignia.backoff import Backoff
 from insignia.bundle import Bundle, BundleSet
+from insignia.closing import Closing
 from insignia.sources import NoX509Svid
 from insignia.spiffeid import TrustDomain
-from insignia.workloadapi.backoff import DEFAULT_BACKOFF, Backoff
+from insignia.workloadapi.backoff import DEFAULT_BACKOFF
 from insignia.workloadapi.client import WorkloadApiError, X509Context
 from insignia.workloadapi.trio_client import TrioWorkloadApiClient
 from insignia.x509svid import X509Svid
@@ -251,7 +252,7 @@ def _single_error_unwrapped() -> Iterator[None]:
         raise leaf from None
 
 
-class ThreadedX509Source:
+class ThreadedX509Source(Closing):
     """`WorkloadX509Source` for blocking code: the watches run in a background thread.
 
     The constructor returns once the source is ready (or raises SourceNotReady). Call
@@ -332,14 +333,3 @@ class ThreadedX509Source:
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join()
-
-    def __enter__(self) -> ThreadedX509Source:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -25,11 +25,12 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 import trio
 
+from insignia.backoff import Backoff
 from insignia.bundle import BundleSet
 from insignia.logs import get_logger
 from insignia.spiffeid import SpiffeId
 from insignia.workloadapi.address import endpoint_from_env, parse_endpoint
-from insignia.workloadapi.backoff import DEFAULT_BACKOFF, Backoff, is_retryable
+from insignia.workloadapi.backoff import DEFAULT_BACKOFF, is_retryable
 from insignia.workloadapi.client import (
     JwtSvidToken,
     WorkloadApiClient,

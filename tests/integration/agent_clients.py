@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess, wait_until
-from tests.integration.agent_workloads import as_user
+from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess
 from tests.integration.server_fixtures import ServerProcess
+from tests.integration.workload_processes import as_user, python_as
+from tests.waiting import wait_for
 
-PYTHON = sys.executable
 PYSPIFFE_CLIENT = Path(__file__).with_name("agent_pyspiffe_client.py")
 
 # Workload uids no system account uses; root tests run workloads under them.
@@ -39,11 +38,13 @@ def short_tmp_path() -> Iterator[Path]:
 
 def pyspiffe(agent: AgentProcess, *args: str, uid: int | None = None, timeout: float = 60) -> Any:
     """Run agent_pyspiffe_client.py against `agent`; its JSON answer (errors included)."""
+    python, env = python_as(uid)
     result = subprocess.run(
-        [*as_user(uid), PYTHON, str(PYSPIFFE_CLIENT), str(agent.socket_path), *args],
+        [*python, str(PYSPIFFE_CLIENT), str(agent.socket_path), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
     lines = result.stdout.strip().splitlines()
     if not lines:
@@ -75,7 +76,7 @@ def register(
     entry_id = server.create_entry(
         f"spiffe://{server.trust_domain}{path}", agent.agent_id, selectors, *extra
     )
-    wait_until(
+    wait_for(
         lambda: (agent.metric("insignia_agent_cached_entries") or 0) > before,
         30,
         f"entry {entry_id} to reach the agent",

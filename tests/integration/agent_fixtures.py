@@ -20,11 +20,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_BIN = Path(sys.executable).with_name("insignia-agent")
@@ -32,17 +33,6 @@ AGENT_BIN = Path(sys.executable).with_name("insignia-agent")
 
 class AgentFailed(RuntimeError):
     """The agent exited or never became ready; carries its log tail."""
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until true; TimeoutError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def _toml_value(value: Any) -> str:
@@ -190,7 +180,7 @@ class AgentProcess:
             return status is not None and status[0] == 200
 
         try:
-            wait_until(ready, timeout, "the agent to become ready")
+            wait_for(ready, timeout, "the agent to become ready")
         except TimeoutError as exc:
             raise AgentFailed(f"{exc}\n{self.log_tail()}") from None
 

@@ -7,53 +7,63 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-PYTHON = sys.executable
-
-
-def as_user(uid: int | None) -> list[str]:
-    """argv prefix: run under `uid`/gid `uid` with no supplementary groups (root only).
-
-    setpriv, not subprocess's `user=`: the interpreter here lives below /root, which a
-    process switched by subprocess cannot exec through, while one switched by setpriv can.
-    """
-    return [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-
+from tests.integration.workload_processes import python_as, read_fd_line
+from tests.waiting import wait_for
 
 # Connects to the agent socket (so the kernel records THIS process as the peer), hands the
-# connected fd to the test over an inherited socketpair, then lives until stdin closes.
+# connected fd to the test over an inherited socketpair, then lives until stdin closes; or,
+# given an executable, execs it (argument "300") at the first line on stdin.
 _HANDOFF = """
-import socket, sys
+import os, socket, sys
 channel = socket.socket(fileno=int(sys.argv[2]))
 agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 agent.connect(sys.argv[1])
 socket.send_fds(channel, [b"fd"], [agent.fileno()])
+if len(sys.argv) > 3:
+    sys.stdin.readline()
+    os.execv(sys.argv[3], [sys.argv[3], "300"])
 sys.stdin.read()
 """
 
 
 def connect_from_child(
-    socket_path: Path, uid: int | None = None
+    socket_path: Path, uid: int | None = None, then_exec: str | None = None
 ) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """A child process connects to `socket_path`; we get the connected socket, it stays alive."""
+    """A child process connects to `socket_path`; we get the connected socket, it stays alive.
+
+    With `then_exec`, the child execs that binary when `exec_in_child` tells it to (and must
+    then be killed rather than `end`ed).
+    """
+    python, env = python_as(uid)
     ours, theirs = socket.socketpair()
+    extra = [] if then_exec is None else [then_exec]
     with ours, theirs:
         proc = subprocess.Popen(
-            [*as_user(uid), PYTHON, "-c", _HANDOFF, str(socket_path), str(theirs.fileno())],
+            [*python, "-c", _HANDOFF, str(socket_path), str(theirs.fileno()), *extra],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.PIPE,
+            env=env,
         )
         theirs.close()
         ours.settimeout(30)
         _, fds, _, _ = socket.recv_fds(ours, 16, 1)
     return proc, socket.socket(fileno=fds[0])
+
+
+def exec_in_child(proc: subprocess.Popen[bytes], executable: str) -> None:
+    """Make a `connect_from_child(..., then_exec=executable)` child exec; wait until it has."""
+    assert proc.stdin is not None
+    proc.stdin.write(b"exec\n")
+    proc.stdin.flush()
+    wait_for(
+        lambda: os.path.realpath(f"/proc/{proc.pid}/exe") == executable, 10, f"exec of {executable}"
+    )
 
 
 def end(proc: subprocess.Popen[bytes]) -> None:
@@ -71,7 +81,7 @@ def spawn_with_pid(pid: int, tries: int = 200) -> subprocess.Popen[bytes] | None
     for _ in range(tries):
         Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
         proc = subprocess.Popen(
-            [PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
         )
         if proc.pid == pid:
             return proc
@@ -115,19 +125,10 @@ def read_fifo_line(path: Path, timeout: float) -> str:
     # O_RDWR keeps a writer (us) on the FIFO, so select() waits for data instead of
     # reporting EOF while the plugin has not opened it yet (Linux semantics).
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-    deadline = time.monotonic() + timeout
-    data = b""
     try:
-        while not data.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"nothing on {path} within {timeout}s")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                data += os.read(fd, 4096)
+        return read_fd_line(fd, timeout, str(path))
     finally:
         os.close(fd)
-    return data.decode().strip()
 
 
 def write_fifo_line(path: Path, line: str) -> None:

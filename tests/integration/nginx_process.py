@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from tests.integration.agent_fixtures import wait_until
-from tests.integration.agent_workloads import as_user
+from tests.integration.workload_processes import as_user
+from tests.waiting import wait_for
 
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -100,7 +100,7 @@ class NginxProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._accepting, timeout, f"nginx to listen on port {self.port}")
+        wait_for(self._accepting, timeout, f"nginx to listen on port {self.port}")
 
     def _accepting(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

@@ -1,7 +1,9 @@
 """A minimal agent-side client of the server's agent API, for server tests and benchmarks.
 
 It speaks agent.proto directly (no insignia-agent process): attest with a join token or any
-attestor's payload, then open the mTLS channel with the agent SVID it got back.
+attestor's payload, then open the mTLS channel with the agent SVID it got back. Channels trust
+`server.bundle_path` (written when the server became ready; call `server.write_bundle()`
+after rotating the CA by hand).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class AttestedAgent:
 
     def channel(self) -> grpc.Channel:
         creds = grpc.ssl_channel_credentials(
-            root_certificates=self.server.bundle_pem(),
+            root_certificates=self.server.bundle_path.read_bytes(),
             private_key=private_key_to_pem(self.key),
             certificate_chain=der_chain_to_pem(self.chain_der),
         )
@@ -73,7 +75,7 @@ class AttestedAgent:
 
 
 def attestation_channel(server: ServerProcess) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(root_certificates=server.bundle_pem())
+    creds = grpc.ssl_channel_credentials(root_certificates=server.bundle_path.read_bytes())
     return grpc.secure_channel(
         f"{server.host}:{server.attestation_port}", creds, options=_options()
     )

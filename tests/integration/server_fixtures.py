@@ -25,7 +25,8 @@ from typing import Any
 import grpc
 from insignia_proto import admin_pb2_grpc
 
-from tests.integration.agent_fixtures import merge, to_toml, wait_until
+from tests.integration.agent_fixtures import merge, to_toml
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(sys.executable).with_name("insignia-server")
@@ -154,7 +155,7 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 60) -> None:
         try:
-            wait_until(self._ready, timeout, "the server to become ready")
+            wait_for(self._ready, timeout, "the server to become ready")
         except TimeoutError as exc:
             raise ServerFailed(f"{exc}\n{self.log_tail()}") from None
         self.write_bundle()

@@ -19,10 +19,11 @@ from tests.integration.agent_clients import (
     register,
     short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
-from tests.integration.agent_fixtures import AgentProcess, wait_until
+from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.conftest import AgentFactory, ServerFactory
 from tests.integration.server_fixtures import ServerProcess
 from tests.integration.test_server_x509pop import node_cert
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -96,7 +97,7 @@ def test_an_evicted_x509pop_agent_attests_again_by_itself(
     def attested_twice() -> bool:
         return len(_events(agent, "agent.attested")) == 2
 
-    wait_until(attested_twice, 60, "the agent to attest again after eviction")
+    wait_for(attested_twice, 60, "the agent to attest again after eviction")
     assert _events(agent, "agent.evicted_reattesting")
     assert agent.process is not None and agent.process.poll() is None
     agent.wait_ready(30)
@@ -113,7 +114,7 @@ def test_the_agent_renews_its_own_svid_and_keeps_working(
     def renewed_twice() -> bool:
         return len(_events(agent, "agent.renewed")) >= 2
 
-    wait_until(renewed_twice, 90, "two agent SVID renewals")
+    wait_for(renewed_twice, 90, "two agent SVID renewals")
     assert _agent_serial(agent) != first_serial
     # Still an agent the server accepts: a new entry reaches it and is served.
     register(server, agent, "/after-renewal", f"unix:uid:{os.getuid()}")

@@ -13,8 +13,8 @@ from tests.integration.agent_clients import (
     register,
     short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
-from tests.integration.agent_fixtures import wait_until
 from tests.integration.conftest import AgentFactory, ServerFactory
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ def test_svids_survive_a_server_outage_and_rotation_resumes(
     def renewal_failed() -> bool:
         return any(e.get("event") == "signer.unavailable" for e in agent.log_events())
 
-    wait_until(renewal_failed, 60, "a failed renewal while the server is down")
+    wait_for(renewal_failed, 60, "a failed renewal while the server is down")
     stale = pyspiffe(agent, "x509", uid=UID_A)
     assert stale.get("ids") == before["ids"], stale
     assert agent.ready_status() == (200, "ready\n")
@@ -57,6 +57,6 @@ def test_svids_survive_a_server_outage_and_rotation_resumes(
     def rotated() -> bool:
         return pyspiffe(agent, "x509", uid=UID_A).get("serial") not in latest
 
-    wait_until(rotated, 60, "a rotated SVID after the server came back")
+    wait_for(rotated, 60, "a rotated SVID after the server came back")
     since = agent.metric("insignia_agent_seconds_since_server_contact")
     assert since is not None and 0 <= since < 30

@@ -24,8 +24,9 @@ from tests.integration.agent_clients import (
     register,
     short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
-from tests.integration.agent_fixtures import AgentProcess, wait_until
+from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.server_fixtures import ServerProcess
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -145,7 +146,7 @@ def test_one_identity_per_hint_oldest_entry_wins(
 ) -> None:
     register(running_server, running_agent, "/db-old", f"unix:uid:{UID_A}", extra=("--hint", "db"))
     first_second = int(time.time())  # created_at has whole seconds: let the clock move on
-    wait_until(lambda: int(time.time()) > first_second, 5, "the next second")
+    wait_for(lambda: int(time.time()) > first_second, 5, "the next second")
     register(running_server, running_agent, "/db-new", f"unix:uid:{UID_A}", extra=("--hint", "db"))
     register(running_server, running_agent, "/plain", f"unix:uid:{UID_A}")
     got = pyspiffe(running_agent, "x509", uid=UID_A)

@@ -22,7 +22,7 @@ import pytest
 from attestors.interface import Caller
 from attestors.registry import load_workload_attestors
 from attestors.workload_attestation import attest_workload
-from tests.unit.attestors.processes import wait_until
+from tests.waiting import wait_for
 
 IMAGE = "localhost/insignia-test-busybox:1"
 # This machine refuses to raise RLIMIT_NPROC/NOFILE (no CAP_SYS_RESOURCE); pinning them to
@@ -97,7 +97,7 @@ def engine_socket(tmp_path: Path) -> Iterator[Path]:
             return s.connect_ex(str(path)) == 0
 
     try:
-        wait_until(accepting, timeout=30)
+        wait_for(accepting, 30, "the fake docker engine to accept")
         yield path
     finally:
         service.terminate()

@@ -15,7 +15,8 @@ import pytest
 from attestors.interface import AttestationError, Caller
 from attestors.workload.unix import UnixAttestor, UnixConfig
 from insignia.selectors import Selector
-from tests.unit.attestors.processes import running, sleeper, wait_until
+from tests.unit.attestors.processes import running, sleeper
+from tests.waiting import wait_for
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/usr/bin/sleep")
 PYTHON = os.path.realpath(sys.executable)
@@ -98,7 +99,7 @@ async def test_exec_of_another_binary_is_seen_at_the_next_attestation() -> None:
         assert proc.stdin
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        wait_until(lambda: os.readlink(f"/proc/{caller.pid}/exe") == SLEEP)
+        wait_for(lambda: os.readlink(f"/proc/{caller.pid}/exe") == SLEEP, 5, "the exec of sleep")
         after = values(await attestor.attest(caller))
     assert {f"unix:path:{SLEEP}", f"unix:sha256:{sha256_of(SLEEP)}"} <= after
     assert not before & {s for s in after if s.startswith(("unix:path", "unix:sha256"))}

@@ -26,11 +26,12 @@ import pytest
 
 from insignia.keys import KeyType, generate_key
 from tests.integration.agent_clients import pyspiffe, register
-from tests.integration.agent_fixtures import AgentProcess, to_toml, wait_until
+from tests.integration.agent_fixtures import AgentProcess, to_toml
 from tests.integration.netns import NetworkLab, network_lab
 from tests.integration.server_fixtures import ServerProcess
 from tests.integration.workload_process import Follower, Record, workload_argv, workload_env
 from tests.unit.attestors.pki import node_cert, pem, root_ca, write_node_files
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
 
@@ -136,14 +137,18 @@ def cluster() -> Iterator[Cluster]:
 def _spawn_workload(lab: NetworkLab, node: Node, *args: str) -> Follower:
     argv = workload_argv(node.agent.socket_path, *args, uid=WORKLOAD_UID)
     proc = lab.spawn(
-        node.host, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=workload_env()
+        node.host,
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=workload_env(WORKLOAD_UID),
     )
     return Follower(proc, f"{node.host} {args[0]}")
 
 
 def _run_workload(lab: NetworkLab, node: Node, *args: str) -> dict[str, Any]:
     argv = workload_argv(node.agent.socket_path, *args, uid=WORKLOAD_UID)
-    result = lab.run(node.host, argv, check=False, timeout=60, env=workload_env())
+    result = lab.run(node.host, argv, check=False, timeout=60, env=workload_env(WORKLOAD_UID))
     lines = result.stdout.strip().splitlines()
     assert lines, f"workload on {node.host} printed nothing: {result.stderr}"
     record: dict[str, Any] = json.loads(lines[-1])
@@ -228,7 +233,7 @@ def test_three_agents_across_hosts(cluster: Cluster) -> None:
     # Each agent tries to renew at half life and fails; its cache keeps serving meanwhile.
     stale: dict[str, tuple[str, int]] = {}
     for host, node in nodes.items():
-        wait_until(
+        wait_for(
             functools.partial(_logged_since, node.agent, marks[host], "signer.unavailable"),
             EVENT_TIMEOUT,
             f"{host}'s agent to fail a renewal while the server is unreachable",

@@ -10,7 +10,6 @@ import subprocess
 
 import pytest
 
-from tests.integration.agent_fixtures import wait_until
 from tests.integration.netns import (
     LAB_NETWORK,
     NetworkLab,
@@ -18,6 +17,7 @@ from tests.integration.netns import (
     network_lab,
     sweep_abandoned_labs,
 )
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -107,7 +107,7 @@ def test_cutting_a_host_isolates_it_and_restoring_heals() -> None:
                 except OSError:
                     return False
 
-            wait_until(heals, 20, "host a to be reachable again")
+            wait_for(heals, 20, "host a to be reachable again")
 
 
 def test_spawned_processes_run_in_the_host_and_teardown_removes_everything() -> None:
@@ -115,7 +115,7 @@ def test_spawned_processes_run_in_the_host_and_teardown_removes_everything() -> 
         names = {lab.hub, lab["a"].netns, lab["b"].netns}
         assert names <= _namespaces()
         proc = lab.spawn("b", ["sleep", "600"])
-        wait_until(
+        wait_for(
             lambda: _ip("netns", "identify", str(proc.pid)).stdout.strip() == lab["b"].netns,
             10,
             "the spawned process to appear in host b",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_for
+
 BIN = Path(sys.executable).parent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,18 +57,25 @@ def test_quickstart_serves_an_identity_for_the_invoking_user(tmp_path: Path) -> 
 
         fetch_env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": f"unix://{socket_path}"}
         # The entry reaches the agent through the server's push; the first fetch may race it.
-        deadline = time.monotonic() + 30
-        while True:
-            fetch = subprocess.run(
-                [str(BIN / "insignia-agent"), "api", "fetch", "x509"],
-                capture_output=True,
-                text=True,
-                env=fetch_env,
-                timeout=30,
+        fetches: list[subprocess.CompletedProcess[str]] = []
+
+        def fetched() -> bool:
+            fetches.append(
+                subprocess.run(
+                    [str(BIN / "insignia-agent"), "api", "fetch", "x509"],
+                    capture_output=True,
+                    text=True,
+                    env=fetch_env,
+                    timeout=30,
+                )
             )
-            if fetch.returncode == 0 or time.monotonic() > deadline:
-                break
-        assert fetch.returncode == 0, fetch.stderr
+            return fetches[-1].returncode == 0
+
+        try:
+            wait_for(fetched, 30, "the quickstart entry to reach the agent")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}: {fetches[-1].stderr}")
+        fetch = fetches[-1]
         assert expected in fetch.stdout
 
         proc.send_signal(signal.SIGINT)

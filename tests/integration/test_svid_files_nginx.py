@@ -30,10 +30,11 @@ from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.x509ca import build_root_ca
 from insignia.x509svid import build_leaf
 from tests.integration.agent_clients import UID_A, UID_B, agent_cli, register
-from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess, wait_until
-from tests.integration.agent_workloads import as_user
+from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess
 from tests.integration.nginx_process import NGINX_BIN, NginxProcess
 from tests.integration.server_fixtures import ServerProcess
+from tests.integration.workload_processes import as_user
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -201,7 +202,7 @@ def test_nginx_mtls(
     )
     try:
         # First write: nginx is not running yet, so its reload fails; the helper carries on.
-        wait_until(
+        wait_for(
             lambda: helper.alive() and bool(helper.events("svid_files.reload_failed")),
             60,
             "the helper's first write and its (failing) reload",
@@ -261,7 +262,7 @@ def test_nginx_mtls(
             now_served = served_certificate(nginx.port)
             return now_served is not None and now_served.serial_number == on_disk.serial_number
 
-        wait_until(lambda: serving_new_certificate(first), 90, "nginx to serve the rotated SVID")
+        wait_for(lambda: serving_new_certificate(first), 90, "nginx to serve the rotated SVID")
         assert len(helper.events("svid_files.reload_ok")) > reloads_before
         rotated = leaf_of((certs / "svid.pem").read_bytes())
         assert len(x509.load_pem_x509_certificates((certs / "bundle.pem").read_bytes())) >= 2
@@ -277,14 +278,14 @@ def test_nginx_mtls(
         # The agent restarts: the helper loses its stream, reconnects with backoff, and the
         # next rotation still reaches nginx.
         running_agent.stop()
-        wait_until(
+        wait_for(
             lambda: helper.alive() and bool(helper.events("svid_files.retrying")),
             30,
             "the helper to notice the agent is gone",
         )
         running_agent.start()
         rotate_x509_authority(running_server)
-        wait_until(
+        wait_for(
             lambda: serving_new_certificate(rotated), 90, "nginx to serve the next rotated SVID"
         )
     finally:

@@ -8,16 +8,14 @@ predicate) with a deadline instead of sleeping.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.integration.agent_workloads import as_user
+from tests.integration.workload_processes import python_as
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = Path(__file__).with_name("multinode_workload.py")
@@ -26,12 +24,15 @@ Record = dict[str, Any]
 
 
 def workload_argv(socket_path: Path, *args: str, uid: int | None = None) -> list[str]:
-    """argv running the SDK workload against `socket_path` (as `uid` when given)."""
-    return [*as_user(uid), sys.executable, str(WORKLOAD), str(socket_path), *args]
+    """argv running the SDK workload against `socket_path` (as `uid` when given); run it
+    with `workload_env(uid)`."""
+    python, _ = python_as(uid)
+    return [*python, str(WORKLOAD), str(socket_path), *args]
 
 
-def workload_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'proto'}"}
+def workload_env(uid: int | None = None) -> dict[str, str]:
+    """The environment `workload_argv(..., uid=uid)` needs: where Python finds our packages."""
+    return python_as(uid)[1]
 
 
 class Follower:

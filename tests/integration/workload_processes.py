@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import IO
 
-from tests.integration.agent_workloads import as_user
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,6 +38,15 @@ def reachable_by_others(path: Path) -> bool:
         if not directory.stat().st_mode & stat.S_IXOTH:
             return False
     return bool(target.stat().st_mode & stat.S_IROTH)
+
+
+def as_user(uid: int | None) -> list[str]:
+    """argv prefix: run under `uid`/gid `uid` with no supplementary groups (root only).
+
+    setpriv, not subprocess's `user=`: the switch happens at exec, so nothing of ours runs
+    between changing uid and starting the program.
+    """
+    return [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
 
 
 def workload_python() -> tuple[list[str], dict[str, str]]:
@@ -60,10 +67,20 @@ def workload_python() -> tuple[list[str], dict[str, str]]:
     return [str(system)], {"PYTHONPATH": pythonpath}
 
 
+def python_as(uid: int | None) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and full environment that run Python as `uid` (None: as we are), with the
+    venv's packages and this checkout (and its generated stubs) importable."""
+    if uid is None:
+        checkout = os.pathsep.join(str(p) for p in (REPO, REPO / "proto"))
+        return [sys.executable], {**os.environ, "PYTHONPATH": checkout}
+    python, extra = workload_python()
+    return [*as_user(uid), *python], {**os.environ, **extra}
+
+
 def workload_argv(uid: int, script: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     """argv and full environment to run `script` as `uid` (and its gid, no other groups)."""
-    python, extra = workload_python()
-    return [*as_user(uid), *python, str(script), *args], {**os.environ, **extra}
+    python, env = python_as(uid)
+    return [*python, str(script), *args], env
 
 
 def run_workload(
@@ -78,7 +95,11 @@ def run_workload(
 
 def read_line(pipe: IO[bytes], timeout: float, what: str) -> str:
     """One line from a child's stdout pipe, waiting at most `timeout` seconds."""
-    fd = pipe.fileno()
+    return read_fd_line(pipe.fileno(), timeout, what)
+
+
+def read_fd_line(fd: int, timeout: float, what: str) -> str:
+    """One line from a pipe or FIFO fd, waiting at most `timeout` seconds for it."""
     deadline = time.monotonic() + timeout
     data = b""
     while not data.endswith(b"\n"):

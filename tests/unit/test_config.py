@@ -3,7 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from insignia.config import ConfigError, PositiveDuration, StrictModel, load_toml
+from insignia.config import (
+    ConfigError,
+    ListenAddress,
+    PositiveDuration,
+    StrictModel,
+    TrustDomainName,
+    load_toml,
+    validate_config,
+)
 
 
 class Section(StrictModel):
@@ -55,3 +63,37 @@ def test_one_line_errors_name_the_key(tmp_path: Path, text: str, key: str, probl
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file: No such file"):
         load_toml(tmp_path / "absent.toml", Sample)
+
+
+class Listener(StrictModel):
+    trust_domain: TrustDomainName = "example.org"
+    address: ListenAddress = "127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("address", ["", "127.0.0.1:0", "0.0.0.0:65535", "[::1]:80", "localhost:9"])
+def test_listen_addresses_that_bind(address: str) -> None:
+    assert validate_config("c.toml", {"address": address}, Listener).address == address
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("nowhere", "expected host:port"),
+        (":8080", "IP address or localhost"),
+        ("example.com:80", "IP address or localhost"),
+        ("127.0.0.1:65536", "expected host:port"),
+        ("127.0.0.1:http", "expected host:port"),
+    ],
+)
+def test_listen_addresses_that_cannot_bind_name_the_key(address: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config("c.toml", {"address": address}, Listener)
+    assert info.value.key == "address"
+    assert problem in str(info.value) and repr(address) in str(info.value)
+
+
+def test_a_bad_trust_domain_names_the_key_and_the_reason() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config("c.toml", {"trust_domain": "Example.org"}, Listener)
+    assert info.value.key == "trust_domain"
+    assert "upper" in str(info.value).lower()

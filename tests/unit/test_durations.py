@@ -1,10 +1,8 @@
 from datetime import timedelta
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from insignia.durations import InvalidDuration, format_duration, parse_duration
+from insignia.durations import InvalidDuration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -28,20 +26,9 @@ def test_parses(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "h", "5", "-5s", "5x", "30m1h", "5m5m", "1h 30m", True, -1, None]
-)
+@pytest.mark.parametrize("bad", ["", "h", "-5s", "5x", "30m1h", "5m5m", "1h 30m", True, -1, None])
 def test_refuses(bad: object) -> None:
-    if bad == "5":
-        assert parse_duration("5") == timedelta(seconds=5)
-        return
     with pytest.raises(InvalidDuration) as info:
         parse_duration(bad)  # type: ignore[arg-type]
     assert info.value.value == bad
     assert "expected" in str(info.value)
-
-
-@given(st.integers(min_value=0, max_value=10**8))
-def test_format_round_trips(seconds: int) -> None:
-    delta = timedelta(seconds=seconds)
-    assert parse_duration(format_duration(delta)) == delta

@@ -18,10 +18,12 @@ from insignia.peercred import (
     UnknownPeer,
     parse_effective_ids,
     parse_start_time,
+    process_executable,
     process_start_time,
     read_peer_credentials,
     still_same_process,
 )
+from tests.waiting import wait_for
 
 
 def _stat_line(comm: str, start_time: int) -> str:
@@ -93,18 +95,24 @@ def test_credentials_of_a_child_and_pid_reuse_check(tmp_path: Path) -> None:
         creds = read_peer_credentials(conn)
         assert (creds.pid, creds.uid, creds.gid) == (child.pid, os.geteuid(), os.getegid())
         assert creds.start_time == process_start_time(child.pid)
+        exe = os.stat(f"/proc/{child.pid}/exe")
+        assert creds.executable == (exe.st_dev, exe.st_ino)
         assert creds.pidfd.is_alive()
         assert still_same_process(creds)
 
-        # A different start time or uid means "not the process that connected".
+        # A different start time, uid or executable means "not the process that connected".
         other_start = PeerCredentials(
-            creds.pid, creds.uid, creds.gid, creds.pidfd, creds.start_time + 1
+            creds.pid, creds.uid, creds.gid, creds.pidfd, creds.start_time + 1, creds.executable
         )
         assert not still_same_process(other_start)
         other_uid = PeerCredentials(
-            creds.pid, creds.uid + 1, creds.gid, creds.pidfd, creds.start_time
+            creds.pid, creds.uid + 1, creds.gid, creds.pidfd, creds.start_time, creds.executable
         )
         assert not still_same_process(other_uid)
+        other_exe = PeerCredentials(
+            creds.pid, creds.uid, creds.gid, creds.pidfd, creds.start_time, (exe.st_dev, 1)
+        )
+        assert not still_same_process(other_exe)
 
         child.stdin.close()
         assert child.wait(timeout=10) == 0
@@ -114,10 +122,54 @@ def test_credentials_of_a_child_and_pid_reuse_check(tmp_path: Path) -> None:
         conn.close()
 
 
+# Connects, then execs another binary (same pid, start time and uid) when told to.
+CONNECT_THEN_EXEC = (
+    "import os, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+    "print('connected', flush=True); sys.stdin.readline(); "
+    "os.execv(sys.argv[2], [sys.argv[2], '300'])"
+)
+
+
+def test_a_caller_that_execs_another_binary_is_not_the_same_process(tmp_path: Path) -> None:
+    sleep = os.path.realpath("/bin/sleep")
+    server, path = _listen(tmp_path)
+    with (
+        server,
+        subprocess.Popen(
+            [sys.executable, "-c", CONNECT_THEN_EXEC, path, sleep],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as child,
+    ):
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "connected\n"
+        conn, _ = server.accept()
+        creds = read_peer_credentials(conn)
+        try:
+            assert still_same_process(creds)
+            child.stdin.write("exec\n")
+            child.stdin.flush()
+            wait_for(
+                lambda: os.path.realpath(f"/proc/{child.pid}/exe") == sleep, 10, "exec of sleep"
+            )
+            assert process_start_time(child.pid) == creds.start_time  # exec keeps these
+            assert not still_same_process(creds)
+        finally:
+            child.kill()
+            creds.pidfd.close()
+            conn.close()
+
+
 def test_closed_pidfd_is_never_signalled() -> None:
     pidfd = PidFd(os.pidfd_open(os.getpid()))
     creds = PeerCredentials(
-        os.getpid(), os.geteuid(), os.getegid(), pidfd, process_start_time(os.getpid())
+        os.getpid(),
+        os.geteuid(),
+        os.getegid(),
+        pidfd,
+        process_start_time(os.getpid()),
+        process_executable(os.getpid()),
     )
     assert still_same_process(creds)
     pidfd.close()
@@ -152,7 +204,7 @@ def test_peer_that_exited_before_accept_is_process_gone(tmp_path: Path) -> None:
 def test_caller_table_maps_abstract_peer_names() -> None:
     table = CallerTable()
     pidfd = PidFd(os.pidfd_open(os.getpid()))
-    creds = PeerCredentials(os.getpid(), 1, 2, pidfd, 3)
+    creds = PeerCredentials(os.getpid(), 1, 2, pidfd, 3, None)
     peer = table.register("insignia-" + "ab" * 16, creds)
     assert peer == "unix-abstract:insignia-" + "ab" * 16
     assert table.lookup(peer) is creds

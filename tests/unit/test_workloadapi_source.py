@@ -10,13 +10,13 @@ import pytest
 import trio
 
 from insignia.authorize import NotAuthorized, one_of
+from insignia.backoff import Backoff
 from insignia.bundle import Bundle, BundleSet
 from insignia.jwt_http import authorization_header, validate_authorization
 from insignia.jwtsvid import AudienceMismatch
 from insignia.sources import NoX509Svid, X509Source
 from insignia.spiffeid import TrustDomain
 from insignia.tls import TlsStream, client_context, server_context
-from insignia.workloadapi.backoff import Backoff
 from insignia.workloadapi.client import WorkloadApiError
 from insignia.workloadapi.source import (
     SourceNotReady,

@@ -9,10 +9,10 @@ import grpc
 import pytest
 import trio
 
+from insignia.backoff import Backoff
 from insignia.bundle import BundleSet
 from insignia.jwtsvid import parse_and_validate
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.workloadapi.backoff import Backoff
 from insignia.workloadapi.client import WorkloadApiError, X509Context
 from insignia.workloadapi.trio_client import TrioWorkloadApiClient, resolve_socket
 from tests.unit.workload_api_server import TD, Authority, WorkloadApiServer

@@ -1,9 +1,7 @@
-import random
-
 import pytest
 from insignia_proto import agent_pb2
 
-from agent.sync import Backoff, InvalidSyncUpdate, parse_update
+from agent.sync import InvalidSyncUpdate, parse_update
 from insignia.bundle import Bundle
 from tests.unit.agent.helpers import TD, make_ca
 
@@ -66,12 +64,3 @@ def test_full_update_without_bundle_or_with_garbage_bundle_is_refused():
     )
     with pytest.raises(InvalidSyncUpdate, match="unusable bundle"):
         parse_update(garbage, TD)
-
-
-def test_backoff_grows_is_capped_and_jittered():
-    backoff = Backoff(0.2, 30.0)
-    rng = random.Random(1)
-    first = [backoff.delay(0, rng) for _ in range(200)]
-    assert all(0.1 <= d <= 0.2 for d in first) and len(set(first)) > 100
-    assert all(0.4 <= backoff.delay(2, rng) <= 0.8 for _ in range(50))
-    assert all(15.0 <= backoff.delay(40, rng) <= 30.0 for _ in range(50))

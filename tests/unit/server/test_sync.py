@@ -5,7 +5,14 @@ from insignia_proto import agent_pb2
 
 from insignia.spiffeid import TrustDomain
 from server.entries import EntryLimits, RegistrationEntry, validate_entry
-from server.sync import AgentHistory, Defaults, SentView, delta_update, full_update
+from server.sync import (
+    AgentHistory,
+    Defaults,
+    SentView,
+    delta_update,
+    full_update,
+    split_update,
+)
 
 TD = TrustDomain.parse("example.org")
 LIMITS = EntryLimits(TD, 86400, 86400)
@@ -56,3 +63,17 @@ def test_history_keeps_the_last_views() -> None:
         history.remember(SentView(revision, {}, ""))
     assert history.find(9) is not None and history.find(6) is not None
     assert history.find(5) is None
+
+
+def test_large_updates_are_sent_in_parts() -> None:
+    bundle = agent_pb2.BundleState(spiffe_bundle=b"{}")
+    update, _ = full_update("s", 9, [entry(f"e{i}") for i in range(5)], bundle, DEFAULTS)
+    update.deleted_entry_ids.append("gone")
+    parts = split_update(update, max_entries=2)
+    assert [len(p.entries) for p in parts] == [2, 2, 1]
+    assert [p.more for p in parts] == [True, True, False]
+    assert all(p.full and p.revision == 9 and p.store_id == "s" for p in parts)
+    assert parts[0].HasField("bundle") and not parts[1].HasField("bundle")
+    assert list(parts[0].deleted_entry_ids) == ["gone"] and not parts[2].deleted_entry_ids
+    assert [e.id for p in parts for e in p.entries] == [f"e{i}" for i in range(5)]
+    assert split_update(parts[2], max_entries=2) == [parts[2]]
