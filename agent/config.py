@@ -24,6 +24,7 @@ from insignia.config import (
     load_toml,
 )
 from insignia.keys import KeyType
+from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID
 from insignia.spiffeid import TrustDomain
 
 DEFAULT_CONFIG_PATH = Path("/etc/insignia/agent.toml")
@@ -57,6 +58,8 @@ class WorkloadSection(StrictModel):
     attestation_timeout: PositiveDuration = timedelta(seconds=5)
     key_type: KeyType = KeyType.EC_P256
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+    #: Connections one uid may hold open on the Workload API socket (see peercred_front).
+    max_connections_per_uid: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_UID, ge=1)
 
 
 class SyncSection(StrictModel):

@@ -110,6 +110,7 @@ class AgentDaemon:
             if view is not None:
                 server.set_roots(view.local.x509_pem())
                 await self.keeper.update_bundle(view.local)
+                self.keeper.note_tainted(view.tainted_x509)
 
     async def _server_tasks(self, server: ServerClient) -> None:
         signer = X509Signer(
@@ -166,6 +167,7 @@ class AgentDaemon:
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
+                    max_connections_per_uid=config.workload.max_connections_per_uid,
                     server_options=(
                         ("grpc.max_receive_message_length", max_bytes),
                         ("grpc.max_send_message_length", max_bytes),

@@ -1,4 +1,5 @@
-"""Keeping the agent's own SVID: resume from disk, attest when needed, renew at half life.
+"""Keeping the agent's own SVID: resume from disk, attest when needed, renew at half life,
+or at once when the CA that signed it is tainted (so a later revoke does not lock it out).
 
 Trust bootstrap, in order: the bundle persisted by a previous run (it follows CA rotation),
 then `trust_bundle_path`, then `insecure_bootstrap` (the server's certificate as presented,
@@ -27,6 +28,7 @@ from agent.node_attestation import (
     save_identity,
 )
 from agent.rotation import draw_jitter, half_life_renewal
+from agent.signing import authority_ids
 from agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate, is_eviction
 from attestors.interface import NodeAttestorAgent
 from insignia.backoff import Backoff
@@ -63,6 +65,8 @@ class IdentityKeeper:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.identity: AgentIdentity | None = None
+        self._tainted: frozenset[str] = frozenset()
+        self._taint_changed = trio.Event()
 
     async def _bootstrap_roots(self) -> bytes:
         config = self.config
@@ -149,15 +153,48 @@ class IdentityKeeper:
             self.identity = replace(self.identity, bundle=bundle)
             await trio.to_thread.run_sync(save_identity, self.config.data_dir, self.identity)
 
+    def note_tainted(self, tainted_x509: frozenset[str]) -> None:
+        """The synced tainted X.509 authority key IDs (lower-case hex); wakes `maintain`."""
+        if tainted_x509 != self._tainted:
+            self._tainted = tainted_x509
+            self._taint_changed.set()
+            self._taint_changed = trio.Event()
+
+    def _issuer_tainted(self, handled: frozenset[str]) -> bool:
+        """Whether the agent SVID's chain holds a tainted CA, under a taint set not yet acted on.
+
+        `handled` is the taint set of the last taint-driven renewal: if the server still
+        signed with a tainted CA then, renewing again before the set changes would only spin.
+        """
+        identity = self.identity
+        if identity is None or self._tainted == handled:
+            return False
+        return bool(authority_ids(identity.svid.chain) & self._tainted)
+
+    async def _until_renewal(self, renew_at: datetime, handled: frozenset[str] | None) -> bool:
+        """Sleep until `renew_at`, or (unless `handled` is None: a retry is pacing us) until
+        the issuer is tainted. True when woken by the taint."""
+        with trio.move_on_after(max(0.0, (renew_at - _now()).total_seconds())):
+            while True:
+                changed = self._taint_changed
+                if handled is not None and self._issuer_tainted(handled):
+                    return True
+                await changed.wait()
+        return False
+
     async def maintain(self, server: ServerClient) -> None:
-        """Renew the agent SVID at half life (jittered); AgentEvicted when the server says so."""
+        """Renew the agent SVID at half life (jittered), or at once when its issuer is tainted;
+        AgentEvicted when the server says so."""
         attempt = 0
         assert self.identity is not None
         renew_at = half_life_renewal(
             self.identity.not_before, self.identity.not_after, draw_jitter(self.rng)
         )
+        handled: frozenset[str] = frozenset()
         while True:
-            await trio.sleep(max(0.0, (renew_at - _now()).total_seconds()))
+            if await self._until_renewal(renew_at, handled if attempt == 0 else None):
+                handled = self._tainted
+                log.info("agent.issuer_tainted", detail="renewing the agent SVID now")
             identity = self.identity
             assert identity is not None
             try:

@@ -20,10 +20,9 @@ import grpc.aio
 from insignia_proto import agent_pb2
 from insignia_proto.agent_pb2_grpc import AgentAPIStub
 
-T = TypeVar("T")
+from insignia.server_name import SERVER_TLS_NAME
 
-SERVER_TLS_NAME: Final = "insignia-server"
-"""The DNS SAN in the server's SVID; the agent checks it instead of the address it dials."""
+T = TypeVar("T")
 
 _EVICTION_CODES: Final = frozenset(
     {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}

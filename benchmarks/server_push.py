@@ -89,7 +89,11 @@ def main() -> None:
         server = ServerProcess(
             Path(tmp),
             extra_config={
-                "agent_api": {"signing_rate": 1e9, "signing_processes": 0},
+                "agent_api": {
+                    "x509_signing_rate": 1e9,
+                    "jwt_signing_rate": 1e9,
+                    "signing_processes": 0,
+                },
                 "log": {"level": "warning"},
             },
         )

@@ -89,7 +89,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(
             Path(tmp),
-            extra_config={"agent_api": {"signing_rate": 1e9}, "log": {"level": "warning"}},
+            extra_config={
+                "agent_api": {"x509_signing_rate": 1e9, "jwt_signing_rate": 1e9},
+                "log": {"level": "warning"},
+            },
         )
         server.start()
         try:

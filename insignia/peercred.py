@@ -239,7 +239,7 @@ def still_same_process(creds: PeerCredentials) -> bool:
     return (
         start_time == creds.start_time
         and (uid, gid) == (creds.uid, creds.gid)
-        and (executable == creds.executable or True)
+        and executable == creds.executable
         and creds.pidfd.is_alive()
     )
 

@@ -32,11 +32,18 @@ from insignia.peercred import (
     CallerTable,
     PeerCredentials,
     ProcessGone,
+    peer_ids,
     read_peer_credentials,
 )
 from insignia.runtime import call_asyncio
 
 DEFAULT_MAX_CONNECTIONS = 10_000
+# One uid may hold at most this many connections, so a hostile or leaky workload cannot take
+# every slot from the others: at least ten uids are needed to fill the global limit, while a
+# uid that runs many processes (all containers as root, a pre-fork server with a stream per
+# worker) still has room for hundreds.
+DEFAULT_MAX_CONNECTIONS_PER_UID = 1024
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # client socket + upstream socket + pidfd here, plus grpc's end of the upstream connection.
 FDS_PER_CONNECTION = 4
 _FD_RESERVE = 256
@@ -135,6 +142,7 @@ class _Half(asyncio.Protocol):
     def __init__(self, done: asyncio.Future[None], upstream: bool) -> None:
         self._done = done
         self._upstream = upstream
+        self.head = b""  # the first bytes read, up to the length of the HTTP/2 preface
         self.peer: _Half
         self.transport: asyncio.Transport
 
@@ -143,6 +151,8 @@ class _Half(asyncio.Protocol):
         self.transport.pause_reading()  # until the other side exists; see _Splice.run
 
     def data_received(self, data: bytes) -> None:
+        if len(self.head) < len(HTTP2_PREFACE):
+            self.head += data[: len(HTTP2_PREFACE) - len(self.head)]
         self.peer.transport.write(data)
 
     def eof_received(self) -> bool:
@@ -184,6 +194,20 @@ class _Splice:
     ) -> None:
         self._sockets: tuple[socket.socket, ...] = (client, upstream)
         self._before_close = before_close
+        self.client_head = b""
+
+    def preface_problem(self) -> str | None:
+        """Why the client's first bytes were not an HTTP/2 preface; None if they were.
+
+        Meaningful once ``run`` returned. grpc drops such a connection without a word, so
+        this is the only trace an operator gets of a misconfigured or hostile client.
+        """
+        head = self.client_head
+        if head == HTTP2_PREFACE:
+            return None
+        if HTTP2_PREFACE.startswith(head):
+            return f"closed after {len(head)} of the {len(HTTP2_PREFACE)} HTTP/2 preface bytes"
+        return f"not an HTTP/2 preface: first bytes {head[:16]!r}"
 
     async def run(self) -> None:
         client, upstream = self._sockets
@@ -199,6 +223,7 @@ class _Splice:
             up.transport.resume_reading()
             await done
         finally:
+            self.client_head = down.head
             self._before_close()
             for half, sock in ((down, client), (up, upstream)):
                 if hasattr(half, "transport"):
@@ -235,6 +260,8 @@ async def _proxy_connection(client: socket.socket, upstream_path: Path, table: C
         )
         peer = table.register(name, creds)
         await call_asyncio(splice.run)
+        if (problem := splice.preface_problem()) is not None:
+            log.warning("peercred_front.bad_preface", pid=creds.pid, uid=creds.uid, cause=problem)
     except (ProcessGone, OSError, ValueError) as exc:
         log.debug("peercred_front.peer_unreadable", error=str(exc))
     finally:
@@ -256,28 +283,36 @@ async def serve_peercred_front(
     mode: int = 0o777,
     gid: int | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on ``public_path`` and proxy each caller to ``unix:upstream_path`` until cancelled.
 
     ``mode`` (and optional group ``gid``) are set before the socket appears. The caller
     creates the parent directory. Connections beyond ``max_connections`` (lowered to fit
-    RLIMIT_NOFILE) are closed at once; resource exhaustion on accept backs off 100 ms.
-    Signals ``task_status.started()`` once listening. Removes ``public_path`` on exit.
+    RLIMIT_NOFILE), or beyond ``max_connections_per_uid`` for the connecting uid (counted from
+    SO_PEERCRED at accept), are closed at once; resource exhaustion on accept backs off
+    100 ms. Signals ``task_status.started()`` once listening. Removes ``public_path`` on exit.
     """
     limit = fit_to_fd_limit(max_connections)
+    per_uid_limit = min(max_connections_per_uid, limit)
     sock = await _bind_public(public_path, mode, gid)
     bound_inode = os.stat(public_path).st_ino
     listener = trio.SocketListener(sock)
     active = 0
+    per_uid: dict[int, int] = {}
     saturated = False
+    saturated_uids: set[int] = set()
 
-    async def serve_one(client: socket.socket) -> None:
+    async def serve_one(client: socket.socket, uid: int) -> None:
         nonlocal active
         try:
             await _proxy_connection(client, upstream_path, table)
         finally:
             active -= 1
+            per_uid[uid] -= 1
+            if not per_uid[uid]:
+                del per_uid[uid]
 
     try:
         async with trio.open_nursery() as nursery:
@@ -299,8 +334,23 @@ async def serve_peercred_front(
                     saturated = True
                     continue
                 saturated = False
+                try:
+                    _pid, uid, _gid = peer_ids(client)  # getsockopt: cheap, never blocks
+                except OSError:
+                    client.close()
+                    continue
+                if per_uid.get(uid, 0) >= per_uid_limit:
+                    client.close()
+                    if uid not in saturated_uids:  # once per episode and uid
+                        log.warning(
+                            "peercred_front.uid_connections_refused", uid=uid, limit=per_uid_limit
+                        )
+                        saturated_uids.add(uid)
+                    continue
+                saturated_uids.discard(uid)
                 active += 1
-                nursery.start_soon(serve_one, client)
+                per_uid[uid] = per_uid.get(uid, 0) + 1
+                nursery.start_soon(serve_one, client, uid)
     finally:
         sock.close()
         with contextlib.suppress(FileNotFoundError):

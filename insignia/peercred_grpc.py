@@ -22,7 +22,11 @@ import trio
 
 from insignia.files import ensure_private_dir
 from insignia.peercred import CallerTable
-from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS, serve_peercred_front
+from insignia.peercred_front import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_UID,
+    serve_peercred_front,
+)
 from insignia.runtime import call_asyncio
 
 _SELF_TEST_TIMEOUT = 10.0
@@ -117,6 +121,7 @@ async def _shielded_front(
     mode: int,
     gid: int | None,
     max_connections: int,
+    max_connections_per_uid: int,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with scope:
@@ -127,6 +132,7 @@ async def _shielded_front(
             mode=mode,
             gid=gid,
             max_connections=max_connections,
+            max_connections_per_uid=max_connections_per_uid,
             task_status=task_status,
         )
 
@@ -140,6 +146,7 @@ async def serve_grpc_with_peercred(
     mode: int = 0o777,
     gid: int | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID,
     grace: float = 2.0,
     server_options: Sequence[tuple[str, Any]] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -168,6 +175,7 @@ async def serve_grpc_with_peercred(
                 mode,
                 gid,
                 max_connections,
+                max_connections_per_uid,
             )
             try:
                 await self_test(public_path)

@@ -24,7 +24,13 @@ from server.admin_authority import Action, authority_action, list_authorities
 from server.admin_convert import agent_to_proto, entry_from_proto, entry_to_proto
 from server.core import ServerCore
 from server.datastore import errors as ds
-from server.entries import AGENT_PREFIX, InvalidEntry, validate_entry
+from server.entries import (
+    AGENT_PREFIX,
+    RESERVED_PREFIX,
+    InvalidEntry,
+    normalize_dns_name,
+    validate_entry,
+)
 from server.rotation import AuthorityError
 from server.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
 
@@ -40,7 +46,7 @@ _CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCo
     (ds.DuplicateEntry, grpc.StatusCode.ALREADY_EXISTS),
     ((ds.EntryNotFound, ds.AgentNotFound, LookupError), grpc.StatusCode.NOT_FOUND),
     (ds.EntryRevisionConflict, grpc.StatusCode.ABORTED),
-    (AuthorityError, grpc.StatusCode.FAILED_PRECONDITION),
+    ((AuthorityError, ds.AgentBanned), grpc.StatusCode.FAILED_PRECONDITION),
     ((NoActiveAuthority, ds.DatastoreUnavailable), grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -170,9 +176,10 @@ class AdminApi:
                 )
             # whole seconds, so the expiry we report is exactly the one we enforce
             expires_at = (self.core.clock() + ttl).replace(microsecond=0)
-            await self.core.blocking(self.core.store.create_join_token, token, expires_at)
-            if alias is not None:
-                await self.core.blocking(self.core.store.create_entry, alias)
+            # Token and entry in one transaction: never a token without its entry. The entry's
+            # parent is the agent ID, which contains the token itself (as in SPIRE): the
+            # datastore keeps only the token's digest, but `entry show` reveals it until used.
+            await self.core.blocking(self.core.store.create_join_token, token, expires_at, alias)
             return admin_pb2.JoinToken(
                 token=token, expires_at=int(expires_at.timestamp()), agent_id=str(agent_id)
             )
@@ -239,7 +246,7 @@ class AdminApi:
         async def run() -> admin_pb2.MintX509SVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
             ttl = self._ttl(request.ttl, self.core.config.default_x509_svid_ttl)
-            dns = list(request.dns_names)
+            dns = [normalize_dns_name(name) for name in request.dns_names]
             state = self.core.authorities.state
             signed = sign_x509_svid(
                 state.active_x509(), request.csr, spiffe_id, ttl, dns, self.core.clock()
@@ -276,9 +283,14 @@ class AdminApi:
         return await self._run(context, "MintJWTSVID", request.spiffe_id, run)
 
     def _member(self, text: str) -> SpiffeId:
+        """A workload ID of our trust domain: the server's and agents' IDs are not minted."""
         spiffe_id = SpiffeId.parse(text)
         if not spiffe_id.member_of(self.core.trust_domain):
             raise SigningRefused(f"{spiffe_id} is not in trust domain {self.core.trust_domain}")
+        if spiffe_id.path.startswith(RESERVED_PREFIX):
+            raise SigningRefused(
+                f"{spiffe_id}: paths under {RESERVED_PREFIX} belong to the server and its agents"
+            )
         return spiffe_id
 
     @staticmethod

@@ -20,12 +20,14 @@ from server.core import ServerCore, log
 from server.entries import is_agent_id
 from server.node_attestation import attest_agent
 from server.ratelimit import peer_ip
+from server.rpc_errors import hide_internal_errors
 from server.signer_pool import SignOutcome, SignRequest
 from server.signing import (
     NoActiveAuthority,
     SigningRefused,
     sign_jwt,
     sign_x509_svid,
+    svid_fingerprint,
 )
 from server.sync import delta_update, full_update, split_update
 from server.tls import peer_certificate
@@ -50,8 +52,9 @@ class AgentApi:
 
     # --- caller authentication ----------------------------------------------------------
 
-    async def _caller(self, context: Context) -> tuple[SpiffeId, str]:
-        """The agent behind this connection, or abort UNAUTHENTICATED / PERMISSION_DENIED."""
+    async def _caller(self, context: Context) -> tuple[SpiffeId, str, str]:
+        """The agent behind this connection and its SVID's serial and fingerprint, or abort
+        UNAUTHENTICATED / PERMISSION_DENIED."""
         cert = peer_certificate(context)
         if cert is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
@@ -67,36 +70,48 @@ class AgentApi:
             )
         if cert.not_valid_after_utc <= self.core.clock():
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "agent SVID has expired")
-        serial = str(cert.serial_number)
-        problem = self.core.model.check_agent(agent_id, serial)
+        serial, fingerprint = str(cert.serial_number), svid_fingerprint(cert)
+        problem = self.core.model.check_agent(agent_id, serial, fingerprint)
         if problem is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
         record = self.core.model.agents[agent_id]
         if serial == record.new_serial_number:  # first use of a renewed SVID: promote it
-            await self.core.save_agent(replace(record, serial_number=serial, new_serial_number=""))
-        return agent_id, serial
+            await self.core.save_agent(
+                replace(
+                    record,
+                    serial_number=serial,
+                    svid_fingerprint=record.new_svid_fingerprint,
+                    new_serial_number="",
+                    new_svid_fingerprint="",
+                )
+            )
+        return agent_id, serial, fingerprint
 
-    async def _limit(self, context: Context, cost: float) -> None:
+    async def _limit(self, context: Context, kind: str, cost: float) -> None:
+        """Per client IP, X.509 and JWT signing have separate budgets (`*_signing_rate`)."""
         ip = peer_ip(context.peer())
-        if not self.core.signing_limiter.try_acquire(ip, time.monotonic(), cost):
+        limiter = self.core.signing_limiters[kind]
+        if not limiter.try_acquire(ip, time.monotonic(), cost):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"signing rate limit for {ip} exceeded; retry in "
-                f"{self.core.signing_limiter.retry_after(ip, cost):.2f}s",
+                f"{kind} signing rate limit for {ip} exceeded; retry in "
+                f"{limiter.retry_after(ip, cost):.2f}s",
             )
 
     # --- RPCs -----------------------------------------------------------------------------
 
+    @hide_internal_errors
     async def Attest(self, request_iterator: object, context: Context) -> None:
         with self.core.metrics.rpc(SERVICE, "Attest") as outcome:
             await attest_agent(self.core, request_iterator, context, outcome)
 
+    @hide_internal_errors
     async def RenewAgent(
         self, request: agent_pb2.RenewAgentRequest, context: Context
     ) -> agent_pb2.RenewAgentResponse:
         with self.core.metrics.rpc(SERVICE, "RenewAgent") as outcome:
-            agent_id, _ = await self._caller(context)
-            await self._limit(context, 1)
+            agent_id, _, _ = await self._caller(context)
+            await self._limit(context, "x509", 1)
             try:
                 signed = sign_x509_svid(
                     self.core.authorities.state.active_x509(),
@@ -115,6 +130,7 @@ class AgentApi:
                 replace(
                     record,
                     new_serial_number=str(signed.serial_number),
+                    new_svid_fingerprint=signed.fingerprint,
                     expires_at=signed.expires_at,
                 )
             )
@@ -122,8 +138,9 @@ class AgentApi:
             log.info("agent SVID renewed", agent_id=str(agent_id), serial=signed.serial_number)
             return agent_pb2.RenewAgentResponse(svid_chain=signed.chain_der)
 
+    @hide_internal_errors
     async def Sync(self, request: agent_pb2.SyncRequest, context: Context) -> None:
-        agent_id, serial = await self._caller(context)
+        agent_id, serial, fingerprint = await self._caller(context)
         core, model = self.core, self.core.model
         history = model.history(agent_id)
         with model.watch(agent_id) as changed:
@@ -135,7 +152,7 @@ class AgentApi:
                     model.store_id,
                     model.revision,
                     previous,
-                    model.authorized(agent_id).values(),
+                    model.authorized(agent_id, core.clock()).values(),
                     model.bundle_state,
                     core.defaults,
                 )
@@ -146,7 +163,7 @@ class AgentApi:
                 update, view = full_update(
                     model.store_id,
                     model.revision,
-                    model.authorized(agent_id).values(),
+                    model.authorized(agent_id, core.clock()).values(),
                     model.bundle_state,
                     core.defaults,
                 )
@@ -156,14 +173,14 @@ class AgentApi:
             while True:
                 await changed.wait()
                 changed.clear()
-                problem = model.check_agent(agent_id, serial)
+                problem = model.check_agent(agent_id, serial, fingerprint)
                 if problem is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
                 maybe, new_view = delta_update(
                     model.store_id,
                     model.revision,
                     view,
-                    model.authorized(agent_id).values(),
+                    model.authorized(agent_id, core.clock()).values(),
                     model.bundle_state,
                     core.defaults,
                 )
@@ -173,13 +190,14 @@ class AgentApi:
                     for part in split_update(maybe):
                         await context.write(part)
 
+    @hide_internal_errors
     async def BatchNewX509SVID(
         self, request: agent_pb2.BatchNewX509SVIDRequest, context: Context
     ) -> agent_pb2.BatchNewX509SVIDResponse:
         with self.core.metrics.rpc(SERVICE, "BatchNewX509SVID"):
-            agent_id, _ = await self._caller(context)
-            await self._limit(context, max(1, len(request.params)))
-            authorized = self.core.model.authorized(agent_id)
+            agent_id, _, _ = await self._caller(context)
+            await self._limit(context, "x509", max(1, len(request.params)))
+            authorized = self.core.model.authorized(agent_id, self.core.clock())
             results: list[agent_pb2.X509SVIDResult | None] = []
             requests: list[SignRequest] = []
             for params in request.params:
@@ -215,17 +233,18 @@ class AgentApi:
             self.core.metrics.svids_signed.labels("x509").inc(signed_count)
             return agent_pb2.BatchNewX509SVIDResponse(results=final)
 
+    @hide_internal_errors
     async def BatchNewJWTSVID(
         self, request: agent_pb2.BatchNewJWTSVIDRequest, context: Context
     ) -> agent_pb2.BatchNewJWTSVIDResponse:
         with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID"):
-            agent_id, _ = await self._caller(context)
-            await self._limit(context, max(1, len(request.params)))
-            authorized = self.core.model.authorized(agent_id)
+            agent_id, _, _ = await self._caller(context)
+            await self._limit(context, "jwt", max(1, len(request.params)))
+            now = self.core.clock()
+            authorized = self.core.model.authorized(agent_id, now)
             state = self.core.authorities.state
             active = state.active_jwt()
             key_not_after = state.active_jwt_not_after()
-            now = self.core.clock()
             results = []
             for params in request.params:
                 entry = authorized.get(params.entry_id)

@@ -69,7 +69,12 @@ class AgentApiConfig(StrictModel):
     port: Port = 8081
     attestation_port: Port = 8082
     attestation_rate: float = Field(default=1.0, gt=0)
-    signing_rate: float = Field(default=500.0, gt=0)
+    # Separate budgets, so a flood of one kind cannot starve the other (X.509 rotation).
+    x509_signing_rate: float = Field(default=500.0, gt=0)
+    jwt_signing_rate: float = Field(default=500.0, gt=0)
+    # The attestation port is unauthenticated: bound what a peer can hold there.
+    attestation_timeout: PositiveDuration = timedelta(seconds=30)
+    max_concurrent_attestations: int = Field(default=256, ge=1)
     # Worker processes for large X.509 signing batches; -1 = one per CPU (none on one CPU).
     signing_processes: int = Field(default=-1, ge=-1, le=64)
 
@@ -137,6 +142,10 @@ class ServerConfig(StrictModel):
         api = self.agent_api
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
+        if self.admin_socket.parent == self.data_dir:
+            raise ValueError(
+                "admin_socket must not be directly in data_dir: its directory is made 0711"
+            )
         return self
 
     @field_validator("admin_socket")

@@ -79,7 +79,10 @@ class ServerCore:
         )
         api = self.config.agent_api
         self.attestation_limiter = RateLimiter(api.attestation_rate)
-        self.signing_limiter = RateLimiter(api.signing_rate)
+        self.signing_limiters = {
+            "x509": RateLimiter(api.x509_signing_rate),
+            "jwt": RateLimiter(api.jwt_signing_rate),
+        }
         guaranteed = int(min(self.config.ca.ttl.total_seconds() / 6, 7 * 86400))
         self.limits = EntryLimits(self.trust_domain, guaranteed * 6, guaranteed * 6)
         self._bundle_sequence = 0

@@ -42,6 +42,14 @@ log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"
 SERVER_SVID_TTL = timedelta(hours=1)
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# The attestation port needs no client certificate: keep what anyone can send there small.
+# Attestor payloads (an x509pop chain, a token) are a few KiB.
+ATTESTATION_MAX_MESSAGE = 64 * 1024
+ATTESTATION_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", ATTESTATION_MAX_MESSAGE),
+    ("grpc.max_concurrent_streams", 16),  # per connection
+    ("grpc.server_handshake_timeout_ms", 10_000),
+]
 
 
 def notify_systemd(message: bytes = b"READY=1") -> None:
@@ -147,22 +155,33 @@ async def _serve_agent_api(
 ) -> None:
     api = core.config.agent_api
 
-    async def start() -> tuple[grpc.aio.Server, int, int]:
+    async def start() -> tuple[grpc.aio.Server, int, grpc.aio.Server, int]:
+        """Two servers, not two ports on one: the unauthenticated attestation port gets its
+        own message size limit and cap on concurrent RPCs (more are RESOURCE_EXHAUSTED)."""
+        servicer, host = AgentApi(core), api.bind_address
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        agent_pb2_grpc.add_AgentAPIServicer_to_server(AgentApi(core), server)
-        host = api.bind_address
+        agent_pb2_grpc.add_AgentAPIServicer_to_server(servicer, server)
         port = server.add_secure_port(f"{host}:{api.port}", tls.agent_api.credentials)
-        att = server.add_secure_port(f"{host}:{api.attestation_port}", tls.attestation.credentials)
+        attestation = grpc.aio.server(
+            options=ATTESTATION_GRPC_OPTIONS,
+            maximum_concurrent_rpcs=api.max_concurrent_attestations,
+        )
+        agent_pb2_grpc.add_AgentAPIServicer_to_server(servicer, attestation)
+        att = attestation.add_secure_port(
+            f"{host}:{api.attestation_port}", tls.attestation.credentials
+        )
         await server.start()
-        return server, port, att
+        await attestation.start()
+        return server, port, attestation, att
 
-    server, port, att_port = await call_asyncio(start)
+    server, port, attestation, att_port = await call_asyncio(start)
     try:
         host = api.bind_address
         task_status.started({"agent_api": f"{host}:{port}", "attestation": f"{host}:{att_port}"})
         await trio.sleep_forever()
     finally:
         with trio.CancelScope(shield=True):
+            await call_asyncio(attestation.stop, 1.0)
             await call_asyncio(server.stop, 1.0)
 
 
@@ -199,14 +218,14 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                 serve_health, bind, core.metrics.registry, lambda: core.ready_reason
             )
         admin = AdminApi(core, callers := CallerTable(), set(config.admin_uids))
-        socket_dir = ensure_private_dir(config.admin_socket.parent)
+        socket_dir = await trio.to_thread.run_sync(admin_socket_dir, config.admin_socket)
         await nursery.start(
             lambda task_status: serve_grpc_with_peercred(
                 config.admin_socket,
                 admin_handlers(admin),
                 callers,
-                private_dir=socket_dir / "private",
-                mode=0o777,  # the 0700 directory and the uid check guard it
+                private_dir=socket_dir / "private",  # made 0700: only we reach grpc directly
+                mode=0o666,  # anyone may connect; the peer-credential check authorizes
                 task_status=task_status,
             )
         )
@@ -224,6 +243,18 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                 notify_systemd(b"STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
+
+
+def admin_socket_dir(admin_socket: Path) -> Path:
+    """The admin socket's directory: ours, and 0711 (traverse only, no listing).
+
+    The socket itself is open to every uid: SO_PEERCRED on each connection (root, our uid
+    and `admin_uids`) is the authorization, so a listed uid must be able to reach the socket.
+    The internal grpc socket behind the peer-credential front sits in a 0700 subdirectory.
+    """
+    directory = ensure_private_dir(admin_socket.parent)  # refuses one another uid owns
+    directory.chmod(0o711)
+    return directory
 
 
 def _health_binds(config: ServerConfig) -> dict[str, str]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from insignia.selectors import InvalidSelector, Selector, canonical
+from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 RESERVED_PREFIX: Final = "/insignia/"
@@ -198,7 +199,9 @@ def _ttl(name: str, value: int, maximum: int) -> int:
 
 
 def normalize_dns_name(value: str) -> str:
-    """IDNA A-label, lower case, RFC 1123 labels; a leading `*.` wildcard label is allowed."""
+    """IDNA A-label, lower case, RFC 1123 labels; a leading `*.` wildcard label is allowed.
+
+    The server's own TLS name is refused: an SVID carrying it could pose as the server."""
     if not isinstance(value, str) or not value:
         raise InvalidEntry("dns_names", value, "expected a non-empty DNS name")
     wildcard, rest = (True, value[2:]) if value.startswith("*.") else (False, value)
@@ -217,6 +220,10 @@ def normalize_dns_name(value: str) -> str:
     name = ("*." if wildcard else "") + ascii_name
     if len(name) > MAX_DNS_NAME_LENGTH:
         raise InvalidEntry("dns_names", value, f"longer than {MAX_DNS_NAME_LENGTH} characters")
+    if is_reserved_dns_name(name):
+        raise InvalidEntry(
+            "dns_names", value, f"{SERVER_TLS_NAME!r} is reserved: agents trust it as the server"
+        )
     return name
 
 

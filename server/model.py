@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from insignia_proto import agent_pb2
 
@@ -22,6 +24,19 @@ from server.authorization import EntryChange, EntryIndex
 from server.datastore.records import AgentRecord
 from server.entries import RegistrationEntry
 from server.sync import AgentHistory, bundle_digest
+
+
+@dataclass(frozen=True, slots=True)
+class _Authorized:
+    entries: dict[str, RegistrationEntry]
+    valid_until: datetime | None  # when the first of `entries` expires
+
+
+def _same_svid(serial: str, fingerprint: str, known_serial: str, known_fingerprint: str) -> bool:
+    """ "" as the known fingerprint: recorded before fingerprints were (schema 0001)."""
+    if not known_serial or serial != known_serial:
+        return False
+    return not known_fingerprint or hmac.compare_digest(fingerprint, known_fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +57,7 @@ class ServerModel:
         self.bundle_state = agent_pb2.BundleState()
         self.bundle_state_digest = bundle_digest(self.bundle_state)
         self.histories: dict[SpiffeId, AgentHistory] = {}
-        self._authorized: dict[SpiffeId, dict[str, RegistrationEntry]] = {}
+        self._authorized: dict[SpiffeId, _Authorized] = {}
         self._watchers: dict[SpiffeId, set[asyncio.Event]] = {}
 
     # --- loading and applying changes ---------------------------------------------------
@@ -87,24 +102,34 @@ class ServerModel:
 
     # --- queries ------------------------------------------------------------------------
 
-    def authorized(self, agent_id: SpiffeId) -> dict[str, RegistrationEntry]:
-        """Entries the agent may have SVIDs for (cached until a change affects it)."""
+    def authorized(self, agent_id: SpiffeId, now: datetime) -> dict[str, RegistrationEntry]:
+        """Entries the agent may have SVIDs for at `now`: expired entries are left out even
+        before housekeeping prunes them. Cached until a change affects the agent or the
+        first cached entry expires."""
         cached = self._authorized.get(agent_id)
-        if cached is None:
+        if cached is None or (cached.valid_until is not None and now >= cached.valid_until):
             record = self.agents.get(agent_id)
             selectors = record.selectors if record is not None else ()
-            cached = {e.id: e for e in self.index.authorized_entries(agent_id, selectors)}
+            found = self.index.authorized_entries(agent_id, selectors, now)
+            expiries = [e.expires_at for e in found if e.expires_at is not None]
+            cached = _Authorized({e.id: e for e in found}, min(expiries, default=None))
             self._authorized[agent_id] = cached
-        return cached
+        return cached.entries
 
-    def check_agent(self, agent_id: SpiffeId, serial: str) -> AgentStatus | None:
-        """Is `serial` a current SVID of a known, unbanned agent?"""
+    def check_agent(self, agent_id: SpiffeId, serial: str, fingerprint: str) -> AgentStatus | None:
+        """Is the SVID with `serial` and `fingerprint` (SHA-256 hex of its DER) a current SVID
+        of a known, unbanned agent? The serial alone is not enough: another CA the bundle
+        trusts (an upstream's sibling) could issue a certificate with the same serial."""
         record = self.agents.get(agent_id)
         if record is None:
             return AgentStatus("unknown", f"agent {agent_id} is not attested (evicted?)")
         if record.banned:
             return AgentStatus("banned", f"agent {agent_id} is banned")
-        if serial not in (record.serial_number, record.new_serial_number):
+        current = (
+            (record.serial_number, record.svid_fingerprint),
+            (record.new_serial_number, record.new_svid_fingerprint),
+        )
+        if not any(_same_svid(serial, fingerprint, s, f) for s, f in current):
             return AgentStatus("stale", f"agent {agent_id}: SVID serial {serial} is not current")
         return None
 

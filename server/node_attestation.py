@@ -4,10 +4,16 @@ then issue the agent's first SVID and record the agent.
 The stream carries the plugin's opaque bytes both ways (params, challenges, answers); the
 plugin runs in trio (through the bridge) and decides. A refusal answers PERMISSION_DENIED with
 the plugin's reason; a banned agent is refused even when its evidence is good.
+
+Everything checkable without the plugin (the CSR, an active CA, a ban on the agent ID the CSR
+names) is checked before the plugin runs, because the plugin may consume a single-use join
+token. Whatever fails after that (a datastore outage while recording the agent) still costs
+the token: the operator issues a new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +22,11 @@ import grpc
 from insignia_proto import agent_pb2
 
 from attestors.interface import AgentAttestation, AttestationError, Challenge
+from insignia.spiffeid import SpiffeId
 from server.core import ServerCore, log
 from server.datastore.records import AgentRecord
 from server.ratelimit import peer_ip
-from server.signing import NoActiveAuthority, SigningRefused, sign_x509_svid
+from server.signing import NoActiveAuthority, SigningRefused, checked_agent_csr, sign_x509_svid
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_CHALLENGES = 8
@@ -33,6 +40,23 @@ async def _next(requests: AsyncIterator[agent_pb2.AttestRequest]) -> agent_pb2.A
 
 
 async def attest_agent(
+    core: ServerCore, request_iterator: Any, context: Context, outcome: list[str]
+) -> None:
+    """The whole attestation, bounded by `agent_api.attestation_timeout`: the port is
+    unauthenticated, so a peer that stalls (or answers challenges slowly) is cut off."""
+    timeout = core.config.agent_api.attestation_timeout.total_seconds()
+    try:
+        async with asyncio.timeout(timeout):
+            await _attest(core, request_iterator, context, outcome)
+    except TimeoutError:
+        outcome[0] = "DEADLINE_EXCEEDED"
+        log.warning("attestation timed out", peer=peer_ip(context.peer()), timeout=timeout)
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"attestation did not finish within {timeout:g}s"
+        )
+
+
+async def _attest(
     core: ServerCore, request_iterator: Any, context: Context, outcome: list[str]
 ) -> None:
     ip = peer_ip(context.peer())
@@ -57,6 +81,7 @@ async def attest_agent(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"node attestor {params.attestor!r} is not configured (configured: {configured})",
         )
+    await _before_attestor(core, context, params, outcome)
     assert core.bridge is not None
     session = server.session()
     try:
@@ -79,6 +104,38 @@ async def attest_agent(
     await _issue(core, context, params, step, outcome)
 
 
+async def _before_attestor(
+    core: ServerCore, context: Context, params: agent_pb2.AttestParams, outcome: list[str]
+) -> None:
+    """Refuse what can be refused before the attestor runs: it may use up something that
+    cannot be given back (a join token is consumed by `begin`)."""
+    try:
+        named = checked_agent_csr(params.csr, core.trust_domain)
+    except SigningRefused as exc:
+        outcome[0] = "INVALID_ARGUMENT"
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if core.authorities.state.active_x509() is None:
+        outcome[0] = "UNAVAILABLE"
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(NoActiveAuthority("X.509")))
+    if named is not None:
+        await _refuse_if_banned(core, context, params, named, outcome)
+
+
+async def _refuse_if_banned(
+    core: ServerCore,
+    context: Context,
+    params: agent_pb2.AttestParams,
+    agent_id: SpiffeId,
+    outcome: list[str],
+) -> None:
+    existing = await core.blocking(core.store.find_agent, agent_id)
+    if existing is not None and existing.banned:
+        core.metrics.attestations_failed.labels(params.attestor).inc()
+        log.warning("banned agent tried to attest", agent_id=str(agent_id))
+        outcome[0] = "PERMISSION_DENIED"
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent {agent_id} is banned")
+
+
 async def _issue(
     core: ServerCore,
     context: Context,
@@ -90,12 +147,7 @@ async def _issue(
     if not agent_id.member_of(core.trust_domain):
         outcome[0] = "PERMISSION_DENIED"
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{agent_id}: wrong trust domain")
-    existing = await core.blocking(core.store.find_agent, agent_id)
-    if existing is not None and existing.banned:
-        core.metrics.attestations_failed.labels(params.attestor).inc()
-        log.warning("banned agent tried to attest", agent_id=str(agent_id))
-        outcome[0] = "PERMISSION_DENIED"
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent {agent_id} is banned")
+    await _refuse_if_banned(core, context, params, agent_id, outcome)
     try:
         signed = sign_x509_svid(
             core.authorities.state.active_x509(),
@@ -113,6 +165,7 @@ async def _issue(
             spiffe_id=agent_id,
             attestation_type=params.attestor,
             serial_number=str(signed.serial_number),
+            svid_fingerprint=signed.fingerprint,
             expires_at=signed.expires_at,
             selectors=attestation.selectors,
             can_reattest=attestation.can_reattest,

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from insignia.jwtsvid import sign_jwt_svid
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
-from insignia.spiffeid import SpiffeId
+from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 from insignia.x509ca import SigningAuthority
 from insignia.x509svid import CsrRequest, InvalidCsr, build_leaf, parse_csr
+from server.entries import AGENT_PREFIX, is_agent_id
 
 
 class SigningRefused(ValueError):
@@ -43,16 +45,45 @@ def checked_csr(der: bytes, spiffe_id: SpiffeId, *, id_optional: bool = False) -
     `id_optional`: for agent SVIDs, the agent may not know its ID before attestation (it
     depends on the attestor), so a CSR without any URI SAN is accepted too (as SPIRE does).
     """
+    request = _checked_shape(der)
+    if request.uri_sans != (str(spiffe_id),) and not (id_optional and not request.uri_sans):
+        raise SigningRefused(
+            f"CSR refused: URI SANs {list(request.uri_sans)}; expected exactly [{spiffe_id}]"
+        )
+    return request
+
+
+def checked_agent_csr(der: bytes, trust_domain: TrustDomain) -> SpiffeId | None:
+    """Before attestation: every check an agent's CSR can pass without knowing the agent ID.
+
+    The attestor decides the ID, and may use up something single-use doing so (a join
+    token), so a CSR that would be refused anyway is refused first. Returns the agent ID the
+    CSR names, if it names one (`checked_csr` later insists it is the attested one).
+    """
+    request = _checked_shape(der)
+    if not request.uri_sans:
+        return None
+    expected = f"expected none or one agent ID of {trust_domain.id_string()}{AGENT_PREFIX}..."
+    if len(request.uri_sans) != 1:
+        raise SigningRefused(f"CSR refused: URI SANs {list(request.uri_sans)}; {expected}")
+    try:
+        agent_id = SpiffeId.parse(request.uri_sans[0])
+    except InvalidSpiffeId as exc:
+        raise SigningRefused(f"CSR refused: {exc}; {expected}") from exc
+    if not agent_id.member_of(trust_domain) or not is_agent_id(agent_id):
+        raise SigningRefused(f"CSR refused: URI SAN {agent_id}; {expected}")
+    return agent_id
+
+
+def _checked_shape(der: bytes) -> CsrRequest:
+    """The checks that do not depend on the ID asked for: a valid, self-signed leaf request
+    with a supported key and no SANs but URIs."""
     try:
         request = parse_csr(der)
     except InvalidCsr as exc:
         raise SigningRefused(f"CSR refused: {exc}") from exc
     if request.requests_ca:
         raise SigningRefused("CSR refused: it asks for a CA certificate (BasicConstraints CA=true)")
-    if request.uri_sans != (str(spiffe_id),) and not (id_optional and not request.uri_sans):
-        raise SigningRefused(
-            f"CSR refused: URI SANs {list(request.uri_sans)}; expected exactly [{spiffe_id}]"
-        )
     if request.dns_names:
         raise SigningRefused(
             f"CSR refused: extra DNS SANs {list(request.dns_names)}; DNS names come from the entry"
@@ -82,6 +113,12 @@ class SignedX509:
     chain_der: bytes
     expires_at: datetime
     serial_number: int
+    fingerprint: str  # SHA-256 of the leaf's DER, hex (see `svid_fingerprint`)
+
+
+def svid_fingerprint(leaf: x509.Certificate) -> str:
+    """What identifies one certificate exactly: a serial can be reused by another CA."""
+    return leaf.fingerprint(hashes.SHA256()).hex()
 
 
 def sign_x509_svid(
@@ -94,13 +131,22 @@ def sign_x509_svid(
     *,
     id_optional: bool = False,
 ) -> SignedX509:
-    """Check the CSR and sign it; NotAfter is clamped to the CA's (build_leaf does that)."""
+    """Check the CSR and sign it; NotAfter is clamped to the CA's (build_leaf does that).
+
+    The server's TLS name is refused here too, whatever the caller validated: this is the one
+    path every workload X509-SVID takes (the server's own SVID is built in server/tls.py)."""
     if authority is None:
         raise NoActiveAuthority("X.509")
+    reserved = [name for name in dns_names if is_reserved_dns_name(name)]
+    if reserved:
+        raise SigningRefused(
+            f"DNS names {reserved} refused: {SERVER_TLS_NAME!r} is reserved for the server's "
+            "own certificate (agents trust it as the server)"
+        )
     request = checked_csr(csr_der, spiffe_id, id_optional=id_optional)
     leaf = build_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
     chain = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (leaf, *authority.chain))
-    return SignedX509(chain, leaf.not_valid_after_utc, leaf.serial_number)
+    return SignedX509(chain, leaf.not_valid_after_utc, leaf.serial_number, svid_fingerprint(leaf))
 
 
 @dataclass(frozen=True, slots=True)

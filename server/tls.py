@@ -14,20 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server_name import SERVER_TLS_NAME
 from insignia.spiffeid import TrustDomain
 from insignia.x509ca import SigningAuthority
 from insignia.x509svid import build_leaf
 from server.entries import server_spiffe_id
-
-#: DNS SAN of the server's SVID; agents set `grpc.ssl_target_name_override` to it (agent.proto).
-SERVER_TLS_NAME: Final = "insignia-server"
 
 
 @dataclass(frozen=True)

@@ -131,18 +131,33 @@ class HashCache:
 
 class UnixConfig(PluginConfig):
     discover_workload_path: bool = False
-    #: Largest executable hashed, in bytes; 0 means no limit (SPIRE's convention).
-    workload_size_limit: int = Field(default=1 << 30, ge=0)
+    #: Largest executable hashed, in bytes; 0 means no limit (SPIRE's convention). 256 MiB
+    #: covers ordinary binaries; a bigger one costs seconds of CPU per (uncached) hash.
+    workload_size_limit: int = Field(default=256 << 20, ge=0)
     hash_cache_size: int = Field(default=4096, ge=1)
+    #: Attestations with `discover_workload_path` running (hashing) at once.
+    hash_concurrency: int = Field(default=2, ge=1)
 
 
 class UnixAttestor:
+    """Attestations that may hash run on their own small thread limiter, `hash_limiter`.
+
+    A hash of a big binary can outlive the caller's deadline; the thread is then abandoned
+    but keeps its limiter slot until the hash ends. In trio's default pool those slots would
+    starve everything else that needs a thread (reading the next caller's credentials, file
+    writes); here they only delay other path-discovering attestations.
+    """
+
     def __init__(self, config: UnixConfig) -> None:
         self._config = config
         self.hash_cache = HashCache(config.hash_cache_size)
+        self.hash_limiter = trio.CapacityLimiter(config.hash_concurrency)
 
     async def attest(self, caller: Caller) -> list[Selector]:
-        return await trio.to_thread.run_sync(self.attest_sync, caller, abandon_on_cancel=True)
+        limiter = self.hash_limiter if self._config.discover_workload_path else None
+        return await trio.to_thread.run_sync(
+            self.attest_sync, caller, abandon_on_cancel=True, limiter=limiter
+        )
 
     def attest_sync(self, caller: Caller) -> list[Selector]:
         """The blocking part: every read goes through the caller's pinned /proc directory."""

@@ -22,7 +22,7 @@ Agents:
     find_agent(id) -> record | None;  list_agents(banned=None);  count_agents()
     set_agent_banned(id, banned=True) -> record;  delete_agent(id) -> record  (evict)
 Join tokens (stored as SHA-256 only):
-    create_join_token(token, expires_at) (DuplicateJoinToken)
+    create_join_token(token, expires_at, alias=None) (DuplicateJoinToken; with its entry)
     consume_join_token(token)  (JoinTokenNotFound | JoinTokenUsed | JoinTokenExpired)
     prune_join_tokens() -> count
 Bundles (SPIFFE bundle JSON text, opaque here):
@@ -39,6 +39,7 @@ Database failures surface as DatastoreUnavailable; all errors derive from Datast
 
 from server.datastore.engine import normalize_url, sqlite_url
 from server.datastore.errors import (
+    AgentBanned,
     AgentNotFound,
     BundleNotFound,
     CaKeyNotFound,
@@ -72,6 +73,7 @@ from server.datastore.records import (
 from server.datastore.store import Datastore, Listener
 
 __all__ = [
+    "AgentBanned",
     "AgentNotFound",
     "AgentRecord",
     "AuthorityKind",

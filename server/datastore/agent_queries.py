@@ -12,21 +12,24 @@ from sqlalchemy.engine import Connection
 
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId
-from server.datastore.errors import AgentNotFound
+from server.datastore.errors import AgentBanned, AgentNotFound
 from server.datastore.records import AgentRecord
 from server.datastore.schema import agent_selectors, agents
 
 
 def upsert(conn: Connection, agent: AgentRecord, now: datetime) -> tuple[AgentRecord, bool]:
     """Insert or replace the agent; returns the stored record and whether it was new.
-    A replaced agent keeps its original `created_at`."""
+    A replaced agent keeps its original `created_at`, and a ban: a re-attestation racing
+    the ban cannot lift it (only `set_banned` changes it)."""
     key = str(agent.spiffe_id)
-    created_at = conn.execute(
-        sa.select(agents.c.created_at).where(agents.c.spiffe_id == key)
-    ).scalar_one_or_none()
+    existing = conn.execute(
+        sa.select(agents.c.created_at, agents.c.banned).where(agents.c.spiffe_id == key)
+    ).one_or_none()
+    created_at = existing.created_at if existing is not None else None
     stored = replace(
         agent,
         created_at=created_at if created_at is not None else agent.created_at,
+        banned=agent.banned or (existing is not None and existing.banned),
         updated_at=now,
     )
     row = _row(stored)
@@ -58,6 +61,8 @@ def set_banned(conn: Connection, agent_id: SpiffeId, banned: bool, now: datetime
 
 def delete(conn: Connection, agent_id: SpiffeId) -> AgentRecord:
     agent = load_one(conn, agent_id)
+    if agent.banned:
+        raise AgentBanned(str(agent_id))
     conn.execute(agents.delete().where(agents.c.spiffe_id == str(agent_id)))
     return agent
 
@@ -94,6 +99,8 @@ def _row(agent: AgentRecord) -> dict[str, Any]:
         "attestation_type": agent.attestation_type,
         "serial_number": agent.serial_number,
         "new_serial_number": agent.new_serial_number,
+        "svid_fingerprint": agent.svid_fingerprint,
+        "new_svid_fingerprint": agent.new_svid_fingerprint,
         "expires_at": agent.expires_at,
         "banned": agent.banned,
         "can_reattest": agent.can_reattest,
@@ -108,6 +115,8 @@ def _record(r: sa.Row[Any], selectors: tuple[Selector, ...]) -> AgentRecord:
         attestation_type=r.attestation_type,
         serial_number=r.serial_number,
         new_serial_number=r.new_serial_number,
+        svid_fingerprint=r.svid_fingerprint,
+        new_svid_fingerprint=r.new_svid_fingerprint,
         expires_at=r.expires_at,
         selectors=selectors,
         banned=r.banned,

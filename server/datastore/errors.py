@@ -71,6 +71,17 @@ class AgentNotFound(DatastoreError, LookupError):
         super().__init__(f"no attested agent {agent_id!r}")
 
 
+class AgentBanned(DatastoreError):
+    """Evicting a banned agent would forget the ban and let it attest again."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(
+            f"agent {agent_id!r} is banned: evicting it would forget the ban and let it attest "
+            "again, so a banned agent stays recorded"
+        )
+
+
 class JoinTokenError(DatastoreError):
     """A join token that cannot be used. Carries a digest prefix, never the secret."""
 

@@ -33,7 +33,10 @@ def require_aware(name: str, value: datetime | None) -> None:
 @dataclass(frozen=True, slots=True)
 class AgentRecord:
     """An attested agent. `serial_number` is that of its current SVID (decimal string);
-    `new_serial_number` that of a renewed SVID it has not used yet ("" when none)."""
+    `new_serial_number` that of a renewed SVID it has not used yet ("" when none). The
+    `*svid_fingerprint`s are the SHA-256 (hex) of those SVIDs' DER: a serial alone can be
+    copied by any other CA the bundle trusts (an upstream's sibling), the whole certificate
+    cannot. "" means recorded before schema 0002 (the serial alone is checked until renewal)."""
 
     spiffe_id: SpiffeId
     attestation_type: str
@@ -43,6 +46,8 @@ class AgentRecord:
     banned: bool = False
     can_reattest: bool = False
     new_serial_number: str = ""
+    svid_fingerprint: str = ""
+    new_svid_fingerprint: str = ""
     created_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
 

@@ -100,6 +100,8 @@ agents = sa.Table(
     sa.Column("attestation_type", sa.String(255), nullable=False),
     sa.Column("serial_number", sa.String(255), nullable=False),
     sa.Column("new_serial_number", sa.String(255), nullable=False),
+    sa.Column("svid_fingerprint", sa.String(64), nullable=False, server_default=""),
+    sa.Column("new_svid_fingerprint", sa.String(64), nullable=False, server_default=""),
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Column("banned", sa.Boolean, nullable=False),
     sa.Column("can_reattest", sa.Boolean, nullable=False),

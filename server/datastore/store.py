@@ -237,7 +237,8 @@ class Datastore:
             return agent_queries.load_one(conn, agent_id)
 
     def delete_agent(self, agent_id: SpiffeId) -> AgentRecord:
-        """Evict: forget the agent, so it must attest again. Raises `AgentNotFound`."""
+        """Evict: forget the agent, so it must attest again. Raises `AgentNotFound`, or
+        `AgentBanned` for a banned agent (forgetting it would lift the ban)."""
         now = self._clock()
         with self._write() as conn:
             deleted = agent_queries.delete(conn, agent_id)
@@ -246,11 +247,17 @@ class Datastore:
 
     # -- join tokens -----------------------------------------------------------------------
 
-    def create_join_token(self, token: str, expires_at: datetime) -> None:
-        """Remember a token by its SHA-256 digest until it is used or expires."""
+    def create_join_token(
+        self, token: str, expires_at: datetime, alias: RegistrationEntry | None = None
+    ) -> None:
+        """Remember a token by its SHA-256 digest until it is used or expires. With `alias`
+        (an entry parented to the token's agent ID), store both or neither."""
         now = self._clock()
-        with self._write(notify=False) as conn:
+        with self._write(notify=alias is not None) as conn:
             trust_queries.create_token(conn, token, expires_at, now)
+            if alias is not None:
+                entry_queries.insert(conn, [alias], now)
+                changelog.append(conn, "entry", "created", [alias.id], now)
 
     def consume_join_token(self, token: str) -> None:
         """Use a token once. Raises `JoinTokenNotFound`, `JoinTokenUsed` or

@@ -21,7 +21,8 @@ from attestors.node.join_token import JoinTokenPayload
 from attestors.node.messages import encode
 from insignia.bundle import load_der_certificates
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_pem, x509_signature_hash
-from tests.integration.server_fixtures import SERVER_TLS_NAME, ServerProcess
+from insignia.server_name import SERVER_TLS_NAME
+from tests.integration.server_fixtures import ServerProcess
 
 
 def make_csr(

@@ -30,7 +30,6 @@ from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(sys.executable).with_name("insignia-server")
-SERVER_TLS_NAME = "insignia-server"  # the DNS SAN of the server SVID (server/tls.py)
 
 
 class ServerFailed(RuntimeError):

@@ -20,6 +20,7 @@ from tests.integration.agent_clients import (
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.conftest import AgentFactory
 from tests.integration.server_fixtures import ServerProcess
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,7 +39,7 @@ def still_serving(agent: AgentProcess) -> str:
         return str(client.fetch_x509_context().default_svid.spiffe_id)
 
 
-def test_garbage_bytes_are_dropped(agent: AgentProcess) -> None:
+def test_garbage_bytes_are_dropped_and_the_cause_logged(agent: AgentProcess) -> None:
     payloads = [
         b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n",
         os.urandom(70_000),
@@ -54,6 +55,18 @@ def test_garbage_bytes_are_dropped(agent: AgentProcess) -> None:
             while sock.recv(65536):  # the agent answers, then hangs up
                 pass
     assert still_serving(agent) == "spiffe://example.org/steady"
+
+    def bad_prefaces() -> list[dict[str, object]]:
+        events = agent.log_events()
+        found = [e for e in events if e.get("event") == "peercred_front.bad_preface"]
+        return found if len(found) >= 3 else []
+
+    logged = wait_for(bad_prefaces, 30, "three peercred_front.bad_preface log lines")
+    assert {(e["pid"], e["uid"]) for e in logged} == {(os.getpid(), os.getuid())}
+    causes = [str(e["cause"]) for e in logged]
+    assert "closed after 0 of the 24 HTTP/2 preface bytes" in causes  # the empty payload
+    assert "not an HTTP/2 preface: first bytes b'GET / HTTP/1.1\\r\\n'" in causes
+    assert sum(c.startswith("not an HTTP/2 preface") for c in causes) == 2  # + the random bytes
 
 
 def test_oversized_request_is_refused(agent: AgentProcess) -> None:
@@ -98,6 +111,15 @@ def test_a_thousand_connect_and_drop_clients_leave_open_streams_working(
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(agent.socket_path))
     assert still_serving(agent) == "spiffe://example.org/steady"
+    # Then a few hundred at once (under the per-uid cap), all held while a client is served.
+    held = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(300)]
+    try:
+        for sock in held:
+            sock.connect(str(agent.socket_path))
+        assert still_serving(agent) == "spiffe://example.org/steady"
+    finally:
+        for sock in held:
+            sock.close()
 
     # Changing the entry re-signs its SVID; the stream opened before the flood must see it.
     entry_id = next(e["id"] for e in running_server.cli_json("entry", "show")["entries"])

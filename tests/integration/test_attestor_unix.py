@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trio
 
 from attestors.interface import AttestationError, Caller
 from attestors.workload.unix import UnixAttestor, UnixConfig
@@ -90,7 +91,10 @@ async def test_a_caller_whose_uid_changed_after_connecting_gets_no_identity() ->
         assert "unix:uid:65534" in values(await unix().attest(now_nobody))
 
 
-async def test_exec_of_another_binary_is_seen_at_the_next_attestation() -> None:
+async def test_attestor_reads_the_executable_running_at_attestation_time() -> None:
+    # The attestor describes whatever the pid runs now. That a process which execs another
+    # binary never gets the other identity is the Workload API's job (the caller's executable
+    # is pinned at accept: tests/integration/test_agent_caller_exec.py).
     script = "import os, sys; sys.stdin.readline(); os.execv(sys.argv[1], ['sleep', '300'])"
     with running([sys.executable, "-c", script, SLEEP]) as (proc, caller):
         attestor = unix(discover_workload_path=True)
@@ -196,3 +200,27 @@ def test_unreadable_proc_entries_are_a_clear_error() -> None:
             env={**os.environ, "PYTHONPATH": str(root)},
         ).stdout
     assert out.strip() == f"unix attestor: permission denied reading exe of pid {caller.pid}"
+
+
+def test_default_size_limit_is_256_mib() -> None:
+    assert UnixConfig().workload_size_limit == 256 << 20
+
+
+async def test_abandoned_hashes_do_not_starve_other_thread_work(tmp_path: Path) -> None:
+    # A runnable executable whose hash takes a while: sleep plus a sparse tail.
+    big = tmp_path / "big"
+    shutil.copy(SLEEP, big)
+    os.truncate(big, 1 << 30)
+    attestor = unix(discover_workload_path=True, workload_size_limit=0)
+    default = trio.to_thread.current_default_thread_limiter()
+    with running(["big", "300"], executable=str(big)) as (_, caller):
+        async with trio.open_nursery() as nursery:
+            for _ in range(int(default.total_tokens) + 5):  # more than the whole default pool
+                nursery.start_soon(attestor.attest, caller)
+            with trio.fail_after(30):
+                while not attestor.hash_limiter.statistics().tasks_waiting:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # polling with a deadline
+            nursery.cancel_scope.cancel()  # the callers' deadlines: hashing threads abandoned
+        assert default.borrowed_tokens < default.total_tokens
+        with trio.fail_after(10):
+            assert await trio.to_thread.run_sync(os.getpid) == os.getpid()

@@ -14,15 +14,18 @@ import sqlalchemy as sa
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId
 from server.datastore import (
+    AgentBanned,
     AgentNotFound,
     AgentRecord,
     Datastore,
+    DuplicateEntry,
     DuplicateJoinToken,
     JoinTokenError,
     JoinTokenExpired,
     JoinTokenNotFound,
     JoinTokenUsed,
 )
+from server.entries import RegistrationEntry
 from tests.datastores import Clock
 from tests.postgres import BACKEND_PARAMS, database_url
 
@@ -67,7 +70,12 @@ def test_agent_round_trip_and_replace(store: Datastore, clock: Clock) -> None:
     assert store.get_agent(AGENT_ID) == first
     clock.now += timedelta(minutes=30)
     renewed = agent(
-        clock, serial_number="99", new_serial_number="100", selectors=(Selector("a", "b"),)
+        clock,
+        serial_number="99",
+        new_serial_number="100",
+        svid_fingerprint="ab" * 32,
+        new_svid_fingerprint="cd" * 32,
+        selectors=(Selector("a", "b"),),
     )
     stored = store.put_agent(renewed)
     assert stored == replace(renewed, created_at=first.created_at, updated_at=clock.now)
@@ -83,7 +91,12 @@ def test_ban_and_evict(store: Datastore, clock: Clock) -> None:
     assert banned.banned
     assert store.list_agents(banned=True) == [banned]
     assert store.list_agents(banned=False) == [other]
-    assert store.delete_agent(AGENT_ID) == banned
+    # A ban sticks: evicting would forget it, and a re-attestation racing it cannot lift it.
+    with pytest.raises(AgentBanned, match="banned"):
+        store.delete_agent(AGENT_ID)
+    assert store.put_agent(agent(clock, serial_number="2")).banned
+    assert store.set_agent_banned(AGENT_ID, False).banned is False
+    assert store.delete_agent(AGENT_ID).serial_number == "2"
     assert store.find_agent(AGENT_ID) is None
     with pytest.raises(AgentNotFound):
         store.get_agent(AGENT_ID)
@@ -106,6 +119,26 @@ def test_join_token_is_used_once(store: Datastore, clock: Clock) -> None:
         store.consume_join_token("secret-1")
     with pytest.raises(JoinTokenNotFound):
         store.consume_join_token("secret-2")
+
+
+def test_join_token_and_its_alias_entry_are_stored_together(store: Datastore, clock: Clock) -> None:
+    def alias(token: str, entry_id: str) -> RegistrationEntry:
+        return RegistrationEntry(
+            id=entry_id,
+            spiffe_id=SpiffeId.parse("spiffe://example.org/node"),
+            parent_id=SpiffeId.parse(f"spiffe://example.org/insignia/agent/join_token/{token}"),
+            selectors=(Selector("spiffe_id", "x"),),
+            created_at=clock.now,
+        )
+
+    expires = clock.now + timedelta(seconds=600)
+    store.create_join_token("t1", expires, alias("t1", "e1"))
+    assert store.get_entry("e1").parent_id.path.endswith("/t1")
+    with pytest.raises(DuplicateEntry):  # the entry fails: the token must not be left behind
+        store.create_join_token("t2", expires, alias("t2", "e1"))
+    with pytest.raises(JoinTokenNotFound):
+        store.consume_join_token("t2")
+    store.consume_join_token("t1")
 
 
 def test_join_token_expires(store: Datastore, clock: Clock) -> None:

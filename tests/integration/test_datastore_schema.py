@@ -5,14 +5,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from insignia.spiffeid import TrustDomain
+from insignia.spiffeid import SpiffeId, TrustDomain
 from server.datastore import (
     Datastore,
     DatastoreUnavailable,
@@ -69,10 +73,44 @@ def test_migrated_schema_matches_the_model(url: str) -> None:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == "0002"
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
+
+
+def test_0002_adds_svid_fingerprints_and_keeps_agents(url: str) -> None:
+    """An agent attested under schema 0001 survives the upgrade, with "" fingerprints
+    (meaning "recorded before fingerprints": the serial alone is checked until renewal)."""
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            upgrade_to(conn, "0001")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO agents VALUES ('spiffe://example.org/insignia/agent/a', "
+                    "'join_token', '7', '', :t, false, false, :t, :t)"
+                ),
+                {"t": datetime(2030, 1, 1)},
+            )
+    finally:
+        engine.dispose()
+    with Datastore.open(url) as store:
+        agent = store.get_agent(SpiffeId.parse("spiffe://example.org/insignia/agent/a"))
+        assert (agent.serial_number, agent.svid_fingerprint, agent.new_svid_fingerprint) == (
+            "7",
+            "",
+            "",
+        )
+        store.put_agent(replace(agent, svid_fingerprint="ab" * 32))
+        assert store.get_agent(agent.spiffe_id).svid_fingerprint == "ab" * 32
+
+
+def upgrade_to(conn: sa.Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", "server.datastore:migrations")
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
 
 
 def test_reopening_keeps_data_and_does_not_migrate_again(url: str) -> None:

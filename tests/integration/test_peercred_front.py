@@ -98,6 +98,7 @@ def run_front(
     mode: int = 0o777,
     gid: int | None = None,
     max_connections: int = 10_000,
+    max_connections_per_uid: int = 10_000,
     server_options: tuple[tuple[str, Any], ...] = (),
     grace: float = 2.0,
 ) -> None:
@@ -113,6 +114,7 @@ def run_front(
                     mode=mode,
                     gid=gid,
                     max_connections=max_connections,
+                    max_connections_per_uid=max_connections_per_uid,
                     server_options=server_options,
                     grace=grace,
                     task_status=task_status,
@@ -403,6 +405,28 @@ def test_connections_over_the_limit_are_closed_at_once(public_dir: Path, tmp_pat
             s.close()
 
     run_front(public_dir, tmp_path / "private", body, max_connections=3)
+
+
+@pytest.mark.root
+def test_a_uid_at_its_connection_cap_does_not_block_another_uid(
+    public_dir: Path, tmp_path: Path
+) -> None:
+    async def body(front: Front) -> None:
+        await _drained(front.table)  # the self-test connection has gone
+        held = [await trio.to_thread.run_sync(_connect, front.public) for _ in range(3)]
+        with trio.fail_after(10):
+            while len(front.table) < 3:  # noqa: ASYNC110 - polling with a deadline
+                await trio.sleep(0.01)
+        extra = await trio.to_thread.run_sync(_connect, front.public)
+        extra.settimeout(10)
+        assert await trio.to_thread.run_sync(extra.recv, 1) == b""  # root is at its cap
+        extra.close()
+        out = await _client(front, prefix=AS_NOBODY)  # while root still holds all three
+        assert [out["seen"]["uid"], out["seen"]["pid"]] == [65534, out["me"][0]]
+        for s in held:
+            s.close()
+
+    run_front(public_dir, tmp_path / "private", body, max_connections_per_uid=3)
 
 
 def test_self_test_refuses_when_peers_are_not_identified(tmp_path: Path) -> None:

@@ -187,6 +187,27 @@ def test_mint_bundle_and_independent_verifiers(
     assert server.cli("healthcheck").stdout.strip() == "ready"
 
 
+def test_the_servers_tls_name_is_reserved(running_server: ServerProcess) -> None:
+    """An SVID with the DNS name agents check could pose as the server: never issue one."""
+    server = running_server
+    web = ("spiffe://example.org/web", "spiffe://example.org/insignia/server", ["unix:uid:1"])
+    created = server.cli(
+        "entry", "create", "--spiffe-id", web[0], "--parent-id", web[1], "--selector", "unix:uid:1",
+        "--dns", "insignia-server", check=False,
+    )  # fmt: skip
+    assert created.returncode == 1 and "reserved" in created.stderr
+    entry_id = server.create_entry(*web, "--dns", "web.example.org")
+    updated = server.cli("entry", "update", entry_id, "--dns", "Insignia-Server", check=False)
+    assert updated.returncode == 1 and "reserved" in updated.stderr
+    assert "insignia-server" not in server.cli("entry", "show", "--id", entry_id).stdout.lower()
+    for spiffe_id, dns in [
+        ("spiffe://example.org/minted", "insignia-server"),
+        ("spiffe://example.org/insignia/server", "m.example.org"),
+    ]:
+        minted = server.cli("x509", "mint", "--spiffe-id", spiffe_id, "--dns", dns, check=False)
+        assert minted.returncode == 1 and "INVALID_ARGUMENT" in minted.stderr, minted.stderr
+
+
 @pytest.mark.root
 def test_admin_callers_are_checked_and_audited(server_factory: ServerFactory) -> None:
     # pytest's tmp_path is 0700: put the socket where another uid can reach it at all

@@ -115,6 +115,8 @@ def test_nested_parent_may_be_any_workload_id() -> None:
         ({"dns_names": [".".join(["abcdefgh"] * 29)]}, "dns_names"),
         ({"dns_names": ["a.*.com"]}, "dns_names"),
         ({"dns_names": "web.example.com"}, "dns_names"),
+        ({"dns_names": ["insignia-server"]}, "dns_names"),  # the server's TLS name
+        ({"dns_names": ["Insignia-Server"]}, "dns_names"),
         ({"federates_with": ["example.org"]}, "federates_with"),
         ({"federates_with": ["Bad.Org"]}, "federates_with"),
         ({"federates_with": ["spiffe://b.org/path"]}, "federates_with"),

@@ -49,6 +49,12 @@ def test_refusals(authority, uris, kwargs, reason) -> None:  # type: ignore[no-u
         sign_x509_svid(authority, csr, WEB, timedelta(minutes=5), now=NOW)
 
 
+def test_the_servers_tls_name_is_never_signed(authority) -> None:  # type: ignore[no-untyped-def]
+    csr = make_csr(generate_key(KeyType.EC_P256), [str(WEB)])
+    with pytest.raises(SigningRefused, match="reserved"):
+        sign_x509_svid(authority, csr, WEB, timedelta(minutes=5), ["INSIGNIA-SERVER"], NOW)
+
+
 def test_bad_signature_and_garbage(authority) -> None:  # type: ignore[no-untyped-def]
     csr = bytearray(make_csr(generate_key(KeyType.EC_P256), [str(WEB)]))
     csr[-3] ^= 0x55
