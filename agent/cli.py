@@ -76,7 +76,8 @@ def run(config_path: Path, join_token: str | None) -> None:
     from agent.node_attestation import AttestationRefused
     from attestors.registry import load_node_attestor_agent, load_workload_attestors
     from insignia import runtime
-    from insignia.logs import configure_logging
+    from insignia.files import UnsafeDirectory
+    from insignia.logs import configure_logging, get_logger
 
     try:
         config = load_agent_config(config_path)
@@ -84,6 +85,12 @@ def run(config_path: Path, join_token: str | None) -> None:
             config = config.with_join_token(join_token)
         _check_trust_bundle(config, config_path)
         configure_logging(config.log.level, config.log.format)
+        if join_token is not None:
+            get_logger(__name__).warning(
+                "agent.join_token_on_command_line",
+                detail="every local user can read it in /proc/<pid>/cmdline while the agent "
+                "runs; prefer token_file under [node_attestor.join_token]",
+            )
         workload_attestors = load_workload_attestors(config.workload_attestors, config_path)
         name = config.node_attestor_name
         node_attestor = load_node_attestor_agent(
@@ -92,13 +99,17 @@ def run(config_path: Path, join_token: str | None) -> None:
     except ConfigError as exc:
         fail(str(exc), CONFIG_EXIT_CODE)
     daemon = AgentDaemon(config, workload_attestors, node_attestor)
-    refused: AttestationRefused | None = None
+    refused: AttestationRefused | UnsafeDirectory | None = None
     try:
         runtime.run(daemon.run)
     except* AttestationRefused as group:
         first = group.exceptions[0]
         assert isinstance(first, AttestationRefused)
         refused = first
+    except* UnsafeDirectory as group:
+        unsafe = group.exceptions[0]
+        assert isinstance(unsafe, UnsafeDirectory)
+        refused = unsafe
     except* KeyboardInterrupt:
         pass
     if refused is not None:

@@ -30,7 +30,7 @@ from agent.workload_api import Attest, WorkloadApi, WorkloadAttestationFailed
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
-from insignia.files import ensure_private_dir
+from insignia.files import check_owned_directory, ensure_private_dir
 from insignia.health import serve_health
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
@@ -145,6 +145,8 @@ class AgentDaemon:
         ensure_private_dir(config.data_dir)
         admin_dir = ensure_private_dir(config.admin_socket_path.parent)
         config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # Whoever can write there can replace our socket with theirs and hand out identities.
+        check_owned_directory(config.socket_path.parent, frozenset({0, os.geteuid()}))
         _remove_stale_socket(config.admin_socket_path)
         server = await self.keeper.start(self.backoff)
         timeout = config.workload.attestation_timeout.total_seconds()

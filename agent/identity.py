@@ -28,8 +28,8 @@ from agent.node_attestation import (
     save_identity,
 )
 from agent.rotation import draw_jitter, half_life_renewal
-from agent.signing import authority_ids
 from agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate, is_eviction
+from agent.signing import authority_ids
 from attestors.interface import NodeAttestorAgent
 from insignia.backoff import Backoff
 from insignia.bundle import Bundle

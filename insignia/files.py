@@ -14,10 +14,13 @@ from pathlib import Path
 
 
 class UnsafeDirectory(Exception):
-    """A directory that should be private is owned by someone else or is not a directory."""
+    """A directory we put keys or sockets in is not a directory, or others could change it."""
 
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}; expected a directory owned by uid {os.geteuid()}")
+    def __init__(self, path: Path, reason: str, expected: str | None = None) -> None:
+        expected = expected or (
+            f"a directory owned by uid {os.geteuid()}, not writable by group or others"
+        )
+        super().__init__(f"{path}: {reason}; expected {expected}")
         self.path = path
         self.reason = reason
 
@@ -58,18 +61,37 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` (and parents) if missing and make it 0700, owned by the current uid.
+    """Create `path` (and parents) 0700 if missing; accept an existing one only if it is safe.
 
-    Refuses a directory owned by another uid or a symlink: a daemon must not put keys or
-    sockets somewhere another user controls.
+    A directory we create is 0700 and ours. An existing one is never chmod'ed: it may be a
+    shared one such as /run (admin_socket = "/run/x.sock"), and silently narrowing it would
+    break everything else that lives there. It is refused, untouched, if it is a symlink or
+    not a directory, owned by another uid, or writable by group or others: a daemon must not
+    put keys or sockets where another user could swap them. Its contents keep their own
+    modes (keys 0600 through atomic_write).
     """
     directory = Path(path)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        check_owned_directory(directory, frozenset({os.geteuid()}))
+        return directory
+    os.chmod(directory, 0o700)  # mkdir's mode passed through the umask; make it exact
+    return directory
+
+
+def check_owned_directory(directory: Path, owners: frozenset[int]) -> None:
+    """Raise UnsafeDirectory unless `directory` is a real directory owned by one of `owners`
+    and not writable by group or others (who could otherwise replace what we put there)."""
+    expected = (
+        f"a directory owned by uid {' or '.join(map(str, sorted(owners)))}, "
+        "not writable by group or others"
+    )
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeDirectory(directory, "not a directory (symlink or file)")
-    if st.st_uid != os.geteuid():
-        raise UnsafeDirectory(directory, f"owned by uid {st.st_uid}")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(directory, 0o700)
-    return directory
+        raise UnsafeDirectory(directory, "not a directory (symlink or file)", expected)
+    if st.st_uid not in owners:
+        raise UnsafeDirectory(directory, f"owned by uid {st.st_uid}", expected)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = f"{stat.S_IMODE(st.st_mode):04o}"
+        raise UnsafeDirectory(directory, f"mode {mode} is writable by group or others", expected)

@@ -87,6 +87,7 @@ class ServerCore:
         self.limits = EntryLimits(self.trust_domain, guaranteed * 6, guaranteed * 6)
         self._bundle_sequence = 0
         self.ca_lock = trio.Lock()
+        self.attestations_in_flight = 0  # on the event loop thread only: no lock
         self.ready_reason: str | None = "starting"
         processes = api.signing_processes
         self.signer = SignerPool(default_processes() if processes < 0 else processes)

@@ -157,15 +157,12 @@ async def _serve_agent_api(
 
     async def start() -> tuple[grpc.aio.Server, int, grpc.aio.Server, int]:
         """Two servers, not two ports on one: the unauthenticated attestation port gets its
-        own message size limit and cap on concurrent RPCs (more are RESOURCE_EXHAUSTED)."""
+        own message size limit (the cap on concurrent attestations is in node_attestation)."""
         servicer, host = AgentApi(core), api.bind_address
         server = grpc.aio.server(options=GRPC_OPTIONS)
         agent_pb2_grpc.add_AgentAPIServicer_to_server(servicer, server)
         port = server.add_secure_port(f"{host}:{api.port}", tls.agent_api.credentials)
-        attestation = grpc.aio.server(
-            options=ATTESTATION_GRPC_OPTIONS,
-            maximum_concurrent_rpcs=api.max_concurrent_attestations,
-        )
+        attestation = grpc.aio.server(options=ATTESTATION_GRPC_OPTIONS)
         agent_pb2_grpc.add_AgentAPIServicer_to_server(servicer, attestation)
         att = attestation.add_secure_port(
             f"{host}:{api.attestation_port}", tls.attestation.credentials

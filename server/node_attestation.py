@@ -42,9 +42,19 @@ async def _next(requests: AsyncIterator[agent_pb2.AttestRequest]) -> agent_pb2.A
 async def attest_agent(
     core: ServerCore, request_iterator: Any, context: Context, outcome: list[str]
 ) -> None:
-    """The whole attestation, bounded by `agent_api.attestation_timeout`: the port is
-    unauthenticated, so a peer that stalls (or answers challenges slowly) is cut off."""
-    timeout = core.config.agent_api.attestation_timeout.total_seconds()
+    """The whole attestation, bounded: the port is unauthenticated, so a peer that stalls (or
+    answers challenges slowly) is cut off after `agent_api.attestation_timeout`, and at most
+    `agent_api.max_concurrent_attestations` run at once."""
+    api = core.config.agent_api
+    if core.attestations_in_flight >= api.max_concurrent_attestations:
+        outcome[0] = "RESOURCE_EXHAUSTED"
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{core.attestations_in_flight} concurrent attestations in progress "
+            f"(max_concurrent_attestations); retry shortly",
+        )
+    timeout = api.attestation_timeout.total_seconds()
+    core.attestations_in_flight += 1
     try:
         async with asyncio.timeout(timeout):
             await _attest(core, request_iterator, context, outcome)
@@ -54,6 +64,8 @@ async def attest_agent(
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED, f"attestation did not finish within {timeout:g}s"
         )
+    finally:
+        core.attestations_in_flight -= 1
 
 
 async def _attest(

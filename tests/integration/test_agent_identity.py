@@ -125,3 +125,13 @@ def test_the_agent_renews_its_own_svid_and_keeps_working(
 def _agent_serial(agent: AgentProcess) -> int:
     pem = (agent.data_dir / "agent_svid.pem").read_bytes()
     return x509.load_pem_x509_certificates(pem)[0].serial_number
+
+
+def test_a_join_token_on_the_command_line_is_warned_about(agent_factory: AgentFactory) -> None:
+    agent = agent_factory(start=False)
+    done = agent_cli(
+        "run", "--config", str(agent.config_path), "--join-token", "00000000-0000-0000-0000-0"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "agent.join_token_on_command_line" in done.stdout + done.stderr
+    assert "token_file" in done.stdout + done.stderr

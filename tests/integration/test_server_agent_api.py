@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from insignia_proto import admin_pb2, agent_pb2
+from insignia_proto import admin_pb2, agent_pb2, agent_pb2_grpc
 
+from attestors.node.join_token import JoinTokenPayload
+from attestors.node.messages import encode
 from insignia.keys import KeyType, generate_key
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_agent_client import (
     attest_join_token,
+    attestation_channel,
     der_chain_to_pem,
     make_csr,
 )
@@ -203,7 +207,8 @@ def test_renew_agent_svid(running_server: ServerProcess) -> None:
 
 
 def test_per_ip_rate_limits(server_factory: ServerFactory) -> None:
-    server = server_factory(agent_api={"attestation_rate": 0.01, "signing_rate": 5})
+    limits = {"attestation_rate": 0.01, "x509_signing_rate": 5, "jwt_signing_rate": 5}
+    server = server_factory(agent_api=limits)
     agent = attest_join_token(server, server.join_token())
     with pytest.raises(grpc.RpcError) as limited:
         attest_join_token(server, server.join_token())
@@ -215,4 +220,58 @@ def test_per_ip_rate_limits(server_factory: ServerFactory) -> None:
         stub.BatchNewJWTSVID(agent_pb2.BatchNewJWTSVIDRequest(params=[params] * 5), timeout=30)
         with pytest.raises(grpc.RpcError) as over:
             stub.BatchNewJWTSVID(agent_pb2.BatchNewJWTSVIDRequest(params=[params] * 5), timeout=30)
-    assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "jwt signing rate limit" in (over.value.details() or "")
+        # A workload spending its node's JWT budget does not hold up X.509 rotation.
+        csr = make_csr(generate_key(KeyType.EC_P256), ["spiffe://example.org/w"])
+        x509_params = [agent_pb2.X509SVIDParams(entry_id=entry_id, csr=csr)] * 5
+        batch = stub.BatchNewX509SVID(
+            agent_pb2.BatchNewX509SVIDRequest(params=x509_params), timeout=30
+        )
+        assert all(r.svid_chain and not r.error for r in batch.results)
+
+
+def attest_with_csr(server: ServerProcess, token: str, csr: bytes) -> agent_pb2.AttestResult:
+    params = agent_pb2.AttestParams(
+        attestor="join_token", payload=encode(JoinTokenPayload(token=token)), csr=csr
+    )
+    with attestation_channel(server) as channel:
+        stub = agent_pb2_grpc.AgentAPIStub(channel)
+        responses = list(stub.Attest(iter([agent_pb2.AttestRequest(params=params)]), timeout=30))
+    return responses[-1].result
+
+
+def test_a_refused_csr_does_not_use_up_the_join_token(running_server: ServerProcess) -> None:
+    server = running_server
+    token = server.join_token()
+    key = generate_key(KeyType.EC_P256)
+    for bad_csr in (
+        make_csr(key, [server.agent_id(token)], dns=["node.example.org"]),
+        make_csr(key, ["spiffe://example.org/not-an-agent"]),
+        make_csr(key, [server.agent_id(token)], ca=True),
+        b"not a CSR",
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            attest_with_csr(server, token, bad_csr)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    result = attest_with_csr(server, token, make_csr(key, [server.agent_id(token)]))
+    assert result.agent_id == server.agent_id(token)
+
+
+def test_internal_errors_do_not_leak_to_callers(running_server: ServerProcess) -> None:
+    server = running_server
+    token = server.join_token()
+    database = server.data_dir / "datastore.sqlite3"
+    with sqlite3.connect(database, timeout=30) as db:
+        db.execute("ALTER TABLE agents RENAME TO agents_elsewhere")
+    try:
+        with pytest.raises(grpc.RpcError) as failed:
+            attest_join_token(server, token)
+    finally:
+        with sqlite3.connect(database, timeout=30) as db:
+            db.execute("ALTER TABLE agents_elsewhere RENAME TO agents")
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.value.details() == "the server's datastore is unavailable; retry later"
+    logged = [r for r in server.log_lines() if r.get("event") == "datastore unavailable"]
+    assert logged and "no such table: agents" in logged[-1]["error"]  # the detail stays here
+    assert attest_join_token(server, token).agent_id == server.agent_id(token)  # not burnt

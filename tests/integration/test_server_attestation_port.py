@@ -5,78 +5,77 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import pytest
 from insignia_proto import agent_pb2, agent_pb2_grpc
 
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import attestation_channel
+from tests.integration.server_agent_client import attest_join_token, attestation_channel
 from tests.integration.server_fixtures import ServerProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def silent_attest(server: ServerProcess, release: threading.Event) -> Iterator[object]:
-    """Open Attest and send nothing until `release` is set; yields the response stream."""
+@contextmanager
+def silent_attest(server: ServerProcess) -> Iterator[Iterator[agent_pb2.AttestResponse]]:
+    """An open Attest stream on which the client sends nothing (until the block ends)."""
+    release = threading.Event()
 
     def nothing() -> Iterator[agent_pb2.AttestRequest]:
         release.wait(60)
-        return
-        yield  # a generator that never produces a message
+        yield from ()
 
     with attestation_channel(server) as channel:
-        stub = agent_pb2_grpc.AgentAPIStub(channel)
-        yield stub.Attest(nothing(), timeout=60)
+        try:
+            yield agent_pb2_grpc.AgentAPIStub(channel).Attest(nothing(), timeout=60)
+        finally:
+            release.set()
+
+
+def attest_params(server: ServerProcess, payload: bytes) -> grpc.RpcError | None:
+    """One Attest carrying only params; the error it ended with (None: it succeeded)."""
+    request = agent_pb2.AttestRequest(
+        params=agent_pb2.AttestParams(attestor="join_token", payload=payload)
+    )
+    with attestation_channel(server) as channel:
+        try:
+            list(agent_pb2_grpc.AgentAPIStub(channel).Attest(iter([request]), timeout=30))
+        except grpc.RpcError as exc:
+            return exc
+    return None
 
 
 def test_a_silent_attestation_is_cut_off_at_the_deadline(server_factory: ServerFactory) -> None:
     server = server_factory(agent_api={"attestation_timeout": "1s"})
-    release = threading.Event()
-    try:
-        for stream in silent_attest(server, release):
-            started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as cut:
-                next(stream)  # type: ignore[call-overload]
-            elapsed = time.monotonic() - started
-    finally:
-        release.set()
+    with silent_attest(server) as stream, pytest.raises(grpc.RpcError) as cut:
+        started = time.monotonic()
+        next(stream)
     assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "within 1s" in (cut.value.details() or "")
-    assert elapsed < 15  # the server's 1 s deadline, not the client's 60 s
+    assert time.monotonic() - started < 15  # the server's 1 s deadline, not the client's 60 s
 
 
 def test_streams_beyond_the_cap_are_refused(server_factory: ServerFactory) -> None:
     server = server_factory(agent_api={"max_concurrent_attestations": 1})
-    release = threading.Event()
-    try:
-        for _held in silent_attest(server, release):
-            with attestation_channel(server) as channel, pytest.raises(grpc.RpcError) as over:
-                params = agent_pb2.AttestParams(attestor="join_token", payload=b"{}")
-                request = agent_pb2.AttestRequest(params=params)
-                # wait for the held stream to be counted by the server: retry until refused
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline:
-                    stub = agent_pb2_grpc.AgentAPIStub(channel)
-                    try:
-                        list(stub.Attest(iter([request]), timeout=10))
-                    except grpc.RpcError as exc:
-                        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                            raise
-    finally:
-        release.set()
-    assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with silent_attest(server) as _held:  # unreferenced, grpc would cancel the call
+
+        def refusal() -> str | None:
+            """The RESOURCE_EXHAUSTED details ("" is falsy, so wait_for keeps polling)."""
+            error = attest_params(server, b"{}")
+            ok = error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            return (error.details() or "?") if ok and error is not None else None
+
+        details = wait_for(refusal, 15, "a second attestation to be refused")
+    assert "max_concurrent_attestations" in details
 
 
 def test_an_oversized_payload_is_refused(running_server: ServerProcess) -> None:
     server = running_server
     token = server.join_token()
-    params = agent_pb2.AttestParams(attestor="join_token", payload=b"x" * (65 * 1024))
-    with attestation_channel(server) as channel, pytest.raises(grpc.RpcError) as refused:
-        stub = agent_pb2_grpc.AgentAPIStub(channel)
-        list(stub.Attest(iter([agent_pb2.AttestRequest(params=params)]), timeout=30))
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    # nothing reached the attestor: the token is still good
-    from tests.integration.server_agent_client import attest_join_token
-
+    error = attest_params(server, b"x" * (65 * 1024))
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # it never reached the attestor: the token is still good
     assert attest_join_token(server, token).agent_id == server.agent_id(token)

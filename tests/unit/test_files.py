@@ -85,12 +85,24 @@ def test_ensure_private_dir_creates_0700_with_parents(tmp_path: Path, umask_zero
     assert mode_of(d) == 0o700
 
 
-def test_ensure_private_dir_fixes_a_wide_mode(tmp_path: Path) -> None:
+def test_ensure_private_dir_leaves_an_existing_dirs_mode_alone(tmp_path: Path) -> None:
+    # Like /run for admin_socket = "/run/x.sock": narrowing it would break its other users.
     d = tmp_path / "d"
     d.mkdir()
     d.chmod(0o755)
-    ensure_private_dir(d)
-    assert mode_of(d) == 0o700
+    assert ensure_private_dir(d) == d
+    assert mode_of(d) == 0o755
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o1777])
+def test_ensure_private_dir_refuses_a_dir_others_can_write(tmp_path: Path, mode: int) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    d.chmod(mode)
+    with pytest.raises(UnsafeDirectory, match="writable by group or others") as info:
+        ensure_private_dir(d)
+    assert info.value.path == d
+    assert mode_of(d) == mode  # refused, not changed
 
 
 def test_ensure_private_dir_refuses_a_symlink(tmp_path: Path) -> None:
@@ -103,7 +115,7 @@ def test_ensure_private_dir_refuses_a_symlink(tmp_path: Path) -> None:
 
 def test_ensure_private_dir_refuses_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UnsafeDirectory, match="not a directory"):
         ensure_private_dir(tmp_path / "f")
 
 
