@@ -78,15 +78,3 @@ def test_refuses_a_workload_socket_directory_others_can_write(
     assert f"{agent.socket_path.parent}: mode 0777 is writable by group or others" in done.stderr
     assert stat.S_IMODE(agent.socket_path.parent.stat().st_mode) == 0o777  # not "fixed"
     assert not agent.socket_path.exists()
-
-
-def test_an_existing_admin_socket_directory_keeps_its_mode(
-    running_server: ServerProcess, agent_factory: AgentFactory, tmp_path: Path
-) -> None:
-    # Like admin_socket_path = "/run/x.sock": the directory is shared, so it is not narrowed.
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o755)
-    shared.chmod(0o755)
-    agent = agent_factory(admin_socket_path=shared / "admin.sock")
-    assert agent.ready_status() == (200, "ready\n")
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o755

@@ -63,7 +63,7 @@ def test_each_change_appends_one_event(store: Datastore, clock: Clock) -> None:
     store.delete_entry(b.id)
     agent_id = SpiffeId.parse("spiffe://example.org/insignia/agent/a")
     store.put_agent(AgentRecord(agent_id, "join_token", "1", clock.now + timedelta(hours=1)))
-    store.set_agent_banned(agent_id)
+    store.set_agent_banned(agent_id, False)  # (a banned agent could not be deleted)
     store.delete_agent(agent_id)
     store.put_bundle(TD, "{}")
     store.delete_bundle(TD)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from joserfc.jwk import KeySet
 
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_fixtures import SERVER_BIN, ServerProcess, server_env
+from tests.integration.workload_processes import as_user, workload_python
 from tests.postgres import Backend
 
 pytestmark = pytest.mark.integration
@@ -210,32 +212,39 @@ def test_the_servers_tls_name_is_reserved(running_server: ServerProcess) -> None
 
 @pytest.mark.root
 def test_admin_callers_are_checked_and_audited(server_factory: ServerFactory) -> None:
-    # pytest's tmp_path is 0700: put the socket where another uid can reach it at all
+    """admin_uids works as configured: the server makes the socket reachable (0711 directory,
+    0666 socket) and authorizes every call by the caller's uid, auditing refusals."""
+    # the operator's part: the socket's parent (/run/insignia) is searchable by everyone
     public = Path(tempfile.mkdtemp(prefix="insignia-admin-"))
     public.chmod(0o755)
     server = server_factory(admin_socket=public / "admin" / "admin.sock")
-    server.admin_socket.parent.chmod(0o711)
-    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]
+    python, extra = workload_python()
 
     def nobody(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*as_nobody, str(SERVER_BIN), *args, "--socket", str(server.admin_socket)],
+            [*as_user(65534), *python, "-c", "from server.cli import main; main()", *args,
+             "--socket", str(server.admin_socket)],
             capture_output=True,
             text=True,
-            env=server_env(),
-        )
+            env={**server_env(), **extra},
+        )  # fmt: skip
 
-    refused = nobody("token", "generate")
-    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
-    assert "uid 65534" in refused.stderr
-    server.stop()
-    server.extra_config = {**server.extra_config, "admin_uids": [65534]}
-    server.write_config()
-    server.start()
-    server.admin_socket.parent.chmod(0o711)
-    allowed = nobody("token", "generate")
-    assert allowed.returncode == 0, allowed.stderr
-    shutil.rmtree(public, ignore_errors=True)
+    try:
+        assert stat.S_IMODE(server.admin_socket.parent.stat().st_mode) == 0o711
+        assert stat.S_IMODE(server.admin_socket.stat().st_mode) == 0o666
+        private = server.admin_socket.parent / "private"
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700  # the internal grpc socket
+        refused = nobody("token", "generate")
+        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        assert "uid 65534" in refused.stderr
+        server.stop()
+        server.extra_config = {**server.extra_config, "admin_uids": [65534]}
+        server.write_config()
+        server.start()
+        allowed = nobody("token", "generate")
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
     audit = [r for r in server.log_lines() if r.get("event") == "admin call"]
     results = {(r["uid"], r["method"], r["result"]) for r in audit}
     assert (65534, "CreateJoinToken", "PERMISSION_DENIED") in results

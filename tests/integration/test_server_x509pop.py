@@ -118,3 +118,24 @@ def test_x509pop_node_alias_and_refusals(
         attest_x509pop(server, config)
     assert banned.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "banned" in (banned.value.details() or "")
+
+
+def test_a_banned_agent_stays_banned_through_evict(
+    server_factory: ServerFactory, node_ca: SigningAuthority, tmp_path: Path
+) -> None:
+    """x509pop agents may re-attest with the same node certificate: forgetting the ban on
+    evict would let a banned node straight back in."""
+    server = server_factory(
+        node_attestors={"x509pop": {"ca_bundle_paths": [tmp_path / "node-ca.pem"]}}
+    )
+    config = node_cert(node_ca, tmp_path / "node1", "node1")
+    agent = attest_x509pop(server, config)
+    server.cli("agent", "ban", agent.agent_id)
+    evicted = server.cli("agent", "evict", agent.agent_id, check=False)
+    assert evicted.returncode == 1
+    assert "FAILED_PRECONDITION" in evicted.stderr and "banned" in evicted.stderr
+    assert server.cli_json("agent", "show", agent.agent_id)["banned"] is True
+    with pytest.raises(grpc.RpcError) as refused:
+        attest_x509pop(server, config)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "banned" in (refused.value.details() or "")
