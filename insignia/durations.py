@@ -67,4 +67,3 @@ def _parse_text(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     return total
-

@@ -142,10 +142,6 @@ class ServerConfig(StrictModel):
         api = self.agent_api
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
-        if self.admin_socket.parent == self.data_dir:
-            raise ValueError(
-                "admin_socket must not be directly in data_dir: its directory is made 0711"
-            )
         return self
 
     @field_validator("admin_socket")

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import socket
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,9 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                 serve_health, bind, core.metrics.registry, lambda: core.ready_reason
             )
         admin = AdminApi(core, callers := CallerTable(), set(config.admin_uids))
-        socket_dir = await trio.to_thread.run_sync(admin_socket_dir, config.admin_socket)
+        socket_dir = await trio.to_thread.run_sync(
+            admin_socket_dir, config.admin_socket, config.admin_uids
+        )
         await nursery.start(
             lambda task_status: serve_grpc_with_peercred(
                 config.admin_socket,
@@ -242,15 +245,26 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                 break
 
 
-def admin_socket_dir(admin_socket: Path) -> Path:
-    """The admin socket's directory: ours, and 0711 (traverse only, no listing).
+def admin_socket_dir(admin_socket: Path, admin_uids: Sequence[int]) -> Path:
+    """The admin socket's directory: made 0711 (traverse only, no listing) if we create it.
 
     The socket itself is open to every uid: SO_PEERCRED on each connection (root, our uid
     and `admin_uids`) is the authorization, so a listed uid must be able to reach the socket.
     The internal grpc socket behind the peer-credential front sits in a 0700 subdirectory.
+    An existing directory keeps its mode (it may be shared, like /run: see
+    `ensure_private_dir`); we only warn when it would keep `admin_uids` out.
     """
-    directory = ensure_private_dir(admin_socket.parent)  # refuses one another uid owns
-    directory.chmod(0o711)
+    created = not admin_socket.parent.exists()
+    directory = ensure_private_dir(admin_socket.parent)  # refuses an unsafe existing one
+    if created:
+        directory.chmod(0o711)
+    elif admin_uids and directory.stat().st_mode & 0o001 == 0:
+        log.warning(
+            "admin_uids cannot reach the admin socket",
+            directory=str(directory),
+            mode=f"{directory.stat().st_mode & 0o777:04o}",
+            expected="search permission for others (e.g. 0711)",
+        )
     return directory
 
 
