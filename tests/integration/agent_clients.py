@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess
 from tests.integration.server_fixtures import ServerProcess
@@ -22,18 +17,6 @@ PYSPIFFE_CLIENT = Path(__file__).with_name("agent_pyspiffe_client.py")
 # Workload uids no system account uses; root tests run workloads under them.
 UID_A = 41001
 UID_B = 41002
-
-
-@pytest.fixture(name="tmp_path")
-def short_tmp_path() -> Iterator[Path]:
-    """Replaces pytest's tmp_path in the agent test modules that import it.
-
-    Under xdist, tmp_path is about 75 characters deep before a daemon adds its socket names,
-    and a Unix socket path may not exceed 107: the server's temporary bind name overflowed.
-    """
-    path = Path(tempfile.mkdtemp(prefix="insignia-t-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def pyspiffe(agent: AgentProcess, *args: str, uid: int | None = None, timeout: float = 60) -> Any:

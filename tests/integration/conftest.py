@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,15 @@ def agent_factory(tmp_path: Path, running_server: ServerProcess) -> Iterator[Age
 def running_agent(agent_factory: AgentFactory) -> AgentProcess:
     """A ready agent attested (join token) to `running_server`; `.agent_id`, `.socket_path`."""
     return agent_factory()
+
+
+@pytest.fixture(name="tmp_path")
+def short_tmp_path() -> Iterator[Path]:
+    """Replaces pytest's tmp_path for every integration test.
+
+    Under xdist, tmp_path is about 75 characters deep before a daemon adds its socket names,
+    and a Unix socket path may not exceed 107: the server's temporary bind name overflowed.
+    """
+    path = Path(tempfile.mkdtemp(prefix="insignia-t-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

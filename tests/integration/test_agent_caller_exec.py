@@ -20,7 +20,6 @@ import pytest
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from tests.integration.agent_clients import (
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.agent_workloads import Relay, connect_from_child, exec_in_child

@@ -12,7 +12,6 @@ import pytest
 from tests.integration.agent_clients import (
     agent_cli,
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import to_toml
 from tests.integration.conftest import AgentFactory

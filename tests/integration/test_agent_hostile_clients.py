@@ -15,7 +15,6 @@ from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
 from insignia.workloadapi.client import WorkloadApiClient
 from tests.integration.agent_clients import (
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.conftest import AgentFactory

@@ -17,7 +17,6 @@ from insignia.x509ca import build_root_ca
 from tests.integration.agent_clients import (
     agent_cli,
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.conftest import AgentFactory, ServerFactory

@@ -17,7 +17,6 @@ import pytest
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from tests.integration.agent_clients import (
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.agent_gate_plugin import install_gate_plugin, make_fifos

@@ -11,7 +11,6 @@ from tests.integration.agent_clients import (
     UID_A,
     pyspiffe,
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.conftest import AgentFactory, ServerFactory
 from tests.waiting import wait_for

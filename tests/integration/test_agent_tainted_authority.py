@@ -15,7 +15,6 @@ from insignia.spiffeid import TrustDomain
 from insignia.workloadapi.client import WorkloadApiClient
 from tests.integration.agent_clients import (
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.server_fixtures import ServerProcess

@@ -22,7 +22,6 @@ from tests.integration.agent_clients import (
     agent_cli,
     pyspiffe,
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.server_fixtures import ServerProcess

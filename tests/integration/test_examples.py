@@ -19,7 +19,6 @@ from tests.integration.agent_clients import (
     UID_A,
     UID_B,
     register,
-    short_tmp_path,  # noqa: F401  (the tmp_path fixture)
 )
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.server_fixtures import REPO, ServerProcess
