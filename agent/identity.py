@@ -28,7 +28,7 @@ from agent.node_attestation import (
     save_identity,
 )
 from agent.rotation import draw_jitter, half_life_renewal
-from agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate, is_eviction
+from agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate
 from agent.signing import authority_ids
 from attestors.interface import NodeAttestorAgent
 from insignia.backoff import Backoff
@@ -197,10 +197,11 @@ class IdentityKeeper:
                 log.info("agent.issuer_tainted", detail="renewing the agent SVID now")
             identity = self.identity
             assert identity is not None
+            generation = server.identity_generation
             try:
                 fresh = await renew(server, identity, self.config.workload.key_type, _now())
             except grpc.aio.AioRpcError as exc:
-                if is_eviction(exc):
+                if server.evicted(exc, generation):
                     raise AgentEvicted(exc.details() or exc.code().name) from exc
                 if _now() >= identity.not_after:
                     if not identity.reattestable:

@@ -104,6 +104,8 @@ class ServerClient:
         self._tls_name = tls_name
         self._roots = roots_pem
         self._identity: tuple[bytes, bytes] | None = None
+        # Bumped with every new agent SVID; lets a refusal of an older SVID be told apart.
+        self.identity_generation = 0
         self._channel: grpc.aio.Channel | None = None
         self._retired: list[grpc.aio.Channel] = []
 
@@ -120,7 +122,14 @@ class ServerClient:
         """Present a new agent SVID from now on."""
         if (chain_pem, key_pem) != self._identity:
             self._identity = (chain_pem, key_pem)
+            self.identity_generation += 1
             self._retire()
+
+    def evicted(self, exc: grpc.aio.AioRpcError, generation: int) -> bool:
+        """Whether a refusal means this agent is evicted. Once a renewed SVID is in use the
+        server refuses the old one, so a call still riding the old SVID (a Sync stream opened
+        before the renewal) is refused without the agent being evicted: it just reconnects."""
+        return is_eviction(exc) and generation == self.identity_generation
 
     def _retire(self) -> None:
         if self._channel is not None:

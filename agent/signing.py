@@ -33,7 +33,7 @@ from agent.rotation import (
     next_wakeup,
     x509_renew_reason,
 )
-from agent.server_client import AgentEvicted, ServerClient, is_eviction
+from agent.server_client import AgentEvicted, ServerClient
 from agent.workload_api import JwtUnavailable
 from insignia.backoff import Backoff
 from insignia.bundle import b64url_decode
@@ -123,13 +123,14 @@ class X509Signer:
             now = self._clock()
             due = self.due(now)
             if due:
+                generation = self._server.identity_generation
                 try:
                     for start in range(0, len(due), BATCH_SIZE):
                         await self.sign(due[start : start + BATCH_SIZE])
                     attempt = 0
                     continue
                 except grpc.aio.AioRpcError as exc:
-                    if is_eviction(exc):
+                    if self._server.evicted(exc, generation):
                         raise AgentEvicted(exc.details() or exc.code().name) from exc
                     delay = self._backoff.delay(attempt, self._rng.random())
                     attempt += 1

@@ -23,7 +23,6 @@ from agent.server_client import (
     AgentEvicted,
     ServerClient,
     StreamClosed,
-    is_eviction,
     next_message,
 )
 from insignia.backoff import Backoff
@@ -118,11 +117,12 @@ async def run_sync(
     attempt = 0
     while True:
         revision_before = (cache.store_id, cache.revision)
+        generation = server.identity_generation
         try:
             await _follow(server, cache, metrics, on_update)
             error = "server closed the stream"
         except grpc.aio.AioRpcError as exc:
-            if is_eviction(exc):
+            if server.evicted(exc, generation):
                 raise AgentEvicted(exc.details() or exc.code().name) from exc
             error = f"{exc.code().name}: {exc.details()}"
         except StreamClosed as exc:
@@ -130,7 +130,9 @@ async def run_sync(
         except InvalidSyncUpdate as exc:
             error = str(exc)
             cache.store_id, cache.revision = "", 0  # ask for full state next time
-        if (cache.store_id, cache.revision) != revision_before:
+        if (cache.store_id, cache.revision) != revision_before or (
+            generation != server.identity_generation
+        ):
             attempt = 0  # the stream made progress before it broke
         delay = backoff.delay(attempt, rng.random())
         attempt += 1

@@ -53,6 +53,7 @@ def test_an_evicted_join_token_agent_asks_for_a_new_token(
     running_server.cli("agent", "evict", old_id)
     assert running_agent.wait_exit(60) == 1
     assert "create a new join token" in running_agent.logs()
+    assert "Traceback" not in running_agent.logs()  # one clear line, not a crash
     assert not (running_agent.data_dir / "agent_svid.pem").exists()
 
     running_agent.start(running_server.join_token())
