@@ -20,7 +20,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from tests.integration.agent_fixtures import AgentProcess, wait_until
+from tests.integration.agent_fixtures import AgentProcess
+from tests.waiting import wait_for
 from tests.integration.server_fixtures import ServerProcess
 
 REFERENCE_SERVER = """
@@ -108,7 +109,7 @@ def deployment(
             "--x509-svid-ttl",
             str(x509_ttl),
         )
-        wait_until(
+        wait_for(
             lambda: (
                 (agent.metric("insignia_agent_svid_rotations_total", {"reason": "missing"}) or 0)
                 >= 1

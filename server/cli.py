@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -10,6 +9,7 @@ from typing import NoReturn
 import click
 from insignia_proto import admin_pb2
 
+from insignia import __version__
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.logs import configure_logging
 from insignia.runtime import run as run_trio
@@ -19,15 +19,8 @@ from server.cli_entry import entry
 from server.config import load_server_config
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("insignia")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), prog_name="insignia-server")
+@click.version_option(__version__, prog_name="insignia-server")
 def main() -> None:
     """Insignia server: the trust domain's CA, registration entries and agent API."""
 

@@ -7,55 +7,30 @@ one-line error (exit code 2) instead of failing on the first agent that connects
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from insignia.config import PositiveDuration, StrictModel, load_toml
+from insignia.config import (
+    Host,
+    ListenAddress,
+    LogSection,
+    PositiveDuration,
+    StrictModel,
+    TrustDomainName,
+    load_toml,
+)
 from insignia.keys import KeyType
-from insignia.logs import LogFormat, LogLevel
-from insignia.spiffeid import InvalidSpiffeId, TrustDomain
+from insignia.spiffeid import TrustDomain
 
 DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 
-def _trust_domain(value: str) -> str:
-    try:
-        TrustDomain.parse(value)
-    except InvalidSpiffeId as exc:
-        raise ValueError(exc.reason) from exc
-    return value
-
-
-def _host(value: str) -> str:
-    if value == "localhost":
-        return value
-    try:
-        ipaddress.ip_address(value)
-    except ValueError as exc:
-        raise ValueError("expected an IP address or localhost") from exc
-    return value
-
-
-def _listen_address(value: str) -> str:
-    """ "host:port" (port 0 picks a free one), or "" to disable the listener."""
-    if value == "":
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected host:port, e.g. 127.0.0.1:8080, or an empty string")
-    _host(host.strip("[]"))
-    return value
-
-
 Port = Annotated[int, Field(ge=0, le=65535)]
-ListenAddress = Annotated[str, AfterValidator(_listen_address)]
-Host = Annotated[str, AfterValidator(_host)]
 
 
 class AgentApiConfig(StrictModel):
@@ -113,13 +88,8 @@ class MetricsConfig(StrictModel):
     address: ListenAddress = "127.0.0.1:8080"
 
 
-class LogConfig(StrictModel):
-    level: LogLevel = "info"
-    format: LogFormat = "json"
-
-
 class ServerConfig(StrictModel):
-    trust_domain: Annotated[str, AfterValidator(_trust_domain)]
+    trust_domain: TrustDomainName
     data_dir: Path = DEFAULT_DATA_DIR
     admin_socket: Path = DEFAULT_ADMIN_SOCKET
     admin_uids: list[Annotated[int, Field(ge=0)]] = []
@@ -135,7 +105,7 @@ class ServerConfig(StrictModel):
     node_attestors: dict[str, dict[str, Any]] = {"join_token": {}}
     health: HealthConfig = HealthConfig()
     metrics: MetricsConfig = MetricsConfig()
-    log: LogConfig = LogConfig()
+    log: LogSection = LogSection()
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:

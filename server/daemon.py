@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +26,7 @@ from insignia.logs import get_logger
 from insignia.peercred import CallerTable
 from insignia.peercred_grpc import serve_grpc_with_peercred
 from insignia.runtime import call_asyncio, open_trio_bridge
+from insignia.systemd_notify import sd_notify
 from server.admin_api import AdminApi, admin_handlers
 from server.agent_api import AgentApi
 from server.authorities import Authorities
@@ -51,16 +50,6 @@ ATTESTATION_GRPC_OPTIONS = [
     ("grpc.max_concurrent_streams", 16),  # per connection
     ("grpc.server_handshake_timeout_ms", 10_000),
 ]
-
-
-def notify_systemd(message: bytes = b"READY=1") -> None:
-    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if it is set."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    address = "\0" + path[1:] if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.sendto(message, address)
 
 
 def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
@@ -236,11 +225,11 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         nursery.start_soon(_housekeeping_forever, core)
         await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
         log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
-        notify_systemd()
+        sd_notify("READY=1")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("shutting down", signal=signal.Signals(signum).name)
-                notify_systemd(b"STOPPING=1")
+                sd_notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
 

@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
+from insignia.closing import Closing
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId, TrustDomain
 from server.datastore import agent_queries, changelog, entry_queries, trust_queries
@@ -52,7 +53,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Datastore:
+class Datastore(Closing):
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = _utcnow) -> None:
         self._engine = engine
         self._clock = clock
@@ -77,12 +78,6 @@ class Datastore:
 
     def close(self) -> None:
         self._engine.dispose()
-
-    def __enter__(self) -> Datastore:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def ping(self) -> None:
         """Raise `DatastoreUnavailable` unless the database answers (for /ready)."""
