@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from tests.integration.agent_fixtures import AgentProcess
-from tests.waiting import wait_for
 from tests.integration.server_fixtures import ServerProcess
+from tests.waiting import wait_for
 
 REFERENCE_SERVER = """
 import asyncio, sys, grpc, grpc.aio

@@ -29,7 +29,6 @@ DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
-
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
