@@ -42,6 +42,10 @@ M = TypeVar("M", bound=Message)
 
 NO_IDENTITY = "no identity issued"
 HEADER_MISSING = "security header missing from request"
+# How long a connection's attestation is reused for its next calls, and for how many
+# connections at most. Short: the cache only spares a busy client's back-to-back calls.
+RECENT_ATTESTATION_TTL = 1.0
+RECENT_ATTESTATIONS_MAX = 4096
 
 
 class WorkloadAttestationFailed(Exception):
@@ -101,6 +105,8 @@ class WorkloadApi:
         self._jwt = jwt_source
         self._metrics = metrics
         self._validator = JwtValidator()
+        # Per connection: unary calls on one channel in quick succession share an attestation.
+        self._recent: dict[PeerCredentials, tuple[float, frozenset[Selector]]] = {}
 
     # --- the gate -------------------------------------------------------------------
 
@@ -112,6 +118,13 @@ class WorkloadApi:
             log.info("workload.header_missing", method=method, peer=context.peer())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
         creds = await self._callers.caller_or_abort(context)
+        now = time.monotonic()
+        cached = self._recent.get(creds)
+        if cached is not None and cached[0] > now:
+            # Same connection, attested moments ago: the same-process check below still runs,
+            # so only facts that change without an exec or a uid change can be this stale.
+            await self._require_same_process(context, method, creds, "since attestation")
+            return creds, cached[1]
         try:
             selectors = await self._bridge.call_trio(self._attest, creds)
         except WorkloadAttestationFailed as exc:
@@ -129,7 +142,14 @@ class WorkloadApi:
             )
         await self._require_same_process(context, method, creds, "during attestation")
         self._metrics.workloads_attested.inc()
+        self._remember(creds, selectors, now)
         return creds, selectors
+
+    def _remember(self, creds: PeerCredentials, selectors: frozenset[Selector], now: float) -> None:
+        if len(self._recent) >= RECENT_ATTESTATIONS_MAX:
+            self._recent = {c: v for c, v in self._recent.items() if v[0] > now}
+        if len(self._recent) < RECENT_ATTESTATIONS_MAX:
+            self._recent[creds] = (now + RECENT_ATTESTATION_TTL, selectors)
 
     async def _require_same_process(
         self, context: Context, method: str, creds: PeerCredentials, when: str

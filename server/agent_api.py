@@ -98,6 +98,11 @@ class AgentApi:
                 f"{limiter.retry_after(ip, cost):.2f}s",
             )
 
+    def _unauthorized(self, kind: str, entry_id: str, agent_id: SpiffeId) -> str:
+        """Count the refusal and say why: the entry is not one this agent may sign for."""
+        self.core.metrics.signing_refused.labels(kind).inc()
+        return f"entry {entry_id!r} is not authorized for {agent_id}"
+
     # --- RPCs -----------------------------------------------------------------------------
 
     @hide_internal_errors
@@ -203,13 +208,8 @@ class AgentApi:
             for params in request.params:
                 entry = authorized.get(params.entry_id)
                 if entry is None:
-                    self.core.metrics.signing_refused.labels("x509").inc()
-                    results.append(
-                        agent_pb2.X509SVIDResult(
-                            entry_id=params.entry_id,
-                            error=f"entry {params.entry_id!r} is not authorized for {agent_id}",
-                        )
-                    )
+                    error = self._unauthorized("x509", params.entry_id, agent_id)
+                    results.append(agent_pb2.X509SVIDResult(entry_id=params.entry_id, error=error))
                     continue
                 ttl = entry.x509_svid_ttl or self.core.config.default_x509_svid_ttl.total_seconds()
                 requests.append(SignRequest(params.csr, str(entry.spiffe_id), ttl, entry.dns_names))
@@ -249,13 +249,8 @@ class AgentApi:
             for params in request.params:
                 entry = authorized.get(params.entry_id)
                 if entry is None:
-                    self.core.metrics.signing_refused.labels("jwt").inc()
-                    results.append(
-                        agent_pb2.JWTSVIDResult(
-                            entry_id=params.entry_id,
-                            error=f"entry {params.entry_id!r} is not authorized for {agent_id}",
-                        )
-                    )
+                    error = self._unauthorized("jwt", params.entry_id, agent_id)
+                    results.append(agent_pb2.JWTSVIDResult(entry_id=params.entry_id, error=error))
                     continue
                 ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl else None
                 try:

@@ -190,3 +190,23 @@ def test_open_streams_follow_entry_changes_and_bundle_changes(
 
 def ids(context: X509Context) -> list[str]:
     return sorted(str(s.spiffe_id) for s in context.svids)
+
+
+def test_back_to_back_calls_on_one_connection_share_an_attestation(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(running_server, running_agent, "/busy", f"unix:uid:{os.getuid()}")
+    attested = "insignia_agent_workloads_attested_total"
+    with WorkloadApiClient(running_agent.socket_path) as client:
+        client.fetch_jwt_svids(["warm-up"])
+        before = running_agent.metric(attested) or 0
+        started = time.monotonic()
+        for i in range(20):
+            assert client.fetch_jwt_svids([f"aud-{i}"])
+        elapsed = time.monotonic() - started
+    after = running_agent.metric(attested) or 0
+    # Within the reuse window at most one attestation per elapsed second (plus one).
+    assert after - before <= int(elapsed) + 1, (before, after, elapsed)
+    with WorkloadApiClient(running_agent.socket_path) as other:
+        other.fetch_jwt_svids(["new-connection"])
+    assert (running_agent.metric(attested) or 0) == after + 1  # a new connection attests anew
