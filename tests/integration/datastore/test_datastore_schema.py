@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -25,13 +24,6 @@ from server.datastore import (
     normalize_url,
 )
 from server.datastore.schema import metadata
-from tests.postgres import BACKEND_PARAMS, database_url
-
-
-@pytest.fixture(params=BACKEND_PARAMS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database_url(request.param, tmp_path) as u:
-        yield u
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -27,26 +25,8 @@ from server.datastore import (
 )
 from server.entries import RegistrationEntry
 from tests.datastores import Clock
-from tests.postgres import BACKEND_PARAMS, database_url
 
 AGENT_ID = SpiffeId.parse("spiffe://example.org/insignia/agent/x509pop/abc")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=BACKEND_PARAMS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database_url(request.param, tmp_path) as u:
-        yield u
-
-
-@pytest.fixture
-def store(url: str, clock: Clock) -> Iterator[Datastore]:
-    with Datastore.open(url, clock=clock) as s:
-        yield s
 
 
 def agent(clock: Clock, **kw: object) -> AgentRecord:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -21,27 +19,9 @@ from server.datastore import (
 )
 from server.entries import EntryLimits, RegistrationEntry, validate_entry
 from tests.datastores import Clock
-from tests.postgres import BACKEND_PARAMS, database_url
 
 TD = TrustDomain("example.org")
 LIMITS = EntryLimits(TD, 86400, 3600)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=BACKEND_PARAMS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database_url(request.param, tmp_path) as u:
-        yield u
-
-
-@pytest.fixture
-def store(url: str, clock: Clock) -> Iterator[Datastore]:
-    with Datastore.open(url, clock=clock) as s:
-        yield s
 
 
 def entry(path: str) -> RegistrationEntry:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -18,22 +16,10 @@ from server.datastore import (
     Datastore,
     InvalidRecord,
 )
-from tests.datastores import Clock, fresh_store
-from tests.postgres import BACKEND_PARAMS
+from tests.datastores import Clock
 
 LOCAL = TrustDomain("example.org")
 PARTNER = TrustDomain("partner.org")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=BACKEND_PARAMS)
-def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Datastore]:
-    with fresh_store(request.param, tmp_path, clock) as s:
-        yield s
 
 
 def jwks(kid: str) -> str:

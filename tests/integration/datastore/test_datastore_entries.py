@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,23 +18,11 @@ from server.datastore import (
     InvalidRecord,
 )
 from server.entries import EntryLimits, RegistrationEntry, validate_entry
-from tests.datastores import Clock, fresh_store
-from tests.postgres import BACKEND_PARAMS
+from tests.datastores import Clock
 
 TD = TrustDomain("example.org")
 LIMITS = EntryLimits(TD, 86400, 3600)
 AGENT = "spiffe://example.org/insignia/agent/join_token/t1"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=BACKEND_PARAMS)
-def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Datastore]:
-    with fresh_store(request.param, tmp_path, clock) as s:
-        yield s
 
 
 def entry(path: str = "/web", **kw: Any) -> RegistrationEntry:

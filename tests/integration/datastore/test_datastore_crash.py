@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from server.datastore import Datastore
-from tests.integration.datastore_crash_writer import batch_size, expected
+from tests.integration.datastore.datastore_crash_writer import batch_size, expected
 from tests.postgres import BACKEND_PARAMS, Backend, database_url
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ROUNDS = 3
 COMMITS_PER_ROUND = 25
 
@@ -28,7 +28,7 @@ def run_until_killed(url: str, round_: str) -> list[str]:
     reported (lines still in the pipe after the kill were committed too)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.datastore_crash_writer", url, round_],
+        [sys.executable, "-m", "tests.integration.datastore.datastore_crash_writer", url, round_],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
