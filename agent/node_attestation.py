@@ -45,8 +45,10 @@ from insignia.x509svid import (
 
 log = get_logger(__name__)
 
+# The agent SVID chain and its key, in ONE file (0600) replaced atomically: written as two
+# files, a crash between the writes would leave a key that does not match the certificate,
+# and a join_token agent would then need a new token.
 SVID_FILE: Final = "agent_svid.pem"
-KEY_FILE: Final = "agent_key.pem"
 BUNDLE_FILE: Final = "bundle.spiffe.json"
 STATE_FILE: Final = "agent_state.json"
 
@@ -100,16 +102,17 @@ def save_identity(data_dir: Path, identity: AgentIdentity) -> None:
     """Persist SVID, key, bundle and state (blocking: call from a thread in trio)."""
     ensure_private_dir(data_dir)
     chain_pem, key_pem = identity.credentials_pem()
-    atomic_write(data_dir / KEY_FILE, key_pem)
-    atomic_write(data_dir / SVID_FILE, chain_pem)
+    # The bundle first: it trusts both the old and the new issuer during a rotation, so a crash
+    # before the SVID write leaves the previous, still verifiable SVID in place.
     atomic_write(data_dir / BUNDLE_FILE, identity.bundle.to_spiffe())
     state = {"spiffe_id": str(identity.spiffe_id), "reattestable": identity.reattestable}
     atomic_write(data_dir / STATE_FILE, json.dumps(state).encode())
+    atomic_write(data_dir / SVID_FILE, chain_pem + key_pem)
 
 
 def forget_identity(data_dir: Path) -> None:
     """Drop the persisted SVID (after eviction); the bundle stays as the trust anchor."""
-    for name in (SVID_FILE, KEY_FILE, STATE_FILE):
+    for name in (SVID_FILE, STATE_FILE):
         (data_dir / name).unlink(missing_ok=True)
 
 
@@ -124,8 +127,9 @@ def load_bundle(data_dir: Path, trust_domain: TrustDomain) -> Bundle | None:
 def load_identity(data_dir: Path, trust_domain: TrustDomain, now: datetime) -> AgentIdentity | None:
     """The persisted identity if it is complete, consistent and still valid; else None."""
     try:
-        chain = tuple(x509.load_pem_x509_certificates((data_dir / SVID_FILE).read_bytes()))
-        key = private_key_from_pem((data_dir / KEY_FILE).read_bytes())
+        pem = (data_dir / SVID_FILE).read_bytes()
+        chain = tuple(x509.load_pem_x509_certificates(pem))  # skips the key's PEM block
+        key = private_key_from_pem(pem)  # and this skips the certificates
         state = json.loads((data_dir / STATE_FILE).read_text())
         bundle = load_bundle(data_dir, trust_domain)
     except FileNotFoundError:
