@@ -156,8 +156,9 @@ def new_x509_slot(settings: CaSettings, keys: KeyManager, now: datetime) -> X509
 
 
 def new_jwt_slot(settings: CaSettings, keys: KeyManager, now: datetime) -> JwtSlot:
-    """A fresh JWT signing key with a random `kid`, as a prepared slot."""
-    kid = secrets.token_urlsafe(24)
+    """A fresh JWT signing key with a random `kid`, as a prepared slot. Hex, so a kid can
+    never start with '-' and be taken for an option by `authority jwt taint KID`."""
+    kid = secrets.token_hex(16)
     key = generate_key(settings.jwt_key_type)
     keys.store(key_name("jwt", kid), key)
     record = AuthorityRecord(kid, AuthorityState.PREPARED, now, now + settings.ttl)

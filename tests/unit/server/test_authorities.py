@@ -6,7 +6,7 @@ from pathlib import Path
 from insignia.keys import KeyType
 from insignia.spiffeid import TrustDomain
 from server.authorities import Authorities
-from server.ca import CaSettings, x509_authority_id
+from server.ca import CaSettings, new_jwt_slot, x509_authority_id
 from server.keymanager import DiskKeyManager, MemoryKeyManager
 from server.rotation import AuthorityState
 from tests.datastores import Clock, fresh_store
@@ -83,3 +83,12 @@ def test_disk_keys_are_private(tmp_path: Path) -> None:
     files = list((tmp_path / "keys").iterdir())
     assert len(files) == 2
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+
+
+def test_jwt_kids_are_safe_to_pass_on_a_command_line() -> None:
+    keys = MemoryKeyManager()
+    now = Clock().now
+    kids = {new_jwt_slot(SETTINGS, keys, now).record.authority_id for _ in range(64)}
+    assert len(kids) == 64
+    for kid in kids:
+        assert kid[0] != "-" and kid.isalnum(), kid  # `authority jwt taint KID` must parse
