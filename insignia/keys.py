@@ -12,6 +12,7 @@ import hashlib
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -113,8 +114,9 @@ def private_key_from_pem(data: bytes) -> PrivateKey:
     return _checked_private(key)
 
 
-def public_key_to_der(key: PublicKey) -> bytes:
-    """SubjectPublicKeyInfo DER (the form SPIRE stores JWT signing keys in)."""
+def public_key_to_der(key: CertificatePublicKeyTypes) -> bytes:
+    """SubjectPublicKeyInfo DER (the form SPIRE stores JWT signing keys in). Any key a
+    certificate can carry serialises this way, so no narrowing to PublicKey is needed."""
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

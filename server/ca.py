@@ -181,9 +181,7 @@ def to_records(state: CaState) -> list[CaKeyRecord]:
                 key_id=s.record.authority_id,
                 slot="x509",
                 status=s.record.state.value,
-                public_key=s.certificate.public_key().public_bytes(
-                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-                ),
+                public_key=public_key_to_der(s.certificate.public_key()),
                 not_after=s.record.not_after,
                 not_before=s.record.not_before,
                 certificate=b"".join(_der(c) for c in (s.chain or (s.certificate,))),
