@@ -10,7 +10,7 @@ import http.client
 import socket
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 import click
 
@@ -103,25 +103,13 @@ def run(config_path: Path, join_token: str | None) -> None:
     try:
         runtime.run(daemon.run)
     except* AttestationRefused as group:
-        refused = _first_leaf(group, AttestationRefused)
+        refused = runtime.first_leaf(group)
     except* UnsafeDirectory as group:
-        refused = _first_leaf(group, UnsafeDirectory)
+        refused = runtime.first_leaf(group)
     except* KeyboardInterrupt:
         pass
     if refused is not None:
         fail(str(refused))
-
-
-E = TypeVar("E", bound=BaseException)
-
-
-def _first_leaf(group: BaseExceptionGroup[Any], kind: type[E]) -> E:
-    """The first `kind` in a (possibly nested) group: nurseries nest their groups."""
-    for exc in group.exceptions:
-        found = _first_leaf(exc, kind) if isinstance(exc, BaseExceptionGroup) else exc
-        if isinstance(found, kind):
-            return found
-    raise LookupError(f"no {kind.__name__} in {group!r}")
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

@@ -20,6 +20,7 @@ import outcome
 import trio
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 Ts = TypeVarTuple("Ts")
 
 
@@ -40,6 +41,15 @@ class BridgeClosed(RuntimeError):
     def __init__(self, fn: object) -> None:
         super().__init__(f"cannot run {fn!r}: the trio bridge is closed (daemon shutting down)")
         self.fn = fn
+
+
+def first_leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first exception in a (possibly nested) group. Nurseries nest their groups, and a
+    daemon's CLI reports one clear line (a refusal, a config error), not a tree."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf  # type: ignore[return-value]  # a group of E holds only E leaves
 
 
 def run(trio_main: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:

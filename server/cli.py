@@ -12,6 +12,7 @@ from insignia_proto import admin_pb2
 from insignia import __version__
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.logs import configure_logging
+from insignia.runtime import first_leaf
 from insignia.runtime import run as run_trio
 from server.cli_client import admin_options, call, emit
 from server.cli_commands import agent, authority, bundle, jwt, token, x509
@@ -50,16 +51,9 @@ def run(config_path: Path) -> None:
         found, _ = group.split(ConfigError)
         if found is None:
             raise
-        _config_failure(_first(found))
+        _config_failure(first_leaf(found))
     except ConfigError as exc:
         _config_failure(exc)
-
-
-def _first(group: BaseExceptionGroup[ConfigError]) -> BaseException:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
 
 
 def _config_failure(exc: BaseException) -> NoReturn:

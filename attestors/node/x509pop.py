@@ -45,6 +45,7 @@ from attestors.interface import (
 )
 from attestors.node.messages import Message, b64decode, b64encode, decode, encode
 from attestors.node.pop import NodeKey, NodePublicKey, PopAgent, PopSession, node_public_key
+from insignia.keys import public_key_to_der
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId
 from insignia.x509ca import is_ca
@@ -83,9 +84,7 @@ def load_node_credentials(config: X509PopAgentConfig) -> tuple[list[x509.Certifi
         raise AttestationError(NAME, f"cannot load node certificate or key: {exc}") from exc
     if not isinstance(key, NodeKey):
         raise AttestationError(NAME, f"node key is {type(key).__name__}; not supported")
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != chain[0].public_key().public_bytes(der, spki):
+    if public_key_to_der(key.public_key()) != public_key_to_der(chain[0].public_key()):
         raise AttestationError(
             NAME, f"{config.private_key_path} is not the key of {config.certificate_path}"
         )

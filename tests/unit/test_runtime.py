@@ -15,7 +15,13 @@ import trio
 import trio.lowlevel
 
 from insignia import runtime
-from insignia.runtime import BridgeClosed, NotInGuestMode, call_asyncio, open_trio_bridge
+from insignia.runtime import (
+    BridgeClosed,
+    NotInGuestMode,
+    call_asyncio,
+    first_leaf,
+    open_trio_bridge,
+)
 
 
 class Boom(Exception):
@@ -284,3 +290,9 @@ def test_sigint_cancels_trio_main_then_raises_keyboard_interrupt() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=20
     )
     assert result.stdout.splitlines() == ["trio cleaned up", "KeyboardInterrupt"], result.stderr
+
+
+def test_first_leaf_digs_through_nested_nursery_groups() -> None:
+    inner = ValueError("the real cause")
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [inner, KeyError("x")])])
+    assert first_leaf(nested) is inner
