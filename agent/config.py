@@ -8,14 +8,15 @@ own keys when it is configured at start-up.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+import msgspec
+from msgspec import Meta, field
 
 from insignia.backoff import Backoff
 from insignia.config import (
+    AbsolutePath,
     ListenAddress,
     LogSection,
     PositiveDuration,
@@ -32,49 +33,38 @@ DEFAULT_SOCKET_PATH = Path("/run/insignia-agent/public/api.sock")
 DEFAULT_ADMIN_SOCKET_PATH = Path("/run/insignia-agent/private/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia-agent")
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
-def _absolute(path: Path) -> Path:
-    if not path.is_absolute():
-        raise ValueError("must be an absolute path")
-    return path
-
-
-AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
-
-
-class ServerSection(StrictModel):
+class ServerSection(StrictModel, frozen=True, kw_only=True):
     """Where the server is. Attestation has its own port (TLS without a client certificate)."""
 
-    address: str = Field(min_length=1)
+    address: Annotated[str, Meta(min_length=1)]
     port: Port = 8081
     attestation_port: Port = 8082
 
 
-class WorkloadSection(StrictModel):
+class WorkloadSection(StrictModel, frozen=True, kw_only=True):
     """How the Workload API treats callers and the SVIDs it hands them."""
 
-    attestation_timeout: PositiveDuration = timedelta(seconds=5)
+    attestation_timeout: PositiveDuration = PositiveDuration(seconds=5)
     key_type: KeyType = KeyType.EC_P256
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+    max_message_bytes: Annotated[int, Meta(ge=4096)] = 4 * 1024 * 1024
     #: Connections one uid may hold open on the Workload API socket (see peercred_front).
-    max_connections_per_uid: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_UID, ge=1)
+    max_connections_per_uid: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_CONNECTIONS_PER_UID
 
 
-class SyncSection(StrictModel):
+class SyncSection(StrictModel, frozen=True, kw_only=True):
     """Reconnect pacing toward the server (push stream, attestation, renewal): exponential
     backoff, each wait drawn between half and all of the current step."""
 
-    initial_backoff: PositiveDuration = timedelta(milliseconds=200)
-    max_backoff: PositiveDuration = timedelta(seconds=30)
-    rpc_timeout: PositiveDuration = timedelta(seconds=30)
+    initial_backoff: PositiveDuration = PositiveDuration(milliseconds=200)
+    max_backoff: PositiveDuration = PositiveDuration(seconds=30)
+    rpc_timeout: PositiveDuration = PositiveDuration(seconds=30)
 
-    @model_validator(mode="after")
-    def _ceiling_above_start(self) -> SyncSection:
+    def __post_init__(self) -> None:
         if self.max_backoff < self.initial_backoff:
             raise ValueError("max_backoff must be >= initial_backoff")
-        return self
 
     def backoff(self) -> Backoff:
         return Backoff(
@@ -82,43 +72,42 @@ class SyncSection(StrictModel):
         )
 
 
-class HealthSection(StrictModel):
+class HealthSection(StrictModel, frozen=True, kw_only=True):
     """HTTP /live and /ready (and /metrics). The admin socket serves the same, always."""
 
-    address: ListenAddress = "127.0.0.1:8089"
+    address: ListenAddress = ListenAddress("127.0.0.1:8089")
 
 
-class MetricsSection(StrictModel):
+class MetricsSection(StrictModel, frozen=True, kw_only=True):
     """Prometheus /metrics; the same listener as health when the addresses are equal."""
 
-    address: ListenAddress = "127.0.0.1:8089"
+    address: ListenAddress = ListenAddress("127.0.0.1:8089")
 
 
 def _default_workload_attestors() -> dict[str, dict[str, Any]]:
     return {"unix": {}}
 
 
-class AgentConfig(StrictModel):
+class AgentConfig(StrictModel, frozen=True, kw_only=True):
     trust_domain: TrustDomainName
     server: ServerSection
-    data_dir: AbsolutePath = DEFAULT_DATA_DIR
-    socket_path: AbsolutePath = DEFAULT_SOCKET_PATH
-    admin_socket_path: AbsolutePath = DEFAULT_ADMIN_SOCKET_PATH
+    data_dir: AbsolutePath = AbsolutePath(DEFAULT_DATA_DIR)
+    socket_path: AbsolutePath = AbsolutePath(DEFAULT_SOCKET_PATH)
+    admin_socket_path: AbsolutePath = AbsolutePath(DEFAULT_ADMIN_SOCKET_PATH)
     trust_bundle_path: AbsolutePath | None = None
     trust_bundle_format: Literal["pem", "spiffe"] = "pem"
     insecure_bootstrap: bool = False
-    node_attestor: dict[str, dict[str, Any]] = Field(min_length=1, max_length=1)
-    workload_attestors: dict[str, dict[str, Any]] = Field(
-        default_factory=_default_workload_attestors, min_length=1
+    node_attestor: Annotated[dict[str, dict[str, Any]], Meta(min_length=1, max_length=1)]
+    workload_attestors: Annotated[dict[str, dict[str, Any]], Meta(min_length=1)] = field(
+        default_factory=_default_workload_attestors
     )
-    workload: WorkloadSection = WorkloadSection()
-    sync: SyncSection = SyncSection()
-    health: HealthSection = HealthSection()
-    metrics: MetricsSection = MetricsSection()
-    log: LogSection = LogSection()
+    workload: WorkloadSection = field(default_factory=WorkloadSection)
+    sync: SyncSection = field(default_factory=SyncSection)
+    health: HealthSection = field(default_factory=HealthSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    log: LogSection = field(default_factory=LogSection)
 
-    @model_validator(mode="after")
-    def _one_trust_bootstrap(self) -> AgentConfig:
+    def __post_init__(self) -> None:
         if self.trust_bundle_path is None and not self.insecure_bootstrap:
             raise ValueError(
                 "set trust_bundle_path (the server's CA bundle) or insecure_bootstrap = true "
@@ -131,7 +120,6 @@ class AgentConfig(StrictModel):
                 "socket_path and admin_socket_path must be in different directories: the "
                 "Workload API directory is world-reachable, the admin one is private"
             )
-        return self
 
     @property
     def node_attestor_name(self) -> str:
@@ -139,7 +127,7 @@ class AgentConfig(StrictModel):
 
     def with_join_token(self, token: str) -> AgentConfig:
         """`run --join-token`: attest with this token, whatever node attestor is configured."""
-        return self.model_copy(update={"node_attestor": {"join_token": {"token": token}}})
+        return msgspec.structs.replace(self, node_attestor={"join_token": {"token": token}})
 
     @property
     def trust_domain_value(self) -> TrustDomain:

@@ -45,7 +45,7 @@ class Caller:
     pidfd: int | None = None
 
 
-class PluginConfig(StrictModel):
+class PluginConfig(StrictModel, frozen=True, kw_only=True):
     """Base for plugin config sections: unknown keys are errors, values frozen."""
 
 

@@ -1,8 +1,9 @@
-"""The little ASGI plumbing our HTTP endpoints share, served by hypercorn on trio.
+"""The little ASGI plumbing the example services share, served by hypercorn on trio.
 
-The daemons' health endpoint and the example services are tiny ASGI apps without a framework;
-this module holds what each would otherwise repeat: the lifespan handshake (`HttpApp`), a
-complete response, and starting hypercorn so the caller learns the bound address (port 0 picks one).
+The example services are tiny ASGI apps without a framework; this module holds what each would
+otherwise repeat: the lifespan handshake (`HttpApp`), a complete response, and starting
+hypercorn so the caller learns the bound address (port 0 picks one). The daemons' own health
+endpoint does not use it (see `insignia.http_endpoint`): hypercorn costs them memory.
 """
 
 from __future__ import annotations

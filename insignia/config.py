@@ -1,20 +1,27 @@
-"""TOML config files loaded into strict pydantic models, with one-line errors naming the key.
+"""TOML config files decoded into strict msgspec structs, with one-line errors naming the key.
 
 Both daemons load their config through `load_toml`. Any problem (missing file, TOML syntax,
 unknown key, bad value) becomes a `ConfigError` whose message is one line of the form
 `<file>: <dotted.key>: <problem>`, which the CLIs print to stderr before exiting with
 `CONFIG_EXIT_CODE` (2, like a usage error).
+
+msgspec rather than pydantic: the agent has an 80 MB RSS budget (issue 4) and importing
+pydantic with its core cost about 8.6 MB of it, msgspec about 1.2 MB (measured on this
+machine; see benchmarks/agent_streams.py). Value types that need a check of their own
+(`Duration`, `Host`, ...) carry a `from_config` class method, which `_decode_hook` calls.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from pathlib import Path, PosixPath
+from typing import Any, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+import msgspec
 
 from insignia.durations import parse_duration
 from insignia.logs import LogFormat, LogLevel
@@ -22,7 +29,7 @@ from insignia.spiffeid import InvalidSpiffeId, TrustDomain
 
 CONFIG_EXIT_CODE = 2
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound=msgspec.Struct)
 
 
 class ConfigError(Exception):
@@ -36,90 +43,178 @@ class ConfigError(Exception):
         self.problem = problem
 
 
-class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are immutable once loaded."""
+class StrictModel(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base for config sections: unknown keys are errors, values are immutable once loaded.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be greater than zero")
-    return value
+    Checks across fields go in `__post_init__`, raising ValueError.
+    """
 
 
-class LogSection(StrictModel):
+class LogSection(StrictModel, frozen=True, kw_only=True):
     """The `[log]` table both daemons share; applied with `insignia.logs.configure_logging`."""
 
     level: LogLevel = "info"
     format: LogFormat = "json"
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-"""A config duration: seconds as a number or a string like "1h30m" (see insignia.durations)."""
+class Duration(timedelta):
+    """A config duration: seconds as a number or a string like "1h30m" (see insignia.durations)."""
 
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        parsed = parse_duration(value)  # type: ignore[arg-type]  # it refuses other types itself
+        return cls(days=parsed.days, seconds=parsed.seconds, microseconds=parsed.microseconds)
 
 
-def _trust_domain(value: str) -> str:
-    try:
-        TrustDomain.parse(value)
-    except InvalidSpiffeId as exc:
-        raise ValueError(exc.reason) from exc
+class PositiveDuration(Duration):
+    """A `Duration` greater than zero (a TTL, a timeout)."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        duration = super().from_config(value)
+        if duration <= timedelta(0):
+            raise ValueError(f"must be greater than zero (got {value!r})")
+        return duration
+
+
+def expect_text(value: object) -> str:
+    """`value` if it is a string; the ValueError otherwise names the type found."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
     return value
 
 
-TrustDomainName = Annotated[str, AfterValidator(_trust_domain)]
-"""A trust domain name ("example.org"), checked by `TrustDomain.parse`; kept as text."""
+class TrustDomainName(str):
+    """A trust domain name ("example.org"), checked by `TrustDomain.parse`; kept as text."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        try:
+            TrustDomain.parse(expect_text(value))
+        except InvalidSpiffeId as exc:
+            raise ValueError(f"{exc.reason} (got {value!r})") from exc
+        return cls(value)
 
 
-def _host(value: str) -> str:
+def _check_host(value: str) -> None:
     if value == "localhost":
-        return value
+        return
     try:
         ipaddress.ip_address(value)
     except ValueError as exc:
         raise ValueError("expected an IP address or localhost") from exc
-    return value
 
 
-def _listen_address(value: str) -> str:
-    if value == "":
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected host:port, e.g. 127.0.0.1:8080, or an empty string to disable")
-    _host(host.strip("[]"))
-    return value
+class Host(str):
+    """An address to bind: an IP address (v4 or v6) or "localhost"; no names that need DNS."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        try:
+            _check_host(expect_text(value))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (got {value!r})") from None
+        return cls(value)
 
 
-Host = Annotated[str, AfterValidator(_host)]
-"""An address to bind: an IP address (v4 or v6) or "localhost"; no names that need DNS."""
+class ListenAddress(str):
+    """A listener's "host:port" ("[::1]:80" for IPv6; port 0 picks a free one), or "" for none."""
 
-ListenAddress = Annotated[str, AfterValidator(_listen_address)]
-"""A listener's "host:port" ("[::1]:80" for IPv6; port 0 picks a free one), or "" for none."""
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        text = expect_text(value)
+        if text:
+            host, sep, port = text.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(
+                    "expected host:port, e.g. 127.0.0.1:8080, or an empty string to disable "
+                    f"(got {value!r})"
+                )
+            try:
+                _check_host(host.strip("[]"))
+            except ValueError as exc:
+                raise ValueError(f"{exc} (got {value!r})") from None
+        return cls(text)
 
 
-def _describe(error: Any) -> tuple[str, str]:
-    key = ".".join(str(part) for part in error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return key, "unknown key"
-    if kind == "missing":
-        return key, "required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    value = error.get("input")
-    if kind not in ("model_type", "dict_type") and not isinstance(value, dict | list):
-        message = f"{message} (got {value!r})"
-    return key, message
+class AbsolutePath(PosixPath):
+    """A path that must be absolute: a daemon's working directory is not a meaningful base."""
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        path = cls(expect_text(value))
+        if not path.is_absolute():
+            raise ValueError(f"must be an absolute path (got {value!r})")
+        return path
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    """Build the value types msgspec does not know: ours (`from_config`) and plain paths."""
+    build: Callable[[object], object] | None = getattr(kind, "from_config", None)
+    if build is not None:
+        return build(value)
+    if kind is Path:
+        return Path(expect_text(value))
+    raise NotImplementedError(f"no config decoder for {kind!r}")
+
+
+_WHERE = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
+_FIELD = re.compile(r"Object (?P<what>missing required|contains unknown) field `(?P<name>[^`]+)`")
+_TYPE_NAME = re.compile(r"`(\w+)`")
+# msgspec names JSON types; config authors write TOML.
+_TOML_NAMES = {"object": "table", "str": "string", "int": "integer", "float": "number"}
+
+
+def describe(error: msgspec.ValidationError) -> tuple[str, str]:
+    """(dotted key, problem) of a msgspec validation error: "a.b[0]" becomes "a.b.0"."""
+    match = _WHERE.fullmatch(str(error))
+    assert match is not None  # the pattern matches any text
+    message = match["message"]
+    # "[...]" stands for a dict key msgspec does not report: the dotted key stops above it.
+    parts = [p for p in re.findall(r"[^.\[\]]+", match["path"] or "") if p != "..."]
+    field = _FIELD.fullmatch(message)
+    if field is not None:
+        parts.append(field["name"])
+        message = (
+            "required key is missing" if field["what"] == "missing required" else "unknown key"
+        )
+    else:
+        message = _TYPE_NAME.sub(lambda m: _TOML_NAMES.get(m[1], m[1]), message)
+        message = message[:1].lower() + message[1:]
+    return ".".join(parts), message
+
+
+def _offending_value(data: object, key: str) -> object:
+    """The scalar at dotted `key` in `data`, or `data` itself when the key leads nowhere."""
+    for part in key.split(".") if key else ():
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return data
+    return data
 
 
 def validate_config(path: Path | str, data: dict[str, Any], model: type[Model]) -> Model:
     """Validate already-parsed data, reporting the first problem as a `ConfigError`."""
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        key, problem = _describe(exc.errors()[0])
+        return msgspec.convert(data, model, dec_hook=_decode_hook)
+    except msgspec.ValidationError as exc:
+        key, problem = describe(exc)
+        value = _offending_value(data, key)
+        if (
+            problem not in ("unknown key", "required key is missing")
+            and "(got " not in problem
+            and not isinstance(value, dict | list)
+        ):
+            problem = f"{problem} (got {value!r})"
         raise ConfigError(path, key, problem) from exc
 
 

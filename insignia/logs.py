@@ -1,8 +1,8 @@
 """Structured logging for both daemons: JSON lines for machines, aligned text for people.
 
 Everything goes to stderr (systemd's journal and container runtimes collect it there). Records
-from the standard `logging` module (hypercorn, alembic, grpc) are rendered by the same
-processors, so one log stream has one format.
+from the standard `logging` module (alembic, grpc) are rendered by the same processors, so one
+log stream has one format.
 """
 
 from __future__ import annotations

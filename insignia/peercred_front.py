@@ -26,6 +26,7 @@ from typing import cast
 
 import trio
 
+from insignia.accepting import accept_retrying
 from insignia.logs import get_logger
 from insignia.peercred import (
     NAME_PREFIX,
@@ -48,7 +49,6 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FDS_PER_CONNECTION = 4
 _FD_RESERVE = 256
 _BACKLOG = 4096
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 log = get_logger(__name__)
 
@@ -318,14 +318,7 @@ async def serve_peercred_front(
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _RESOURCE_ERRNOS:
-                        raise
-                    log.warning("peercred_front.accept_backoff", error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
+                stream = await accept_retrying(listener, "peercred_front.accept_backoff")
                 client = socket.socket(fileno=stream.socket.detach())
                 if active >= limit:
                     client.close()

@@ -101,7 +101,7 @@ class TrustDomain:
             return sid.trust_domain
         if "/" in text:
             raise InvalidTrustDomain(text, "character '/' is not one of [a-z0-9._-]")
-        return cls(text)
+        return cls(str(text))  # a plain str even from a config value type (a str subclass)
 
     def id_string(self) -> str:
         return SCHEME_PREFIX + self.name

@@ -8,10 +8,10 @@ one-line error (exit code 2) instead of failing on the first agent that connects
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from msgspec import Meta, field
 
 from insignia.config import (
     Host,
@@ -20,6 +20,7 @@ from insignia.config import (
     PositiveDuration,
     StrictModel,
     TrustDomainName,
+    expect_text,
     load_toml,
 )
 from insignia.keys import KeyType
@@ -29,96 +30,107 @@ DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
-Port = Annotated[int, Field(ge=0, le=65535)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+PositiveRate = Annotated[float, Meta(gt=0)]
 
 
-class AgentApiConfig(StrictModel):
+class AgentApiConfig(StrictModel, frozen=True, kw_only=True):
     """The agents' gRPC listeners: mTLS for everything but Attest, plain server TLS for Attest.
 
     grpcio's server credentials either require a client certificate or never ask for one, so
     node attestation (which runs before the agent has an SVID) gets a port of its own.
     """
 
-    bind_address: Host = "127.0.0.1"
+    bind_address: Host = Host("127.0.0.1")
     port: Port = 8081
     attestation_port: Port = 8082
-    attestation_rate: float = Field(default=1.0, gt=0)
+    attestation_rate: PositiveRate = 1.0
     # Separate budgets, so a flood of one kind cannot starve the other (X.509 rotation).
-    x509_signing_rate: float = Field(default=500.0, gt=0)
-    jwt_signing_rate: float = Field(default=500.0, gt=0)
+    x509_signing_rate: PositiveRate = 500.0
+    jwt_signing_rate: PositiveRate = 500.0
     # The attestation port is unauthenticated: bound what a peer can hold there.
-    attestation_timeout: PositiveDuration = timedelta(seconds=30)
-    max_concurrent_attestations: int = Field(default=256, ge=1)
+    attestation_timeout: PositiveDuration = PositiveDuration(seconds=30)
+    max_concurrent_attestations: Annotated[int, Meta(ge=1)] = 256
     # Worker processes for large X.509 signing batches; -1 = one per CPU (none on one CPU).
-    signing_processes: int = Field(default=-1, ge=-1, le=64)
+    signing_processes: Annotated[int, Meta(ge=-1, le=64)] = -1
 
 
-class DatabaseConfig(StrictModel):
-    url: str = ""  # "" = sqlite in data_dir
+class DatabaseUrl(str):
+    """ "" (SQLite in data_dir) or an SQLAlchemy URL for SQLite or PostgreSQL."""
 
-    @field_validator("url")
+    __slots__ = ()
+
     @classmethod
-    def _scheme(cls, value: str) -> str:
-        if value and not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
-            raise ValueError("expected sqlite:///path or postgresql://user@host/db")
-        return value
+    def from_config(cls, value: object) -> DatabaseUrl:
+        text = expect_text(value)
+        if text and not text.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(
+                f"expected sqlite:///path or postgresql://user@host/db (got {value!r})"
+            )
+        return cls(text)
 
 
-class UpstreamConfig(StrictModel):
+class SocketPath(PosixPath):
+    """A Unix socket path: sun_path holds at most MAX_UNIX_PATH bytes."""
+
+    @classmethod
+    def from_config(cls, value: object) -> SocketPath:
+        path = cls(expect_text(value))
+        if len(bytes(path)) > MAX_UNIX_PATH:
+            raise ValueError(f"longer than {MAX_UNIX_PATH} bytes, the limit for a Unix socket")
+        return path
+
+
+class DatabaseConfig(StrictModel, frozen=True, kw_only=True):
+    url: DatabaseUrl = DatabaseUrl("")  # "" = sqlite in data_dir
+
+
+class UpstreamConfig(StrictModel, frozen=True, kw_only=True):
     """An existing CA (PEM cert, then its chain up to the root) the server CA is signed under."""
 
     cert_file: Path
     key_file: Path
 
 
-class CaConfig(StrictModel):
+class CaConfig(StrictModel, frozen=True, kw_only=True):
     key_type: KeyType = KeyType.EC_P256
     jwt_key_type: KeyType | None = None  # None = same as key_type
-    ttl: PositiveDuration = timedelta(hours=24)
+    ttl: PositiveDuration = PositiveDuration(hours=24)
     key_manager: Literal["disk", "memory"] = "disk"
     upstream: UpstreamConfig | None = None
 
 
-class HealthConfig(StrictModel):
-    address: ListenAddress = "127.0.0.1:8080"
+class HealthConfig(StrictModel, frozen=True, kw_only=True):
+    address: ListenAddress = ListenAddress("127.0.0.1:8080")
 
 
-class MetricsConfig(StrictModel):
-    address: ListenAddress = "127.0.0.1:8080"
+class MetricsConfig(StrictModel, frozen=True, kw_only=True):
+    address: ListenAddress = ListenAddress("127.0.0.1:8080")
 
 
-class ServerConfig(StrictModel):
+class ServerConfig(StrictModel, frozen=True, kw_only=True):
     trust_domain: TrustDomainName
     data_dir: Path = DEFAULT_DATA_DIR
-    admin_socket: Path = DEFAULT_ADMIN_SOCKET
-    admin_uids: list[Annotated[int, Field(ge=0)]] = []
-    default_x509_svid_ttl: PositiveDuration = timedelta(hours=1)
-    default_jwt_svid_ttl: PositiveDuration = timedelta(minutes=5)
+    admin_socket: SocketPath = SocketPath(DEFAULT_ADMIN_SOCKET)
+    admin_uids: list[Annotated[int, Meta(ge=0)]] = []
+    default_x509_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
+    default_jwt_svid_ttl: PositiveDuration = PositiveDuration(minutes=5)
     jwt_issuer: str = ""
-    agent_svid_ttl: PositiveDuration = timedelta(hours=1)
-    agent_api: AgentApiConfig = AgentApiConfig()
-    database: DatabaseConfig = DatabaseConfig()
-    ca: CaConfig = CaConfig()
-    join_token_ttl: PositiveDuration = timedelta(seconds=600)
+    agent_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
+    agent_api: AgentApiConfig = field(default_factory=AgentApiConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    ca: CaConfig = field(default_factory=CaConfig)
+    join_token_ttl: PositiveDuration = PositiveDuration(seconds=600)
     # [node_attestors.<plugin>] sections, validated by each plugin's own config model.
-    node_attestors: dict[str, dict[str, Any]] = {"join_token": {}}
-    health: HealthConfig = HealthConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    log: LogSection = LogSection()
+    node_attestors: dict[str, dict[str, Any]] = field(default_factory=lambda: {"join_token": {}})
+    health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogSection = field(default_factory=LogSection)
 
-    @model_validator(mode="after")
-    def _distinct_ports(self) -> ServerConfig:
+    def __post_init__(self) -> None:
         api = self.agent_api
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
-        return self
-
-    @field_validator("admin_socket")
-    @classmethod
-    def _socket_path_fits(cls, value: Path) -> Path:
-        if len(bytes(value)) > MAX_UNIX_PATH:
-            raise ValueError(f"longer than {MAX_UNIX_PATH} bytes, the limit for a Unix socket")
-        return value
 
     @property
     def td(self) -> TrustDomain:

@@ -258,7 +258,7 @@ def admin_socket_dir(admin_socket: Path, admin_uids: Sequence[int]) -> Path:
 
 
 def _health_binds(config: ServerConfig) -> dict[str, str]:
-    binds = {}
+    binds: dict[str, str] = {}
     if config.health.address:
         binds["health"] = config.health.address
     if config.metrics.address and config.metrics.address != config.health.address:

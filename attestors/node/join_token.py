@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Final
 
+import msgspec
 import trio
-from pydantic import StringConstraints, ValidationError, model_validator
+from msgspec import Meta
 
 from attestors.interface import (
     AgentAttestation,
@@ -30,27 +31,25 @@ from insignia.spiffeid import SpiffeId, TrustDomain
 NAME: Final = "join_token"
 #: Tokens become a path segment of the agent ID, so they use the SPIFFE path alphabet.
 TOKEN_PATTERN: Final = r"^[A-Za-z0-9._-]{1,256}$"  # noqa: S105 (a pattern, not a secret)
-Token = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN)]
+Token = Annotated[str, Meta(pattern=TOKEN_PATTERN)]
 
 
-class JoinTokenPayload(Message):
+class JoinTokenPayload(Message, frozen=True, kw_only=True):
     token: Token
 
 
-class JoinTokenAgentConfig(PluginConfig):
+class JoinTokenAgentConfig(PluginConfig, frozen=True, kw_only=True):
     """Exactly one of `token` (often given on the command line) or `token_file`."""
 
     token: Token | None = None
     token_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _one_source(self) -> JoinTokenAgentConfig:
+    def __post_init__(self) -> None:
         if (self.token is None) == (self.token_file is None):
             raise ValueError("set exactly one of token and token_file")
-        return self
 
 
-class JoinTokenServerConfig(PluginConfig):
+class JoinTokenServerConfig(PluginConfig, frozen=True, kw_only=True):
     """No settings: tokens and their TTLs live in the datastore."""
 
 
@@ -68,8 +67,8 @@ class JoinTokenAgent:
             except OSError as exc:
                 raise AttestationError(NAME, f"cannot read token_file {path}: {exc}") from exc
         try:
-            return encode(JoinTokenPayload(token=token))
-        except ValidationError as exc:  # the token itself stays out of the message: a secret
+            return encode(msgspec.convert({"token": token}, JoinTokenPayload))
+        except msgspec.ValidationError as exc:  # the token stays out of the message: a secret
             raise AttestationError(
                 NAME, f"configured join token is malformed; expected {TOKEN_PATTERN}"
             ) from exc

@@ -10,23 +10,24 @@ import base64
 import binascii
 from typing import Final, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import msgspec
 
 from attestors.interface import AttestationError
+from insignia.config import describe
 
 #: Attestation messages are small (a few certificates at most).
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class Message(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base for attestation messages: strict types, unknown fields refused."""
 
 
 M = TypeVar("M", bound=Message)
 
 
 def encode(message: Message) -> bytes:
-    return message.model_dump_json().encode()
+    return msgspec.json.encode(message)
 
 
 def decode(plugin: str, data: bytes, model: type[M]) -> M:
@@ -34,13 +35,14 @@ def decode(plugin: str, data: bytes, model: type[M]) -> M:
     if len(data) > MAX_MESSAGE_BYTES:
         raise AttestationError(plugin, f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        return model.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "message"
+        return msgspec.json.decode(data, type=model)
+    except msgspec.ValidationError as exc:
+        where, problem = describe(exc)
         raise AttestationError(
-            plugin, f"malformed {model.__name__}: {where}: {first['msg']}"
+            plugin, f"malformed {model.__name__}: {where or 'message'}: {problem}"
         ) from exc
+    except msgspec.DecodeError as exc:
+        raise AttestationError(plugin, f"malformed {model.__name__}: not JSON: {exc}") from exc
 
 
 def b64encode(data: bytes) -> str:

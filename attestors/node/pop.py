@@ -34,12 +34,12 @@ NodeKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Privat
 NodePublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
-class PopChallenge(Message):
+class PopChallenge(Message, frozen=True, kw_only=True):
     nonce: str
     trust_domain: str
 
 
-class PopResponse(Message):
+class PopResponse(Message, frozen=True, kw_only=True):
     signature: str
 
 

@@ -18,11 +18,11 @@ import hashlib
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import ssh
-from pydantic import Field, model_validator
+from msgspec import Meta
 
 from attestors.interface import (
     AgentAttestation,
@@ -40,9 +40,9 @@ from insignia.spiffeid import SpiffeId
 NAME: Final = "sshpop"
 
 
-class SshPopPayload(Message):
-    certificate: str = Field(max_length=16384)
-    hostname: str = Field(min_length=1, max_length=253)
+class SshPopPayload(Message, frozen=True, kw_only=True):
+    certificate: Annotated[str, Meta(max_length=16384)]
+    hostname: Annotated[str, Meta(min_length=1, max_length=253)]
 
 
 def fingerprint(cert: ssh.SSHCertificate) -> str:
@@ -68,7 +68,7 @@ def principal_selectors(cert: ssh.SSHCertificate) -> tuple[Selector, ...]:
 # --- agent side -------------------------------------------------------------------------------
 
 
-class SshPopAgentConfig(PluginConfig):
+class SshPopAgentConfig(PluginConfig, frozen=True, kw_only=True):
     host_key_path: Path = Path("/etc/ssh/ssh_host_rsa_key")
     host_cert_path: Path = Path("/etc/ssh/ssh_host_rsa_key-cert.pub")
     #: Defaults to the system hostname.
@@ -104,18 +104,16 @@ class SshPopAgent(PopAgent[SshPopAgentConfig]):
 # --- server side ------------------------------------------------------------------------------
 
 
-class SshPopServerConfig(PluginConfig):
+class SshPopServerConfig(PluginConfig, frozen=True, kw_only=True):
     """CA public keys in authorized_keys format, inline and/or from a file (the union)."""
 
     cert_authorities: tuple[str, ...] = ()
     cert_authorities_path: Path | None = None
     canonical_domain: str | None = None
 
-    @model_validator(mode="after")
-    def _some_authority(self) -> SshPopServerConfig:
+    def __post_init__(self) -> None:
         if not self.cert_authorities and self.cert_authorities_path is None:
             raise ValueError("set cert_authorities or cert_authorities_path")
-        return self
 
 
 def load_authorities(config: SshPopServerConfig) -> frozenset[bytes]:

@@ -33,7 +33,7 @@ from cryptography.x509.verification import (
     Store,
     VerificationError,
 )
-from pydantic import Field
+from msgspec import Meta
 
 from attestors.interface import (
     AgentAttestation,
@@ -54,8 +54,8 @@ NAME: Final = "x509pop"
 MAX_CHAIN: Final = 8
 
 
-class X509PopPayload(Message):
-    certificates: Annotated[list[str], Field(min_length=1, max_length=MAX_CHAIN)]
+class X509PopPayload(Message, frozen=True, kw_only=True):
+    certificates: Annotated[list[str], Meta(min_length=1, max_length=MAX_CHAIN)]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -66,7 +66,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 # --- agent side -------------------------------------------------------------------------------
 
 
-class X509PopAgentConfig(PluginConfig):
+class X509PopAgentConfig(PluginConfig, frozen=True, kw_only=True):
     private_key_path: Path
     #: PEM: the node certificate first, then any intermediates.
     certificate_path: Path
@@ -104,9 +104,9 @@ class X509PopAgent(PopAgent[X509PopAgentConfig]):
 # --- server side ------------------------------------------------------------------------------
 
 
-class X509PopServerConfig(PluginConfig):
+class X509PopServerConfig(PluginConfig, frozen=True, kw_only=True):
     #: PEM files of the CAs that issue node certificates.
-    ca_bundle_paths: Annotated[tuple[Path, ...], Field(min_length=1)]
+    ca_bundle_paths: Annotated[tuple[Path, ...], Meta(min_length=1)]
 
 
 def load_ca_bundle(paths: tuple[Path, ...]) -> list[x509.Certificate]:

@@ -172,7 +172,7 @@ def read_container(plugin: str, caller: Caller, trust_nested: bool) -> Container
     return container_from_text(plugin, caller.pid, text, trust_nested)
 
 
-class ContainerConfig(PluginConfig):
+class ContainerConfig(PluginConfig, frozen=True, kw_only=True):
     trust_nested_containers: bool = False
 
 

@@ -13,16 +13,16 @@ and trio's cancellation then bounds the whole exchange, connect included.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Final
 
 import h11
+import msgspec
 import trio
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from msgspec import Meta, field
 
 from attestors.interface import AttestationError, Caller, PluginConfig, WorkloadAttestorPlugin
 from attestors.workload.container import read_container
-from insignia.config import PositiveDuration
+from insignia.config import PositiveDuration, describe
 from insignia.logs import get_logger
 from insignia.selectors import InvalidSelector, Selector
 
@@ -30,19 +30,18 @@ NAME: Final = "docker"
 _log = get_logger(__name__)
 
 
-class _InspectConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _InspectConfig(msgspec.Struct, frozen=True):
     Labels: dict[str, str] | None = None
     Env: list[str] | None = None
 
 
-class ContainerInspect(BaseModel):
-    """The fields of the Engine API's ContainerInspectResponse that selectors use."""
+class ContainerInspect(msgspec.Struct, frozen=True):
+    """The fields of the Engine API's ContainerInspectResponse that selectors use (the rest of
+    the document is ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
     Id: str
     Image: str
-    config: _InspectConfig = Field(default_factory=_InspectConfig, alias="Config")
+    config: _InspectConfig = field(default_factory=_InspectConfig, name="Config")
 
 
 def inspect_selectors(inspect: ContainerInspect, env_allowlist: frozenset[str]) -> list[Selector]:
@@ -91,14 +90,14 @@ async def engine_get(socket_path: str, target: str, max_bytes: int) -> tuple[int
                 raise ValueError("connection closed before a complete response")
 
 
-class DockerConfig(PluginConfig):
+class DockerConfig(PluginConfig, frozen=True, kw_only=True):
     #: Engine API socket: Docker's, or podman's (`podman system service`) compatible one.
-    socket_path: Annotated[str, StringConstraints(min_length=1)] = "/var/run/docker.sock"
+    socket_path: Annotated[str, Meta(min_length=1)] = "/var/run/docker.sock"
     #: Pin an API version (`1.41`); default: the daemon's own.
-    api_version: Annotated[str, StringConstraints(pattern=r"^1\.\d{1,3}$")] | None = None
-    timeout: PositiveDuration = Field(default="2s", validate_default=True)
+    api_version: Annotated[str, Meta(pattern=r"^1\.\d{1,3}$")] | None = None
+    timeout: PositiveDuration = PositiveDuration(seconds=2)
     env_allowlist: tuple[str, ...] = ()
-    max_response_bytes: int = Field(default=4 << 20, ge=1024)
+    max_response_bytes: Annotated[int, Meta(ge=1024)] = 4 << 20
 
 
 class DockerAttestor:
@@ -153,14 +152,13 @@ class DockerAttestor:
 
 def parse_inspect(body: bytes) -> ContainerInspect:
     """The inspect document, or ValueError with a one-line reason."""
-    value = json.loads(body)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
     try:
-        return ContainerInspect.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        return msgspec.json.decode(body, type=ContainerInspect)
+    except msgspec.ValidationError as exc:
+        where, problem = describe(exc)
+        raise ValueError(f"{where}: {problem}" if where else problem) from None
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
 
 
 PLUGIN: Final = WorkloadAttestorPlugin(

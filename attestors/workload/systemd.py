@@ -85,7 +85,7 @@ def fragment_path(unit: str, unit_dirs: Sequence[str]) -> str | None:
     return None
 
 
-class SystemdConfig(PluginConfig):
+class SystemdConfig(PluginConfig, frozen=True, kw_only=True):
     unit_dirs: tuple[str, ...] = DEFAULT_UNIT_DIRS
 
 

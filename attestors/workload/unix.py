@@ -20,10 +20,10 @@ import pwd
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final
+from typing import Annotated, Final
 
 import trio
-from pydantic import Field
+from msgspec import Meta
 
 from attestors.interface import (
     AttestationError,
@@ -129,14 +129,14 @@ class HashCache:
                 self._entries.popitem(last=False)
 
 
-class UnixConfig(PluginConfig):
+class UnixConfig(PluginConfig, frozen=True, kw_only=True):
     discover_workload_path: bool = False
     #: Largest executable hashed, in bytes; 0 means no limit (SPIRE's convention). 256 MiB
     #: covers ordinary binaries; a bigger one costs seconds of CPU per (uncached) hash.
-    workload_size_limit: int = Field(default=256 << 20, ge=0)
-    hash_cache_size: int = Field(default=4096, ge=1)
+    workload_size_limit: Annotated[int, Meta(ge=0)] = 256 << 20
+    hash_cache_size: Annotated[int, Meta(ge=1)] = 4096
     #: Attestations with `discover_workload_path` running (hashing) at once.
-    hash_concurrency: int = Field(default=2, ge=1)
+    hash_concurrency: Annotated[int, Meta(ge=1)] = 2
 
 
 class UnixAttestor:

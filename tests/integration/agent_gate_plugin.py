@@ -18,7 +18,7 @@ from attestors.interface import PluginConfig, WorkloadAttestorPlugin
 from insignia.selectors import Selector
 
 
-class GateConfig(PluginConfig):
+class GateConfig(PluginConfig, frozen=True, kw_only=True):
     started_fifo: str
     release_fifo: str
 

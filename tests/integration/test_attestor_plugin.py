@@ -21,7 +21,7 @@ from attestors.interface import Caller, PluginConfig, WorkloadAttestorPlugin
 from insignia.selectors import Selector
 
 
-class HostnameConfig(PluginConfig):
+class HostnameConfig(PluginConfig, frozen=True, kw_only=True):
     prefix: str = "host"
 
 

@@ -15,6 +15,7 @@ import trio
 
 from attestors.interface import AttestationError, Caller
 from attestors.workload.unix import UnixAttestor, UnixConfig
+from insignia.config import validate_config
 from insignia.selectors import Selector
 from tests.unit.attestors.processes import running, sleeper
 from tests.waiting import wait_for
@@ -33,7 +34,7 @@ def pid_exists(pid: int) -> bool:
 
 
 def unix(**config: object) -> UnixAttestor:
-    return UnixAttestor(UnixConfig.model_validate(config))
+    return UnixAttestor(validate_config("test.toml", config, UnixConfig))
 
 
 def sha256_of(path: str) -> str:

@@ -14,12 +14,12 @@ from insignia.config import (
 )
 
 
-class Section(StrictModel):
+class Section(StrictModel, frozen=True, kw_only=True):
     ttl: PositiveDuration = timedelta(hours=24)
     key_type: str = "ec-p256"
 
 
-class Sample(StrictModel):
+class Sample(StrictModel, frozen=True, kw_only=True):
     trust_domain: str
     port: int = 8081
     ca: Section = Section()
@@ -45,7 +45,9 @@ def test_loads_and_parses_durations(tmp_path: Path) -> None:
         ('trust_domain = "td"\n[ca]\nttl = "soon"\n', "ca.ttl", "invalid duration 'soon'"),
         ('trust_domain = "td"\n[ca]\nttl = 0\n', "ca.ttl", "greater than zero"),
         ("port = 1\n", "trust_domain", "required key is missing"),
-        ('trust_domain = "td"\nport = "x"\n', "port", "valid integer"),
+        ('trust_domain = "td"\nport = "x"\n', "port", "expected integer, got string"),
+        ('trust_domain = "td"\nca = 3\n', "ca", "expected table, got integer"),
+        ('trust_domain = "td"\nport = 1.5\n', "port", "expected integer, got number"),
         ("trust_domain = \n", "", "invalid TOML"),
     ],
 )
@@ -65,7 +67,7 @@ def test_missing_file(tmp_path: Path) -> None:
         load_toml(tmp_path / "absent.toml", Sample)
 
 
-class Listener(StrictModel):
+class Listener(StrictModel, frozen=True, kw_only=True):
     trust_domain: TrustDomainName = "example.org"
     address: ListenAddress = "127.0.0.1:8080"
 

@@ -39,6 +39,6 @@ def test_cli_surface_and_usage_errors(tmp_path):
     bad.write_text('trust_domain = "example.org"\nbogus = 1\n')
     result = runner.invoke(main, ["run", "--config", str(bad)])
     assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and "server: required key is missing" in result.output
+    assert result.output.count("\n") == 1 and "bogus: unknown key" in result.output
     result = runner.invoke(main, ["healthcheck", "--admin-socket", str(tmp_path / "none.sock")])
     assert result.exit_code == 1 and "cannot reach its admin socket" in result.output

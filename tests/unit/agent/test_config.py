@@ -45,7 +45,7 @@ def test_the_sample_config_loads():
     [
         (("", "colour = 1\n"), "colour", "unknown key"),
         (('"example.org"', '"Example.org"'), "trust_domain", "upper"),
-        (("[server]", "[server]\nport = 0"), "server.port", "greater than or equal to 1"),
+        (("[server]", "[server]\nport = 0"), "server.port", "expected integer >= 1 (got 0)"),
         (('trust_bundle_path = "/etc/insignia/bundle.pem"', ""), "", "set trust_bundle_path"),
         (
             ('trust_bundle_path = "/etc/insignia/bundle.pem"', 'trust_bundle_path = "rel.pem"'),

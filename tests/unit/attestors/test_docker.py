@@ -11,11 +11,13 @@ import json
 import socket
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
 from attestors.interface import AttestationError
 from attestors.workload.docker import DockerAttestor, DockerConfig, inspect_selectors
+from insignia.config import validate_config
 from insignia.selectors import Selector
 from tests.unit.attestors.engine_api import engine_api, inspect_document, json_body
 
@@ -23,7 +25,9 @@ CID = "7" * 64
 
 
 def attestor(sock: Path | str, **config: object) -> DockerAttestor:
-    return DockerAttestor(DockerConfig.model_validate({"socket_path": str(sock), **config}))
+    return DockerAttestor(
+        validate_config("test.toml", {"socket_path": str(sock), **config}, DockerConfig)
+    )
 
 
 async def test_image_labels_and_only_allowlisted_env_become_selectors(tmp_path: Path) -> None:
@@ -51,7 +55,7 @@ def test_labels_that_cannot_be_selectors_are_dropped_not_mangled() -> None:
     doc = inspect_document(CID)
     doc["Config"]["Labels"] = {"ok": "yes", "evil": "a\nb"}
     doc["Config"]["Env"] = None
-    selectors = inspect_selectors(ContainerInspect.model_validate(doc), frozenset())
+    selectors = inspect_selectors(msgspec.convert(doc, ContainerInspect), frozenset())
     assert Selector("docker", "label:ok:yes") in selectors
     assert not any("evil" in s.value for s in selectors)
 

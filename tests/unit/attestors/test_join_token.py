@@ -82,9 +82,9 @@ async def test_two_agents_racing_with_one_token_get_one_identity() -> None:
     ("payload", "reason"),
     [
         (b"not json", "malformed JoinTokenPayload"),
-        (b'{"token": "../../admin"}', "token: String should match pattern"),
-        (b'{"token": "a", "extra": 1}', "extra: Extra inputs are not permitted"),
-        (b'{"token": 5}', "token: Input should be a valid string"),
+        (b'{"token": "../../admin"}', "token: expected string matching regex"),
+        (b'{"token": "a", "extra": 1}', "extra: unknown key"),
+        (b'{"token": 5}', "token: expected string, got integer"),
         (b"x" * 70000, "exceeds"),
     ],
 )

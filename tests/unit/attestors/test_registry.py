@@ -58,8 +58,8 @@ def one_line_error(call: Any, *args: Any, **kwargs: Any) -> str:
         ({"unix": {"bogus": 1}}, "agent.toml: workload_attestors.unix.bogus: unknown key"),
         (
             {"unix": {"workload_size_limit": -1}},
-            "agent.toml: workload_attestors.unix.workload_size_limit: Input should be greater "
-            "than or equal to 0 (got -1)",
+            "agent.toml: workload_attestors.unix.workload_size_limit: expected integer >= 0 "
+            "(got -1)",
         ),
         (
             {"docker": {"optional": "yes"}},
@@ -67,7 +67,7 @@ def one_line_error(call: Any, *args: Any, **kwargs: Any) -> str:
         ),
         (
             {"docker": {"api_version": "latest"}},
-            "agent.toml: workload_attestors.docker.api_version: String should match pattern",
+            "agent.toml: workload_attestors.docker.api_version: expected string matching regex",
         ),
         (
             {"docker": {"timeout": "soon"}},

@@ -234,10 +234,13 @@ async def test_agent_refuses_to_sign_for_another_trust_domain(
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (b'{"certificates": []}', "at least 1 item"),
+        (b'{"certificates": []}', "certificates: expected array of length >= 1"),
         (b'{"certificates": ["%%%"]}', "certificate is not valid base64"),
         (b'{"certificates": ["aGVsbG8="]}', "not DER X.509"),
-        (json.dumps({"certificates": ["aGVsbG8="] * 9}).encode(), "at most 8 items"),
+        (
+            json.dumps({"certificates": ["aGVsbG8="] * 9}).encode(),
+            "certificates: expected array of length <= 8",
+        ),
     ],
 )
 async def test_malformed_payloads_are_refused(
