@@ -20,6 +20,7 @@ import resource
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -27,6 +28,7 @@ from typing import cast
 import trio
 
 from insignia.accepting import accept_retrying
+from insignia.log_throttle import LogThrottle
 from insignia.logs import get_logger
 from insignia.peercred import (
     NAME_PREFIX,
@@ -236,7 +238,9 @@ class _Splice:
             sock.close()
 
 
-async def _proxy_connection(client: socket.socket, upstream_path: Path, table: CallerTable) -> None:
+async def _proxy_connection(
+    client: socket.socket, upstream_path: Path, table: CallerTable, warnings: LogThrottle
+) -> None:
     """Record the caller, connect upstream under a fresh name, splice until either side ends.
 
     Owns ``client``. Cleanup order: forget the peer, then close sockets, then the pidfd.
@@ -260,8 +264,16 @@ async def _proxy_connection(client: socket.socket, upstream_path: Path, table: C
         )
         peer = table.register(name, creds)
         await call_asyncio(splice.run)
-        if (problem := splice.preface_problem()) is not None:
-            log.warning("peercred_front.bad_preface", pid=creds.pid, uid=creds.uid, cause=problem)
+        problem = splice.preface_problem()
+        held_back = None if problem is None else warnings.admit(creds.uid, time.monotonic())
+        if held_back is not None:
+            log.warning(
+                "peercred_front.bad_preface",
+                pid=creds.pid,
+                uid=creds.uid,
+                cause=problem,
+                held_back=held_back,
+            )
     except (ProcessGone, OSError, ValueError) as exc:
         log.debug("peercred_front.peer_unreadable", error=str(exc))
     finally:
@@ -292,8 +304,11 @@ async def serve_peercred_front(
     creates the parent directory. Connections beyond ``max_connections`` (lowered to fit
     RLIMIT_NOFILE), or beyond ``max_connections_per_uid`` for the connecting uid (counted from
     SO_PEERCRED at accept), are closed at once; resource exhaustion on accept backs off
-    100 ms. Signals ``task_status.started()`` once listening. Removes ``public_path`` on exit.
+    100 ms. A client that is not speaking HTTP/2 is logged, at most ten lines per uid at once
+    and one a second after that. Signals ``task_status.started()`` once listening. Removes
+    ``public_path`` on exit.
     """
+    preface_warnings = LogThrottle(burst=10, refill=1.0)
     limit = fit_to_fd_limit(max_connections)
     per_uid_limit = min(max_connections_per_uid, limit)
     sock = await _bind_public(public_path, mode, gid)
@@ -307,7 +322,7 @@ async def serve_peercred_front(
     async def serve_one(client: socket.socket, uid: int) -> None:
         nonlocal active
         try:
-            await _proxy_connection(client, upstream_path, table)
+            await _proxy_connection(client, upstream_path, table, preface_warnings)
         finally:
             active -= 1
             per_uid[uid] -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -38,6 +39,20 @@ def still_serving(agent: AgentProcess) -> str:
         return str(client.fetch_x509_context().default_svid.spiffe_id)
 
 
+def send_garbage(agent: AgentProcess, payload: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(agent.socket_path))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):  # the agent answers, then hangs up
+            pass
+
+
+def bad_preface_events(agent: AgentProcess) -> list[dict[str, object]]:
+    return [e for e in agent.log_events() if e.get("event") == "peercred_front.bad_preface"]
+
+
 def test_garbage_bytes_are_dropped_and_the_cause_logged(agent: AgentProcess) -> None:
     payloads = [
         b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n",
@@ -46,18 +61,11 @@ def test_garbage_bytes_are_dropped_and_the_cause_logged(agent: AgentProcess) -> 
         b"",
     ]
     for payload in payloads:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(str(agent.socket_path))
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            while sock.recv(65536):  # the agent answers, then hangs up
-                pass
+        send_garbage(agent, payload)
     assert still_serving(agent) == "spiffe://example.org/steady"
 
     def bad_prefaces() -> list[dict[str, object]]:
-        events = agent.log_events()
-        found = [e for e in events if e.get("event") == "peercred_front.bad_preface"]
+        found = bad_preface_events(agent)
         return found if len(found) >= 3 else []
 
     logged = wait_for(bad_prefaces, 30, "three peercred_front.bad_preface log lines")
@@ -66,6 +74,27 @@ def test_garbage_bytes_are_dropped_and_the_cause_logged(agent: AgentProcess) -> 
     assert "closed after 0 of the 24 HTTP/2 preface bytes" in causes  # the empty payload
     assert "not an HTTP/2 preface: first bytes b'GET / HTTP/1.1\\r\\n'" in causes
     assert sum(c.startswith("not an HTTP/2 preface") for c in causes) == 2  # + the random bytes
+
+
+def test_a_flood_of_garbage_is_logged_within_a_budget_that_counts_the_rest(
+    agent: AgentProcess,
+) -> None:
+    started = time.monotonic()
+    for _ in range(100):
+        send_garbage(agent, b"GET / HTTP/1.1\r\n\r\n")
+    assert still_serving(agent) == "spiffe://example.org/steady"
+
+    # Wait until all 100 were handled: every one is a line or counted by a later line.
+    def later_line() -> list[dict[str, object]]:
+        send_garbage(agent, b"GET / HTTP/1.1\r\n\r\n")
+        events = bad_preface_events(agent)
+        return events if any(int(str(e["held_back"])) > 0 for e in events) else []
+
+    events = wait_for(later_line, 60, "a bad_preface line counting the ones held back")
+    elapsed = time.monotonic() - started
+    assert len(events) <= 10 + elapsed + 1  # burst of ten, then one a second
+    assert len(events) < 100
+    assert sum(1 + int(str(e["held_back"])) for e in events) >= 100
 
 
 def test_oversized_request_is_refused(agent: AgentProcess) -> None:
