@@ -22,6 +22,7 @@ from pathlib import Path, PosixPath
 from typing import Any, Self, TypeVar
 
 import msgspec
+from msgspec import inspect as schema
 
 from insignia.durations import parse_duration
 from insignia.logs import LogFormat, LogLevel
@@ -202,12 +203,37 @@ def _offending_value(data: object, key: str) -> object:
     return data
 
 
+def _choices(model: type, key: str) -> tuple[object, ...]:
+    """The values allowed at dotted `key` of `model` if that field is an enum or a literal."""
+
+    def unwrap(info: schema.Type) -> schema.Type:  # `Section | None` -> Section
+        if isinstance(info, schema.UnionType):
+            real = [t for t in info.types if not isinstance(t, schema.NoneType)]
+            return real[0] if len(real) == 1 else info
+        return info
+
+    info: schema.Type | None = schema.type_info(model)
+    for part in key.split("."):
+        info = unwrap(info) if info is not None else None
+        if not isinstance(info, schema.StructType):
+            return ()
+        info = next((f.type for f in info.fields if f.name == part), None)
+    info = unwrap(info) if info is not None else None
+    if isinstance(info, schema.EnumType):
+        return tuple(member.value for member in info.cls)
+    if isinstance(info, schema.LiteralType):
+        return tuple(info.values)
+    return ()
+
+
 def validate_config(path: Path | str, data: dict[str, Any], model: type[Model]) -> Model:
     """Validate already-parsed data, reporting the first problem as a `ConfigError`."""
     try:
         return msgspec.convert(data, model, dec_hook=_decode_hook)
     except msgspec.ValidationError as exc:
         key, problem = describe(exc)
+        if problem.startswith("invalid enum value") and (choices := _choices(model, key)):
+            problem = "expected one of " + ", ".join(repr(c) for c in choices)
         value = _offending_value(data, key)
         if (
             problem not in ("unknown key", "required key is missing")

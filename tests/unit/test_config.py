@@ -1,5 +1,7 @@
+import enum
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -60,6 +62,34 @@ def test_one_line_errors_name_the_key(tmp_path: Path, text: str, key: str, probl
     assert "\n" not in message
     assert message.startswith(f"{path}: {key}: " if key else f"{path}: ")
     assert problem in message
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Choices(StrictModel, frozen=True, kw_only=True):
+    color: Color = Color.RED
+    format: Literal["pem", "spiffe"] = "pem"
+    section: Section | None = None
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "problem"),
+    [
+        ({"color": "green"}, "color", "expected one of 'red', 'blue' (got 'green')"),
+        ({"format": "der"}, "format", "expected one of 'pem', 'spiffe' (got 'der')"),
+        ({"section": {"ttl": "x"}}, "section.ttl", "invalid duration 'x'"),
+    ],
+)
+def test_a_value_outside_its_choices_names_them(
+    data: dict[str, object], key: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config("c.toml", data, Choices)
+    assert info.value.key == key
+    assert problem in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
