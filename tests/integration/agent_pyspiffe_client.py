@@ -21,6 +21,15 @@ from cryptography.hazmat.primitives import serialization
 from spiffe import WorkloadApiClient, X509Source
 from spiffe.svid.jwt_svid import JwtSvid
 
+_OUTPUT = threading.Lock()
+
+
+def emit(document: dict) -> None:
+    """One JSON line; py-spiffe's stream thread and the main thread both write."""
+    with _OUTPUT:
+        sys.stdout.write(json.dumps(document) + "\n")
+        sys.stdout.flush()
+
 
 def pem(cert) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -78,7 +87,7 @@ def main(socket: str, command: str, *args: str) -> dict:
             serial = str(context.default_svid.leaf.serial_number)
             if serial not in serials:
                 serials.append(serial)
-                print(json.dumps({"update": serial}), flush=True)
+                emit({"update": serial})
             if len(serials) >= want:
                 done.set()
 
@@ -94,10 +103,10 @@ def main(socket: str, command: str, *args: str) -> dict:
 
 if __name__ == "__main__":
     try:
-        print(json.dumps(main(*sys.argv[1:])), flush=True)
+        emit(main(*sys.argv[1:]))
     except Exception as exc:  # report, do not crash: the test asserts on the status
         cause = exc.__cause__ or exc.__context__
         code = getattr(cause, "code", None)
         name = code().name if callable(code) else type(exc).__name__
-        print(json.dumps({"error": name, "detail": str(exc)}), flush=True)
+        emit({"error": name, "detail": str(exc)})
         sys.exit(3)
