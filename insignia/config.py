@@ -13,7 +13,6 @@ machine; see benchmarks/agent_streams.py). Value types that need a check of thei
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any, Self, TypeVar
 import msgspec
 from msgspec import inspect as schema
 
+from insignia.addresses import HOST_PORT_EXPECTED, parse_host, parse_host_port
 from insignia.durations import parse_duration
 from insignia.logs import LogFormat, LogLevel
 from insignia.spiffeid import InvalidSpiffeId, TrustDomain
@@ -99,15 +99,6 @@ class TrustDomainName(str):
         return cls(value)
 
 
-def _check_host(value: str) -> None:
-    if value == "localhost":
-        return
-    try:
-        ipaddress.ip_address(value)
-    except ValueError as exc:
-        raise ValueError("expected an IP address or localhost") from exc
-
-
 class Host(str):
     """An address to bind: an IP address (v4 or v6) or "localhost"; no names that need DNS."""
 
@@ -116,7 +107,7 @@ class Host(str):
     @classmethod
     def from_config(cls, value: object) -> Self:
         try:
-            _check_host(expect_text(value))
+            parse_host(expect_text(value))
         except ValueError as exc:
             raise ValueError(f"{exc} (got {value!r})") from None
         return cls(value)
@@ -131,16 +122,11 @@ class ListenAddress(str):
     def from_config(cls, value: object) -> Self:
         text = expect_text(value)
         if text:
-            host, sep, port = text.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-                raise ValueError(
-                    "expected host:port, e.g. 127.0.0.1:8080, or an empty string to disable "
-                    f"(got {value!r})"
-                )
             try:
-                _check_host(host.strip("[]"))
+                parse_host_port(text)
             except ValueError as exc:
-                raise ValueError(f"{exc} (got {value!r})") from None
+                hint = ", or an empty string to disable" if str(exc) == HOST_PORT_EXPECTED else ""
+                raise ValueError(f"{exc}{hint} (got {value!r})") from None
         return cls(text)
 
 

@@ -22,7 +22,6 @@ keep-alive, HEAD responses); this module only moves bytes between it and a socke
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import stat
@@ -33,6 +32,7 @@ import h11
 import trio
 
 from insignia.accepting import accept_retrying
+from insignia.addresses import parse_host_port
 from insignia.logs import get_logger
 
 log = get_logger(__name__)
@@ -119,27 +119,6 @@ async def serve_http(
             nursery.start_soon(serve_one, stream)
 
 
-def parse_tcp_bind(bind: str) -> tuple[socket.AddressFamily, str, int]:
-    """("host:port" | "[v6]:port" | "localhost:port") -> (family, IP address, port).
-
-    Raises ValueError naming `bind` when it is not an IP address or localhost with a port.
-    """
-    host, sep, port = bind.rpartition(":")
-    host = host.strip("[]")  # as insignia.config.ListenAddress reads it
-    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"bad bind address {bind!r}: expected host:port or unix:/path")
-    if host == "localhost":
-        return socket.AF_INET, "127.0.0.1", int(port)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(
-            f"bad bind address {bind!r}: expected an IP address or localhost as host"
-        ) from None
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    return family, str(ip), int(port)
-
-
 async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     """A listening trio socket for `bind`, and the address to report for it."""
     target: str | tuple[str, int]
@@ -151,7 +130,10 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
         except FileNotFoundError:
             pass
     else:
-        family, host, port = parse_tcp_bind(bind)
+        try:
+            family, host, port = parse_host_port(bind)
+        except ValueError as exc:
+            raise ValueError(f"bad bind address {bind!r}: {exc}, or unix:/path") from None
         target = (host, port)
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
