@@ -47,7 +47,9 @@ class ConfigError(Exception):
 class StrictModel(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Base for config sections: unknown keys are errors, values are immutable once loaded.
 
-    Checks across fields go in `__post_init__`, raising ValueError.
+    Checks across fields go in `__post_init__`, raising ValueError. A value type's
+    `from_config` raises ValueError saying what is wrong; `validate_config` adds the key and
+    the offending value.
     """
 
 
@@ -74,7 +76,7 @@ class PositiveDuration(Duration):
     def from_config(cls, value: object) -> Self:
         duration = super().from_config(value)
         if duration <= timedelta(0):
-            raise ValueError(f"must be greater than zero (got {value!r})")
+            raise ValueError("must be greater than zero")
         return duration
 
 
@@ -95,7 +97,7 @@ class TrustDomainName(str):
         try:
             TrustDomain.parse(expect_text(value))
         except InvalidSpiffeId as exc:
-            raise ValueError(f"{exc.reason} (got {value!r})") from exc
+            raise ValueError(exc.reason) from exc
         return cls(value)
 
 
@@ -106,10 +108,7 @@ class Host(str):
 
     @classmethod
     def from_config(cls, value: object) -> Self:
-        try:
-            parse_host(expect_text(value))
-        except ValueError as exc:
-            raise ValueError(f"{exc} (got {value!r})") from None
+        parse_host(expect_text(value))
         return cls(value)
 
 
@@ -126,7 +125,7 @@ class ListenAddress(str):
                 parse_host_port(text)
             except ValueError as exc:
                 hint = ", or an empty string to disable" if str(exc) == HOST_PORT_EXPECTED else ""
-                raise ValueError(f"{exc}{hint} (got {value!r})") from None
+                raise ValueError(f"{exc}{hint}") from None
         return cls(text)
 
 
@@ -137,7 +136,7 @@ class AbsolutePath(PosixPath):
     def from_config(cls, value: object) -> Self:
         path = cls(expect_text(value))
         if not path.is_absolute():
-            raise ValueError(f"must be an absolute path (got {value!r})")
+            raise ValueError("must be an absolute path")
         return path
 
 

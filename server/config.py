@@ -64,9 +64,7 @@ class DatabaseUrl(str):
     def from_config(cls, value: object) -> DatabaseUrl:
         text = expect_text(value)
         if text and not text.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
-            raise ValueError(
-                f"expected sqlite:///path or postgresql://user@host/db (got {value!r})"
-            )
+            raise ValueError("expected sqlite:///path or postgresql://user@host/db")
         return cls(text)
 
 
