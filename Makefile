@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# Debian packages the integration tests drive for real (nginx, openssl, iproute2, curl).
+# Debian packages the integration tests drive for real (nginx, openssl, iproute2, curl, podman,
+# busybox), then a PostgreSQL answering on the test DSN (tests/postgres_up.sh).
 sysdeps:
 	@missing=""; \
 	for c in nginx:nginx openssl:openssl ip:iproute2 curl:curl ssh-keygen:openssh-client podman:podman busybox:busybox-static; do \
@@ -26,9 +27,10 @@ sysdeps:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
 	fi
+	@bash tests/postgres_up.sh
 
 # protoc finds its plugins on PATH; name the venv's explicitly so `make proto` works unactivated.
 PROTOC := $(BIN)/python -m grpc_tools.protoc -Iproto \
