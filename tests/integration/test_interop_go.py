@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
-from insignia.authorize import any_member_of, one_of
+from insignia.authorize import Authorizer, any_member_of, one_of
 from insignia.tls import TlsHandshakeError, TlsStream, client_context, server_context
 from insignia.workloadapi.source import WorkloadX509Source, open_x509_source
 from tests.integration.agent_clients import UID_A, UID_B, register
@@ -109,9 +109,9 @@ async def sdk_source(
 
 
 async def _sdk_client(
-    source: WorkloadX509Source, port: int, authorize: object
+    source: WorkloadX509Source, port: int, authorize: Authorizer
 ) -> tuple[str, bytes]:
-    tls = client_context(source, authorize=authorize)  # type: ignore[arg-type]
+    tls = client_context(source, authorize=authorize)
     with trio.fail_after(30):
         async with await tls.connect_tcp("127.0.0.1", port) as stream:
             await stream.send_all(b"ping\n")
@@ -209,7 +209,7 @@ async def _go_client_against_sdk_server(
     go: GoClient,
     agent: AgentProcess,
     source: WorkloadX509Source,
-    authorize: object,
+    authorize: Authorizer,
     go_authorizer: str,
     value: str,
 ) -> tuple[int, str, str, list[str]]:
@@ -221,7 +221,7 @@ async def _go_client_against_sdk_server(
         line = await stream.receive_some()
         await stream.send_all(b"hello " + line)
 
-    tls = server_context(source, authorize=authorize)  # type: ignore[arg-type]
+    tls = server_context(source, authorize=authorize)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, tls.serve(echo), 0)
         port = listeners[0].socket.getsockname()[1]
