@@ -92,9 +92,10 @@ def run(config_path: Path, join_token: str | None) -> None:
     from agent.daemon import AgentDaemon
     from agent.node_attestation import AttestationRefused
     from attestors.registry import load_node_attestor_agent, load_workload_attestors
-    from insignia import runtime
+    from insignia import runtime, unix_diag
     from insignia.files import UnsafeDirectory
     from insignia.logs import configure_logging, get_logger
+    from insignia.unix_diag import UnixDiagUnavailable
 
     try:
         config = load_agent_config(config_path)
@@ -115,6 +116,10 @@ def run(config_path: Path, join_token: str | None) -> None:
         )
     except ConfigError as exc:
         fail(str(exc), CONFIG_EXIT_CODE)
+    try:
+        unix_diag.probe()  # every Workload API connection depends on it
+    except UnixDiagUnavailable as exc:
+        fail(str(exc))
     daemon = AgentDaemon(config, workload_attestors, node_attestor)
     refused: AttestationRefused | UnsafeDirectory | None = None
     try:

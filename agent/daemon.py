@@ -26,7 +26,12 @@ from agent.node_attestation import NeedsNewJoinToken, forget_identity
 from agent.server_client import AgentEvicted, ServerClient
 from agent.signing import JwtMinter, X509Signer
 from agent.sync import run_sync
-from agent.workload_api import Attest, WorkloadApi, WorkloadAttestationFailed
+from agent.workload_api import (
+    Attest,
+    ConnectionNotOwned,
+    WorkloadApi,
+    WorkloadAttestationFailed,
+)
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
@@ -38,6 +43,7 @@ from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS
 from insignia.peercred_grpc import serve_grpc_with_peercred
 from insignia.runtime import open_trio_bridge
 from insignia.selectors import Selector
+from insignia.socket_holders import connection_problem
 from insignia.systemd_notify import sd_notify
 from insignia.workload_wire import workload_api_handler
 
@@ -45,11 +51,15 @@ log = get_logger("insignia.agent")
 
 
 def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
-    """Workload attestation for the Workload API: every attestor at once, with a deadline."""
+    """Workload attestation for the Workload API: every attestor at once, with a deadline,
+    once the caller is shown to hold its connection alone (insignia.socket_holders)."""
 
     async def attest(creds: PeerCredentials) -> frozenset[Selector]:
         with trio.move_on_after(timeout + 1.0) as scope:
             try:
+                problem = await trio.to_thread.run_sync(connection_problem, creds)
+                if problem is not None:
+                    raise ConnectionNotOwned(problem)
                 caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
                 return frozenset(await attest_workload(caller, attestors, timeout))
             except AttestationError as exc:

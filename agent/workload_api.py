@@ -26,7 +26,14 @@ from agent.cache import Cache, JwtSvidRecord
 from agent.entries import Entry
 from agent.jwt_validation import JwtValidator
 from agent.metrics import AgentMetrics
-from agent.workload_views import NoIdentity, jwt_bundles, jwt_targets, x509_bundles, x509_view
+from agent.workload_views import (
+    NoIdentity,
+    SvidsExpired,
+    jwt_bundles,
+    jwt_targets,
+    x509_bundles,
+    x509_view,
+)
 from insignia.bundle import BundleSet
 from insignia.jwtsvid import InvalidJwtSvid
 from insignia.logs import get_logger
@@ -55,6 +62,13 @@ class WorkloadAttestationFailed(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class ConnectionNotOwned(WorkloadAttestationFailed):
+    """The caller does not hold its connection alone (insignia.socket_holders): refused."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("connection_not_owned", detail)
 
 
 Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
@@ -137,9 +151,12 @@ class WorkloadApi:
                 reason=exc.reason,
                 error=exc.detail,
             )
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"workload attestation failed: {exc.detail}"
-            )
+            code = grpc.StatusCode.UNAVAILABLE
+            if isinstance(exc, ConnectionNotOwned):
+                # A caller that exec'd is told so, as on every other path; else refused.
+                await self._require_same_process(context, method, creds, "during attestation")
+                code = grpc.StatusCode.PERMISSION_DENIED
+            await context.abort(code, f"workload attestation failed: {exc.detail}")
         await self._require_same_process(context, method, creds, "during attestation")
         self._metrics.workloads_attested.inc()
         self._remember(creds, selectors, now)
@@ -201,6 +218,9 @@ class WorkloadApi:
                     message, stale_at = build(selectors, _now())
                 except NoIdentity as exc:
                     await self._denied(context, method, exc)
+                except SvidsExpired as exc:
+                    log.warning("workload.svids_expired", method=method, pid=creds.pid)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if message is not None and message != last:
                     await self._require_same_process(context, method, creds, "while streaming")
                     if last is None:

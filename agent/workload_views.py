@@ -29,6 +29,18 @@ class NoIdentity(Exception):
         self.selectors = selectors
 
 
+class SvidsExpired(Exception):
+    """Every X509-SVID of the caller has expired (the agent has not reached a server for
+    longer than their TTL): the Workload API answers UNAVAILABLE, as SPIRE does."""
+
+    def __init__(self, expired_at: datetime) -> None:
+        super().__init__(
+            f"the X509-SVIDs of this workload expired at {expired_at.isoformat()} and the "
+            "agent cannot reach a server to renew them"
+        )
+        self.expired_at = expired_at
+
+
 @dataclass(frozen=True, slots=True)
 class X509View:
     """The caller's X.509 identities that have an SVID now, and whether any are still pending."""
@@ -54,17 +66,21 @@ def _federated(
 
 
 def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X509View:
-    """FetchX509SVID's message for the caller; NoIdentity when nothing matches."""
+    """FetchX509SVID's message for the caller; NoIdentity when nothing matches, SvidsExpired
+    when nothing is valid and only expired SVIDs are left."""
     entries = _entitled(cache, selectors, now)
     bundles = cache.bundles
     local_der = bundles.local.x509_der() if bundles is not None else b""
     svids = []
     served = []
     pending = []
+    expired = []
     for entry in entries:
         record = cache.x509_svid(entry.id)
         if record is None or record.timing.not_after <= now:
             pending.append(entry)
+            if record is not None:
+                expired.append(record.timing.not_after)
             continue
         served.append(record)
         svids.append(
@@ -76,6 +92,8 @@ def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X5
                 hint=entry.hint,
             )
         )
+    if not svids and expired:
+        raise SvidsExpired(max(expired))
     federated = {}
     if bundles is not None:
         fed = _federated(bundles, entries, cache.trust_domain)

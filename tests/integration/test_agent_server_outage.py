@@ -4,6 +4,7 @@ server is back, rotation resumes."""
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,26 @@ def test_svids_survive_a_server_outage_and_rotation_resumes(
     wait_for(rotated, 60, "a rotated SVID after the server came back")
     since = agent.metric("insignia_agent_seconds_since_server_contact")
     assert since is not None and 0 <= since < 30
+
+
+def test_expired_svids_during_an_outage_answer_unavailable(
+    server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    server = server_factory()
+    agent = agent_factory(server=server)
+    register(server, agent, "/brief", f"unix:uid:{UID_A}", extra=("--x509-svid-ttl", "10"))
+    before = pyspiffe(agent, "x509", uid=UID_A)
+    assert before["ids"] == ["spiffe://example.org/brief"], before
+    server.stop()
+
+    # An outage longer than the TTL: nothing valid is left to serve. The client must hear
+    # why at once, not wait for its own deadline.
+    def refused() -> Any:
+        answer = pyspiffe(agent, "x509", uid=UID_A)
+        return answer if answer.get("error") else None
+
+    answer = wait_for(refused, 90, "FetchX509SVID to refuse once the SVID expired")
+    assert answer["error"] == "UNAVAILABLE", answer
+    assert "cannot reach a server" in answer["detail"], answer
+    expired = [e for e in agent.log_events() if e.get("event") == "workload.svids_expired"]
+    assert expired
