@@ -2,7 +2,7 @@
 
 The cache is the single source the Workload API answers from, so it keeps answering while
 the server is unreachable. It is owned by the daemon's one thread (trio and grpc.aio share
-it, design.md §2), so it takes no locks. Every mutation reports a `Change`, and the cache
+it, docs/design-notes.md §2), so it takes no locks. Every mutation reports a `Change`, and the cache
 wakes only the subscribers (open workload streams) whose selectors the change can concern:
 a rotated SVID wakes the workloads holding that entry, not every stream on the node.
 """

@@ -1,4 +1,4 @@
-"""Who is calling: kernel-verified credentials of a Unix-socket peer (design.md §3).
+"""Who is calling: kernel-verified credentials of a Unix-socket peer (docs/design-notes.md §3).
 
 grpcio cannot tell a handler the caller's pid or uid, so ``insignia.peercred_front`` accepts
 each connection itself, records the caller here under the unique abstract socket name of its

@@ -1,4 +1,4 @@
-"""A trio front that gives grpc.aio handlers their caller's pid/uid/gid (design.md §3).
+"""A trio front that gives grpc.aio handlers their caller's pid/uid/gid (docs/design-notes.md §3).
 
 trio owns the public Unix socket. For each accepted connection it records the peer's
 credentials, opens an upstream connection to an internal grpc.aio server (in a 0700

@@ -71,14 +71,18 @@ def _pids_of_uid(uid: int) -> Iterator[int]:
 
 
 def other_holders(creds: PeerCredentials, inode: int) -> list[Holder]:
-    """Processes of the caller's uid, besides the caller, that hold socket ``inode``."""
+    """Processes of the caller's uid that hold socket ``inode`` and run another executable
+    than the caller (the only holders that can make a problem)."""
     found = []
     for pid in _pids_of_uid(creds.uid):
         if pid == creds.pid:
             continue
         try:
+            executable = process_executable(pid)
+            if executable is not None and executable == creds.executable:
+                continue  # a copy of the caller may share it: no need to read its fd table
             if holds(pid, inode):
-                found.append(Holder(pid, creds.uid, process_executable(pid)))
+                found.append(Holder(pid, creds.uid, executable))
         except (ProcessGone, PermissionError):
             continue
     return found
