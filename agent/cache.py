@@ -18,7 +18,7 @@ from typing import Final, Protocol
 from agent.entries import Entry, entitled
 from agent.rotation import SvidTiming
 from insignia.bundle import Bundle
-from insignia.selectors import Selector
+from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId, TrustDomain
 
 MAX_JWT_AUDIENCE_SETS_PER_ENTRY: Final = 256
@@ -76,7 +76,7 @@ class Change:
     bundles: bool = False
 
     def concerns(self, selectors: frozenset[Selector]) -> bool:
-        return self.bundles or any(s <= selectors for s in self.selector_sets)
+        return self.bundles or any(matches(s, selectors) for s in self.selector_sets)
 
     def __bool__(self) -> bool:
         return self.bundles or bool(self.selector_sets)

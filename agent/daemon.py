@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -26,12 +27,8 @@ from agent.node_attestation import NeedsNewJoinToken, forget_identity
 from agent.server_client import AgentEvicted, ServerClient
 from agent.signing import JwtMinter, X509Signer
 from agent.sync import run_sync
-from agent.workload_api import (
-    Attest,
-    ConnectionNotOwned,
-    WorkloadApi,
-    WorkloadAttestationFailed,
-)
+from agent.workload_api import WorkloadApi
+from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, WorkloadGate
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
@@ -48,6 +45,10 @@ from insignia.systemd_notify import sd_notify
 from insignia.workload_wire import workload_api_handler
 
 log = get_logger("insignia.agent")
+
+
+Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
+"""Trio side: the caller's selectors, or WorkloadAttestationFailed (deadline included)."""
 
 
 def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
@@ -163,11 +164,10 @@ class AgentDaemon:
         async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
             nursery.start_soon(self._stay_attested, server)
             await self.synced.wait()
+            attest = make_attest(self.attestors, timeout)
             api = WorkloadApi(
                 self.cache,
-                self.callers,
-                bridge,
-                make_attest(self.attestors, timeout),
+                WorkloadGate(self.callers, lambda caller: bridge.call_trio(attest, caller)),
                 JwtMinter(self.cache, server, self.metrics),
                 self.metrics,
             )

@@ -59,5 +59,7 @@ def canonical(selectors: Iterable[Selector]) -> tuple[Selector, ...]:
 
 
 def matches(entry_selectors: Iterable[Selector], workload_selectors: Iterable[Selector]) -> bool:
+    """The one selector rule: an entry (or alias) applies when every one of its selectors is
+    among the caller's (workload or node), and an entry without selectors never applies."""
     required = frozenset(entry_selectors)
     return bool(required) and required <= frozenset(workload_selectors)
