@@ -21,8 +21,10 @@ from insignia.bundle import Bundle
 from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId, TrustDomain
 
-MAX_JWT_AUDIENCE_SETS_PER_ENTRY: Final = 256
-"""A workload picks its audiences freely; this bounds what one entry can make the cache hold."""
+MAX_JWT_CACHE_BYTES_PER_ENTRY: Final = 1024 * 1024
+"""A workload picks its audiences freely; this bounds what one entry can make the cache hold
+(tokens and their audience keys, by bytes: a count would let large audiences multiply it)."""
+_RECORD_OVERHEAD: Final = 256  # the record, its datetimes and the dict slots, roughly
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,11 @@ class Subscriber(Protocol):
     def selectors(self) -> frozenset[Selector]: ...
 
     def wake(self) -> None: ...
+
+
+def _jwt_bytes(audience: frozenset[str], record: JwtSvidRecord) -> int:
+    """What one cached JWT-SVID costs: its token, its audience key and fixed overhead."""
+    return len(record.token) + sum(len(a) for a in audience) + _RECORD_OVERHEAD
 
 
 class Cache:
@@ -185,8 +192,10 @@ class Cache:
         for stale in [a for a, r in per_entry.items() if r.expires_at <= now or a == audience]:
             del per_entry[stale]
         per_entry[audience] = record
-        while len(per_entry) > MAX_JWT_AUDIENCE_SETS_PER_ENTRY:
-            del per_entry[next(iter(per_entry))]  # oldest insertion first
+        held = sum(_jwt_bytes(a, r) for a, r in per_entry.items())
+        while held > MAX_JWT_CACHE_BYTES_PER_ENTRY:
+            oldest = next(iter(per_entry))  # oldest insertion first
+            held -= _jwt_bytes(oldest, per_entry.pop(oldest))
 
     # --- subscriptions --------------------------------------------------------------
 

@@ -24,6 +24,12 @@ from insignia.config import (
     TrustDomainName,
     load_toml,
 )
+from insignia.jwtsvid import (
+    DEFAULT_MAX_AUDIENCE_BYTES,
+    DEFAULT_MAX_AUDIENCES,
+    AudienceLimits,
+    check_token_fits,
+)
 from insignia.keys import KeyType
 from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID
 from insignia.spiffeid import TrustDomain
@@ -34,6 +40,7 @@ DEFAULT_ADMIN_SOCKET_PATH = Path("/run/insignia-agent/private/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia-agent")
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
+PositiveRate = Annotated[float, Meta(gt=0)]
 
 
 class ServerSection(StrictModel, frozen=True, kw_only=True):
@@ -52,6 +59,20 @@ class WorkloadSection(StrictModel, frozen=True, kw_only=True):
     max_message_bytes: Annotated[int, Meta(ge=4096)] = 4 * 1024 * 1024
     #: Connections one uid may hold open on the Workload API socket (see peercred_front).
     max_connections_per_uid: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_CONNECTIONS_PER_UID
+    #: What one FetchJWTSVID may ask for (insignia.jwtsvid.AudienceLimits).
+    jwt_max_audiences: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCES
+    jwt_max_audience_bytes: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCE_BYTES
+    #: JWT-SVIDs the server is asked to mint per second, per caller uid and per SPIFFE ID
+    #: (cached tokens are free): one caller cannot spend the node's server budget alone.
+    jwt_mint_rate_per_uid: PositiveRate = 50.0
+    jwt_mint_rate_per_spiffe_id: PositiveRate = 50.0
+
+    def __post_init__(self) -> None:
+        check_token_fits(self.audience_limits)
+
+    @property
+    def audience_limits(self) -> AudienceLimits:
+        return AudienceLimits(self.jwt_max_audiences, self.jwt_max_audience_bytes)
 
 
 class SyncSection(StrictModel, frozen=True, kw_only=True):

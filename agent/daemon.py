@@ -25,7 +25,7 @@ from agent.identity import IdentityKeeper
 from agent.metrics import AgentMetrics
 from agent.node_attestation import NeedsNewJoinToken, forget_identity
 from agent.server_client import AgentEvicted, ServerClient
-from agent.signing import JwtMinter, X509Signer
+from agent.signing import JwtMinter, MintBudget, X509Signer
 from agent.sync import run_sync
 from agent.workload_api import WorkloadApi
 from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, WorkloadGate
@@ -168,8 +168,17 @@ class AgentDaemon:
             api = WorkloadApi(
                 self.cache,
                 WorkloadGate(self.callers, lambda caller: bridge.call_trio(attest, caller)),
-                JwtMinter(self.cache, server, self.metrics),
+                JwtMinter(
+                    self.cache,
+                    server,
+                    self.metrics,
+                    MintBudget(
+                        config.workload.jwt_mint_rate_per_uid,
+                        config.workload.jwt_mint_rate_per_spiffe_id,
+                    ),
+                ),
                 self.metrics,
+                config.workload.audience_limits,
             )
             max_bytes = config.workload.max_message_bytes
             await nursery.start(

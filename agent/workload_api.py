@@ -35,7 +35,7 @@ from agent.workload_views import (
     x509_view,
 )
 from insignia.bundle import BundleSet
-from insignia.jwtsvid import InvalidJwtSvid
+from insignia.jwtsvid import AudienceLimits, InvalidAudience, InvalidJwtSvid
 from insignia.logs import get_logger
 from insignia.peercred import PeerCredentials
 from insignia.selectors import Selector
@@ -51,13 +51,17 @@ HEADER_MISSING = "security header missing from request"
 
 
 class JwtSource(Protocol):
-    """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted."""
+    """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted for `uid`."""
 
-    async def jwt_svid(self, entry: Entry, audience: frozenset[str]) -> JwtSvidRecord: ...
+    async def jwt_svid(self, entry: Entry, audience: frozenset[str], uid: int) -> JwtSvidRecord: ...
 
 
 class JwtUnavailable(Exception):
     """No JWT-SVID could be had: the server is unreachable and nothing usable is cached."""
+
+
+class JwtRateLimited(Exception):
+    """The caller spent its own mint budget (per uid or SPIFFE ID); others are unaffected."""
 
 
 class _StreamSubscriber:
@@ -84,9 +88,11 @@ class WorkloadApi:
         gate: WorkloadGate,
         jwt_source: JwtSource,
         metrics: AgentMetrics,
+        audience_limits: AudienceLimits,
     ) -> None:
         self._cache = cache
         self._gate = gate
+        self._audience_limits = audience_limits
         self._jwt = jwt_source
         self._metrics = metrics
         self._validator = JwtValidator()
@@ -230,10 +236,11 @@ class WorkloadApi:
         self, request: pb.JWTSVIDRequest, context: Context
     ) -> pb.JWTSVIDResponse:
         started = time.perf_counter()
-        _, selectors = await self._authenticate(context, "FetchJWTSVID")
-        audience = frozenset(request.audience)
-        if not audience or not all(audience):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        creds, selectors = await self._authenticate(context, "FetchJWTSVID")
+        try:
+            audience = frozenset(self._audience_limits.check(request.audience))
+        except InvalidAudience as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
         except NoIdentity as exc:
@@ -241,7 +248,9 @@ class WorkloadApi:
         svids = []
         for entry in targets:
             try:
-                record = await self._jwt.jwt_svid(entry, audience)
+                record = await self._jwt.jwt_svid(entry, audience, creds.uid)
+            except JwtRateLimited as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except JwtUnavailable as exc:
                 log.warning("workload.jwt_unavailable", entry_id=entry.id, error=str(exc))
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not mint JWT-SVID: {exc}")

@@ -275,6 +275,7 @@ class AdminApi:
                 list(request.audience),
                 ttl,
                 self.core.clock(),
+                self.core.config.audience_limits,
                 self.core.config.jwt_issuer,
             )
             self.core.metrics.svids_signed.labels("jwt").inc()

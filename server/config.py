@@ -23,6 +23,12 @@ from insignia.config import (
     expect_text,
     load_toml,
 )
+from insignia.jwtsvid import (
+    DEFAULT_MAX_AUDIENCE_BYTES,
+    DEFAULT_MAX_AUDIENCES,
+    AudienceLimits,
+    check_token_fits,
+)
 from insignia.keys import KeyType
 from insignia.spiffeid import TrustDomain
 
@@ -114,6 +120,9 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     default_x509_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
     default_jwt_svid_ttl: PositiveDuration = PositiveDuration(minutes=5)
     jwt_issuer: str = ""
+    # What one JWT-SVID request may ask for (agents and `jwt mint`): see AudienceLimits.
+    jwt_max_audiences: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCES
+    jwt_max_audience_bytes: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCE_BYTES
     agent_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
     agent_api: AgentApiConfig = field(default_factory=AgentApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -129,6 +138,11 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
         api = self.agent_api
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
+        check_token_fits(self.audience_limits, self.jwt_issuer)
+
+    @property
+    def audience_limits(self) -> AudienceLimits:
+        return AudienceLimits(self.jwt_max_audiences, self.jwt_max_audience_bytes)
 
     @property
     def td(self) -> TrustDomain:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from insignia.jwtsvid import sign_jwt_svid
+from insignia.jwtsvid import AudienceLimits, sign_jwt_svid
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
 from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
@@ -163,13 +163,16 @@ def sign_jwt(
     audience: Sequence[str],
     ttl: timedelta,
     now: datetime,
+    limits: AudienceLimits,
     issuer: str = "",
 ) -> SignedJwt:
-    """A JWT-SVID whose `exp` never passes the signing key's own expiry."""
+    """A JWT-SVID whose `exp` never passes the signing key's own expiry.
+
+    InvalidAudience (checked first, before any key is touched) when `audience` breaks `limits`.
+    """
+    audience = limits.check(audience)
     if active is None or key_not_after is None:
         raise NoActiveAuthority("JWT")
-    if isinstance(audience, str) or not audience or not all(audience):
-        raise SigningRefused(f"audience {list(audience)!r}: expected one or more non-empty values")
     kid, key = active
     ttl = min(ttl, key_not_after - now)
     if ttl <= timedelta(seconds=1):

@@ -59,6 +59,16 @@ def test_the_sample_config_loads():
             "invalid duration",
         ),
         (("[server]", '[health]\naddress = "nowhere"\n[server]'), "health.address", "host:port"),
+        (
+            ("[server]", "[workload]\njwt_max_audience_bytes = 1000\n[server]"),
+            "workload",
+            "over the 16384 that validators accept",
+        ),
+        (
+            ("[server]", "[workload]\njwt_mint_rate_per_uid = 0\n[server]"),
+            "workload.jwt_mint_rate_per_uid",
+            "expected number > 0",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, edit, key, fragment):

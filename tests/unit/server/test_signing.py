@@ -5,6 +5,7 @@ import pytest
 from cryptography import x509
 
 from insignia.bundle import load_der_certificates
+from insignia.jwtsvid import AudienceLimits, InvalidAudience
 from insignia.keys import KeyType, generate_key
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.x509ca import build_root_ca
@@ -75,11 +76,16 @@ def test_agent_csr_may_omit_the_id(authority) -> None:  # type: ignore[no-untype
 
 def test_jwt_expiry_never_passes_the_key() -> None:
     key = generate_key(KeyType.EC_P256)
+    limits = AudienceLimits()
     signed = sign_jwt(
-        ("kid1", key), NOW + timedelta(seconds=30), WEB, ["aud"], timedelta(minutes=5), NOW
+        ("kid1", key), NOW + timedelta(seconds=30), WEB, ["aud"], timedelta(minutes=5), NOW, limits
     )
     assert signed.expires_at - signed.issued_at == 30
-    with pytest.raises(SigningRefused, match="audience"):
-        sign_jwt(("kid1", key), NOW + timedelta(hours=1), WEB, [], timedelta(minutes=5), NOW)
+    with pytest.raises(InvalidAudience, match="audience must be specified"):
+        sign_jwt(
+            ("kid1", key), NOW + timedelta(hours=1), WEB, [], timedelta(minutes=5), NOW, limits
+        )
+    with pytest.raises(InvalidAudience, match="jwt_max_audiences"):
+        sign_jwt(None, None, WEB, ["a"] * 17, timedelta(minutes=5), NOW, limits)
     with pytest.raises(NoActiveAuthority):
-        sign_jwt(None, None, WEB, ["a"], timedelta(minutes=5), NOW)
+        sign_jwt(None, None, WEB, ["a"], timedelta(minutes=5), NOW, limits)
