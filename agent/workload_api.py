@@ -38,6 +38,7 @@ from insignia.bundle import BundleSet
 from insignia.jwtsvid import AudienceLimits, InvalidAudience, InvalidJwtSvid
 from insignia.logs import get_logger
 from insignia.peercred import PeerCredentials
+from insignia.rpc_refusal import refuse
 from insignia.selectors import Selector
 from insignia.workload_wire import SECURITY_HEADER_KEY
 
@@ -240,7 +241,8 @@ class WorkloadApi:
         try:
             audience = frozenset(self._audience_limits.check(request.audience))
         except InvalidAudience as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return pb.JWTSVIDResponse()
         try:
             targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
         except NoIdentity as exc:

@@ -15,6 +15,7 @@ import grpc
 from insignia_proto import agent_pb2
 
 from insignia.jwtsvid import InvalidAudience
+from insignia.rpc_refusal import refuse
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 from server.core import ServerCore, log
@@ -239,14 +240,16 @@ class AgentApi:
     async def BatchNewJWTSVID(
         self, request: agent_pb2.BatchNewJWTSVIDRequest, context: Context
     ) -> agent_pb2.BatchNewJWTSVIDResponse:
-        with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID"):
+        with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID") as outcome:
             agent_id, _, _ = await self._caller(context)
             limits = self.core.config.audience_limits
             for params in request.params:
                 try:
                     limits.check(params.audience)
                 except InvalidAudience as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    outcome[0] = "INVALID_ARGUMENT"
+                    refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    return agent_pb2.BatchNewJWTSVIDResponse()
             await self._limit(context, agent_id, "jwt", max(1, len(request.params)))
             now = self.core.clock()
             authorized = self.core.model.authorized(agent_id, now)

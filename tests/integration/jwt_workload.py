@@ -8,8 +8,8 @@
         unique audiences (COUNT of BYTES each) as fast as CONCURRENCY callers go, for
         SECONDS or until stdin closes; prints {"started": true} after the first answer,
         then {"codes": {...}, "calls": n, "details": {code: first detail}}
-    python jwt_workload.py SOCKET paced CALLS INTERVAL
-        one call with a fresh audience every INTERVAL seconds:
+    python jwt_workload.py SOCKET paced CALLS INTERVAL [COUNT BYTES]
+        one call with fresh audiences (1 of 32 bytes by default) every INTERVAL seconds:
         {"codes": {...}, "latencies_ms": [...], "details": [first few non-OK details]}
 
 Shared by the integration tests and benchmarks/attack_jwt.py, so both measure the same
@@ -89,7 +89,9 @@ async def flood(
     emit({"codes": dict(codes), "calls": sum(codes.values()), "details": details})
 
 
-async def paced(stub: WorkloadApiStub, calls: int, interval: float) -> None:
+async def paced(
+    stub: WorkloadApiStub, calls: int, interval: float, count: int = 1, size: int = 32
+) -> None:
     codes: Counter[str] = Counter()
     latencies, details = [], []
     next_at = time.monotonic()
@@ -97,7 +99,7 @@ async def paced(stub: WorkloadApiStub, calls: int, interval: float) -> None:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # the pace, not a wait
         next_at += interval
         began = time.perf_counter()
-        code, detail, _ = await call(stub, audiences(1, 32))
+        code, detail, _ = await call(stub, audiences(count, size))
         latencies.append((time.perf_counter() - began) * 1000)
         codes[code] += 1
         if code != "OK" and len(details) < 5:
@@ -115,7 +117,7 @@ async def main(socket: str, command: str, *args: str) -> None:
         elif command == "flood":
             await flood(stub, float(args[0]), int(args[1]), int(args[2]), int(args[3]))
         elif command == "paced":
-            await paced(stub, int(args[0]), float(args[1]))
+            await paced(stub, int(args[0]), float(args[1]), *map(int, args[2:4]))
         else:
             raise SystemExit(f"unknown command {command!r}")
 
