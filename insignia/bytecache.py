@@ -8,6 +8,7 @@ charged its size, and the oldest go until the total fits.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -34,6 +35,14 @@ class ByteLru(Generic[K, V]):
             return None
         self._items.move_to_end(key)
         return hit[0]
+
+    def get_or_make(self, key: K, make: Callable[[K], V], size: int) -> V:
+        """The value kept for `key`, else `make(key)`, kept at `size` bytes; errors are not."""
+        hit = self.get(key)
+        if hit is None:
+            hit = make(key)
+            self.put(key, hit, size)
+        return hit
 
     def put(self, key: K, value: V, size: int) -> None:
         """Keep `value`, charged `size` bytes, evicting the least recently used to fit it."""

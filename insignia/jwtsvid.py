@@ -247,18 +247,20 @@ def check_token_fits(limits: AudienceLimits, issuer: str = "") -> None:
 _audience_cache: ByteLru[tuple[str, ...], str] = ByteLru(_AUDIENCE_CACHE_BYTES)
 
 
+def _encode_audience(audience: tuple[str, ...]) -> str:
+    if not audience or not all(isinstance(a, str) and a for a in audience):
+        raise ValueError(
+            f"audience {audience!r:.80}: expected a non-empty list of non-empty strings"
+        )
+    return json.dumps(list(audience), separators=(",", ":"), ensure_ascii=False)
+
+
 def _audience_json(audience: tuple[str, ...]) -> str:
-    """The `aud` claim, as UTF-8 JSON (non-ASCII is not expanded to \\u escapes)."""
-    cached = _audience_cache.get(audience)
-    if cached is None:
-        if not audience or not all(isinstance(a, str) and a for a in audience):
-            raise ValueError(
-                f"audience {audience!r:.80}: expected a non-empty list of non-empty strings"
-            )
-        cached = json.dumps(list(audience), separators=(",", ":"), ensure_ascii=False)
-        # Charged twice its length: the key holds the same text again.
-        _audience_cache.put(audience, cached, 2 * len(cached))
-    return cached
+    """The `aud` claim, as UTF-8 JSON (non-ASCII is not expanded to \\u escapes).
+
+    Charged twice the audience's length: the key holds the same text again."""
+    size = 2 * sum(len(a) for a in audience if isinstance(a, str)) + 64
+    return _audience_cache.get_or_make(audience, _encode_audience, size)
 
 
 def sign_jwt_svid(
@@ -303,9 +305,7 @@ def _json_segment(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
-@lru_cache(maxsize=1024)
-def _parse_header(segment: str) -> tuple[str, str]:
-    """(alg, kid) of an encoded header. Cached: every token of one signing key shares it."""
+def _header(segment: str) -> tuple[str, str]:
     header = _json_segment(segment, "header")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALGORITHMS:
@@ -320,8 +320,20 @@ def _parse_header(segment: str) -> tuple[str, str]:
     return alg, kid
 
 
-# Subjects repeat across tokens; SpiffeId is immutable, and failures are never cached.
-_parse_subject = lru_cache(maxsize=4096)(SpiffeId.parse)
+# Presented tokens choose these keys, so both caches are bounded by bytes. A header is ~100
+# bytes; one of a hostile size is parsed, never kept.
+_headers: ByteLru[str, tuple[str, str]] = ByteLru(256 * 1024, max_item_bytes=2048)
+_subjects: ByteLru[str, SpiffeId] = ByteLru(1024 * 1024)
+
+
+def _parse_header(segment: str) -> tuple[str, str]:
+    """(alg, kid) of an encoded header. Cached: every token of one signing key shares it."""
+    return _headers.get_or_make(segment, _header, 2 * len(segment) + 128)
+
+
+def _parse_subject(sub: str) -> SpiffeId:
+    """Subjects repeat across tokens; SpiffeId is immutable, and failures are never cached."""
+    return _subjects.get_or_make(sub, SpiffeId.parse, 3 * len(sub) + 256)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

@@ -1,3 +1,5 @@
+import pytest
+
 from insignia.bytecache import ByteLru
 
 
@@ -20,3 +22,21 @@ def test_oversize_items_are_not_kept_and_replacing_recharges() -> None:
     cache.put("k", "v2", 10)
     assert cache.get("k") == "v2" and cache.bytes == 10
     assert cache.pop("k") == "v2" and cache.bytes == 0
+
+
+def test_get_or_make_keeps_values_but_not_errors() -> None:
+    cache: ByteLru[str, int] = ByteLru(100)
+    calls: list[str] = []
+
+    def make(key: str) -> int:
+        calls.append(key)
+        if key == "bad":
+            raise ValueError(key)
+        return len(key)
+
+    assert cache.get_or_make("abc", make, 10) == 3
+    assert cache.get_or_make("abc", make, 10) == 3
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            cache.get_or_make("bad", make, 10)
+    assert calls == ["abc", "bad", "bad"]
