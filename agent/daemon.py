@@ -30,7 +30,7 @@ from agent.workload_api import Attest, WorkloadApi, WorkloadAttestationFailed
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
-from insignia.files import check_owned_directory, ensure_private_dir
+from insignia.files import check_owned_directory, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
@@ -142,7 +142,7 @@ class AgentDaemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        ensure_private_dir(config.data_dir)
+        ensure_data_dir(config.data_dir)
         admin_dir = ensure_private_dir(config.admin_socket_path.parent)
         config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         # Whoever can write there can replace our socket with theirs and hand out identities.

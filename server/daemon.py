@@ -20,7 +20,7 @@ from insignia_proto import agent_pb2_grpc
 
 from attestors.interface import ServerEnvironment
 from attestors.registry import load_node_attestor_servers
-from insignia.files import atomic_write, ensure_private_dir
+from insignia.files import atomic_write, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable
@@ -54,7 +54,7 @@ ATTESTATION_GRPC_OPTIONS = [
 
 def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     """Check the node attestors' config, open the datastore and the CA (blocking)."""
-    data_dir = ensure_private_dir(config.data_dir)
+    data_dir = ensure_data_dir(config.data_dir)
     upstream = (
         load_upstream(config.ca.upstream.cert_file, config.ca.upstream.key_file)
         if config.ca.upstream
