@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from insignia.jwtsvid import sign_jwt_svid
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
 from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
+from insignia.shown import shown
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 from insignia.x509ca import SigningAuthority
 from insignia.x509svid import CsrRequest, InvalidCsr, build_leaf, parse_csr
@@ -169,7 +170,9 @@ def sign_jwt(
     if active is None or key_not_after is None:
         raise NoActiveAuthority("JWT")
     if isinstance(audience, str) or not audience or not all(audience):
-        raise SigningRefused(f"audience {list(audience)!r}: expected one or more non-empty values")
+        raise SigningRefused(
+            f"audience {shown(list(audience))}: expected one or more non-empty values"
+        )
     kid, key = active
     ttl = min(ttl, key_not_after - now)
     if ttl <= timedelta(seconds=1):
