@@ -32,6 +32,11 @@ MAX_SELECTOR_VALUE_BYTES: Final = 1024
 MAX_SELECTORS: Final = 64
 MAX_DNS_NAMES: Final = 64
 MAX_FEDERATES_WITH: Final = 64
+# Whole seconds: a JWT-SVID of 1 s could be expired by the time it is received.
+MIN_JWT_SVID_TTL: Final = 2
+# An SVID names a workload, and a workload's ID has a path: X509-SVID §3.1 says a leaf's
+# MUST. Entry validation and every signing path (server/signing.py) apply this one rule.
+PATH_REQUIRED: Final = "expected a path after the trust domain (an SVID's ID names a workload)"
 # 9999-12-31T23:59:59Z, the last second `datetime` (and an X.509 GeneralizedTime) can hold.
 MAX_EXPIRES_AT: Final = 253402300799
 
@@ -139,7 +144,7 @@ def validate_entry(
         parent_id=pid,
         selectors=_selectors(selectors),
         x509_svid_ttl=_ttl("x509_svid_ttl", x509_svid_ttl, limits.max_x509_svid_ttl),
-        jwt_svid_ttl=_ttl("jwt_svid_ttl", jwt_svid_ttl, limits.max_jwt_svid_ttl),
+        jwt_svid_ttl=_ttl("jwt_svid_ttl", jwt_svid_ttl, limits.max_jwt_svid_ttl, MIN_JWT_SVID_TTL),
         dns_names=_dns_names(dns_names),
         federates_with=_federates_with(federates_with, td),
         hint=_hint(hint),
@@ -158,7 +163,7 @@ def _member_id(name: str, value: str | SpiffeId, td: TrustDomain) -> SpiffeId:
     if not sid.member_of(td):
         raise InvalidEntry(name, str(sid), f"expected an ID in trust domain {td}")
     if not sid.path:
-        raise InvalidEntry(name, str(sid), "expected a path after the trust domain")
+        raise InvalidEntry(name, str(sid), PATH_REQUIRED)
     return sid
 
 
@@ -198,13 +203,15 @@ def _selectors(values: Iterable[str | Selector]) -> tuple[Selector, ...]:
     return canonical(parsed)
 
 
-def _ttl(name: str, value: int, maximum: int) -> int:
+def _ttl(name: str, value: int, maximum: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEntry(name, value, "expected whole seconds")
     if value < 0:
         raise InvalidEntry(name, value, "expected 0 (server default) or a positive number")
     if value > maximum:
         raise InvalidEntry(name, value, f"longer than the {maximum} s the CA can guarantee")
+    if 0 < value < minimum:
+        raise InvalidEntry(name, value, f"too short; expected at least {minimum} s")
     return value
 
 
