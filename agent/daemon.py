@@ -23,6 +23,7 @@ from agent.config import AgentConfig
 from agent.identity import IdentityKeeper
 from agent.metrics import AgentMetrics
 from agent.node_attestation import NeedsNewJoinToken, forget_identity
+from agent.reflection import reflection_handlers
 from agent.server_client import AgentEvicted, ServerClient
 from agent.signing import JwtMinter, X509Signer
 from agent.sync import run_sync
@@ -165,7 +166,7 @@ class AgentDaemon:
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api)],
+                    [workload_api_handler(api), *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
