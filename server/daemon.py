@@ -22,6 +22,7 @@ from attestors.interface import ServerEnvironment
 from attestors.registry import load_node_attestor_servers
 from insignia.files import atomic_write, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
+from insignia.keepalive import SERVER_OPTIONS
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable
 from insignia.peercred_grpc import serve_grpc_with_peercred
@@ -41,7 +42,7 @@ from server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
 log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"
 SERVER_SVID_TTL = timedelta(hours=1)
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *SERVER_OPTIONS]
 # The attestation port needs no client certificate: keep what anyone can send there small.
 # Attestor payloads (an x509pop chain, a token) are a few KiB.
 ATTESTATION_MAX_MESSAGE = 64 * 1024

@@ -59,6 +59,11 @@ def test_the_sample_config_loads():
             "invalid duration",
         ),
         (("[server]", '[health]\naddress = "nowhere"\n[server]'), "health.address", "host:port"),
+        (
+            ("[server]", '[sync]\nkeepalive_interval = "1s"\n[server]'),
+            "sync",
+            "keepalive_interval must be at least 5s",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, edit, key, fragment):
