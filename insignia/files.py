@@ -29,7 +29,8 @@ class UnsafeDirectory(Exception):
         self.reason = reason
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make renames and creations in `directory` durable across power loss."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -61,7 +62,24 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
+
+
+def atomic_symlink(link: str | os.PathLike[str], target: str) -> None:
+    """Make `link` a symlink to `target` with one rename (a reader follows the old link or
+    the new one, never none), unless it already is exactly that."""
+    link = Path(link)
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == target:
+            return
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(8)}.tmp")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
