@@ -30,6 +30,7 @@ from insignia.jwtsvid import (
     AudienceLimits,
     check_token_fits,
 )
+from insignia.keepalive import AGENT_MIN_PING_INTERVAL, AGENT_PING_INTERVAL
 from insignia.keys import KeyType
 from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID
 from insignia.spiffeid import TrustDomain
@@ -82,10 +83,20 @@ class SyncSection(StrictModel, frozen=True, kw_only=True):
     initial_backoff: PositiveDuration = PositiveDuration(milliseconds=200)
     max_backoff: PositiveDuration = PositiveDuration(seconds=30)
     rpc_timeout: PositiveDuration = PositiveDuration(seconds=30)
+    #: How often the agent pings its server connection (a dead one is noticed within this
+    #: plus 10 s). The server accepts pings down to insignia.keepalive's floor.
+    keepalive_interval: PositiveDuration = PositiveDuration(
+        seconds=AGENT_PING_INTERVAL.total_seconds()
+    )
 
     def __post_init__(self) -> None:
         if self.max_backoff < self.initial_backoff:
             raise ValueError("max_backoff must be >= initial_backoff")
+        if self.keepalive_interval < AGENT_MIN_PING_INTERVAL:
+            raise ValueError(
+                f"keepalive_interval must be at least {AGENT_MIN_PING_INTERVAL.total_seconds():g}s"
+                " (the server treats more frequent pings as abuse)"
+            )
 
     def backoff(self) -> Backoff:
         return Backoff(

@@ -24,6 +24,7 @@ from agent.config import AgentConfig
 from agent.identity import IdentityKeeper
 from agent.metrics import AgentMetrics
 from agent.node_attestation import NeedsNewJoinToken, forget_identity
+from agent.reflection import reflection_handlers
 from agent.server_client import AgentEvicted, ServerClient
 from agent.signing import JwtMinter, MintBudget, X509Signer
 from agent.sync import run_sync
@@ -32,7 +33,7 @@ from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, W
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
-from insignia.files import check_owned_directory, ensure_private_dir
+from insignia.files import check_owned_directory, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
@@ -153,7 +154,7 @@ class AgentDaemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        ensure_private_dir(config.data_dir)
+        ensure_data_dir(config.data_dir)
         admin_dir = ensure_private_dir(config.admin_socket_path.parent)
         config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         # Whoever can write there can replace our socket with theirs and hand out identities.
@@ -184,7 +185,7 @@ class AgentDaemon:
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api)],
+                    [workload_api_handler(api), *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,

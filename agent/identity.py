@@ -103,6 +103,7 @@ class IdentityKeeper:
             config.server.attestation_port,
             await self._bootstrap_roots(),
             config.sync.rpc_timeout.total_seconds(),
+            ping_interval=config.sync.keepalive_interval,
         )
         identity = await trio.to_thread.run_sync(
             load_identity, config.data_dir, config.trust_domain_value, _now()

@@ -13,6 +13,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -20,18 +21,13 @@ import grpc.aio
 from insignia_proto import agent_pb2
 from insignia_proto.agent_pb2_grpc import AgentAPIStub
 
+from insignia.keepalive import AGENT_PING_INTERVAL, agent_channel_options
 from insignia.server_name import SERVER_TLS_NAME
 
 T = TypeVar("T")
 
 _EVICTION_CODES: Final = frozenset(
     {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
-)
-_KEEPALIVE: Final = (
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
 )
 
 
@@ -96,12 +92,14 @@ class ServerClient:
         roots_pem: bytes,
         rpc_timeout: float,
         tls_name: str = SERVER_TLS_NAME,
+        ping_interval: timedelta = AGENT_PING_INTERVAL,
     ) -> None:
         self.address = address
         self.port = port
         self.attestation_port = attestation_port
         self.rpc_timeout = rpc_timeout
         self._tls_name = tls_name
+        self._keepalive = agent_channel_options(ping_interval)
         self._roots = roots_pem
         self._identity: tuple[bytes, bytes] | None = None
         # Bumped with every new agent SVID; lets a refusal of an older SVID be told apart.
@@ -110,7 +108,7 @@ class ServerClient:
         self._retired: list[grpc.aio.Channel] = []
 
     def _options(self) -> Sequence[tuple[str, Any]]:
-        return (("grpc.ssl_target_name_override", self._tls_name), *_KEEPALIVE)
+        return (("grpc.ssl_target_name_override", self._tls_name), *self._keepalive)
 
     def set_roots(self, roots_pem: bytes) -> None:
         """Trust a new bundle (after attestation or a bundle change); rebuilds the channel."""
@@ -153,7 +151,10 @@ class ServerClient:
         channel-owning call with `cancel()`; its one-off channel closes with the client."""
         creds = grpc.ssl_channel_credentials(self._roots)
         target = f"{self.address}:{self.attestation_port}"
-        channel = grpc.aio.secure_channel(target, creds, options=self._options())
+        # No keepalive: the channel is one-off, and the attestation port (open to anyone)
+        # keeps gRPC's strict ping policy.
+        options = (("grpc.ssl_target_name_override", self._tls_name),)
+        channel = grpc.aio.secure_channel(target, options=options, credentials=creds)
         self._retired.append(channel)
         call: grpc.aio.StreamStreamCall[agent_pb2.AttestRequest, agent_pb2.AttestResponse] = (
             AgentAPIStub(channel).Attest(None, timeout=self.rpc_timeout)

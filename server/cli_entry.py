@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
-from server.cli_client import admin_options, call, emit, fail, to_dict
+from insignia.spiffeid import SpiffeId
+from server.cli_client import CALL_TIMEOUT, admin_options, admin_stub, call, emit, fail, to_dict
+from server.entries import SERVER_PATH
 
 
 def _entry_text(e: admin_pb2.Entry) -> str:
@@ -114,6 +118,36 @@ def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: A
         entries = [_apply(admin_pb2.Entry(), fields)]
     response = call(socket_path, "CreateEntries", admin_pb2.CreateEntriesRequest(entries=entries))
     emit(as_json, response, lambda: "\n".join(e.id for e in response.entries))
+    for parent in _unknown_parents(socket_path, response.entries):
+        click.echo(
+            f"warning: parent ID {parent} names no attested agent, node alias or entry: "
+            "no agent receives this entry until one does (check --parent-id)",
+            err=True,
+        )
+
+
+def _unknown_parents(socket_path: Path, entries: Iterable[admin_pb2.Entry]) -> list[str]:
+    """Parents that are neither the server (node aliases), an attested agent nor another
+    entry's SPIFFE ID: such an entry is stored but never served, usually a typo."""
+    unknown = []
+    with admin_stub(socket_path) as stub:
+        for parent in dict.fromkeys(e.parent_id for e in entries):
+            if SpiffeId.parse(parent).path == SERVER_PATH:
+                continue
+            try:
+                stub.GetAgent(admin_pb2.AgentRequest(id=parent), timeout=CALL_TIMEOUT)
+                continue
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    continue  # unknown rather than missing: say nothing rather than guess
+            try:
+                request = admin_pb2.ListEntriesRequest(spiffe_id=parent)
+                found = stub.ListEntries(request, timeout=CALL_TIMEOUT).entries
+            except grpc.RpcError:
+                continue
+            if not found:
+                unknown.append(parent)
+    return unknown
 
 
 @entry.command("show")

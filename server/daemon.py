@@ -20,8 +20,9 @@ from insignia_proto import agent_pb2_grpc
 
 from attestors.interface import ServerEnvironment
 from attestors.registry import load_node_attestor_servers
-from insignia.files import atomic_write, ensure_private_dir
+from insignia.files import atomic_write, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
+from insignia.keepalive import SERVER_OPTIONS
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable
 from insignia.peercred_grpc import serve_grpc_with_peercred
@@ -41,7 +42,7 @@ from server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
 log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"
 SERVER_SVID_TTL = timedelta(hours=1)
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *SERVER_OPTIONS]
 # The attestation port needs no client certificate: keep what anyone can send there small.
 # Attestor payloads (an x509pop chain, a token) are a few KiB.
 ATTESTATION_MAX_MESSAGE = 64 * 1024
@@ -54,7 +55,7 @@ ATTESTATION_GRPC_OPTIONS = [
 
 def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     """Check the node attestors' config, open the datastore and the CA (blocking)."""
-    data_dir = ensure_private_dir(config.data_dir)
+    data_dir = ensure_data_dir(config.data_dir)
     upstream = (
         load_upstream(config.ca.upstream.cert_file, config.ca.upstream.key_file)
         if config.ca.upstream

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from insignia_proto import workload_pb2 as pb
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from insignia.spiffeid import TrustDomain
+from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
 from tests.integration.agent_clients import (
     UID_A,
@@ -210,3 +212,24 @@ def test_back_to_back_calls_on_one_connection_share_an_attestation(
     with WorkloadApiClient(running_agent.socket_path) as other:
         other.fetch_jwt_svids(["new-connection"])
     assert (running_agent.metric(attested) or 0) == after + 1  # a new connection attests anew
+
+
+def test_bundle_maps_are_keyed_by_the_trust_domain_id(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    """The proto says "keyed by the SPIFFE ID of the trust domain", and SPIRE sends that:
+    a client that looks up `spiffe://example.org` must find it (issue 12, item 6)."""
+    register(running_server, running_agent, "/raw", "unix:uid:0")
+    td_id = f"spiffe://{running_server.trust_domain}"
+    with grpc.insecure_channel(f"unix:{running_agent.socket_path}") as channel:
+        stub = WorkloadApiSyncStub(channel)
+        for call, request in (
+            (stub.FetchX509Bundles, pb.X509BundlesRequest()),
+            (stub.FetchJWTBundles, pb.JWTBundlesRequest()),
+        ):
+            stream = call(request, metadata=SECURITY_HEADER, timeout=30)
+            assert list(next(stream).bundles) == [td_id]
+            stream.cancel()
+    with WorkloadApiClient(running_agent.socket_path) as client:  # our SDK reads it back
+        bundles = client.fetch_x509_bundles()
+        assert bundles.get_bundle_for_trust_domain(TrustDomain.parse(td_id)) is not None

@@ -69,6 +69,11 @@ def test_the_sample_config_loads():
             "workload.jwt_mint_rate_per_uid",
             "expected number > 0",
         ),
+        (
+            ("[server]", '[sync]\nkeepalive_interval = "1s"\n[server]'),
+            "sync",
+            "keepalive_interval must be at least 5s",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, edit, key, fragment):

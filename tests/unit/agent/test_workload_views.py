@@ -78,9 +78,12 @@ def test_federated_bundles_only_for_entries_that_federate():
         },
     )
     cache.apply(SyncDelta("s", 2, False, (), (), view))
-    assert set(x509_view(cache, CALLER, NOW).response.federated_bundles) == {"partner.org"}
-    assert set(x509_bundles(cache, CALLER, NOW)) == {"example.org", "partner.org"}
-    assert set(jwt_bundles(cache, CALLER, NOW)) == {"example.org", "partner.org"}
+    # keyed by the trust domain's SPIFFE ID, as the proto says and SPIRE sends
+    fed_ids = x509_view(cache, CALLER, NOW).response.federated_bundles
+    assert set(fed_ids) == {"spiffe://partner.org"}
+    both = {"spiffe://example.org", "spiffe://partner.org"}
+    assert set(x509_bundles(cache, CALLER, NOW)) == both
+    assert set(jwt_bundles(cache, CALLER, NOW)) == both
 
 
 def test_jwt_targets_all_or_the_named_one():
