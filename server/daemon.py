@@ -1,7 +1,7 @@
 """`insignia-server run`: one trio nursery (a guest of asyncio, for grpc.aio) whose children are
 the agent API, the admin API, health and metrics, CA rotation, the change-log follower and
-signal handling. SIGTERM or SIGINT cancels the nursery: listeners stop, in-flight RPCs get a
-short grace period, the datastore closes.
+signal handling. SIGHUP is logged and ignored, as by the agent. SIGTERM or SIGINT cancels the
+nursery: listeners stop, in-flight RPCs get a short grace period, the datastore closes.
 """
 
 from __future__ import annotations
@@ -275,8 +275,11 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
         log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
         sd_notify("READY=1")
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:  # would otherwise kill the server (exit 129)
+                    log.info("server.sighup_ignored", detail="no reload; restart to reconfigure")
+                    continue
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 sd_notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
