@@ -27,8 +27,9 @@ _PROBE_TIMEOUT = 1.0
 class InstanceConflict(StartupRefused):
     """Another live process holds what this one needs: its data_dir or a socket path."""
 
-    def __init__(self, problem: str, key: str = "") -> None:
+    def __init__(self, problem: str, key: str = "", holder: str = "unknown") -> None:
         super().__init__(key, problem)
+        self.holder = holder  # the other process's pid, as far as we can tell
 
 
 class DataDirLock(Closing):
@@ -60,6 +61,7 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
             f"{data_dir} is in use by another instance (pid {holder}); stop it or give this "
             "one another data_dir",
             key="data_dir",
+            holder=holder,
         ) from None
     except BaseException:
         os.close(fd)
@@ -106,7 +108,8 @@ def claim_socket_path(path: Path) -> None:
     if pid is not None:
         raise InstanceConflict(
             f"{path} is in use by another running process (pid {pid}); stop it or configure "
-            "another socket path"
+            "another socket path",
+            holder=str(pid),
         )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
