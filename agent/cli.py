@@ -93,8 +93,8 @@ def run(config_path: Path, join_token: str | None) -> None:
     from agent.node_attestation import AttestationRefused
     from attestors.registry import load_node_attestor_agent, load_workload_attestors
     from insignia import runtime, unix_diag
-    from insignia.files import UnsafeDirectory
     from insignia.logs import configure_logging, get_logger
+    from insignia.startup import run_reporting_failures
     from insignia.unix_diag import UnixDiagUnavailable
 
     try:
@@ -121,17 +121,9 @@ def run(config_path: Path, join_token: str | None) -> None:
     except UnixDiagUnavailable as exc:
         fail(str(exc))
     daemon = AgentDaemon(config, workload_attestors, node_attestor)
-    refused: AttestationRefused | UnsafeDirectory | None = None
-    try:
-        runtime.run(daemon.run)
-    except* AttestationRefused as group:
-        refused = runtime.first_leaf(group)
-    except* UnsafeDirectory as group:
-        refused = runtime.first_leaf(group)
-    except* KeyboardInterrupt:
-        pass
-    if refused is not None:
-        fail(str(refused))
+    run_reporting_failures(
+        "insignia-agent: ", config_path, lambda: runtime.run(daemon.run), (AttestationRefused,)
+    )
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

@@ -10,12 +10,9 @@ Workload API keeps serving the cache meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import stat
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 
@@ -33,8 +30,10 @@ from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, W
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
+from insignia.config import refused_for_key
 from insignia.files import check_owned_directory, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
+from insignia.instance import claim_socket_path, lock_data_dir
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
 from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS
@@ -72,13 +71,6 @@ def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: floa
         raise WorkloadAttestationFailed("timeout", f"no selectors within {timeout:g}s")
 
     return attest
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """A socket left by a previous run would make the HTTP listener fail to bind."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            path.unlink()
 
 
 class AgentDaemon:
@@ -153,13 +145,27 @@ class AgentDaemon:
                 await self.keeper.attest(server, self.backoff)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the data_dir lock for as long as the daemon runs; log when it has stopped."""
+        with refused_for_key("data_dir"):
+            ensure_data_dir(self.config.data_dir)
+        with lock_data_dir(self.config.data_dir):
+            try:
+                await self._run(task_status)
+            finally:
+                if self.serving:  # a refusal to start is its own one line, not a stop
+                    log.info("agent.stopped")
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
-        ensure_data_dir(config.data_dir)
-        admin_dir = ensure_private_dir(config.admin_socket_path.parent)
-        config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        # Whoever can write there can replace our socket with theirs and hand out identities.
-        check_owned_directory(config.socket_path.parent, frozenset({0, os.geteuid()}))
-        _remove_stale_socket(config.admin_socket_path)
+        with refused_for_key("admin_socket_path"):
+            admin_dir = ensure_private_dir(config.admin_socket_path.parent)
+        with refused_for_key("socket_path"):
+            config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            # Whoever can write there can replace our socket with theirs and hand out identities.
+            check_owned_directory(config.socket_path.parent, frozenset({0, os.geteuid()}))
+        # Before attesting: a second agent on these paths must stop here, not after a join.
+        for path in (config.socket_path, config.admin_socket_path):
+            claim_socket_path(path)
         server = await self.keeper.start(self.backoff)
         timeout = config.workload.attestation_timeout.total_seconds()
         async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
@@ -206,9 +212,11 @@ class AgentDaemon:
             )
             for address in dict.fromkeys((config.health.address, config.metrics.address)):
                 if address:
-                    await nursery.start(
-                        serve_health, address, self.metrics.registry, self.readiness
-                    )
+                    key = "health" if address == config.health.address else "metrics"
+                    with refused_for_key(f"{key}.address"):
+                        await nursery.start(
+                            serve_health, address, self.metrics.registry, self.readiness
+                        )
             log.info(
                 "agent.ready",
                 spiffe_id=str(self.keeper.identity.spiffe_id) if self.keeper.identity else None,

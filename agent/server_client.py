@@ -29,6 +29,15 @@ T = TypeVar("T")
 _EVICTION_CODES: Final = frozenset(
     {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 )
+# grpc's own reconnect backoff (1 s growing to 120 s by default) decides when a channel sees a
+# returned server, whatever the agent's retry loop does: after a long outage it waited up to
+# 27 s. Capped at 1 s, the channel is READY within about a second of the server's return; a
+# connection attempt may still take 5 s (a TLS handshake with a busy server).
+_RECONNECT: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 5_000),
+)
 
 
 class AgentEvicted(Exception):
@@ -108,7 +117,7 @@ class ServerClient:
         self._retired: list[grpc.aio.Channel] = []
 
     def _options(self) -> Sequence[tuple[str, Any]]:
-        return (("grpc.ssl_target_name_override", self._tls_name), *self._keepalive)
+        return (("grpc.ssl_target_name_override", self._tls_name), *self._keepalive, *_RECONNECT)
 
     def set_roots(self, roots_pem: bytes) -> None:
         """Trust a new bundle (after attestation or a bundle change); rebuilds the channel."""
@@ -134,7 +143,7 @@ class ServerClient:
             self._retired.append(self._channel)
             self._channel = None
 
-    def _stub(self) -> AgentAPIStub[Any, Any, Any, Any, Any]:
+    def _mtls_channel(self) -> grpc.aio.Channel:
         if self._identity is None:
             raise RuntimeError("no agent SVID yet: attest first")
         if self._channel is None:
@@ -142,7 +151,28 @@ class ServerClient:
             creds = grpc.ssl_channel_credentials(self._roots, key, chain)
             target = f"{self.address}:{self.port}"
             self._channel = grpc.aio.secure_channel(target, creds, options=self._options())
-        return AgentAPIStub(self._channel)
+        return self._channel
+
+    def _stub(self) -> AgentAPIStub[Any, Any, Any, Any, Any]:
+        return AgentAPIStub(self._mtls_channel())
+
+    async def back_after_outage(self) -> None:
+        """Return once the channel to the server goes from not ready to READY (asyncio side).
+
+        A retry loop races its backoff sleep against this, so it retries as soon as the
+        server is back. A channel that is READY throughout never returns: a server that is up
+        but failing calls gets the full backoff, not a tight loop.
+        """
+        channel = self._mtls_channel()
+        was_down = False
+        while True:
+            state = channel.get_state(try_to_connect=True)
+            if state is grpc.ChannelConnectivity.READY:
+                if was_down:
+                    return
+            else:
+                was_down = True
+            await channel.wait_for_state_change(state)
 
     def attest(
         self,

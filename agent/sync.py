@@ -138,4 +138,5 @@ async def run_sync(
         attempt += 1
         metrics.sync_reconnects.inc()
         log.warning("sync.disconnected", error=error, retry_in=round(delay, 3), attempt=attempt)
-        await trio.sleep(delay)
+        with trio.move_on_after(delay):  # or sooner: as soon as the server is reachable again
+            await call_asyncio(server.back_after_outage)

@@ -28,6 +28,7 @@ from typing import cast
 import trio
 
 from insignia.accepting import accept_retrying
+from insignia.instance import claim_socket_path
 from insignia.log_throttle import LogThrottle
 from insignia.logs import get_logger
 from insignia.peercred import (
@@ -98,6 +99,7 @@ async def _bind_public(path: Path, mode: int, gid: int | None) -> trio.socket.So
             raise NotASocket(path)
     except FileNotFoundError:
         pass
+    claim_socket_path(path)  # the rename below would take a live daemon's socket over
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Short on purpose: a Unix socket path is limited to 107 bytes, and the temporary name must
     # fit wherever the final one does.
@@ -107,7 +109,7 @@ async def _bind_public(path: Path, mode: int, gid: int | None) -> trio.socket.So
         os.chmod(tmp, mode)
         if gid is not None:
             os.chown(tmp, -1, gid)
-        os.rename(tmp, path)  # atomically replaces a stale socket from a previous run
+        os.rename(tmp, path)
         sock.listen(_BACKLOG)
     except BaseException:
         sock.close()

@@ -12,8 +12,8 @@ from insignia_proto import admin_pb2
 from insignia import __version__
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.logs import configure_logging
-from insignia.runtime import first_leaf
 from insignia.runtime import run as run_trio
+from insignia.startup import run_reporting_failures
 from server.cli_client import admin_options, call, emit
 from server.cli_commands import agent, authority, bundle, jwt, token, x509
 from server.cli_entry import entry
@@ -43,17 +43,9 @@ def run(config_path: Path) -> None:
         _config_failure(exc)
     from server.daemon import run_daemon  # heavy imports only when running
 
-    try:
-        run_trio(run_daemon, config, config_path)
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        found, _ = group.split(ConfigError)
-        if found is None:
-            raise
-        _config_failure(first_leaf(found))
-    except ConfigError as exc:
-        _config_failure(exc)
+    run_reporting_failures(
+        "error: ", config_path, lambda: run_trio(run_daemon, config, config_path)
+    )
 
 
 def _config_failure(exc: BaseException) -> NoReturn:

@@ -19,6 +19,9 @@ from server.config import DEFAULT_ADMIN_SOCKET
 
 F = TypeVar("F", bound=Callable[..., Any])
 CALL_TIMEOUT = 30.0
+# The admin API carries TTLs as int32 seconds: refuse larger ones as a usage error (exit 2,
+# naming the flag), not as a protobuf ValueError traceback.
+MAX_TTL_SECONDS = 2**31 - 1
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -14,7 +14,7 @@ from insignia.bundle import load_der_certificates
 from insignia.files import atomic_write
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
 from insignia.spiffeid import SpiffeId
-from server.cli_client import admin_options, call, emit, fail, to_dict
+from server.cli_client import MAX_TTL_SECONDS, admin_options, call, emit, fail, to_dict
 
 
 @click.group()
@@ -24,7 +24,11 @@ def token() -> None:
 
 @token.command("generate")
 @click.option("--spiffe-id", help="Also create an entry giving the agent this ID.")
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default: join_token_ttl).")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1, max=MAX_TTL_SECONDS),
+    help="Seconds (default: join_token_ttl).",
+)
 @admin_options
 def token_generate(
     socket_path: Path, as_json: bool, spiffe_id: str | None, ttl: int | None
@@ -113,7 +117,11 @@ def x509() -> None:
 
 @x509.command("mint")
 @click.option("--spiffe-id", required=True)
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default_x509_svid_ttl).")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1, max=MAX_TTL_SECONDS),
+    help="Seconds (default_x509_svid_ttl).",
+)
 @click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat).")
 @click.option("--key-type", type=click.Choice([k.value for k in KeyType]), default="ec-p256")
 @click.option(
@@ -184,7 +192,9 @@ def jwt() -> None:
 @jwt.command("mint")
 @click.option("--spiffe-id", required=True)
 @click.option("--audience", multiple=True, required=True, help="Audience (repeat).")
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default_jwt_svid_ttl).")
+@click.option(
+    "--ttl", type=click.IntRange(min=1, max=MAX_TTL_SECONDS), help="Seconds (default_jwt_svid_ttl)."
+)
 @admin_options
 def jwt_mint(
     socket_path: Path, as_json: bool, spiffe_id: str, audience: tuple[str, ...], ttl: int | None

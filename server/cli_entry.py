@@ -13,7 +13,16 @@ from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
 from insignia.spiffeid import SpiffeId
-from server.cli_client import CALL_TIMEOUT, admin_options, admin_stub, call, emit, fail, to_dict
+from server.cli_client import (
+    CALL_TIMEOUT,
+    MAX_TTL_SECONDS,
+    admin_options,
+    admin_stub,
+    call,
+    emit,
+    fail,
+    to_dict,
+)
 from server.entries import SERVER_PATH
 
 
@@ -46,8 +55,12 @@ def entry_fields(fn: Any) -> Any:
             click.option("--spiffe-id", help="SPIFFE ID the entry issues."),
             click.option("--parent-id", help="Agent ID, node alias ID or parent workload ID."),
             click.option("--selector", "selectors", multiple=True, help="type:value (repeat)."),
-            click.option("--x509-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
-            click.option("--jwt-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
+            click.option(
+                "--x509-svid-ttl", type=click.IntRange(min=0, max=MAX_TTL_SECONDS), help="Seconds."
+            ),
+            click.option(
+                "--jwt-svid-ttl", type=click.IntRange(min=0, max=MAX_TTL_SECONDS), help="Seconds."
+            ),
             click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
             click.option("--hint", help="Hint for workloads holding several SVIDs."),
             click.option("--federates-with", multiple=True, help="Trust domain (repeat)."),
