@@ -11,7 +11,7 @@ import importlib
 import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -24,6 +24,10 @@ from agent.config import (
 from insignia import __version__
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
+
+if TYPE_CHECKING:
+    from attestors.interface import NodeAttestorAgent
+    from attestors.registry import ConfiguredWorkloadAttestor
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -77,8 +81,30 @@ def main() -> None:
     """Insignia agent: attests this node and serves the SPIFFE Workload API."""
 
 
-@main.command()
-@click.option(
+def _checked_config(config_path: Path, join_token: str | None) -> AgentConfig:
+    """The config as `run` uses it, its trust bundle checked; ConfigError otherwise."""
+    config = load_agent_config(config_path)
+    if join_token is not None:
+        config = config.with_join_token(join_token)
+    _check_trust_bundle(config, config_path)
+    return config
+
+
+def _plugins(
+    config: AgentConfig, config_path: Path
+) -> tuple[tuple[ConfiguredWorkloadAttestor, ...], NodeAttestorAgent]:
+    """Configure the workload attestors and the node attestor; ConfigError names the key."""
+    from attestors.registry import load_node_attestor_agent, load_workload_attestors
+
+    workload_attestors = load_workload_attestors(config.workload_attestors, config_path)
+    name = config.node_attestor_name
+    node_attestor = load_node_attestor_agent(
+        name, config.node_attestor[name], config.trust_domain_value, config_path
+    )
+    return workload_attestors, node_attestor
+
+
+_config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -86,21 +112,21 @@ def main() -> None:
     show_default=True,
     help="Agent config file (TOML).",
 )
+
+
+@main.command()
+@_config_option
 @click.option("--join-token", help="Attest with this join token (overrides node_attestor).")
 def run(config_path: Path, join_token: str | None) -> None:
     """Run the agent daemon until SIGTERM or SIGINT."""
     from agent.daemon import AgentDaemon
     from agent.node_attestation import AttestationRefused
-    from attestors.registry import load_node_attestor_agent, load_workload_attestors
     from insignia import runtime
     from insignia.files import UnsafeDirectory
     from insignia.logs import configure_logging, get_logger
 
     try:
-        config = load_agent_config(config_path)
-        if join_token is not None:
-            config = config.with_join_token(join_token)
-        _check_trust_bundle(config, config_path)
+        config = _checked_config(config_path, join_token)
         configure_logging(config.log.level, config.log.format)
         if join_token is not None:
             get_logger(__name__).warning(
@@ -108,11 +134,7 @@ def run(config_path: Path, join_token: str | None) -> None:
                 detail="every local user can read it in /proc/<pid>/cmdline while the agent "
                 "runs; prefer token_file under [node_attestor.join_token]",
             )
-        workload_attestors = load_workload_attestors(config.workload_attestors, config_path)
-        name = config.node_attestor_name
-        node_attestor = load_node_attestor_agent(
-            name, config.node_attestor[name], config.trust_domain_value, config_path
-        )
+        workload_attestors, node_attestor = _plugins(config, config_path)
     except ConfigError as exc:
         fail(str(exc), CONFIG_EXIT_CODE)
     daemon = AgentDaemon(config, workload_attestors, node_attestor)
@@ -127,6 +149,17 @@ def run(config_path: Path, join_token: str | None) -> None:
         pass
     if refused is not None:
         fail(str(refused))
+
+
+@main.command()
+@_config_option
+def validate(config_path: Path) -> None:
+    """Check a config as `run` would, without starting anything: "config OK", or exit 2."""
+    try:
+        _plugins(_checked_config(config_path, None), config_path)
+    except ConfigError as exc:
+        fail(str(exc), CONFIG_EXIT_CODE)
+    click.echo("config OK")
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

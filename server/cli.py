@@ -56,6 +56,25 @@ def run(config_path: Path) -> None:
         _config_failure(exc)
 
 
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Server config file (TOML) to check.",
+)
+def validate(config_path: Path) -> None:
+    """Check a config as `run` would, without starting anything: "config OK", or exit 2."""
+    from server.validate import check_server_config
+
+    try:
+        check_server_config(config_path)
+    except ConfigError as exc:
+        _config_failure(exc)
+    click.echo("config OK")
+
+
 def _config_failure(exc: BaseException) -> NoReturn:
     click.echo(f"error: {exc}", err=True)
     sys.exit(CONFIG_EXIT_CODE)
