@@ -10,8 +10,9 @@ import http.client
 import importlib
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import click
 
@@ -23,11 +24,16 @@ from agent.config import (
 )
 from insignia import __version__
 from insignia.bundle import Bundle, InvalidBundle
+from insignia.cli_options import log_level_option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
+from insignia.logs import LogLevel
 
 if TYPE_CHECKING:
     from attestors.interface import NodeAttestorAgent
     from attestors.registry import ConfiguredWorkloadAttestor
+
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -117,7 +123,8 @@ _config_option = click.option(
 @main.command()
 @_config_option
 @click.option("--join-token", help="Attest with this join token (overrides node_attestor).")
-def run(config_path: Path, join_token: str | None) -> None:
+@log_level_option
+def run(config_path: Path, join_token: str | None, log_level: str | None) -> None:
     """Run the agent daemon until SIGTERM or SIGINT."""
     from agent.daemon import AgentDaemon
     from agent.node_attestation import AttestationRefused
@@ -127,7 +134,7 @@ def run(config_path: Path, join_token: str | None) -> None:
 
     try:
         config = _checked_config(config_path, join_token)
-        configure_logging(config.log.level, config.log.format)
+        configure_logging(log_level or config.log.level, config.log.format)
         if join_token is not None:
             get_logger(__name__).warning(
                 "agent.join_token_on_command_line",
@@ -173,23 +180,31 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(str(self._path))
 
 
-@main.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Read admin_socket_path from this config file.",
-)
-@click.option(
-    "--admin-socket",
-    type=click.Path(path_type=Path),
-    default=None,
-    help=f"Agent admin socket [default: from --config, else {DEFAULT_ADMIN_SOCKET_PATH}].",
-)
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds.")
-def healthcheck(config_path: Path | None, admin_socket: Path | None, timeout: float) -> None:
-    """Exit 0 if the agent is ready (attested, synced, serving), else 1 with the reason."""
+def _admin_socket_options(fn: F) -> F:
+    """--config / --admin-socket: which agent's private admin socket to talk to."""
+    fn = click.option(
+        "--admin-socket",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=f"Agent admin socket [default: from --config, else {DEFAULT_ADMIN_SOCKET_PATH}].",
+    )(fn)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Read admin_socket_path from this config file.",
+    )(fn)
+
+
+def _admin_request(
+    config_path: Path | None,
+    admin_socket: Path | None,
+    method: str,
+    url: str,
+    timeout: float,
+) -> tuple[int, str]:
+    """(status, body) of one HTTP request on the admin socket; exit 1 if it cannot be made."""
     path = admin_socket
     if path is None:
         try:
@@ -202,16 +217,50 @@ def healthcheck(config_path: Path | None, admin_socket: Path | None, timeout: fl
             fail(str(exc), CONFIG_EXIT_CODE)
     connection = _UnixHTTPConnection(path, timeout)
     try:
-        connection.request("GET", "/ready")
+        connection.request(method, url)
         response = connection.getresponse()
-        body = response.read().decode(errors="replace").strip()
+        return response.status, response.read().decode(errors="replace").strip()
     except OSError as exc:
-        fail(f"agent is unhealthy: cannot reach its admin socket {path}: {exc}")
+        fail(f"cannot reach the agent's admin socket {path}: {exc}")
     finally:
         connection.close()
-    if response.status != 200:
+
+
+@main.command()
+@_admin_socket_options
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds.")
+def healthcheck(config_path: Path | None, admin_socket: Path | None, timeout: float) -> None:
+    """Exit 0 if the agent is ready (attested, synced, serving), else 1 with the reason."""
+    status, body = _admin_request(config_path, admin_socket, "GET", "/ready", timeout)
+    if status != 200:
         fail(f"agent is unhealthy: {body}")
     click.echo("Agent is healthy.")
+
+
+@main.group("log-level")
+def log_level_group() -> None:
+    """The running agent's log level (changed until it restarts; the config is not edited)."""
+
+
+@log_level_group.command("show")
+@_admin_socket_options
+def log_level_show(config_path: Path | None, admin_socket: Path | None) -> None:
+    """Print the level in force."""
+    status, body = _admin_request(config_path, admin_socket, "GET", "/log-level", 5.0)
+    if status != 200:
+        fail(body)
+    click.echo(body)
+
+
+@log_level_group.command("set")
+@click.argument("level", type=click.Choice(get_args(LogLevel)))
+@_admin_socket_options
+def log_level_set(level: str, config_path: Path | None, admin_socket: Path | None) -> None:
+    """Switch the running agent to LEVEL at once."""
+    status, body = _admin_request(config_path, admin_socket, "PUT", f"/log-level/{level}", 5.0)
+    if status != 200:
+        fail(body)
+    click.echo(f"log level is now {body}")
 
 
 if __name__ == "__main__":

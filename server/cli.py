@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, get_args
 
 import click
 from insignia_proto import admin_pb2
 
 from insignia import __version__
+from insignia.cli_options import log_level_option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
-from insignia.logs import configure_logging
+from insignia.logs import LogLevel, configure_logging
 from insignia.runtime import first_leaf
 from insignia.runtime import run as run_trio
 from server.cli_client import admin_options, call, emit
@@ -34,11 +35,12 @@ def main() -> None:
     required=True,
     help="Server config file (TOML); see server/server.sample.toml.",
 )
-def run(config_path: Path) -> None:
+@log_level_option
+def run(config_path: Path, log_level: str | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
     try:
         config = load_server_config(config_path)
-        configure_logging(config.log.level, config.log.format)
+        configure_logging(log_level or config.log.level, config.log.format)
     except (ConfigError, ValueError) as exc:
         _config_failure(exc)
     from server.daemon import run_daemon  # heavy imports only when running
@@ -88,6 +90,28 @@ def healthcheck(socket_path: Path, as_json: bool) -> None:
     emit(as_json, response, lambda: "ready" if response.ready else f"not ready: {response.reason}")
     if not response.ready:
         sys.exit(1)
+
+
+@main.group("log-level")
+def log_level_group() -> None:
+    """The running server's log level (changed until it restarts; the config is not edited)."""
+
+
+@log_level_group.command("show")
+@admin_options
+def log_level_show(socket_path: Path, as_json: bool) -> None:
+    """Print the level in force."""
+    response = call(socket_path, "GetLogLevel", admin_pb2.GetLogLevelRequest())
+    emit(as_json, response, lambda: response.level)
+
+
+@log_level_group.command("set")
+@click.argument("level", type=click.Choice(get_args(LogLevel)))
+@admin_options
+def log_level_set(socket_path: Path, as_json: bool, level: str) -> None:
+    """Switch the running server to LEVEL at once."""
+    response = call(socket_path, "SetLogLevel", admin_pb2.SetLogLevelRequest(level=level))
+    emit(as_json, response, lambda: f"log level is now {response.level}")
 
 
 for command in (entry, token, agent, bundle, x509, jwt, authority):
