@@ -13,7 +13,7 @@ import click
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from insignia_proto import admin_pb2_grpc
+from insignia_proto import admin_pb2, admin_pb2_grpc
 
 from server.config import DEFAULT_ADMIN_SOCKET
 
@@ -74,3 +74,15 @@ def to_dict(message: Message) -> dict[str, Any]:
 
 def emit(as_json: bool, message: Message, text: Callable[[], str]) -> None:
     click.echo(json.dumps(to_dict(message), indent=2) if as_json else text())
+
+
+def count_command(group: click.Group, method: str, noun: str, plural: str) -> None:
+    """`GROUP count`: the datastore's COUNT, printed as "N <noun|plural>" (or {"count": N})."""
+
+    @group.command("count", help=f"Print how many {plural} there are.")
+    @admin_options
+    def command(socket_path: Path, as_json: bool) -> None:
+        response = call(socket_path, method, admin_pb2.CountRequest())
+        emit(
+            as_json, response, lambda: f"{response.count} {noun if response.count == 1 else plural}"
+        )

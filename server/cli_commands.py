@@ -14,7 +14,7 @@ from insignia.bundle import load_der_certificates
 from insignia.files import atomic_write
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
 from insignia.spiffeid import SpiffeId
-from server.cli_client import admin_options, call, emit, fail, to_dict
+from server.cli_client import admin_options, call, count_command, emit, fail, to_dict
 
 
 @click.group()
@@ -80,6 +80,7 @@ def _agent_action(name: str, method: str, help_text: str) -> click.Command:
     return command
 
 
+count_command(agent, "CountAgents", "attested agent", "attested agents")
 _agent_action("show", "GetAgent", "Show one agent.")
 _agent_action("evict", "EvictAgent", "Forget an agent: it must attest again.")
 _agent_action("ban", "BanAgent", "Refuse an agent for good.")
@@ -104,6 +105,9 @@ def bundle_show(socket_path: Path, as_json: bool, fmt: str) -> None:
         click.echo(response.x509_pem.decode(), nl=False)
     else:
         click.echo(response.spiffe_bundle.decode())
+
+
+count_command(bundle, "CountBundles", "bundle", "bundles")
 
 
 @click.group()

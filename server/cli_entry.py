@@ -10,7 +10,7 @@ import click
 from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
-from server.cli_client import admin_options, call, emit, fail, to_dict
+from server.cli_client import admin_options, call, count_command, emit, fail, to_dict
 
 
 def _entry_text(e: admin_pb2.Entry) -> str:
@@ -114,6 +114,9 @@ def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: A
         entries = [_apply(admin_pb2.Entry(), fields)]
     response = call(socket_path, "CreateEntries", admin_pb2.CreateEntriesRequest(entries=entries))
     emit(as_json, response, lambda: "\n".join(e.id for e in response.entries))
+
+
+count_command(entry, "CountEntries", "registration entry", "registration entries")
 
 
 @entry.command("show")
