@@ -24,7 +24,7 @@ from agent.config import (
 )
 from insignia import __version__
 from insignia.bundle import Bundle, InvalidBundle
-from insignia.cli_options import log_level_option
+from insignia.cli_options import log_level_option, option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.logs import LogLevel
 
@@ -110,8 +110,9 @@ def _plugins(
     return workload_attestors, node_attestor
 
 
-_config_option = click.option(
+_config_option = option(
     "--config",
+    "-config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=DEFAULT_CONFIG_PATH,
@@ -122,7 +123,7 @@ _config_option = click.option(
 
 @main.command()
 @_config_option
-@click.option("--join-token", help="Attest with this join token (overrides node_attestor).")
+@option("--join-token", "-joinToken", help="Attest with this join token (overrides node_attestor).")
 @log_level_option
 def run(config_path: Path, join_token: str | None, log_level: str | None) -> None:
     """Run the agent daemon until SIGTERM or SIGINT."""
@@ -182,14 +183,16 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def _admin_socket_options(fn: F) -> F:
     """--config / --admin-socket: which agent's private admin socket to talk to."""
-    fn = click.option(
+    fn = option(
         "--admin-socket",
+        "-socketPath",
         type=click.Path(path_type=Path),
         default=None,
         help=f"Agent admin socket [default: from --config, else {DEFAULT_ADMIN_SOCKET_PATH}].",
     )(fn)
-    return click.option(
+    return option(
         "--config",
+        "-config",
         "config_path",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
@@ -228,7 +231,7 @@ def _admin_request(
 
 @main.command()
 @_admin_socket_options
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds.")
+@option("--timeout", "-timeout", type=float, default=5.0, show_default=True, help="Seconds.")
 def healthcheck(config_path: Path | None, admin_socket: Path | None, timeout: float) -> None:
     """Exit 0 if the agent is ready (attested, synced, serving), else 1 with the reason."""
     status, body = _admin_request(config_path, admin_socket, "GET", "/ready", timeout)

@@ -18,6 +18,7 @@ from typing import NoReturn, ParamSpec, TypeVar
 import click
 
 from agent.config import DEFAULT_SOCKET_PATH, load_agent_config
+from insignia.cli_options import option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.files import atomic_write
 from insignia.keys import private_key_to_pem
@@ -48,18 +49,20 @@ def _socket(socket: str | None, config_path: Path | None) -> Path:
 
 
 def _client_options(fn: Callable[P, R]) -> Callable[P, R]:
-    fn = click.option(
-        "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait."
+    fn = option(
+        "--timeout", "-timeout", type=float, default=10.0, show_default=True, help="Seconds."
     )(fn)
-    fn = click.option(
+    fn = option(
         "--config",
+        "-config",
         "config_path",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
         help="Take the socket path from this agent config.",
     )(fn)
-    return click.option(
+    return option(
         "--socket",
+        "-socketPath",
         "socket",
         default=None,
         help=f"Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else {DEFAULT_SOCKET_PATH}].",
@@ -121,8 +124,9 @@ def fetch() -> None:
 
 @fetch.command("x509")
 @_client_options
-@click.option(
+@option(
     "--write",
+    "-write",
     "write_dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Also write svid.N.pem, svid.N.key (0600) and bundle.N.pem into this directory.",
@@ -148,8 +152,8 @@ def fetch_x509(
 
 @fetch.command("jwt")
 @_client_options
-@click.option("--audience", "audiences", multiple=True, required=True, help="Repeatable.")
-@click.option("--spiffe-id", default=None, help="Only this one of the caller's identities.")
+@option("--audience", "-audience", "audiences", multiple=True, required=True, help="Repeatable.")
+@option("--spiffe-id", "-spiffeID", default=None, help="Only this one of the caller's identities.")
 def fetch_jwt(
     socket: str | None,
     config_path: Path | None,
@@ -175,8 +179,8 @@ def validate() -> None:
 
 @validate.command("jwt")
 @_client_options
-@click.option("--audience", required=True)
-@click.option("--svid", "token", required=True, help="The JWT-SVID (compact JWS).")
+@option("--audience", "-audience", required=True)
+@option("--svid", "-svid", "token", required=True, help="The JWT-SVID (compact JWS).")
 def validate_jwt(
     socket: str | None, config_path: Path | None, timeout: float, audience: str, token: str
 ) -> None:

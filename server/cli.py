@@ -10,7 +10,7 @@ import click
 from insignia_proto import admin_pb2
 
 from insignia import __version__
-from insignia.cli_options import log_level_option
+from insignia.cli_options import log_level_option, option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.logs import LogLevel, configure_logging
 from insignia.runtime import first_leaf
@@ -28,8 +28,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
+@option(
     "--config",
+    "-config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
@@ -59,8 +60,9 @@ def run(config_path: Path, log_level: str | None) -> None:
 
 
 @main.command()
-@click.option(
+@option(
     "--config",
+    "-config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,

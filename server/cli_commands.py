@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from insignia_proto import admin_pb2
 
 from insignia.bundle import load_der_certificates
+from insignia.cli_options import id_argument, option
 from insignia.files import atomic_write
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
 from insignia.spiffeid import SpiffeId
@@ -23,8 +24,8 @@ def token() -> None:
 
 
 @token.command("generate")
-@click.option("--spiffe-id", help="Also create an entry giving the agent this ID.")
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default: join_token_ttl).")
+@option("--spiffe-id", "-spiffeID", help="Also create an entry giving the agent this ID.")
+@option("--ttl", "-ttl", type=click.IntRange(min=1), help="Seconds (default: join_token_ttl).")
 @admin_options
 def token_generate(
     socket_path: Path, as_json: bool, spiffe_id: str | None, ttl: int | None
@@ -71,7 +72,7 @@ def agent_list(socket_path: Path, as_json: bool) -> None:
 
 def _agent_action(name: str, method: str, help_text: str) -> click.Command:
     @agent.command(name, help=help_text)
-    @click.argument("agent_id")
+    @id_argument("agent_id", "-spiffeID")
     @admin_options
     def command(socket_path: Path, as_json: bool, agent_id: str) -> None:
         response = call(socket_path, method, admin_pb2.AgentRequest(id=agent_id))
@@ -92,8 +93,13 @@ def bundle() -> None:
 
 
 @bundle.command("show")
-@click.option(
-    "--format", "fmt", type=click.Choice(["pem", "spiffe"]), default="pem", show_default=True
+@option(
+    "--format",
+    "-format",
+    "fmt",
+    type=click.Choice(["pem", "spiffe"]),
+    default="pem",
+    show_default=True,
 )
 @admin_options
 def bundle_show(socket_path: Path, as_json: bool, fmt: str) -> None:
@@ -116,12 +122,13 @@ def x509() -> None:
 
 
 @x509.command("mint")
-@click.option("--spiffe-id", required=True)
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default_x509_svid_ttl).")
-@click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat).")
+@option("--spiffe-id", "-spiffeID", required=True)
+@option("--ttl", "-ttl", type=click.IntRange(min=1), help="Seconds (default_x509_svid_ttl).")
+@option("--dns", "-dns", "dns_names", multiple=True, help="DNS SAN (repeat).")
 @click.option("--key-type", type=click.Choice([k.value for k in KeyType]), default="ec-p256")
-@click.option(
+@option(
     "--write",
+    "-write",
     "write_dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Write svid.pem, svid.key and bundle.pem here instead of printing.",
@@ -186,9 +193,9 @@ def jwt() -> None:
 
 
 @jwt.command("mint")
-@click.option("--spiffe-id", required=True)
-@click.option("--audience", multiple=True, required=True, help="Audience (repeat).")
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default_jwt_svid_ttl).")
+@option("--spiffe-id", "-spiffeID", required=True)
+@option("--audience", "-audience", multiple=True, required=True, help="Audience (repeat).")
+@option("--ttl", "-ttl", type=click.IntRange(min=1), help="Seconds (default_jwt_svid_ttl).")
 @admin_options
 def jwt_mint(
     socket_path: Path, as_json: bool, spiffe_id: str, audience: tuple[str, ...], ttl: int | None

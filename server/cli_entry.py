@@ -10,6 +10,7 @@ import click
 from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
+from insignia.cli_options import id_argument, option
 from server.cli_client import admin_options, call, count_command, emit, fail, to_dict
 
 
@@ -37,22 +38,30 @@ def _entry_text(e: admin_pb2.Entry) -> str:
 
 
 def entry_fields(fn: Any) -> Any:
-    for option in reversed(
+    for decorator in reversed(
         [
-            click.option("--spiffe-id", help="SPIFFE ID the entry issues."),
-            click.option("--parent-id", help="Agent ID, node alias ID or parent workload ID."),
-            click.option("--selector", "selectors", multiple=True, help="type:value (repeat)."),
-            click.option("--x509-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
-            click.option("--jwt-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
-            click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
-            click.option("--hint", help="Hint for workloads holding several SVIDs."),
-            click.option("--federates-with", multiple=True, help="Trust domain (repeat)."),
-            click.option("--admin/--no-admin", default=None, help="Admin workload."),
-            click.option("--downstream/--no-downstream", default=None, help="Downstream."),
-            click.option("--expires-at", type=click.IntRange(min=0), help="Unix seconds."),
+            option("--spiffe-id", "-spiffeID", help="SPIFFE ID the entry issues."),
+            option(
+                "--parent-id", "-parentID", help="Agent ID, node alias ID or parent workload ID."
+            ),
+            option(
+                "--selector", "-selector", "selectors", multiple=True, help="type:value (repeat)."
+            ),
+            option("--x509-svid-ttl", "-x509SVIDTTL", type=click.IntRange(min=0), help="Seconds."),
+            option("--jwt-svid-ttl", "-jwtSVIDTTL", type=click.IntRange(min=0), help="Seconds."),
+            option("--dns", "-dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
+            option("--hint", "-hint", help="Hint for workloads holding several SVIDs."),
+            option(
+                "--federates-with", "-federatesWith", multiple=True, help="Trust domain (repeat)."
+            ),
+            option("--admin/--no-admin", default=None, help="Admin workload."),
+            option("--downstream/--no-downstream", default=None, help="Downstream."),
+            option(
+                "--expires-at", "-entryExpiry", type=click.IntRange(min=0), help="Unix seconds."
+            ),
         ]
     ):
-        fn = option(fn)
+        fn = decorator(fn)
     return fn
 
 
@@ -81,10 +90,43 @@ def _load_file(path: Path) -> list[admin_pb2.Entry]:
     entries = []
     for i, item in enumerate(items):
         try:
-            entries.append(ParseDict(item, admin_pb2.Entry()))
-        except ParseError as exc:
+            entries.append(ParseDict(_from_spire(item), admin_pb2.Entry()))
+        except (ParseError, ValueError) as exc:
             fail(f"{path}: entries[{i}]: {exc}")
     return entries
+
+
+def _from_spire(item: Any) -> Any:
+    """SPIRE's entry JSON (`spire-server entry create -data`) in our format: selectors as
+    {"type": "unix", "value": "uid:1001"} objects, IDs as strings or {"trust_domain", "path"}.
+    Our own format (selectors as "type:value" strings) passes through unchanged."""
+    if not isinstance(item, dict):
+        return item
+    out = dict(item)
+    for key in ("spiffe_id", "parent_id"):
+        value = out.get(key)
+        if isinstance(value, dict):
+            td, spiffe_path = value.get("trust_domain"), value.get("path", "")
+            if not isinstance(td, str) or not isinstance(spiffe_path, str):
+                raise ValueError(f'{key}: expected "spiffe://..." or {{"trust_domain", "path"}}')
+            out[key] = f"spiffe://{td}{spiffe_path}"
+    selectors = out.get("selectors")
+    if isinstance(selectors, list):
+        out["selectors"] = [_selector_text(s) for s in selectors]
+    return out
+
+
+def _selector_text(selector: Any) -> Any:
+    if not isinstance(selector, dict):
+        return selector
+    kind, value = selector.get("type"), selector.get("value")
+    if (
+        not isinstance(kind, str)
+        or not isinstance(value, str)
+        or set(selector) != {"type", "value"}
+    ):
+        raise ValueError(f'selector {json.dumps(selector)}: expected {{"type": ..., "value": ...}}')
+    return f"{kind}:{value}"
 
 
 @click.group()
@@ -94,11 +136,13 @@ def entry() -> None:
 
 @entry.command("create")
 @entry_fields
-@click.option(
+@option(
     "--file",
+    "-data",
     "file_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Create every entry in this JSON file, all or none.",
+    help='Create every entry in this JSON file, all or none: {"entries": [...]} in our '
+    "format or SPIRE's (`spire-server entry create -data`).",
 )
 @admin_options
 def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: Any) -> None:
@@ -120,10 +164,12 @@ count_command(entry, "CountEntries", "registration entry", "registration entries
 
 
 @entry.command("show")
-@click.option("--id", "entry_id", help="Show only this entry.")
-@click.option("--spiffe-id", help="Only entries with this SPIFFE ID.")
-@click.option("--parent-id", help="Only entries with this parent ID.")
-@click.option("--selector", "selectors", multiple=True, help="Only entries holding all of these.")
+@option("--id", "-entryID", "entry_id", help="Show only this entry.")
+@option("--spiffe-id", "-spiffeID", help="Only entries with this SPIFFE ID.")
+@option("--parent-id", "-parentID", help="Only entries with this parent ID.")
+@option(
+    "--selector", "-selector", "selectors", multiple=True, help="Only entries holding all of these."
+)
 @admin_options
 def show(
     socket_path: Path,
@@ -150,7 +196,7 @@ def show(
 
 
 @entry.command("update")
-@click.argument("entry_id")
+@id_argument("entry_id", "-entryID")
 @entry_fields
 @admin_options
 def update(socket_path: Path, as_json: bool, entry_id: str, **fields: Any) -> None:
@@ -164,7 +210,7 @@ def update(socket_path: Path, as_json: bool, entry_id: str, **fields: Any) -> No
 
 
 @entry.command("delete")
-@click.argument("entry_id")
+@id_argument("entry_id", "-entryID")
 @admin_options
 def delete(socket_path: Path, as_json: bool, entry_id: str) -> None:
     """Delete ENTRY_ID."""
