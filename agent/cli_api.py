@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
 
@@ -22,6 +22,7 @@ from insignia.cli_options import option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.files import atomic_write
 from insignia.keys import private_key_to_pem
+from insignia.times import format_time
 from insignia.workloadapi.address import InvalidEndpoint, endpoint_from_env, parse_endpoint
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
 
@@ -73,21 +74,17 @@ def _client(socket: str | None, config_path: Path | None, timeout: float) -> Wor
     return WorkloadApiClient(_socket(socket, config_path), timeout=timeout)
 
 
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
 def _print_context(context: X509Context) -> None:
     for svid in context.svids:
         click.echo(f"SPIFFE ID:\t\t{svid.spiffe_id}")
         if svid.hint:
             click.echo(f"Hint:\t\t\t{svid.hint}")
-        click.echo(f"SVID Valid After:\t{_when(svid.leaf.not_valid_before_utc)}")
-        click.echo(f"SVID Valid Until:\t{_when(svid.expires_at)}")
+        click.echo(f"SVID Valid After:\t{format_time(svid.leaf.not_valid_before_utc)}")
+        click.echo(f"SVID Valid Until:\t{format_time(svid.expires_at)}")
         bundle = context.bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
         for i, ca in enumerate(bundle.x509_authorities if bundle else (), start=1):
-            click.echo(f"CA #{i} Valid After:\t{_when(ca.not_valid_before_utc)}")
-            click.echo(f"CA #{i} Valid Until:\t{_when(ca.not_valid_after_utc)}")
+            click.echo(f"CA #{i} Valid After:\t{format_time(ca.not_valid_before_utc)}")
+            click.echo(f"CA #{i} Valid Until:\t{format_time(ca.not_valid_after_utc)}")
         click.echo()
 
 
@@ -203,7 +200,7 @@ def watch(socket: str | None, config_path: Path | None, timeout: float) -> None:
         try:
             for context in client.watch_x509_context():
                 n = len(context.svids)
-                now = _when(datetime.now().astimezone())
+                now = format_time(datetime.now(UTC))
                 click.echo(f"Received {n} svid{'s' if n != 1 else ''} at {now}")
                 _print_context(context)
         except WorkloadApiError as exc:

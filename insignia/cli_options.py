@@ -10,6 +10,7 @@ from typing import Any, TypeVar, get_args
 import click
 
 from insignia.logs import LogLevel
+from insignia.times import parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,3 +68,17 @@ def id_argument(name: str, spire_flag: str) -> Callable[[F], F]:
         return click.option(spire_flag, f"{name}_flag", hidden=True)(decorated)  # type: ignore[return-value]
 
     return decorate
+
+
+class TimeParam(click.ParamType[int]):
+    """A moment on the command line (`insignia.times.parse_time`), as Unix seconds for the API."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return int(parse_time(str(value)).timestamp())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)

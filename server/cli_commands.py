@@ -15,6 +15,7 @@ from insignia.cli_options import id_argument, option
 from insignia.files import atomic_write
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
 from insignia.spiffeid import SpiffeId
+from insignia.times import format_time
 from server.cli_client import admin_options, call, count_command, emit, fail, to_dict
 
 
@@ -47,7 +48,8 @@ def _agent_text(a: admin_pb2.Agent) -> str:
             f"Agent ID     : {a.id}",
             f"Attestor     : {a.attestor}",
             f"SVID serial  : {a.serial}",
-            f"Expires at   : {a.expires_at}",
+            f"Attested at  : {format_time(a.attested_at)}",
+            f"Expires at   : {format_time(a.expires_at)}",
             f"Banned       : {str(a.banned).lower()}",
             f"Reattestable : {str(a.reattestable).lower()}",
             *[f"Selector     : {s}" for s in a.selectors],
@@ -228,7 +230,7 @@ def _pem(der: bytes) -> bytes:
 
 def _authority_text(a: admin_pb2.Authority) -> str:
     flag = " tainted" if a.tainted else ""
-    return f"{a.authority_id}  {a.state}{flag}  not_after={a.not_after}"
+    return f"{a.authority_id}  {a.state}{flag}  not after {format_time(a.not_after)}"
 
 
 def _authority_group(kind: str, value: int) -> None:

@@ -10,7 +10,8 @@ import click
 from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
-from insignia.cli_options import id_argument, option
+from insignia.cli_options import TimeParam, id_argument, option
+from insignia.times import format_time
 from server.cli_client import admin_options, call, count_command, emit, fail, to_dict
 
 
@@ -33,7 +34,9 @@ def _entry_text(e: admin_pb2.Entry) -> str:
     if e.downstream:
         lines.append("Downstream     : true")
     if e.expires_at:
-        lines.append(f"Expires at     : {e.expires_at}")
+        lines.append(f"Expires at     : {format_time(e.expires_at)}")
+    if e.created_at:
+        lines.append(f"Created at     : {format_time(e.created_at)}")
     return "\n".join(lines)
 
 
@@ -57,7 +60,10 @@ def entry_fields(fn: Any) -> Any:
             option("--admin/--no-admin", default=None, help="Admin workload."),
             option("--downstream/--no-downstream", default=None, help="Downstream."),
             option(
-                "--expires-at", "-entryExpiry", type=click.IntRange(min=0), help="Unix seconds."
+                "--expires-at",
+                "-entryExpiry",
+                type=TimeParam(),
+                help="RFC 3339 (2026-12-04T09:00:00Z), +DURATION from now (+30d), or Unix seconds.",
             ),
         ]
     ):
