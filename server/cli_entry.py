@@ -11,6 +11,7 @@ from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
 from insignia.cli_options import TimeParam, id_argument, option
+from insignia.selectors import InvalidSelector
 from insignia.times import format_time
 from server.cli_client import admin_options, call, count_command, emit, fail, to_dict
 
@@ -135,6 +136,28 @@ def _selector_text(selector: Any) -> Any:
     return f"{kind}:{value}"
 
 
+def _check(entries: list[admin_pb2.Entry]) -> None:
+    """Refuse, before anything is sent, what the server would store but no agent could ever
+    match: a selector the installed attestors never emit, or a federated trust domain (this
+    server has no federation yet, so no trust domain is known)."""
+    from attestors.registry import check_entry_selector, installed_selector_keys
+
+    known = installed_selector_keys()
+    for i, e in enumerate(entries):
+        where = f"entries[{i}]: " if len(entries) > 1 else ""
+        for text in e.selectors:
+            try:
+                check_entry_selector(text, known)
+            except InvalidSelector as exc:
+                fail(f"{where}{exc}", 2)
+        for td in e.federates_with:
+            fail(
+                f"{where}--federates-with {td!r}: unknown trust domain: federation is not "
+                "configured on this server, so no entry can federate with another trust domain",
+                2,
+            )
+
+
 @click.group()
 def entry() -> None:
     """Manage registration entries."""
@@ -162,6 +185,7 @@ def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: A
             if not fields[required]:
                 fail(f"--{required.replace('_', '-').rstrip('s')} is required")
         entries = [_apply(admin_pb2.Entry(), fields)]
+    _check(entries)
     response = call(socket_path, "CreateEntries", admin_pb2.CreateEntriesRequest(entries=entries))
     emit(as_json, response, lambda: "\n".join(e.id for e in response.entries))
 
@@ -210,6 +234,7 @@ def update(socket_path: Path, as_json: bool, entry_id: str, **fields: Any) -> No
     current = call(socket_path, "GetEntry", admin_pb2.GetEntryRequest(id=entry_id))
     revision = current.revision
     changed = _apply(current, fields)
+    _check([changed])
     request = admin_pb2.UpdateEntryRequest(entry=changed, expected_revision=revision)
     response = call(socket_path, "UpdateEntry", request)
     emit(as_json, response, lambda: _entry_text(response))
