@@ -80,7 +80,7 @@ def test_every_node_attestor_key_is_in_the_samples(sample: Path, prefix: str, si
 
 
 _ENV_READ = re.compile(
-    r"""(?:envvar=|environ\.get\(|environ\[|getenv\(|_ENV(?::\s*Final)?\s*=\s*)["']([A-Z][A-Z0-9_]+)["']"""
+    r"""(?:envvar=|environ\.get\(|environ\.setdefault\(|environ\[|getenv\(|_ENV(?::\s*Final)?\s*=\s*)["']([A-Z][A-Z0-9_]+)["']"""
 )
 
 
