@@ -65,8 +65,17 @@ class AdminApi:
         self.allowed = {0, os.geteuid(), *admin_uids}
 
     async def _run(
-        self, context: Context, method: str, what: str, fn: Callable[[], Awaitable[T]]
+        self,
+        context: Context,
+        method: str,
+        what: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        routine: bool = False,
     ) -> T:
+        """Authorize, run and audit one call. A `routine` call (health probes, polled every few
+        seconds by monitoring) is audited at debug when it succeeds, so it does not bury the
+        calls that change something."""
         creds = await self.callers.caller_or_abort(context)
         who = {"uid": creds.uid, "pid": creds.pid}
         if creds.uid not in self.allowed:
@@ -86,7 +95,9 @@ class AdminApi:
                 "admin call", **who, method=method, what=what, result=code.name, error=str(exc)
             )
             await context.abort(code, str(exc))
-        audit.info("admin call", **who, method=method, what=what, result="OK")
+        (audit.debug if routine else audit.info)(
+            "admin call", **who, method=method, what=what, result="OK"
+        )
         return result
 
     # --- entries --------------------------------------------------------------------------
@@ -368,7 +379,7 @@ class AdminApi:
             reason = await self.core.blocking(self.core.readiness)
             return admin_pb2.HealthResponse(ready=reason is None, reason=reason or "")
 
-        return await self._run(context, "Health", "", run)
+        return await self._run(context, "Health", "", run, routine=True)
 
     # --- logging ------------------------------------------------------------------------------
 
