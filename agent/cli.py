@@ -206,8 +206,10 @@ def _admin_request(
     method: str,
     url: str,
     timeout: float,
+    failure: str = "agent is unreachable",
 ) -> tuple[int, str]:
-    """(status, body) of one HTTP request on the admin socket; exit 1 if it cannot be made."""
+    """(status, body) of one HTTP request on the admin socket; exit 1 with `failure` and
+    the reason if it cannot be made."""
     path = admin_socket
     if path is None:
         try:
@@ -224,7 +226,7 @@ def _admin_request(
         response = connection.getresponse()
         return response.status, response.read().decode(errors="replace").strip()
     except OSError as exc:
-        fail(f"cannot reach the agent's admin socket {path}: {exc}")
+        fail(f"{failure}: cannot reach its admin socket {path}: {exc}")
     finally:
         connection.close()
 
@@ -234,7 +236,9 @@ def _admin_request(
 @option("--timeout", "-timeout", type=float, default=5.0, show_default=True, help="Seconds.")
 def healthcheck(config_path: Path | None, admin_socket: Path | None, timeout: float) -> None:
     """Exit 0 if the agent is ready (attested, synced, serving), else 1 with the reason."""
-    status, body = _admin_request(config_path, admin_socket, "GET", "/ready", timeout)
+    status, body = _admin_request(
+        config_path, admin_socket, "GET", "/ready", timeout, "agent is unhealthy"
+    )
     if status != 200:
         fail(f"agent is unhealthy: {body}")
     click.echo("Agent is healthy.")
