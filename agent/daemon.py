@@ -205,10 +205,13 @@ class AgentDaemon:
             )
             self.serving = True
             await nursery.start(
-                serve_health,
-                f"unix:{config.admin_socket_path}",
-                self.metrics.registry,
-                self.readiness,
+                lambda task_status: serve_health(
+                    f"unix:{config.admin_socket_path}",
+                    self.metrics.registry,
+                    self.readiness,
+                    log_control=True,  # this socket's directory is 0700: operators only
+                    task_status=task_status,
+                )
             )
             for address in dict.fromkeys((config.health.address, config.metrics.address)):
                 if address:

@@ -94,9 +94,11 @@ async def _follow(
             update = await call_asyncio(next_message, updates)
             if update is None:
                 return
+            metrics.server_contact()
+            if update.heartbeat:  # the server is alive and nothing changed
+                continue
             delta = parse_update(update, cache.trust_domain)
             cache.apply(delta)
-            metrics.server_contact()
             metrics.cached_entries.set(len(cache.entries))
             on_update()
     finally:

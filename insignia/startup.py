@@ -19,7 +19,7 @@ from insignia.files import UnsafeDirectory
 from insignia.logs import get_logger
 from insignia.runtime import first_leaf
 
-DEBUG_HINT = 'set [log] level = "debug" in the config to see the traceback'
+DEBUG_HINT = "run with --log-level debug to see the traceback"
 
 
 def run_reporting_failures(

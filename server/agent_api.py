@@ -7,6 +7,7 @@ agent SVID (the serial the agents table holds), not evicted, not banned.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -178,8 +179,15 @@ class AgentApi:
             history.remember(view)
             for part in split_update(update):
                 await context.write(part)
+            heartbeat = core.config.agent_api.sync_heartbeat_interval.total_seconds()
             while True:
-                await changed.wait()
+                try:
+                    await asyncio.wait_for(changed.wait(), heartbeat)
+                except TimeoutError:  # idle: tell the agent we (and the stream) are alive
+                    await context.write(
+                        agent_pb2.SyncUpdate(store_id=model.store_id, heartbeat=True)
+                    )
+                    continue
                 changed.clear()
                 problem = model.check_agent(agent_id, serial, fingerprint)
                 if problem is not None:

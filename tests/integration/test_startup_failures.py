@@ -17,7 +17,7 @@ from tests.integration.test_instances import one_line, run_server
 
 pytestmark = pytest.mark.integration
 
-DEBUG_HINT = 'set [log] level = "debug" in the config to see the traceback'
+DEBUG_HINT = "run with --log-level debug to see the traceback"
 
 
 def stopped_server(server_factory: ServerFactory, **config: Any) -> ServerProcess:
