@@ -54,7 +54,12 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     """
     value = text.strip()
     if re.fullmatch(r"\d{9,}", value):  # Unix seconds (nine digits and more: 1973 onwards)
-        return datetime.fromtimestamp(int(value), UTC)
+        try:
+            return datetime.fromtimestamp(int(value), UTC)
+        except (OverflowError, OSError):
+            raise ValueError(
+                f"{text[:64]!r}: Unix seconds out of range (expected 1..253402300799)"
+            ) from None
     if re.match(r"\d{4}-\d{2}-\d{2}", value):
         try:
             moment = datetime.fromisoformat(value)

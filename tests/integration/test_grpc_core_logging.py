@@ -13,7 +13,7 @@ def _raw_lines(text: str) -> list[str]:
 def test_stale_bundle_is_named_once_without_c_core_noise(
     server_factory: ServerFactory, agent_factory: AgentFactory
 ) -> None:
-    server = server_factory(name="server")
+    server = server_factory(name="stale-target")
     other = server_factory(name="other")  # another CA: its bundle is "stale" for `server`
     agent = agent_factory(server=server, start=False, trust_bundle_path=other.bundle_path)
     agent.start(server.join_token(), wait=False)

@@ -14,7 +14,9 @@ MARGIN = 1.5
 def test_seconds_since_contact_stays_low_on_a_healthy_agent(
     server_factory: ServerFactory, agent_factory: AgentFactory
 ) -> None:
-    server = server_factory(agent_api={"sync_heartbeat_interval": f"{HEARTBEAT}s"})
+    server = server_factory(
+        name="heartbeat", agent_api={"sync_heartbeat_interval": f"{HEARTBEAT}s"}
+    )
     agent = agent_factory(server=server)
     samples: list[float] = []
     end = time.monotonic() + 5 * HEARTBEAT  # several intervals with nothing to sync
