@@ -40,6 +40,7 @@ from insignia.peercred import (
     read_peer_credentials,
 )
 from insignia.runtime import call_asyncio
+from insignia.unix_diag import ForeignNamespace
 
 DEFAULT_MAX_CONNECTIONS = 10_000
 # One uid may hold at most this many connections, so a hostile or leaky workload cannot take
@@ -276,6 +277,12 @@ async def _proxy_connection(
                 cause=problem,
                 held_back=held_back,
             )
+    except ForeignNamespace as exc:
+        # An operator problem (the daemon lacks CAP_SYS_ADMIN for callers in other network
+        # namespaces), not a caller's: said at warning level, rate-limited.
+        held_back = warnings.admit("foreign-netns", time.monotonic())
+        if held_back is not None:
+            log.warning("peercred_front.netns_unreadable", error=str(exc), held_back=held_back)
     except (ProcessGone, OSError, ValueError) as exc:
         log.debug("peercred_front.peer_unreadable", error=str(exc))
     finally:

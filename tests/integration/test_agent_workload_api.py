@@ -58,6 +58,18 @@ def test_each_uid_gets_its_own_identity_and_no_one_elses(
     assert b_jwt["error"] == "PERMISSION_DENIED"
 
 
+def test_a_caller_in_another_network_namespace_is_attested_like_any_other(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    """A container or pod reaching a host-path socket: its connection belongs to its own
+    network namespace, where the agent's peer lookup must follow it."""
+    register(running_server, running_agent, "/pod", f"unix:uid:{UID_A}")
+    a = pyspiffe(running_agent, "x509", uid=UID_A, own_netns=True)
+    assert a.get("ids") == [f"spiffe://{running_server.trust_domain}/pod"], a
+    b = pyspiffe(running_agent, "x509", uid=UID_B, own_netns=True)
+    assert b["error"] == "PERMISSION_DENIED", b
+
+
 def test_x509_source_and_a_rotation_on_the_stream(
     running_server: ServerProcess, running_agent: AgentProcess
 ) -> None:
