@@ -15,8 +15,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from agent.entries import Entry, entitled
-from agent.rotation import SvidTiming
+from insignia.agent.entries import Entry, entitled
+from insignia.agent.rotation import SvidTiming
 from insignia.bundle import Bundle
 from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId, TrustDomain

@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import click
 
-from agent.config import (
+from insignia import __version__
+from insignia.agent.config import (
     DEFAULT_ADMIN_SOCKET_PATH,
     DEFAULT_CONFIG_PATH,
     AgentConfig,
     load_agent_config,
 )
-from insignia import __version__
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.cli_options import log_level_option, option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.logs import LogLevel
 
 if TYPE_CHECKING:
-    from attestors.interface import NodeAttestorAgent
-    from attestors.registry import ConfiguredWorkloadAttestor
+    from insignia.attestors.interface import NodeAttestorAgent
+    from insignia.attestors.registry import ConfiguredWorkloadAttestor
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,7 +67,7 @@ class _LazyGroup(click.Group):
     """Imports the `api` and `helper` commands only when one of them runs: the daemon (`run`)
     would otherwise carry the Workload API client in its RSS, about 1 MB of an 80 MB budget."""
 
-    lazy = {"api": "agent.cli_api:api", "helper": "agent.cli_helper:helper"}
+    lazy = {"api": "insignia.agent.cli_api:api", "helper": "insignia.agent.cli_helper:helper"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -100,7 +100,7 @@ def _plugins(
     config: AgentConfig, config_path: Path
 ) -> tuple[tuple[ConfiguredWorkloadAttestor, ...], NodeAttestorAgent]:
     """Configure the workload attestors and the node attestor; ConfigError names the key."""
-    from attestors.registry import load_node_attestor_agent, load_workload_attestors
+    from insignia.attestors.registry import load_node_attestor_agent, load_workload_attestors
 
     workload_attestors = load_workload_attestors(config.workload_attestors, config_path)
     name = config.node_attestor_name
@@ -127,9 +127,9 @@ _config_option = option(
 @log_level_option
 def run(config_path: Path, join_token: str | None, log_level: str | None) -> None:
     """Run the agent daemon until SIGTERM or SIGINT."""
-    from agent.daemon import AgentDaemon
-    from agent.node_attestation import AttestationRefused
     from insignia import runtime, unix_diag
+    from insignia.agent.daemon import AgentDaemon
+    from insignia.agent.node_attestation import AttestationRefused
     from insignia.logs import configure_logging, get_logger
     from insignia.startup import run_reporting_failures
     from insignia.unix_diag import UnixDiagUnavailable

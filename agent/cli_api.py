@@ -17,7 +17,7 @@ from typing import NoReturn, ParamSpec, TypeVar
 
 import click
 
-from agent.config import DEFAULT_SOCKET_PATH, load_agent_config
+from insignia.agent.config import DEFAULT_SOCKET_PATH, load_agent_config
 from insignia.cli_options import option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.files import atomic_write

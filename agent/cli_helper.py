@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 import trio
 
-from agent.config import DEFAULT_SOCKET_PATH
-from agent.reload_command import InvalidReloadCommand, ReloadCommand
-from agent.svid_files import HelperSettings, Layout, SvidFilesHelper
+from insignia.agent.config import DEFAULT_SOCKET_PATH
+from insignia.agent.reload_command import InvalidReloadCommand, ReloadCommand
+from insignia.agent.svid_files import HelperSettings, Layout, SvidFilesHelper
 from insignia.logs import LogFormat, LogLevel, configure_logging, get_logger
 from insignia.workloadapi.address import InvalidEndpoint, endpoint_from_env, parse_endpoint
 

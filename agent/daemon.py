@@ -16,20 +16,20 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from agent.cache import Cache, Change
-from agent.config import AgentConfig
-from agent.identity import IdentityKeeper
-from agent.metrics import AgentMetrics
-from agent.node_attestation import NeedsNewJoinToken, forget_identity
-from agent.reflection import reflection_handlers
-from agent.server_client import AgentEvicted, ServerClient
-from agent.signing import JwtMinter, MintBudget, X509Signer
-from agent.sync import run_sync
-from agent.workload_api import WorkloadApi
-from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, WorkloadGate
-from attestors.interface import AttestationError, Caller, NodeAttestorAgent
-from attestors.registry import ConfiguredWorkloadAttestor
-from attestors.workload_attestation import attest_workload
+from insignia.agent.cache import Cache, Change
+from insignia.agent.config import AgentConfig
+from insignia.agent.identity import IdentityKeeper
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.node_attestation import NeedsNewJoinToken, forget_identity
+from insignia.agent.reflection import reflection_handlers
+from insignia.agent.server_client import AgentEvicted, ServerClient
+from insignia.agent.signing import JwtMinter, MintBudget, X509Signer
+from insignia.agent.sync import run_sync
+from insignia.agent.workload_api import WorkloadApi
+from insignia.agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, WorkloadGate
+from insignia.attestors.interface import AttestationError, Caller, NodeAttestorAgent
+from insignia.attestors.registry import ConfiguredWorkloadAttestor
+from insignia.attestors.workload_attestation import attest_workload
 from insignia.config import refused_for_key
 from insignia.files import check_owned_directory, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health

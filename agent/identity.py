@@ -16,9 +16,9 @@ import grpc
 import grpc.aio
 import trio
 
-from agent.config import AgentConfig
-from agent.metrics import AgentMetrics
-from agent.node_attestation import (
+from insignia.agent.config import AgentConfig
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.node_attestation import (
     AgentIdentity,
     NeedsNewJoinToken,
     attest,
@@ -27,10 +27,10 @@ from agent.node_attestation import (
     renew,
     save_identity,
 )
-from agent.rotation import draw_jitter, half_life_renewal
-from agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate
-from agent.signing import authority_ids
-from attestors.interface import NodeAttestorAgent
+from insignia.agent.rotation import draw_jitter, half_life_renewal
+from insignia.agent.server_client import AgentEvicted, ServerClient, fetch_server_certificate
+from insignia.agent.signing import authority_ids
+from insignia.attestors.interface import NodeAttestorAgent
 from insignia.backoff import Backoff
 from insignia.bundle import Bundle
 from insignia.logs import get_logger

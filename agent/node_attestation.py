@@ -19,9 +19,9 @@ import trio
 from cryptography import x509
 from insignia_proto import agent_pb2
 
-from agent.csr import build_csr
-from agent.server_client import ServerClient, next_message
-from attestors.interface import AttestationError, NodeAttestorAgent
+from insignia.agent.csr import build_csr
+from insignia.agent.server_client import ServerClient, next_message
+from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.files import atomic_write, ensure_private_dir
 from insignia.keys import (

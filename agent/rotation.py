@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from agent.entries import SigningFields
+from insignia.agent.entries import SigningFields
 
 MAX_JITTER: Final = 0.1
 

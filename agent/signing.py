@@ -21,11 +21,11 @@ import trio
 from cryptography import x509
 from insignia_proto import agent_pb2
 
-from agent.cache import Cache, Change, JwtSvidRecord, X509SvidRecord
-from agent.csr import build_csr
-from agent.entries import Entry
-from agent.metrics import AgentMetrics
-from agent.rotation import (
+from insignia.agent.cache import Cache, Change, JwtSvidRecord, X509SvidRecord
+from insignia.agent.csr import build_csr
+from insignia.agent.entries import Entry
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.rotation import (
     RenewReason,
     SvidTiming,
     draw_jitter,
@@ -34,8 +34,8 @@ from agent.rotation import (
     next_wakeup,
     x509_renew_reason,
 )
-from agent.server_client import AgentEvicted, ServerClient
-from agent.workload_api import JwtRateLimited, JwtUnavailable
+from insignia.agent.server_client import AgentEvicted, ServerClient
+from insignia.agent.workload_api import JwtRateLimited, JwtUnavailable
 from insignia.backoff import Backoff
 from insignia.bundle import b64url_decode
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_der

@@ -42,7 +42,7 @@ from typing import Final
 
 import trio
 
-from agent.reload_command import ReloadCommand, run_reload
+from insignia.agent.reload_command import ReloadCommand, run_reload
 from insignia.backoff import Backoff
 from insignia.files import atomic_symlink, atomic_write, fsync_dir
 from insignia.keys import private_key_to_pem

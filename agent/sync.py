@@ -16,10 +16,10 @@ import grpc.aio
 import trio
 from insignia_proto import agent_pb2
 
-from agent.cache import BundleView, Cache, SyncDelta
-from agent.entries import Entry, InvalidEntry
-from agent.metrics import AgentMetrics
-from agent.server_client import (
+from insignia.agent.cache import BundleView, Cache, SyncDelta
+from insignia.agent.entries import Entry, InvalidEntry
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.server_client import (
     AgentEvicted,
     ServerClient,
     StreamClosed,

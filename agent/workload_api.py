@@ -1,6 +1,6 @@
 """The five SPIFFE Workload API RPCs, as grpc.aio handlers answering from the agent cache.
 
-Every call first passes the security-header check and then the gate (agent.workload_gate:
+Every call first passes the security-header check and then the gate (insignia.agent.workload_gate:
 kernel credentials, attestation, the same-process check). Streams send at once, then again
 whenever the cache reports a change that concerns the caller, and stay open until the caller
 cancels.
@@ -21,12 +21,12 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from insignia_proto import workload_pb2 as pb
 
-from agent.cache import Cache, JwtSvidRecord
-from agent.entries import Entry
-from agent.jwt_validation import JwtValidator
-from agent.metrics import AgentMetrics
-from agent.workload_gate import Refused, WorkloadGate
-from agent.workload_views import (
+from insignia.agent.cache import Cache, JwtSvidRecord
+from insignia.agent.entries import Entry
+from insignia.agent.jwt_validation import JwtValidator
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.workload_gate import Refused, WorkloadGate
+from insignia.agent.workload_views import (
     NoIdentity,
     SvidsExpired,
     jwt_bundles,

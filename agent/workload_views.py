@@ -16,8 +16,8 @@ from datetime import datetime
 
 from insignia_proto import workload_pb2 as pb
 
-from agent.cache import BundleView, Cache, X509SvidRecord
-from agent.entries import Entry
+from insignia.agent.cache import BundleView, Cache, X509SvidRecord
+from insignia.agent.entries import Entry
 from insignia.bundle import Bundle
 from insignia.selectors import Selector
 from insignia.spiffeid import TrustDomain

@@ -14,7 +14,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     NodeAttestorAgent,
     NodeAttestorPlugin,
     NodeAttestorServer,

@@ -3,7 +3,7 @@
 Why not hypercorn: the daemons serve three tiny GET routes (/live, /ready, /metrics), and
 importing hypercorn for them pulls in h2, hpack, hyperframe, priority, wsproto,
 multiprocessing and logging.config: about 3 MB of the agent's RSS (measured with
-`import agent.daemon` and VmRSS), against an 80 MB budget. h11, hypercorn's own HTTP/1.1
+`import insignia.agent.daemon` and VmRSS), against an 80 MB budget. h11, hypercorn's own HTTP/1.1
 parser, does all the parsing and framing here (request line, headers, chunked bodies,
 keep-alive, HEAD responses); this module only moves bytes between it and a socket, routes on
 (method, path) and keeps every connection bounded:

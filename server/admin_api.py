@@ -19,20 +19,20 @@ from insignia.bundle import Bundle
 from insignia.logs import change_log_level, current_log_level, get_logger
 from insignia.peercred import CallerTable
 from insignia.selectors import InvalidSelector, Selector
-from insignia.spiffeid import InvalidSpiffeId, SpiffeId
-from server.admin_authority import Action, authority_action, list_authorities
-from server.admin_convert import agent_to_proto, entry_from_proto, entry_to_proto
-from server.core import ServerCore
-from server.datastore import errors as ds
-from server.entries import (
+from insignia.server.admin_authority import Action, authority_action, list_authorities
+from insignia.server.admin_convert import agent_to_proto, entry_from_proto, entry_to_proto
+from insignia.server.core import ServerCore
+from insignia.server.datastore import errors as ds
+from insignia.server.entries import (
     AGENT_PREFIX,
     RESERVED_PREFIX,
     InvalidEntry,
     normalize_dns_name,
     validate_entry,
 )
-from server.rotation import AuthorityError
-from server.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
+from insignia.server.rotation import AuthorityError
+from insignia.server.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]

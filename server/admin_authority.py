@@ -6,10 +6,10 @@ from typing import Literal
 
 from insignia_proto import admin_pb2
 
-from server.admin_convert import authority_to_proto
-from server.core import ServerCore
-from server.datastore.records import AuthorityKind
-from server.rotation import AuthorityError
+from insignia.server.admin_convert import authority_to_proto
+from insignia.server.core import ServerCore
+from insignia.server.datastore.records import AuthorityKind
+from insignia.server.rotation import AuthorityError
 
 Action = Literal["prepare", "activate", "taint", "revoke"]
 

@@ -6,9 +6,14 @@ from datetime import datetime
 
 from insignia_proto import admin_pb2
 
-from server.datastore.records import AgentRecord
-from server.entries import EntryLimits, RegistrationEntry, expires_at_from_unix, validate_entry
-from server.rotation import AuthorityRecord
+from insignia.server.datastore.records import AgentRecord
+from insignia.server.entries import (
+    EntryLimits,
+    RegistrationEntry,
+    expires_at_from_unix,
+    validate_entry,
+)
+from insignia.server.rotation import AuthorityRecord
 
 
 def _ts(value: datetime | None) -> int:

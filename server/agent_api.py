@@ -17,22 +17,22 @@ from insignia_proto import agent_pb2
 
 from insignia.jwtsvid import InvalidAudience
 from insignia.rpc_refusal import refuse
-from insignia.spiffeid import SpiffeId
-from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
-from server.core import ServerCore, log
-from server.entries import is_agent_id
-from server.node_attestation import attest_agent
-from server.rpc_errors import hide_internal_errors
-from server.signer_pool import SignOutcome, SignRequest
-from server.signing import (
+from insignia.server.core import ServerCore, log
+from insignia.server.entries import is_agent_id
+from insignia.server.node_attestation import attest_agent
+from insignia.server.rpc_errors import hide_internal_errors
+from insignia.server.signer_pool import SignOutcome, SignRequest
+from insignia.server.signing import (
     NoActiveAuthority,
     SigningRefused,
     sign_jwt,
     sign_x509_svid,
     svid_fingerprint,
 )
-from server.sync import delta_update, full_update, split_update
-from server.tls import peer_certificate
+from insignia.server.sync import delta_update, full_update, split_update
+from insignia.server.tls import peer_certificate
+from insignia.spiffeid import SpiffeId
+from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 
 Context = grpc.aio.ServicerContext[object, object]
 SERVICE = "AgentAPI"

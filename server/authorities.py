@@ -3,7 +3,7 @@
 Every method here blocks (key generation, SQL): the daemon calls them from a worker thread,
 one at a time under its lock, and only then swaps `state`, which readers on the event loop use
 without locks. Scheduled rotation and `authority ... prepare|activate|taint|revoke` go through
-the same `server.rotation` checks, so the two cannot disagree.
+the same `insignia.server.rotation` checks, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Protocol
 from cryptography import x509
 
 from insignia.bundle import Bundle, JwtPublicKey
-from server import rotation
-from server.ca import (
+from insignia.server import rotation
+from insignia.server.ca import (
     CaSettings,
     CaState,
     JwtSlot,
@@ -28,9 +28,9 @@ from server.ca import (
     new_x509_slot,
     to_records,
 )
-from server.datastore.records import AuthorityKind, CaKeyRecord
-from server.keymanager import KeyManager
-from server.rotation import AuthorityRecord, AuthorityState, Step
+from insignia.server.datastore.records import AuthorityKind, CaKeyRecord
+from insignia.server.keymanager import KeyManager
+from insignia.server.rotation import AuthorityRecord, AuthorityState, Step
 
 
 class CaJournal(Protocol):

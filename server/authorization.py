@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import TypeVar
 
 from insignia.selectors import Selector, matches
+from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId
-from server.entries import RegistrationEntry
 
 K = TypeVar("K", SpiffeId, Selector)
 

@@ -2,8 +2,8 @@
 
 State is an immutable `CaState` swapped whole, so gRPC handlers on the event loop always see a
 consistent set while a rotation step builds the next state in a worker thread. Decisions come
-from `server.rotation`; this module adds keys, certificates and the journal records that let a
-restart pick up the same slots (`CaKeyRecord`, stored by the datastore).
+from `insignia.server.rotation`; this module adds keys, certificates and the journal records that
+let a restart pick up the same slots (`CaKeyRecord`, stored by the datastore).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from insignia.keys import (
     public_key_from_der,
     public_key_to_der,
 )
+from insignia.server.datastore.records import AuthorityKind, CaKeyRecord
+from insignia.server.keymanager import KeyManager
+from insignia.server.rotation import AuthorityRecord, AuthorityState
 from insignia.spiffeid import TrustDomain
 from insignia.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
-from server.datastore.records import AuthorityKind, CaKeyRecord
-from server.keymanager import KeyManager
-from server.rotation import AuthorityRecord, AuthorityState
 
 
 class UpstreamError(ValueError):

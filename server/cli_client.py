@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from insignia_proto import admin_pb2, admin_pb2_grpc
 
 from insignia.cli_options import option
-from server.config import DEFAULT_ADMIN_SOCKET
+from insignia.server.config import DEFAULT_ADMIN_SOCKET
 
 F = TypeVar("F", bound=Callable[..., Any])
 CALL_TIMEOUT = 30.0

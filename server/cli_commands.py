@@ -14,9 +14,7 @@ from insignia.bundle import load_der_certificates
 from insignia.cli_options import id_argument, option
 from insignia.files import atomic_write
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
-from insignia.spiffeid import SpiffeId
-from insignia.times import format_time
-from server.cli_client import (
+from insignia.server.cli_client import (
     MAX_TTL_SECONDS,
     admin_options,
     call,
@@ -25,6 +23,8 @@ from server.cli_client import (
     fail,
     to_dict,
 )
+from insignia.spiffeid import SpiffeId
+from insignia.times import format_time
 
 
 @click.group()

@@ -14,9 +14,7 @@ from insignia_proto import admin_pb2
 
 from insignia.cli_options import TimeParam, id_argument, option
 from insignia.selectors import InvalidSelector
-from insignia.spiffeid import SpiffeId
-from insignia.times import format_time
-from server.cli_client import (
+from insignia.server.cli_client import (
     CALL_TIMEOUT,
     MAX_TTL_SECONDS,
     admin_options,
@@ -27,7 +25,9 @@ from server.cli_client import (
     fail,
     to_dict,
 )
-from server.entries import SERVER_PATH
+from insignia.server.entries import SERVER_PATH
+from insignia.spiffeid import SpiffeId
+from insignia.times import format_time
 
 
 def _entry_text(e: admin_pb2.Entry) -> str:
@@ -164,7 +164,7 @@ def _check(entries: list[admin_pb2.Entry]) -> None:
     """Refuse, before anything is sent, what the server would store but no agent could ever
     match: a selector the installed attestors never emit, or a federated trust domain (this
     server has no federation yet, so no trust domain is known)."""
-    from attestors.registry import check_entry_selector, installed_selector_keys
+    from insignia.attestors.registry import check_entry_selector, installed_selector_keys
 
     known = installed_selector_keys()
     for i, e in enumerate(entries):

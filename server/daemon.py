@@ -20,8 +20,8 @@ import trio
 from insignia_proto import agent_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from attestors.interface import ServerEnvironment
-from attestors.registry import load_node_attestor_servers
+from insignia.attestors.interface import ServerEnvironment
+from insignia.attestors.registry import load_node_attestor_servers
 from insignia.config import StartupRefused, refused_for_key
 from insignia.files import atomic_write, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
@@ -31,18 +31,18 @@ from insignia.logs import get_logger
 from insignia.peercred import CallerTable
 from insignia.peercred_grpc import serve_grpc_with_peercred
 from insignia.runtime import call_asyncio, open_trio_bridge
+from insignia.server.admin_api import AdminApi, admin_handlers
+from insignia.server.agent_api import AgentApi
+from insignia.server.authorities import Authorities
+from insignia.server.ca import CaSettings, UpstreamError, load_upstream
+from insignia.server.config import ServerConfig
+from insignia.server.core import JoinTokens, ServerCore
+from insignia.server.datastore.errors import DatastoreUnavailable
+from insignia.server.datastore.store import Datastore
+from insignia.server.keymanager import key_manager
+from insignia.server.metrics import ServerMetrics
+from insignia.server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
 from insignia.systemd_notify import sd_notify
-from server.admin_api import AdminApi, admin_handlers
-from server.agent_api import AgentApi
-from server.authorities import Authorities
-from server.ca import CaSettings, UpstreamError, load_upstream
-from server.config import ServerConfig
-from server.core import JoinTokens, ServerCore
-from server.datastore.errors import DatastoreUnavailable
-from server.datastore.store import Datastore
-from server.keymanager import key_manager
-from server.metrics import ServerMetrics
-from server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
 
 log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"

@@ -21,12 +21,17 @@ from typing import Any
 import grpc
 from insignia_proto import agent_pb2
 
-from attestors.interface import AgentAttestation, AttestationError, Challenge
+from insignia.attestors.interface import AgentAttestation, AttestationError, Challenge
 from insignia.ratelimit import peer_ip
+from insignia.server.core import ServerCore, log
+from insignia.server.datastore.records import AgentRecord
+from insignia.server.signing import (
+    NoActiveAuthority,
+    SigningRefused,
+    checked_agent_csr,
+    sign_x509_svid,
+)
 from insignia.spiffeid import SpiffeId
-from server.core import ServerCore, log
-from server.datastore.records import AgentRecord
-from server.signing import NoActiveAuthority, SigningRefused, checked_agent_csr, sign_x509_svid
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_CHALLENGES = 8

@@ -18,7 +18,7 @@ import grpc
 import grpc.aio
 
 from insignia.logs import get_logger
-from server.datastore.errors import DatastoreUnavailable
+from insignia.server.datastore.errors import DatastoreUnavailable
 
 S = TypeVar("S")
 R = TypeVar("R")

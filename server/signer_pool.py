@@ -24,9 +24,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from insignia.keys import private_key_from_pem, private_key_to_pem
+from insignia.server.signing import SignedX509, SigningRefused, sign_x509_svid
 from insignia.spiffeid import SpiffeId
 from insignia.x509ca import SigningAuthority
-from server.signing import SignedX509, SigningRefused, sign_x509_svid
 
 MIN_CHUNK = 25
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from insignia_proto import agent_pb2
 
-from server.entries import RegistrationEntry
+from insignia.server.entries import RegistrationEntry
 
 MAX_REMEMBERED_VIEWS = 4
 MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB: far below gRPC's default 4 MiB receive limit

@@ -20,11 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.entries import server_spiffe_id
 from insignia.server_name import SERVER_TLS_NAME
 from insignia.spiffeid import TrustDomain
 from insignia.x509ca import SigningAuthority
 from insignia.x509svid import build_leaf
-from server.entries import server_spiffe_id
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from attestors.interface import AttestationError
+from insignia.attestors.interface import AttestationError
 from insignia.config import describe
 
 #: Attestation messages are small (a few certificates at most).

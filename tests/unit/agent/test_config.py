@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, load_agent_config
+from insignia.agent.config import AgentConfig, load_agent_config
 from insignia.config import ConfigError
 from insignia.keys import KeyType
 

@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from structlog.testing import capture_logs
 
-from agent.reload_command import InvalidReloadCommand, ReloadCommand, run_reload
-from agent.svid_files import (
+from insignia.agent.reload_command import InvalidReloadCommand, ReloadCommand, run_reload
+from insignia.agent.svid_files import (
     BUNDLE_FILE,
     KEY_FILE,
     SVID_FILE,

@@ -10,7 +10,7 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from agent.workload_gate import (
+from insignia.agent.workload_gate import (
     RECENT_ATTESTATION_TTL,
     ConnectionNotOwned,
     Refused,
