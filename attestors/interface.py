@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from insignia.config import StrictModel
+from insignia.daemon.config.loading import StrictModel
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId, TrustDomain
 

@@ -23,7 +23,7 @@ from insignia.attestors.interface import (
     WorkloadAttestor,
     WorkloadAttestorPlugin,
 )
-from insignia.config import ConfigError, validate_config
+from insignia.daemon.config.loading import ConfigError, validate_config
 from insignia.selectors import InvalidSelector, Selector
 from insignia.spiffeid import TrustDomain
 

@@ -15,7 +15,7 @@ import trio
 
 from insignia.attestors.interface import AttestationError, Caller
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
-from insignia.logs import get_logger
+from insignia.daemon.logs import get_logger
 from insignia.selectors import Selector, canonical
 
 _log = get_logger(__name__)

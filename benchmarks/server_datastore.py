@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 
 from insignia.selectors import Selector
-from insignia.server.authorization import EntryChange, EntryIndex
+from insignia.server.agentapi.authorization import EntryChange, EntryIndex
 from insignia.server.datastore import Datastore
 from insignia.server.entries import EntryLimits, RegistrationEntry, server_spiffe_id, validate_entry
 from insignia.spiffeid import SpiffeId, TrustDomain

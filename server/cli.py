@@ -10,15 +10,15 @@ import click
 from insignia_proto import admin_pb2
 
 from insignia import __version__
-from insignia.cli_options import log_level_option, option
-from insignia.config import CONFIG_EXIT_CODE, ConfigError
-from insignia.logs import LogLevel, configure_logging
-from insignia.runtime import run as run_trio
-from insignia.server.cli_client import admin_options, call, emit
-from insignia.server.cli_commands import agent, authority, bundle, jwt, token, x509
-from insignia.server.cli_entry import entry
+from insignia.daemon.config.cli_options import log_level_option, option
+from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
+from insignia.daemon.logs import LogLevel, configure_logging
+from insignia.daemon.runtime import run as run_trio
+from insignia.daemon.startup import run_reporting_failures
+from insignia.server.admin.client import admin_options, call, emit
+from insignia.server.admin.commands import agent, authority, bundle, jwt, token, x509
+from insignia.server.admin.entry_commands import entry
 from insignia.server.config import load_server_config
-from insignia.startup import run_reporting_failures
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

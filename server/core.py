@@ -18,12 +18,14 @@ import trio
 from insignia_proto import agent_pb2
 
 from insignia.attestors.interface import NodeAttestorServer
-from insignia.logs import get_logger
-from insignia.ratelimit import RateLimiter
-from insignia.runtime import TrioBridge
-from insignia.server.authorities import Authorities
-from insignia.server.authorization import EntryChange
-from insignia.server.ca import x509_authority_id
+from insignia.daemon.logs import get_logger
+from insignia.daemon.ratelimit import RateLimiter
+from insignia.daemon.runtime import TrioBridge
+from insignia.server.agentapi.authorization import EntryChange
+from insignia.server.agentapi.sync import Defaults
+from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.signer_pool import SignerPool, default_processes
+from insignia.server.ca.state import x509_authority_id
 from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
 from insignia.server.datastore.records import AgentRecord
@@ -31,8 +33,6 @@ from insignia.server.datastore.store import Datastore
 from insignia.server.entries import EntryLimits, server_spiffe_id
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
-from insignia.server.signer_pool import SignerPool, default_processes
-from insignia.server.sync import Defaults
 from insignia.spiffeid import SpiffeId, TrustDomain
 
 T = TypeVar("T")

@@ -19,10 +19,10 @@ from datetime import datetime
 
 from insignia_proto import agent_pb2
 
-from insignia.server.authorization import EntryChange, EntryIndex
+from insignia.server.agentapi.authorization import EntryChange, EntryIndex
+from insignia.server.agentapi.sync import AgentHistory, bundle_digest
 from insignia.server.datastore.records import AgentRecord
 from insignia.server.entries import RegistrationEntry
-from insignia.server.sync import AgentHistory, bundle_digest
 from insignia.spiffeid import SpiffeId
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from insignia.attestors.interface import ServerEnvironment
 from insignia.attestors.registry import load_node_attestor_servers
-from insignia.config import ConfigError
-from insignia.server.ca import UpstreamError, load_upstream
+from insignia.daemon.config.loading import ConfigError
+from insignia.server.ca.state import UpstreamError, load_upstream
 from insignia.server.config import ServerConfig, load_server_config
 from insignia.server.core import JoinTokens
 from insignia.server.datastore.engine import normalize_url

@@ -27,8 +27,8 @@ from insignia.attestors.interface import (
     WorkloadAttestorPlugin,
 )
 from insignia.attestors.workload.container import read_container
-from insignia.config import PositiveDuration, describe
-from insignia.logs import get_logger
+from insignia.daemon.config.loading import PositiveDuration, describe
+from insignia.daemon.logs import get_logger
 from insignia.selectors import InvalidSelector, Selector
 
 NAME: Final = "docker"

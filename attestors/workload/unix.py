@@ -32,7 +32,7 @@ from insignia.attestors.interface import (
     WorkloadAttestorPlugin,
 )
 from insignia.attestors.procfs import ProcDir, open_proc
-from insignia.logs import get_logger
+from insignia.daemon.logs import get_logger
 from insignia.selectors import Selector
 
 NAME: Final = "unix"

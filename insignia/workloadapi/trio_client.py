@@ -1,8 +1,8 @@
 """A trio Workload API client: one-shot fetches, and watches that outlive agent restarts.
 
 Why threads and not grpc.aio: grpc.aio needs an asyncio loop, so an SDK built on it would
-force every service to start under `insignia.runtime.run` instead of `trio.run`, and would not
-run under pytest-trio at all. The blocking `WorkloadApiClient` (client.py) instead runs in a
+force every service to start under `insignia.daemon.runtime.run` instead of `trio.run`, and would
+not run under pytest-trio at all. The blocking `WorkloadApiClient` (client.py) instead runs in a
 worker thread, and cancellation is exact: closing its channel cancels the RPC, which frees the
 thread at once. Threads come from a private unlimited `CapacityLimiter`, so streams that stay
 open for hours never take tokens from trio's default limiter. A fresh channel per call or
@@ -27,7 +27,7 @@ import trio
 
 from insignia.backoff import Backoff
 from insignia.bundle import BundleSet
-from insignia.logs import get_logger
+from insignia.daemon.logs import get_logger
 from insignia.spiffeid import SpiffeId
 from insignia.workloadapi.address import endpoint_from_env, parse_endpoint
 from insignia.workloadapi.backoff import DEFAULT_BACKOFF, is_retryable

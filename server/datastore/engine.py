@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from insignia.files import make_private_file
+from insignia.daemon.files import make_private_file
 from insignia.server.datastore.errors import (
     DatastoreUnavailable,
     SchemaTooNew,

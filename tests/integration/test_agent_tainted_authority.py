@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from insignia.agent.node_attestation import load_identity
+from insignia.agent.identity.node_attestation import load_identity
 from insignia.spiffeid import TrustDomain
 from insignia.workloadapi.client import WorkloadApiClient
 from tests.integration.agent_clients import (

@@ -43,7 +43,7 @@ import json, os, sys, trio
 from insignia.attestors.interface import Caller
 from insignia.attestors.registry import load_workload_attestors
 from insignia.attestors.workload_attestation import attest_workload
-from insignia.config import ConfigError
+from insignia.daemon.config.loading import ConfigError
 
 try:
     attestors = load_workload_attestors(json.loads(sys.argv[1]), "agent.toml")

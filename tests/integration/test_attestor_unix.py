@@ -15,7 +15,7 @@ import trio
 
 from insignia.attestors.interface import AttestationError, Caller
 from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
-from insignia.config import validate_config
+from insignia.daemon.config.loading import validate_config
 from insignia.selectors import Selector
 from tests.unit.attestors.processes import running, sleeper
 from tests.waiting import wait_for

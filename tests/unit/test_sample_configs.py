@@ -39,7 +39,9 @@ def fields(model: type[msgspec.Struct]) -> set[str]:
 
 def builtin_plugins(group: str) -> dict[str, object]:
     return {
-        ep.name: ep.load() for ep in entry_points(group=group) if ep.value.startswith("insignia.attestors.")
+        ep.name: ep.load()
+        for ep in entry_points(group=group)
+        if ep.value.startswith("insignia.attestors.")
     }
 
 

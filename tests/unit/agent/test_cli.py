@@ -2,8 +2,8 @@ import stat
 
 from click.testing import CliRunner
 
-from insignia.agent.cli import main
-from insignia.agent.cli_api import write_x509_context
+from insignia.agent.cli.api import write_x509_context
+from insignia.agent.cli.main import main
 from insignia.bundle import Bundle, BundleSet
 from insignia.keys import private_key_from_der
 from insignia.workloadapi.client import X509Context

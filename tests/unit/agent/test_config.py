@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from insignia.agent.config import AgentConfig, load_agent_config
-from insignia.config import ConfigError
+from insignia.daemon.config.loading import ConfigError
 from insignia.keys import KeyType
 
 MINIMAL = """

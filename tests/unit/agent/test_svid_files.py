@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from structlog.testing import capture_logs
 
-from insignia.agent.reload_command import InvalidReloadCommand, ReloadCommand, run_reload
-from insignia.agent.svid_files import (
+from insignia.agent.helper.reload_command import InvalidReloadCommand, ReloadCommand, run_reload
+from insignia.agent.helper.svid_files import (
     BUNDLE_FILE,
     KEY_FILE,
     SVID_FILE,

@@ -17,7 +17,7 @@ import trio
 
 from insignia.attestors.interface import AttestationError
 from insignia.attestors.workload.docker import DockerAttestor, DockerConfig, inspect_selectors
-from insignia.config import validate_config
+from insignia.daemon.config.loading import validate_config
 from insignia.selectors import Selector
 from tests.unit.attestors.engine_api import engine_api, inspect_document, json_body
 

@@ -16,7 +16,7 @@ from insignia.attestors.registry import (
     load_workload_attestors,
 )
 from insignia.attestors.workload.unix import UnixAttestor
-from insignia.config import ConfigError
+from insignia.daemon.config.loading import ConfigError
 from insignia.spiffeid import TrustDomain
 
 TD = TrustDomain("example.org")

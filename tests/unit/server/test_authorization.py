@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from insignia.selectors import Selector, canonical
-from insignia.server.authorization import EntryChange, EntryIndex, authorized_entries
+from insignia.server.agentapi.authorization import EntryChange, EntryIndex, authorized_entries
 from insignia.server.entries import RegistrationEntry, server_spiffe_id
 from insignia.spiffeid import SpiffeId, TrustDomain
 

@@ -3,8 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 from insignia_proto import agent_pb2
 
-from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
-from insignia.server.sync import (
+from insignia.server.agentapi.sync import (
     AgentHistory,
     Defaults,
     SentView,
@@ -12,6 +11,7 @@ from insignia.server.sync import (
     full_update,
     split_update,
 )
+from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
 from insignia.spiffeid import TrustDomain
 
 TD = TrustDomain.parse("example.org")
