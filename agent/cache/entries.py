@@ -93,6 +93,25 @@ class Entry:
             created_at=msg.created_at,
         )
 
+    def to_proto(self) -> agent_pb2.Entry:
+        """The Sync form (the agent's cache file stores entries as the server sent them)."""
+        return agent_pb2.Entry(
+            id=self.id,
+            spiffe_id=str(self.spiffe_id),
+            parent_id=self.parent_id,
+            selectors=sorted(str(s) for s in self.selectors),
+            x509_svid_ttl=self.x509_svid_ttl,
+            jwt_svid_ttl=self.jwt_svid_ttl,
+            dns_names=list(self.dns_names),
+            federates_with=[str(td) for td in self.federates_with],
+            hint=self.hint,
+            admin=self.admin,
+            downstream=self.downstream,
+            expires_at=self.expires_at,
+            revision=self.revision,
+            created_at=self.created_at,
+        )
+
 
 def _age_order(entry: Entry) -> tuple[int, str]:
     return (entry.created_at, entry.id)

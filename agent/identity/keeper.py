@@ -73,6 +73,7 @@ class IdentityKeeper:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.identity: AgentIdentity | None = None
+        self.resumed = False  # the identity came from disk, not from a fresh attestation
         self._tainted: frozenset[str] = frozenset()
         self._taint_changed = trio.Event()
         self._roots_source = "the certificate the server presented"  # insecure_bootstrap
@@ -122,6 +123,7 @@ class IdentityKeeper:
                 "agent.resumed", spiffe_id=str(identity.spiffe_id), expires=str(identity.not_after)
             )
             self._install(server, identity)
+            self.resumed = True
         else:
             await self.attest(server, backoff)
         return server

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from insignia.agent.identity.node_attestation import IDENTITY_FILE
+from insignia.daemon.sealed import unseal
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,8 +220,12 @@ class AgentProcess:
     @property
     def agent_id(self) -> str:
         """The agent's SPIFFE ID, from the state it persisted after attestation."""
-        state = json.loads((self.data_dir / "agent_state.json").read_text())
-        return str(state["spiffe_id"])
+        return str(self.persisted_identity()["spiffe_id"])
+
+    def persisted_identity(self) -> dict[str, Any]:
+        """The sealed identity file's content: spiffe_id, reattestable, svid_pem."""
+        data = (self.data_dir / IDENTITY_FILE).read_bytes()
+        return unseal(data, "agent_identity", 1, self.trust_domain)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
