@@ -186,6 +186,7 @@ class ServerCore:
     # --- following the change log --------------------------------------------------------------
 
     async def load_model(self) -> None:
+        self.model.store_id = await trio.to_thread.run_sync(self.store.store_id)
         snapshot = await trio.to_thread.run_sync(self.store.entries_snapshot)
         agents = await trio.to_thread.run_sync(self.store.list_agents)
         self.model.load(snapshot.entries, agents, snapshot.revision)

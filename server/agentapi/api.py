@@ -19,7 +19,14 @@ from insignia.daemon.rpc_refusal import refuse
 from insignia.jwtsvid import InvalidAudience
 from insignia.server.agentapi.node_attestation import attest_agent
 from insignia.server.agentapi.rpc_errors import hide_internal_errors
-from insignia.server.agentapi.sync import delta_update, full_update, split_update
+from insignia.server.agentapi.sync import (
+    SentView,
+    delta_update,
+    full_update,
+    log_resumable,
+    log_resume_update,
+    split_update,
+)
 from insignia.server.agentapi.tls import peer_certificate
 from insignia.server.ca.signer_pool import SignOutcome, SignRequest
 from insignia.server.ca.signing import (
@@ -30,6 +37,7 @@ from insignia.server.ca.signing import (
     svid_fingerprint,
 )
 from insignia.server.core import ServerCore, log
+from insignia.server.datastore.errors import RevisionPruned
 from insignia.server.entries import is_agent_id
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
@@ -153,29 +161,7 @@ class AgentApi:
         core, model = self.core, self.core.model
         history = model.history(agent_id)
         with model.watch(agent_id) as changed:
-            previous = (
-                history.find(request.since_revision) if request.store_id == model.store_id else None
-            )
-            if previous is not None:
-                update, view = delta_update(
-                    model.store_id,
-                    model.revision,
-                    previous,
-                    model.authorized(agent_id, core.clock()).values(),
-                    model.bundle_state,
-                    core.defaults,
-                )
-                update = update or agent_pb2.SyncUpdate(
-                    store_id=model.store_id, revision=model.revision
-                )
-            else:
-                update, view = full_update(
-                    model.store_id,
-                    model.revision,
-                    model.authorized(agent_id, core.clock()).values(),
-                    model.bundle_state,
-                    core.defaults,
-                )
+            update, view = await self._first_update(agent_id, request)
             history.remember(view)
             for part in split_update(update):
                 await context.write(part)
@@ -205,6 +191,69 @@ class AgentApi:
                     history.remember(view)
                     for part in split_update(maybe):
                         await context.write(part)
+
+    async def _first_update(
+        self, agent_id: SpiffeId, request: agent_pb2.SyncRequest
+    ) -> tuple[agent_pb2.SyncUpdate, SentView]:
+        """What a new Sync stream starts with: the difference from a view this server sent,
+        else from the change log since the agent's revision, else full state."""
+        core, model = self.core, self.core.model
+        same_store = request.store_id == model.store_id
+        previous = model.history(agent_id).find(request.since_revision) if same_store else None
+        if previous is not None:
+            update, view = delta_update(
+                model.store_id,
+                model.revision,
+                previous,
+                model.authorized(agent_id, core.clock()).values(),
+                model.bundle_state,
+                core.defaults,
+            )
+            return update or agent_pb2.SyncUpdate(
+                store_id=model.store_id, revision=model.revision
+            ), view
+        changed = (
+            await self._changed_since(agent_id, request.since_revision) if same_store else None
+        )
+        if changed is not None:
+            log.info(
+                "sync resumed from the change log",
+                agent_id=str(agent_id),
+                since_revision=request.since_revision,
+                changed=len(changed),
+            )
+            return log_resume_update(
+                model.store_id,
+                model.revision,
+                changed,
+                model.authorized(agent_id, core.clock()),
+                model.bundle_state,
+                core.defaults,
+            )
+        return full_update(
+            model.store_id,
+            model.revision,
+            model.authorized(agent_id, core.clock()).values(),
+            model.bundle_state,
+            core.defaults,
+        )
+
+    async def _changed_since(self, agent_id: SpiffeId, revision: int) -> frozenset[str] | None:
+        """`log_resumable` over the change log after `revision`, up to the model's revision;
+        None when the log was pruned past it, or the model is not exactly there."""
+        model = self.core.model
+        if not 0 < revision <= model.revision:
+            return None
+        try:
+            events = await self.core.blocking(self.core.store.events_since, revision)
+        except RevisionPruned:
+            return None
+        reached = events[-1].revision if events else revision
+        if model.revision > reached:  # the model moved past what we read: be safe
+            return None
+        return log_resumable(
+            [e for e in events if e.revision <= model.revision], agent_id, model.index
+        )
 
     @hide_internal_errors
     async def BatchNewX509SVID(
