@@ -89,8 +89,11 @@ class AgentProcess:
         self.public_dir = Path(tempfile.mkdtemp(prefix="insignia-agent-"))
         self.public_dir.chmod(0o755)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(to_toml(self.config()))
+        self.write_config()
         self._log: BinaryIO | None = None
+
+    def write_config(self) -> None:
+        self.config_path.write_text(to_toml(self.config()))
 
     @property
     def socket_path(self) -> Path:
@@ -135,6 +138,8 @@ class AgentProcess:
             "metrics": {"address": "127.0.0.1:0"},
             "log": {"level": "info", "format": "json"},
         }
+        if "addresses" in self.extra_config.get("server", {}):  # several servers: no address
+            base["server"] = {"attestation_port": self.attestation_port}
         if "node_attestor" in self.extra_config:  # exactly one attestor: replace, not merge
             base["node_attestor"] = self.extra_config["node_attestor"]
         return merge(base, {k: v for k, v in self.extra_config.items() if k != "node_attestor"})

@@ -7,7 +7,7 @@ from datetime import timedelta
 from hashlib import sha256
 from pathlib import Path
 
-import pytest
+from structlog.testing import capture_logs
 
 from insignia.agent.identity.node_attestation import (
     IDENTITY_FILE,
@@ -48,9 +48,7 @@ def test_svid_and_key_live_in_one_private_file_and_load_back(tmp_path: Path) -> 
     assert loaded.svid.private_key.public_key() == identity.svid.private_key.public_key()
 
 
-def test_a_torn_altered_or_foreign_file_is_discarded_with_one_warning(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_torn_altered_or_foreign_file_is_discarded_with_one_warning(tmp_path: Path) -> None:
     save_identity(tmp_path, _identity())
     path = tmp_path / IDENTITY_FILE
     sealed = path.read_bytes()
@@ -64,12 +62,11 @@ def test_a_torn_altered_or_foreign_file_is_discarded_with_one_warning(
     }
     for name, data in variants.items():
         path.write_bytes(data)
-        capsys.readouterr()
-        assert load_identity(tmp_path, TD, NOW) is None, name
+        with capture_logs() as logs:
+            assert load_identity(tmp_path, TD, NOW) is None, name
         assert not path.exists(), name  # discarded, so the next start does not trip on it
-        warnings = [line for line in capsys.readouterr().out.splitlines() if "discarded" in line]
-        assert len(warnings) == 1, (name, warnings)
-    assert "other.org" in warnings[0]
+        assert [e["event"] for e in logs] == ["state_file.discarded"], name
+    assert "other.org" in logs[0]["reason"]
 
 
 def test_forgetting_removes_the_identity_but_keeps_the_bundle(tmp_path: Path) -> None:
