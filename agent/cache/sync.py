@@ -17,7 +17,7 @@ import grpc.aio
 import trio
 from insignia_proto import agent_pb2
 
-from insignia.agent.cache.entries import Entry, InvalidEntry
+from insignia.agent.cache.entries import Entry, UnservableEntry
 from insignia.agent.cache.store import BundleView, Cache, SyncDelta
 from insignia.agent.identity.server_client import (
     AgentEvicted,
@@ -65,7 +65,7 @@ def parse_update(update: agent_pb2.SyncUpdate, trust_domain: TrustDomain) -> Syn
     for msg in update.entries:
         try:
             entries.append(Entry.from_proto(msg))
-        except InvalidEntry as exc:
+        except UnservableEntry as exc:
             log.warning("sync.entry_refused", entry_id=exc.entry_id, error=exc.reason)
     bundles = parse_bundle_state(update.bundle, trust_domain) if update.HasField("bundle") else None
     if update.full and bundles is None:

@@ -16,7 +16,7 @@ import socket
 import stat
 from pathlib import Path
 
-from insignia.closing import Closing
+from insignia._closing import Closing
 from insignia.daemon.config.loading import StartupRefused
 from insignia.daemon.peercred.credentials import peer_ids
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from datetime import timedelta
 
 import grpc
 from insignia_proto import agent_pb2
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.daemon.rpc_refusal import refuse
 from insignia.jwtsvid import InvalidAudience
 from insignia.server.agentapi.node_attestation import attest_agent
@@ -38,7 +38,6 @@ from insignia.server.ca.signing import (
 )
 from insignia.server.core import ServerCore, log
 from insignia.server.datastore.errors import RevisionPruned
-from insignia.server.entries import is_agent_id
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 
@@ -271,7 +270,7 @@ class AgentApi:
                     error = self._unauthorized("x509", params.entry_id, agent_id)
                     results.append(agent_pb2.X509SVIDResult(entry_id=params.entry_id, error=error))
                     continue
-                ttl = entry.x509_svid_ttl or self.core.config.default_x509_svid_ttl.total_seconds()
+                ttl = self.core.defaults.x509(entry.x509_svid_ttl).total_seconds()
                 requests.append(SignRequest(params.csr, str(entry.spiffe_id), ttl, entry.dns_names))
                 results.append(None)  # filled in below, in request order
             try:
@@ -320,14 +319,13 @@ class AgentApi:
                     error = self._unauthorized("jwt", params.entry_id, agent_id)
                     results.append(agent_pb2.JWTSVIDResult(entry_id=params.entry_id, error=error))
                     continue
-                ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl else None
                 try:
                     signed = sign_jwt(
                         active,
                         key_not_after,
                         entry.spiffe_id,
                         list(params.audience),
-                        ttl or self.core.config.default_jwt_svid_ttl,
+                        self.core.defaults.jwt(entry.jwt_svid_ttl),
                         now,
                         limits,
                         self.core.config.jwt_issuer,

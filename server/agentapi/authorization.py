@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.selectors import Selector, matches
-from insignia.server.entries import RegistrationEntry, is_agent_id
+from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId
 
 K = TypeVar("K", SpiffeId, Selector)

@@ -6,7 +6,6 @@ from insignia_proto import agent_pb2
 from insignia.server.agentapi.authorization import EntryIndex
 from insignia.server.agentapi.sync import (
     AgentHistory,
-    Defaults,
     SentView,
     delta_update,
     full_update,
@@ -15,7 +14,7 @@ from insignia.server.agentapi.sync import (
     split_update,
 )
 from insignia.server.datastore.records import ChangeEvent, ChangeKind
-from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.server.entries import Defaults, EntryLimits, RegistrationEntry, validate_entry
 from insignia.spiffeid import SpiffeId, TrustDomain
 
 TD = TrustDomain.parse("example.org")
