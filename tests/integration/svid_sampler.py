@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from insignia.workloadapi.client import WorkloadApiClient
+from insignia.workloadapi import WorkloadApiClient
 
 INTERVAL = 0.1
 

@@ -16,7 +16,7 @@ import pytest
 from insignia.agent.cache.persisted import CACHE_FILE
 from insignia.agent.identity.node_attestation import IDENTITY_FILE
 from insignia.daemon.sealed import seal, unseal
-from insignia.workloadapi.client import WorkloadApiClient
+from insignia.workloadapi import WorkloadApiClient
 from tests.integration.agent_clients import register
 from tests.integration.agent_fixtures import AgentProcess, merge
 from tests.integration.conftest import AgentFactory, ServerFactory
