@@ -154,8 +154,3 @@ class NodeAttestorPlugin:
     #: Node selector types and their keys, as `WorkloadAttestorPlugin.selector_keys` (for node
     #: alias entries); None: undeclared.
     selector_keys: Mapping[str, frozenset[str]] | None = None
-
-
-def agent_id_path(plugin: str, *segments: str) -> tuple[str, ...]:
-    """SPIRE's agent ID layout: `/insignia/agent/<plugin>/<segments...>`."""
-    return ("insignia", "agent", plugin, *segments)

@@ -73,6 +73,7 @@ class IdentityKeeper:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.identity: AgentIdentity | None = None
+        self.resumed = False  # the identity came from disk, not from a fresh attestation
         self._tainted: frozenset[str] = frozenset()
         self._taint_changed = trio.Event()
         self._roots_source = "the certificate the server presented"  # insecure_bootstrap
@@ -95,10 +96,8 @@ class IdentityKeeper:
             detail="trusting the server certificate as presented, without verification; "
             "configure trust_bundle_path outside development",
         )
-        server = config.server
-        return await trio.to_thread.run_sync(
-            fetch_server_certificate, server.address, server.attestation_port
-        )
+        target = config.server.targets[0].with_port(config.server.attestation_port)
+        return await trio.to_thread.run_sync(fetch_server_certificate, target.host, target.port)
 
     def _install(self, server: ServerClient, identity: AgentIdentity) -> None:
         self.identity = identity
@@ -109,13 +108,13 @@ class IdentityKeeper:
         """A client for the server, with an agent SVID from disk or from a fresh attestation."""
         config = self.config
         server = ServerClient(
-            config.server.address,
-            config.server.port,
+            config.server.targets,
             config.server.attestation_port,
             await self._bootstrap_roots(),
             config.sync.rpc_timeout.total_seconds(),
             ping_interval=config.sync.keepalive_interval,
         )
+        await trio.to_thread.run_sync(server.resolve_targets)
         identity = await trio.to_thread.run_sync(
             load_identity, config.data_dir, config.trust_domain_value, _now()
         )
@@ -124,6 +123,7 @@ class IdentityKeeper:
                 "agent.resumed", spiffe_id=str(identity.spiffe_id), expires=str(identity.not_after)
             )
             self._install(server, identity)
+            self.resumed = True
         else:
             await self.attest(server, backoff)
         return server
@@ -147,8 +147,6 @@ class IdentityKeeper:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRYABLE:
                     raise
-                delay = backoff.delay(attempt, self.rng.random())
-                attempt += 1
                 if not told_untrusted and _CERTIFICATE_NOT_TRUSTED in (exc.details() or ""):
                     told_untrusted = True
                     log.error(
@@ -157,10 +155,17 @@ class IdentityKeeper:
                         "it is stale or belongs to another server. Replace it with the output of "
                         "`insignia-server bundle show --format pem` on the server host, then "
                         "restart the agent",
-                        server=f"{self.config.server.address}:{self.config.server.attestation_port}",
+                        server=str(server.attestation_target),
                     )
+                failed = server.attestation_target
+                delay = 0.0  # another server may answer: try it at once
+                if server.fail_over():  # every server tried: back off, then resolve again
+                    delay = backoff.delay(attempt, self.rng.random())
+                    attempt += 1
+                    await trio.to_thread.run_sync(server.resolve_targets)
                 log.warning(
                     "agent.attestation_retry",
+                    server=str(failed),
                     error=f"{exc.code().name}: {exc.details()}",
                     retry_in=round(delay, 3),
                 )

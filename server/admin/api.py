@@ -18,6 +18,7 @@ from insignia_proto import admin_pb2, admin_pb2_grpc
 from insignia.bundle import Bundle
 from insignia.daemon.logs import change_log_level, current_log_level, get_logger
 from insignia.daemon.peercred.credentials import CallerTable
+from insignia.daemon.reserved_ids import RESERVED_REASON, agent_spiffe_id, is_reserved
 from insignia.selectors import InvalidSelector, Selector
 from insignia.server.admin.authority import Action, authority_action, list_authorities
 from insignia.server.admin.convert import agent_to_proto, entry_from_proto, entry_to_proto
@@ -26,8 +27,6 @@ from insignia.server.ca.signing import NoActiveAuthority, SigningRefused, sign_j
 from insignia.server.core import ServerCore
 from insignia.server.datastore import errors as ds
 from insignia.server.entries import (
-    AGENT_PREFIX,
-    RESERVED_PREFIX,
     InvalidEntry,
     normalize_dns_name,
     validate_entry,
@@ -179,9 +178,7 @@ class AdminApi:
                 raise ValueError(f"ttl {request.ttl}: expected a positive number of seconds")
             ttl = timedelta(seconds=request.ttl) if request.ttl else self.core.config.join_token_ttl
             token = str(uuid.uuid4())
-            agent_id = SpiffeId.parse(
-                f"{self.core.trust_domain.id_string()}{AGENT_PREFIX}join_token/{token}"
-            )
+            agent_id = agent_spiffe_id(self.core.trust_domain, "join_token", token)
             alias = None
             if request.spiffe_id:
                 alias = validate_entry(
@@ -279,7 +276,7 @@ class AdminApi:
     ) -> admin_pb2.MintX509SVIDResponse:
         async def run() -> admin_pb2.MintX509SVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
-            ttl = self._ttl(request.ttl, self.core.config.default_x509_svid_ttl)
+            ttl = self.core.defaults.x509(request.ttl)
             dns = [normalize_dns_name(name) for name in request.dns_names]
             state = self.core.authorities.state
             signed = sign_x509_svid(
@@ -300,7 +297,7 @@ class AdminApi:
     ) -> admin_pb2.MintJWTSVIDResponse:
         async def run() -> admin_pb2.MintJWTSVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
-            ttl = self._ttl(request.ttl, self.core.config.default_jwt_svid_ttl)
+            ttl = self.core.defaults.jwt(request.ttl)
             state = self.core.authorities.state
             signed = sign_jwt(
                 state.active_jwt(),
@@ -322,17 +319,9 @@ class AdminApi:
         spiffe_id = SpiffeId.parse(text)
         if not spiffe_id.member_of(self.core.trust_domain):
             raise SigningRefused(f"{spiffe_id} is not in trust domain {self.core.trust_domain}")
-        if spiffe_id.path.startswith(RESERVED_PREFIX):
-            raise SigningRefused(
-                f"{spiffe_id}: paths under {RESERVED_PREFIX} belong to the server and its agents"
-            )
+        if is_reserved(spiffe_id):
+            raise SigningRefused(f"{spiffe_id}: {RESERVED_REASON}")
         return spiffe_id
-
-    @staticmethod
-    def _ttl(seconds: int, default: timedelta) -> timedelta:
-        if seconds < 0:
-            raise ValueError(f"ttl {seconds}: expected a positive number of seconds")
-        return timedelta(seconds=seconds) if seconds else default
 
     # --- authorities and health -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@ from a revision and fetch only what changed since."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Final, cast
@@ -16,6 +17,7 @@ from insignia.server.datastore.records import ChangeEvent, ChangeKind, ChangeOp
 from insignia.server.datastore.schema import change_events, datastore_meta
 
 PRUNED_THROUGH: Final = "events_pruned_through"
+STORE_ID: Final = "store_id"
 
 
 def append(
@@ -76,6 +78,18 @@ def prune(conn: Connection, before: datetime) -> int:
     deleted = conn.execute(change_events.delete().where(change_events.c.revision <= cut))
     _set_meta(conn, PRUNED_THROUGH, str(max(int(cut), pruned_through(conn))))
     return deleted.rowcount
+
+
+def store_id(conn: Connection) -> str:
+    """This database's name for Sync resume points, made on first use: every server sharing
+    the database reports it, so an agent resumes its revision on any of them."""
+    value = conn.execute(
+        sa.select(datastore_meta.c.value).where(datastore_meta.c.key == STORE_ID)
+    ).scalar_one_or_none()
+    if value is None:
+        value = secrets.token_hex(16)
+        conn.execute(datastore_meta.insert().values(key=STORE_ID, value=value))
+    return str(value)
 
 
 def _set_meta(conn: Connection, key: str, value: str) -> None:

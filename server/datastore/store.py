@@ -112,6 +112,15 @@ class Datastore(Closing):
         with self._read() as conn:
             return changelog.events_since(conn, revision, limit)
 
+    def store_id(self) -> str:
+        """The database's resume-point name (changelog.store_id); the same on every server."""
+        try:
+            with self._write(notify=False) as conn:
+                return changelog.store_id(conn)
+        except ConstraintViolation:  # another server named it at the same moment
+            with self._read() as conn:
+                return changelog.store_id(conn)
+
     def prune_events(self, before: datetime) -> int:
         """Drop events older than `before` (always keeping the newest); returns how many."""
         with self._write(notify=False) as conn:
