@@ -32,6 +32,7 @@ from insignia.server.entries import (
     normalize_dns_name,
     validate_entry,
 )
+from insignia.server.registry import server_state
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId
 
 T = TypeVar("T")
@@ -381,6 +382,31 @@ class AdminApi:
             return admin_pb2.HealthResponse(ready=reason is None, reason=reason or "")
 
         return await self._run(context, "Health", "", run, routine=True)
+
+    async def ListServers(
+        self, request: admin_pb2.ListServersRequest, context: Context
+    ) -> admin_pb2.ListServersResponse:
+        async def run() -> admin_pb2.ListServersResponse:
+            core = self.core
+            records = await core.blocking(core.store.list_servers)
+            now, stale_after = core.clock(), core.config.cluster.stale_after
+            return admin_pb2.ListServersResponse(
+                servers=[
+                    admin_pb2.Server(
+                        id=r.id,
+                        state=server_state(r, now, stale_after),
+                        heartbeat_at=int(r.heartbeat_at.timestamp()),
+                        started_at=int(r.started_at.timestamp()),
+                        addresses=r.addresses,
+                        x509_authority_id=r.x509_key_id,
+                        jwt_authority_id=r.jwt_key_id,
+                        answering=r.id == core.instance_id,
+                    )
+                    for r in records
+                ]
+            )
+
+        return await self._run(context, "ListServers", "", run)
 
     # --- logging ------------------------------------------------------------------------------
 
