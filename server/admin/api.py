@@ -20,6 +20,7 @@ from insignia.daemon.logs import change_log_level, current_log_level, get_logger
 from insignia.daemon.peercred.credentials import CallerTable
 from insignia.selectors import InvalidSelector, Selector
 from insignia.server.admin.authority import Action, authority_action, list_authorities
+from insignia.server.admin.client import DATASTORE_UNAVAILABLE_PREFIX
 from insignia.server.admin.convert import agent_to_proto, entry_from_proto, entry_to_proto
 from insignia.server.ca.rotation import AuthorityError
 from insignia.server.ca.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
@@ -95,7 +96,10 @@ class AdminApi:
             audit.info(
                 "admin call", **who, method=method, what=what, result=code.name, error=str(exc)
             )
-            await context.abort(code, str(exc))
+            detail = str(exc)
+            if isinstance(exc, ds.DatastoreUnavailable):  # tell it apart from "no server"
+                detail = f"{DATASTORE_UNAVAILABLE_PREFIX}{detail}"
+            await context.abort(code, detail)
         (audit.debug if routine else audit.info)(
             "admin call", **who, method=method, what=what, result="OK"
         )
