@@ -22,7 +22,6 @@ from insignia.daemon.logs import get_logger
 from insignia.daemon.ratelimit import RateLimiter
 from insignia.daemon.runtime import TrioBridge
 from insignia.server.agentapi.authorization import EntryChange
-from insignia.server.agentapi.sync import Defaults
 from insignia.server.ca.authorities import Authorities
 from insignia.server.ca.signer_pool import SignerPool, default_processes
 from insignia.server.ca.state import x509_authority_id
@@ -30,7 +29,7 @@ from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
 from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
 from insignia.server.datastore.store import Datastore
-from insignia.server.entries import EntryLimits, server_spiffe_id
+from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -84,8 +83,7 @@ class ServerCore:
             "x509": RateLimiter(api.x509_signing_rate),
             "jwt": RateLimiter(api.jwt_signing_rate),
         }
-        guaranteed = int(min(self.config.ca.ttl.total_seconds() / 6, 7 * 86400))
-        self.limits = EntryLimits(self.trust_domain, guaranteed * 6, guaranteed * 6)
+        self.limits = EntryLimits.for_ca(self.trust_domain, self.config.ca.ttl)
         self.ca_lock = trio.Lock()
         self.attestations_in_flight = 0  # on the event loop thread only: no lock
         self.ready_reason: str | None = "starting"

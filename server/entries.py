@@ -11,12 +11,13 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from insignia._shown import shown
 from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.selectors import InvalidSelector, Selector, canonical
-from insignia.shown import shown
+from insignia.server.ca.rotation import longest_svid_ttl
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 RESERVED_PREFIX: Final = "/insignia/"
@@ -96,6 +97,32 @@ class EntryLimits:
     trust_domain: TrustDomain
     max_x509_svid_ttl: int
     max_jwt_svid_ttl: int
+
+    @classmethod
+    def for_ca(cls, trust_domain: TrustDomain, ca_ttl: timedelta) -> EntryLimits:
+        longest = int(longest_svid_ttl(ca_ttl).total_seconds())
+        return cls(trust_domain, longest, longest)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The server's default SVID TTLs, which a TTL of 0 (an entry's, a mint request's) means."""
+
+    x509_svid_ttl: timedelta
+    jwt_svid_ttl: timedelta
+
+    def x509(self, seconds: int) -> timedelta:
+        return ttl_or_default(seconds, self.x509_svid_ttl)
+
+    def jwt(self, seconds: int) -> timedelta:
+        return ttl_or_default(seconds, self.jwt_svid_ttl)
+
+
+def ttl_or_default(seconds: int, default: timedelta) -> timedelta:
+    """A TTL in whole seconds, 0 standing for `default`; the one place that rule lives."""
+    if seconds < 0:
+        raise ValueError(f"ttl {seconds}: expected a positive number of seconds")
+    return timedelta(seconds=seconds) if seconds else default
 
 
 def new_entry_id() -> str:
@@ -209,7 +236,7 @@ def _ttl(name: str, value: int, maximum: int, minimum: int = 1) -> int:
     if value < 0:
         raise InvalidEntry(name, value, "expected 0 (server default) or a positive number")
     if value > maximum:
-        raise InvalidEntry(name, value, f"longer than the {maximum} s the CA can guarantee")
+        raise InvalidEntry(name, value, f"longer than {maximum} s, the longest the CA's ttl allows")
     if 0 < value < minimum:
         raise InvalidEntry(name, value, f"too short; expected at least {minimum} s")
     return value

@@ -23,8 +23,14 @@ from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
 from insignia.daemon.files import atomic_write
 from insignia.daemon.times import format_time
 from insignia.keys import private_key_to_pem
-from insignia.workloadapi.address import InvalidEndpoint, endpoint_from_env, parse_endpoint
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
+from insignia.workloadapi import (
+    InvalidEndpoint,
+    WorkloadApiClient,
+    WorkloadApiError,
+    X509Context,
+    endpoint_from_env,
+    parse_endpoint,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")

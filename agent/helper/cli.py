@@ -18,7 +18,7 @@ from insignia.agent.config import DEFAULT_SOCKET_PATH
 from insignia.agent.helper.reload_command import InvalidReloadCommand, ReloadCommand
 from insignia.agent.helper.svid_files import HelperSettings, Layout, SvidFilesHelper
 from insignia.daemon.logs import LogFormat, LogLevel, configure_logging, get_logger
-from insignia.workloadapi.address import InvalidEndpoint, endpoint_from_env, parse_endpoint
+from insignia.workloadapi import InvalidEndpoint, endpoint_from_env, parse_endpoint
 
 log = get_logger(__name__)
 

@@ -47,7 +47,7 @@ from insignia.backoff import Backoff
 from insignia.daemon.files import atomic_symlink, atomic_write, fsync_dir
 from insignia.daemon.logs import get_logger
 from insignia.keys import private_key_to_pem
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context
 from insignia.x509svid import X509Svid
 
 SVID_FILE: Final = "svid.pem"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
+from insignia._bytecache import ByteLru
 from insignia.bundle import Bundle, BundleSet
-from insignia.bytecache import ByteLru
 from insignia.jwtsvid import AudienceMismatch, JwtSvid, TokenExpired, parse_and_validate
 
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from insignia.closing import Closing
+from insignia._closing import Closing
 from insignia.daemon.config.loading import StartupRefused
 from insignia.daemon.peercred.credentials import peer_ids
 

@@ -284,7 +284,7 @@ class AdminApi:
     ) -> admin_pb2.MintX509SVIDResponse:
         async def run() -> admin_pb2.MintX509SVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
-            ttl = self._ttl(request.ttl, self.core.config.default_x509_svid_ttl)
+            ttl = self.core.defaults.x509(request.ttl)
             dns = [normalize_dns_name(name) for name in request.dns_names]
             state = self.core.authorities.state
             signed = sign_x509_svid(
@@ -305,7 +305,7 @@ class AdminApi:
     ) -> admin_pb2.MintJWTSVIDResponse:
         async def run() -> admin_pb2.MintJWTSVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
-            ttl = self._ttl(request.ttl, self.core.config.default_jwt_svid_ttl)
+            ttl = self.core.defaults.jwt(request.ttl)
             state = self.core.authorities.state
             signed = sign_jwt(
                 state.active_jwt(),
@@ -332,12 +332,6 @@ class AdminApi:
                 f"{spiffe_id}: paths under {RESERVED_PREFIX} belong to the server and its agents"
             )
         return spiffe_id
-
-    @staticmethod
-    def _ttl(seconds: int, default: timedelta) -> timedelta:
-        if seconds < 0:
-            raise ValueError(f"ttl {seconds}: expected a positive number of seconds")
-        return timedelta(seconds=seconds) if seconds else default
 
     # --- authorities and health -----------------------------------------------------------------
 

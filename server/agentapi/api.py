@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from datetime import timedelta
 
 import grpc
 from insignia_proto import agent_pb2
@@ -222,7 +221,7 @@ class AgentApi:
                     error = self._unauthorized("x509", params.entry_id, agent_id)
                     results.append(agent_pb2.X509SVIDResult(entry_id=params.entry_id, error=error))
                     continue
-                ttl = entry.x509_svid_ttl or self.core.config.default_x509_svid_ttl.total_seconds()
+                ttl = self.core.defaults.x509(entry.x509_svid_ttl).total_seconds()
                 requests.append(SignRequest(params.csr, str(entry.spiffe_id), ttl, entry.dns_names))
                 results.append(None)  # filled in below, in request order
             try:
@@ -271,14 +270,13 @@ class AgentApi:
                     error = self._unauthorized("jwt", params.entry_id, agent_id)
                     results.append(agent_pb2.JWTSVIDResult(entry_id=params.entry_id, error=error))
                     continue
-                ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl else None
                 try:
                     signed = sign_jwt(
                         active,
                         key_not_after,
                         entry.spiffe_id,
                         list(params.audience),
-                        ttl or self.core.config.default_jwt_svid_ttl,
+                        self.core.defaults.jwt(entry.jwt_svid_ttl),
                         now,
                         limits,
                         self.core.config.jwt_issuer,

@@ -11,28 +11,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from insignia_proto import agent_pb2
 
-from insignia.server.entries import RegistrationEntry
+from insignia.server.entries import Defaults, RegistrationEntry
 
 MAX_REMEMBERED_VIEWS = 4
 MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB: far below gRPC's default 4 MiB receive limit
 
 
-@dataclass(frozen=True, slots=True)
-class Defaults:
-    """Server defaults that entry TTLs of 0 resolve to before they reach an agent."""
-
-    x509_svid_ttl: timedelta
-    jwt_svid_ttl: timedelta
-
-
 def resolved_ttls(entry: RegistrationEntry, defaults: Defaults) -> tuple[int, int]:
-    x509 = entry.x509_svid_ttl or int(defaults.x509_svid_ttl.total_seconds())
-    jwt = entry.jwt_svid_ttl or int(defaults.jwt_svid_ttl.total_seconds())
-    return x509, jwt
+    """An agent gets TTLs resolved: it never sees the server's 0 = default."""
+    x509 = defaults.x509(entry.x509_svid_ttl)
+    jwt = defaults.jwt(entry.jwt_svid_ttl)
+    return int(x509.total_seconds()), int(jwt.total_seconds())
 
 
 def entry_to_proto(entry: RegistrationEntry, defaults: Defaults) -> agent_pb2.Entry:

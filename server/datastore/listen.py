@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
 
+from insignia._closing import Closing
 from insignia.backoff import Backoff
-from insignia.closing import Closing
 from insignia.daemon.logs import get_logger
 
 log = get_logger("insignia.server")

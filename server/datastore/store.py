@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
-from insignia.closing import Closing
+from insignia._closing import Closing
 from insignia.selectors import Selector
 from insignia.server.datastore import (
     agent_queries,

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from insignia.agent.identity.node_attestation import load_identity
 from insignia.spiffeid import TrustDomain
-from insignia.workloadapi.client import WorkloadApiClient
+from insignia.workloadapi import WorkloadApiClient
 from tests.integration.agent_clients import (
     register,
 )

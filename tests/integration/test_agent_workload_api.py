@@ -17,7 +17,7 @@ from joserfc.jwk import KeySet
 
 from insignia.spiffeid import TrustDomain
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context
 from tests.integration.agent_clients import (
     UID_A,
     UID_B,

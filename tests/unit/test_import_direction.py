@@ -1,7 +1,8 @@
-"""Imports run one way: the SDK (`insignia`) never imports the daemons or the plugins, the
-plugins (`insignia.attestors`) never import a daemon, and the agent and the server never import
-each other; they speak only through `proto/`. Checked over the source with `ast`, function-level
-imports included, so a lazy import cannot slip past."""
+"""Imports run one way: the SDK (`insignia` outside its rooms) never imports the daemons'
+plumbing (`insignia.daemon`), the daemons or the plugins; the plumbing never imports a daemon or
+a plugin; the plugins (`insignia.attestors`) never import a daemon; and the agent and the server
+never import each other, they speak only through `proto/`. Checked over the source with `ast`,
+function-level imports included, so a lazy import cannot slip past."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 # Each part of the import root, by the folder that holds it.
-FOLDERS = {"insignia": "insignia", "attestors": "attestors", "agent": "agent", "server": "server"}
+FOLDERS = {
+    "sdk": "insignia",
+    "daemon": "insignia/daemon",
+    "attestors": "attestors",
+    "agent": "agent",
+    "server": "server",
+}
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "insignia": frozenset({"agent", "server", "attestors"}),
+    "sdk": frozenset({"daemon", "agent", "server", "attestors"}),
+    "daemon": frozenset({"agent", "server", "attestors"}),
     "attestors": frozenset({"agent", "server"}),
     "agent": frozenset({"server"}),
     "server": frozenset({"agent"}),
 }
-ROOMS = ("agent", "server", "attestors")
+ROOMS = ("daemon", "agent", "server", "attestors")
 
 
 def part_of(module: str) -> str | None:
@@ -30,7 +38,7 @@ def part_of(module: str) -> str | None:
         return names[0] if names[0] in ROOMS else None  # a pre-import-root name
     if len(names) > 1 and names[1] in ROOMS:
         return names[1]
-    return "insignia"
+    return "sdk"
 
 
 def imported_parts(source: str) -> set[str]:
@@ -50,7 +58,7 @@ def sources(part: str) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*.py")
-        if not (part == "insignia" and p.relative_to(folder).parts[0] in ROOMS)
+        if not (part == "sdk" and p.relative_to(folder).parts[0] in ROOMS)
     )
 
 
@@ -74,4 +82,9 @@ def test_the_check_sees_function_level_imports() -> None:
 
 
 def test_the_check_sees_a_room_imported_from_the_root() -> None:
-    assert imported_parts("from insignia import agent\n") == {"insignia", "agent"}
+    assert imported_parts("from insignia import agent\n") == {"sdk", "agent"}
+
+
+def test_the_check_tells_the_plumbing_from_the_sdk() -> None:
+    source = "from insignia.daemon.logs import get_logger\nfrom insignia.bundle import Bundle\n"
+    assert imported_parts(source) == {"sdk", "daemon"}

@@ -5,13 +5,12 @@ from insignia_proto import agent_pb2
 
 from insignia.server.agentapi.sync import (
     AgentHistory,
-    Defaults,
     SentView,
     delta_update,
     full_update,
     split_update,
 )
-from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.server.entries import Defaults, EntryLimits, RegistrationEntry, validate_entry
 from insignia.spiffeid import TrustDomain
 
 TD = TrustDomain.parse("example.org")

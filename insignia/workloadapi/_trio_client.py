@@ -16,6 +16,7 @@ with exponential backoff and jitter (backoff.py), and stop only on INVALID_ARGUM
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +28,10 @@ import trio
 
 from insignia.backoff import Backoff
 from insignia.bundle import BundleSet
-from insignia.daemon.logs import get_logger
 from insignia.spiffeid import SpiffeId
-from insignia.workloadapi.address import endpoint_from_env, parse_endpoint
-from insignia.workloadapi.backoff import DEFAULT_BACKOFF, is_retryable
-from insignia.workloadapi.client import (
+from insignia.workloadapi._address import endpoint_from_env, parse_endpoint
+from insignia.workloadapi._backoff import DEFAULT_BACKOFF, is_retryable
+from insignia.workloadapi._client import (
     JwtSvidToken,
     WorkloadApiClient,
     WorkloadApiError,
@@ -43,7 +43,7 @@ __all__ = ["TrioWorkloadApiClient", "resolve_socket"]
 T = TypeVar("T")
 OnError = Callable[[WorkloadApiError], object]
 
-_log = get_logger(__name__)
+_log = logging.getLogger(__name__)  # stdlib: the SDK imposes no logging library
 _END: Any = object()  # sentinel for a stream that ended without an error
 
 
@@ -165,11 +165,11 @@ class TrioWorkloadApiClient:
                 delay = self.backoff.delay(attempt, random.random())
                 attempt += 1
                 _log.warning(
-                    "workload api watch failed; retrying",
-                    stream=what,
-                    socket=str(self.socket_path),
-                    error=str(error),
-                    retry_in=round(delay, 3),
+                    "workload api %s watch on %s failed; retrying in %.3f s: %s",
+                    what,
+                    self.socket_path,
+                    delay,
+                    error,
                 )
                 if on_error is not None:
                     on_error(error)

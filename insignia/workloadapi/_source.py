@@ -3,7 +3,7 @@ checks ask for, kept current by background watches.
 
 `WorkloadX509Source` is an `insignia.sources.X509Source`, and a `BundleSource` whose bundles
 hold both kinds of authority: X.509 CAs from the X509-SVID stream and JWT keys from the JWT
-bundle stream. So one object serves `insignia.tls` contexts and `insignia.jwt_http`
+bundle stream. So one object serves `insignia.spiffetls` contexts and `insignia.jwt_http`
 validation, and rotation reaches the next handshake or token check with no restart.
 
     async with open_x509_source("unix:///run/insignia/agent.sock") as source:
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import trio
 
+from insignia._closing import Closing
 from insignia.backoff import Backoff
 from insignia.bundle import Bundle, BundleSet
-from insignia.closing import Closing
 from insignia.sources import NoX509Svid
 from insignia.spiffeid import TrustDomain
-from insignia.workloadapi.backoff import DEFAULT_BACKOFF
-from insignia.workloadapi.client import WorkloadApiError, X509Context
-from insignia.workloadapi.trio_client import TrioWorkloadApiClient
+from insignia.workloadapi._backoff import DEFAULT_BACKOFF
+from insignia.workloadapi._client import WorkloadApiError, X509Context
+from insignia.workloadapi._trio_client import TrioWorkloadApiClient
 from insignia.x509svid import X509Svid
 
 __all__ = [

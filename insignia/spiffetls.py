@@ -14,19 +14,19 @@ SVID and reused until the source hands out another.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
 import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from insignia._tls_stream import TlsStream
 from insignia.authorize import Authorizer, NotAuthorized
 from insignia.bundle import BundleSource
 from insignia.sources import X509Source
 from insignia.spiffeid import SpiffeId
-from insignia.tls_stream import TlsStream
 from insignia.x509svid import X509Svid, verify_chain
 
 __all__ = [
@@ -40,7 +40,8 @@ __all__ = [
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
-_log = structlog.get_logger(__name__)
+# stdlib logging: the SDK does not impose a logging library; the daemons route it to structlog.
+_log = logging.getLogger(__name__)
 
 
 class TlsHandshakeError(trio.BrokenResourceError):
@@ -177,7 +178,7 @@ class TlsContext:
             try:
                 stream = await self.wrap(transport)
             except TlsHandshakeError as exc:
-                _log.info("tls handshake failed", error=str(exc))
+                _log.info("tls handshake failed: %s", exc)
                 return
             async with stream:
                 await handler(stream)

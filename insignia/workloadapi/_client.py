@@ -18,12 +18,12 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from insignia_proto import workload_pb2 as pb
 
+from insignia._closing import Closing
 from insignia.bundle import Bundle, BundleSet, InvalidBundle
-from insignia.closing import Closing
 from insignia.keys import InvalidKey
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
-from insignia.workloadapi.address import grpc_target
+from insignia.workloadapi._address import grpc_target
 from insignia.x509svid import InvalidX509Svid, X509Svid
 
 T = TypeVar("T")
