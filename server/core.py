@@ -8,7 +8,6 @@ process or another) into model updates and Sync wake-ups, usually within millise
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from insignia.daemon.ratelimit import RateLimiter
 from insignia.daemon.runtime import TrioBridge
 from insignia.server.agentapi.authorization import EntryChange
 from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.bundle_publication import publication
 from insignia.server.ca.signer_pool import SignerPool, default_processes
 from insignia.server.ca.state import x509_authority_id
 from insignia.server.config import ServerConfig
@@ -154,19 +154,16 @@ class ServerCore:
         Blocking (SQL): call from a worker thread. The model update happens via the follower
         (bundle and CA journal events), and directly here for this process.
         """
-        current = self.authorities.bundle(self._bundle_sequence)
-        document = current.to_spiffe().decode()
+        current = self.authorities.bundle(self._bundle_sequence).to_spiffe().decode()
         try:
             stored = self.store.get_bundle(self.trust_domain)
         except LookupError:
             stored = None
-        if stored is None or _keys_of(stored.document) != _keys_of(document):
-            sequence = (stored.sequence if stored else 0) + 1
-            self._bundle_sequence = sequence
-            document = self.authorities.bundle(sequence).to_spiffe().decode()
+        decided = publication(stored, current)
+        self._bundle_sequence = decided.sequence
+        if decided.store:
+            document = self.authorities.bundle(decided.sequence).to_spiffe().decode()
             self.store.put_bundle(self.trust_domain, document)
-        else:
-            self._bundle_sequence = stored.sequence
 
     def bundle_state(self) -> agent_pb2.BundleState:
         """Blocking read of the bundles table plus the in-memory taint lists."""
@@ -217,10 +214,3 @@ class ServerCore:
             # Under the CA lock: mid-operation, the journal and the bundles table disagree.
             async with self.ca_lock:
                 self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
-
-
-def _keys_of(document: str) -> str:
-    """A bundle document without its sequence, to tell a real change from a re-publish."""
-    doc = json.loads(document)
-    doc.pop("spiffe_sequence", None)
-    return json.dumps(doc, sort_keys=True)
