@@ -12,7 +12,6 @@ the leaf's own trust domain (never another trust domain's).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from insignia._dns import is_dns_name
 from insignia.bundle import BundleSource, load_der_certificates
 from insignia.keys import (
     InvalidKey,
@@ -47,8 +47,6 @@ _LEAF_EKU = x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 )
 _LEAF_BC = x509.BasicConstraints(ca=False, path_length=None)
-_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DNS_NAME = re.compile(rf"(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*", re.IGNORECASE)
 
 
 def _key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
@@ -149,7 +147,7 @@ def build_leaf(
         )
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     for name in dns_names:
-        if len(name) > 253 or not _DNS_NAME.fullmatch(name):
+        if not is_dns_name(name):
             raise InvalidDnsName(name)
         sans.append(x509.DNSName(name))
     builder = (

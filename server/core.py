@@ -8,7 +8,6 @@ process or another) into model updates and Sync wake-ups, usually within millise
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from insignia.daemon.ratelimit import RateLimiter
 from insignia.daemon.runtime import TrioBridge
 from insignia.server.agentapi.authorization import EntryChange
 from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.bundle_publication import publication
 from insignia.server.ca.signer_pool import SignerPool, default_processes
 from insignia.server.ca.state import x509_authority_id
 from insignia.server.config import ServerConfig
@@ -185,11 +185,12 @@ class ServerCore:
         """
 
         def compose(journal: list[CaKeyRecord], stored: BundleRecord | None) -> str | None:
-            sequence = stored.sequence if stored else 0
-            document = self.authorities.bundle(sequence, journal).to_spiffe().decode()
-            if stored is not None and _keys_of(stored.document) == _keys_of(document):
+            first = stored.sequence if stored else 0
+            current = self.authorities.bundle(first, journal).to_spiffe().decode()
+            decided = publication(stored, current)
+            if not decided.store:
                 return None
-            return self.authorities.bundle(sequence + 1, journal).to_spiffe().decode()
+            return self.authorities.bundle(decided.sequence, journal).to_spiffe().decode()
 
         return self.store.update_bundle(self.trust_domain, compose)
 
@@ -245,10 +246,3 @@ class ServerCore:
             # Under the CA lock: mid-operation, the journal and the bundles table disagree.
             async with self.ca_lock:
                 self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
-
-
-def _keys_of(document: str) -> str:
-    """A bundle document without its sequence, to tell a real change from a re-publish."""
-    doc = json.loads(document)
-    doc.pop("spiffe_sequence", None)
-    return json.dumps(doc, sort_keys=True)

@@ -14,18 +14,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from insignia._dns import MAX_DNS_NAME_LENGTH, is_dns_label
 from insignia._shown import shown
+from insignia.daemon.reserved_ids import (
+    AGENT_PREFIX,
+    RESERVED_REASON,
+    SERVER_PATH,
+    is_agent_id,
+    is_reserved,
+)
 from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.selectors import InvalidSelector, Selector, canonical
 from insignia.server.ca.rotation import longest_svid_ttl
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
-RESERVED_PREFIX: Final = "/insignia/"
-SERVER_PATH: Final = "/insignia/server"
-AGENT_PREFIX: Final = "/insignia/agent/"
 MAX_HINT_LENGTH: Final = 1024
 MAX_ENTRY_ID_LENGTH: Final = 255
-MAX_DNS_NAME_LENGTH: Final = 253
 # Selector values are indexed; PostgreSQL refuses btree rows above ~2.7 kB.
 MAX_SELECTOR_VALUE_BYTES: Final = 1024
 # Per entry: every one is matched, signed into SVIDs and sent to agents (10,000 selectors and
@@ -42,16 +46,11 @@ PATH_REQUIRED: Final = "expected a path after the trust domain (an SVID's ID nam
 MAX_EXPIRES_AT: Final = 253402300799
 
 _ENTRY_ID: Final = re.compile(r"[A-Za-z0-9._-]+")
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def server_spiffe_id(trust_domain: TrustDomain) -> SpiffeId:
     """The server's own ID; entries parented to it are node aliases."""
     return SpiffeId(trust_domain, SERVER_PATH)
-
-
-def is_agent_id(spiffe_id: SpiffeId) -> bool:
-    return spiffe_id.path.startswith(AGENT_PREFIX)
 
 
 class InvalidEntry(ValueError):
@@ -154,10 +153,10 @@ def validate_entry(
     now = now if now is not None else datetime.now(UTC)
     td = limits.trust_domain
     sid = _member_id("spiffe_id", spiffe_id, td)
-    if sid.path.startswith(RESERVED_PREFIX):
-        raise InvalidEntry("spiffe_id", str(sid), f"paths under {RESERVED_PREFIX} are reserved")
+    if is_reserved(sid):
+        raise InvalidEntry("spiffe_id", str(sid), RESERVED_REASON)
     pid = _member_id("parent_id", parent_id, td)
-    if pid.path.startswith(RESERVED_PREFIX) and not (pid.path == SERVER_PATH or is_agent_id(pid)):
+    if is_reserved(pid) and not (pid.path == SERVER_PATH or is_agent_id(pid)):
         raise InvalidEntry(
             "parent_id",
             str(pid),
@@ -255,7 +254,7 @@ def normalize_dns_name(value: str) -> str:
         raise InvalidEntry("dns_names", value, f"not a valid IDNA name: {exc}") from exc
     labels = ascii_name.split(".")
     for label in labels:
-        if not _DNS_LABEL.fullmatch(label):
+        if not is_dns_label(label):
             raise InvalidEntry(
                 "dns_names",
                 value,

@@ -17,7 +17,7 @@ from insignia.selectors import InvalidSelector, Selector, canonical, matches
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 
-class InvalidEntry(ValueError):
+class UnservableEntry(ValueError):
     """An entry from the server that the agent refuses to serve; names the entry and field."""
 
     def __init__(self, entry_id: str, reason: str) -> None:
@@ -62,17 +62,17 @@ class Entry:
     @classmethod
     def from_proto(cls, msg: agent_pb2.Entry) -> Entry:
         if not msg.id:
-            raise InvalidEntry(msg.id, "empty id")
+            raise UnservableEntry(msg.id, "empty id")
         try:
             spiffe_id = SpiffeId.parse(msg.spiffe_id)
             selectors = canonical(Selector.parse(s) for s in msg.selectors)
             federates = tuple(TrustDomain.parse(td) for td in msg.federates_with)
         except (InvalidSpiffeId, InvalidSelector) as exc:
-            raise InvalidEntry(msg.id, str(exc)) from exc
+            raise UnservableEntry(msg.id, str(exc)) from exc
         if not selectors:
-            raise InvalidEntry(msg.id, "no selectors; an entry must name at least one")
+            raise UnservableEntry(msg.id, "no selectors; an entry must name at least one")
         if msg.x509_svid_ttl <= 0 or msg.jwt_svid_ttl <= 0:
-            raise InvalidEntry(
+            raise UnservableEntry(
                 msg.id,
                 f"TTLs must be positive, got x509={msg.x509_svid_ttl} jwt={msg.jwt_svid_ttl}",
             )

@@ -16,16 +16,15 @@ import grpc.aio
 import trio
 from insignia_proto import agent_pb2
 
-from insignia.agent.cache.entries import Entry, InvalidEntry
+from insignia.agent.cache.entries import Entry, UnservableEntry
 from insignia.agent.cache.store import BundleView, Cache, SyncDelta
 from insignia.agent.identity.server_client import (
-    AgentEvicted,
     ServerClient,
     StreamClosed,
     next_message,
 )
 from insignia.agent.metrics import AgentMetrics
-from insignia.backoff import Backoff
+from insignia.backoff import Backoff, Retries
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.logs import get_logger
 from insignia.daemon.runtime import call_asyncio
@@ -64,7 +63,7 @@ def parse_update(update: agent_pb2.SyncUpdate, trust_domain: TrustDomain) -> Syn
     for msg in update.entries:
         try:
             entries.append(Entry.from_proto(msg))
-        except InvalidEntry as exc:
+        except UnservableEntry as exc:
             log.warning("sync.entry_refused", entry_id=exc.entry_id, error=exc.reason)
     bundles = parse_bundle_state(update.bundle, trust_domain) if update.HasField("bundle") else None
     if update.full and bundles is None:
@@ -115,8 +114,7 @@ async def run_sync(
     on_update: Callable[[], None] = lambda: None,
 ) -> None:
     """Hold the Sync stream forever, reconnecting with backoff; AgentEvicted ends it."""
-    rng = rng or random.Random()
-    attempt = 0
+    retries = Retries(backoff, (rng or random.Random()).random)
     while True:
         revision_before = (cache.store_id, cache.revision)
         generation = server.identity_generation
@@ -124,8 +122,7 @@ async def run_sync(
             await _follow(server, cache, metrics, on_update)
             error = "server closed the stream"
         except grpc.aio.AioRpcError as exc:
-            if server.evicted(exc, generation):
-                raise AgentEvicted(exc.details() or exc.code().name) from exc
+            server.raise_if_evicted(exc, generation)
             error = f"{exc.code().name}: {exc.details()}"
         except StreamClosed as exc:
             error = str(exc)
@@ -135,10 +132,11 @@ async def run_sync(
         if (cache.store_id, cache.revision) != revision_before or (
             generation != server.identity_generation
         ):
-            attempt = 0  # the stream made progress before it broke
-        delay = backoff.delay(attempt, rng.random())
-        attempt += 1
+            retries.succeeded()  # the stream made progress before it broke
+        delay = retries.failed()
         metrics.sync_reconnects.inc()
-        log.warning("sync.disconnected", error=error, retry_in=round(delay, 3), attempt=attempt)
+        log.warning(
+            "sync.disconnected", error=error, retry_in=round(delay, 3), attempt=retries.attempt
+        )
         with trio.move_on_after(delay):  # or sooner: as soon as the server is reachable again
             await call_asyncio(server.back_after_outage)

@@ -18,6 +18,7 @@ from insignia_proto import admin_pb2, admin_pb2_grpc
 from insignia.bundle import Bundle
 from insignia.daemon.logs import change_log_level, current_log_level, get_logger
 from insignia.daemon.peercred.credentials import CallerTable
+from insignia.daemon.reserved_ids import RESERVED_REASON, agent_spiffe_id, is_reserved
 from insignia.selectors import InvalidSelector, Selector
 from insignia.server.admin.authority import Action, authority_action, list_authorities
 from insignia.server.admin.client import DATASTORE_UNAVAILABLE_PREFIX
@@ -27,8 +28,6 @@ from insignia.server.ca.signing import NoActiveAuthority, SigningRefused, sign_j
 from insignia.server.core import ServerCore
 from insignia.server.datastore import errors as ds
 from insignia.server.entries import (
-    AGENT_PREFIX,
-    RESERVED_PREFIX,
     InvalidEntry,
     normalize_dns_name,
     validate_entry,
@@ -184,9 +183,7 @@ class AdminApi:
                 raise ValueError(f"ttl {request.ttl}: expected a positive number of seconds")
             ttl = timedelta(seconds=request.ttl) if request.ttl else self.core.config.join_token_ttl
             token = str(uuid.uuid4())
-            agent_id = SpiffeId.parse(
-                f"{self.core.trust_domain.id_string()}{AGENT_PREFIX}join_token/{token}"
-            )
+            agent_id = agent_spiffe_id(self.core.trust_domain, "join_token", token)
             alias = None
             if request.spiffe_id:
                 alias = validate_entry(
@@ -327,10 +324,8 @@ class AdminApi:
         spiffe_id = SpiffeId.parse(text)
         if not spiffe_id.member_of(self.core.trust_domain):
             raise SigningRefused(f"{spiffe_id} is not in trust domain {self.core.trust_domain}")
-        if spiffe_id.path.startswith(RESERVED_PREFIX):
-            raise SigningRefused(
-                f"{spiffe_id}: paths under {RESERVED_PREFIX} belong to the server and its agents"
-            )
+        if is_reserved(spiffe_id):
+            raise SigningRefused(f"{spiffe_id}: {RESERVED_REASON}")
         return spiffe_id
 
     # --- authorities and health -----------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import replace
 import grpc
 from insignia_proto import agent_pb2
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.daemon.rpc_refusal import refuse
 from insignia.jwtsvid import InvalidAudience
 from insignia.server.agentapi.node_attestation import attest_agent
@@ -29,7 +30,6 @@ from insignia.server.ca.signing import (
     svid_fingerprint,
 )
 from insignia.server.core import ServerCore, log
-from insignia.server.entries import is_agent_id
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.selectors import Selector
 from insignia.server.entries import (
     EntryLimits,
     InvalidEntry,
-    is_agent_id,
     normalize_dns_name,
     server_spiffe_id,
     validate_entry,
