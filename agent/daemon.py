@@ -33,7 +33,7 @@ from insignia.agent.workloadapi.gate import (
 )
 from insignia.agent.workloadapi.reflection import reflection_handlers
 from insignia.agent.workloadapi.rpcs import WorkloadApi
-from insignia.attestors.interface import AttestationError, Caller, NodeAttestorAgent
+from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
 from insignia.daemon.config.loading import refused_for_key
@@ -68,8 +68,7 @@ def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: floa
                 problem = await trio.to_thread.run_sync(connection_problem, creds)
                 if problem is not None:
                     raise ConnectionNotOwned(problem)
-                caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
-                return frozenset(await attest_workload(caller, attestors, timeout))
+                return frozenset(await attest_workload(creds, attestors, timeout))
             except AttestationError as exc:
                 raise WorkloadAttestationFailed(exc.plugin, str(exc)) from exc
             except (ProcessGone, ValueError) as exc:  # ValueError: its pidfd is closed

@@ -91,6 +91,22 @@ class DatabaseConfig(StrictModel, frozen=True, kw_only=True):
     url: DatabaseUrl = DatabaseUrl("")  # "" = sqlite in data_dir
 
 
+class ClusterConfig(StrictModel, frozen=True, kw_only=True):
+    """Several servers on one PostgreSQL database (docs/ha.md). Harmless for one server."""
+
+    # How often the change log is read even without a NOTIFY (a dropped LISTEN connection
+    # cannot lose a change, only delay it this long).
+    poll_interval: PositiveDuration = PositiveDuration(seconds=1)
+    # How often this server refreshes its row in the `servers` registry...
+    heartbeat_interval: PositiveDuration = PositiveDuration(seconds=5)
+    # ...and how long a row may go without one before `server list` calls it stale.
+    stale_after: PositiveDuration = PositiveDuration(seconds=30)
+
+    def __post_init__(self) -> None:
+        if self.stale_after <= self.heartbeat_interval:
+            raise ValueError("cluster.stale_after must be longer than cluster.heartbeat_interval")
+
+
 class UpstreamConfig(StrictModel, frozen=True, kw_only=True):
     """An existing CA (PEM cert, then its chain up to the root) the server CA is signed under."""
 
@@ -128,6 +144,7 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     agent_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
     agent_api: AgentApiConfig = field(default_factory=AgentApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ca: CaConfig = field(default_factory=CaConfig)
     join_token_ttl: PositiveDuration = PositiveDuration(seconds=600)
     # [node_attestors.<plugin>] sections, validated by each plugin's own config model.

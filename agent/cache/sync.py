@@ -20,13 +20,12 @@ from insignia_proto import agent_pb2
 from insignia.agent.cache.entries import Entry, UnservableEntry
 from insignia.agent.cache.store import BundleView, Cache, SyncDelta
 from insignia.agent.identity.server_client import (
-    AgentEvicted,
     ServerClient,
     StreamClosed,
     next_message,
 )
 from insignia.agent.metrics import AgentMetrics
-from insignia.backoff import Backoff
+from insignia.backoff import Backoff, Retries
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.logs import get_logger
 from insignia.daemon.runtime import call_asyncio
@@ -125,8 +124,7 @@ async def run_sync(
     on_update: Callable[[], None] = lambda: None,
 ) -> None:
     """Hold the Sync stream forever, reconnecting with backoff; AgentEvicted ends it."""
-    rng = rng or random.Random()
-    attempt = 0
+    retries = Retries(backoff, (rng or random.Random()).random)
     while True:
         revision_before = (cache.store_id, cache.revision)
         generation = server.identity_generation
@@ -135,8 +133,7 @@ async def run_sync(
             error = "server closed the stream"
             server_failed = True
         except grpc.aio.AioRpcError as exc:
-            if server.evicted(exc, generation):
-                raise AgentEvicted(exc.details() or exc.code().name) from exc
+            server.raise_if_evicted(exc, generation)
             error = f"{exc.code().name}: {exc.details()}"
             server_failed = True
         except StreamClosed as exc:  # our own channel swap (renewal): same server
@@ -149,12 +146,11 @@ async def run_sync(
         if (cache.store_id, cache.revision) != revision_before or (
             generation != server.identity_generation
         ):
-            attempt = 0  # the stream made progress before it broke
+            retries.succeeded()  # the stream made progress before it broke
         failed = server.target
         delay = 0.0
         if not server_failed or server.fail_over():  # same server, or every one tried
-            delay = backoff.delay(attempt, rng.random())
-            attempt += 1
+            delay = retries.failed()
             if server_failed:
                 await trio.to_thread.run_sync(server.resolve_targets)
         metrics.sync_reconnects.inc()
@@ -164,7 +160,7 @@ async def run_sync(
             next_server=str(server.target),
             error=error,
             retry_in=round(delay, 3),
-            attempt=attempt,
+            attempt=retries.attempt,
         )
         with trio.move_on_after(delay):  # or sooner: as soon as the server is reachable again
             await call_asyncio(server.back_after_outage)

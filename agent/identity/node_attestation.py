@@ -21,6 +21,7 @@ from cryptography import x509
 from insignia_proto import agent_pb2
 
 from insignia.agent.identity.csr import build_csr
+from insignia.agent.identity.server_answers import Answer, classify
 from insignia.agent.identity.server_client import ServerClient, next_message
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.bundle import Bundle, InvalidBundle
@@ -55,16 +56,6 @@ BUNDLE_FILE: Final = "bundle.sealed"
 _IDENTITY_KIND: Final = "agent_identity"
 _BUNDLE_KIND: Final = "bundle"
 _VERSION: Final = 1
-
-# Answers no retry can change: wrong evidence, a used token, an attestor the server lacks.
-_REFUSALS: Final = frozenset(
-    {
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    }
-)
 
 
 class AttestationRefused(Exception):
@@ -191,7 +182,7 @@ async def attest(
             answer = await attestor.answer(response.challenge)
             await call_asyncio(call.write, agent_pb2.AttestRequest(challenge_response=answer))
     except grpc.aio.AioRpcError as exc:
-        if exc.code() not in _REFUSALS:
+        if classify(exc.code()) is not Answer.REFUSED:
             raise  # transient: the caller retries with backoff
         detail = f"the server refused node attestation: {exc.details()}"
         if plugin_name == "join_token" and exc.code() == grpc.StatusCode.PERMISSION_DENIED:

@@ -21,6 +21,7 @@ import grpc.aio
 from insignia_proto import agent_pb2
 from insignia_proto.agent_pb2_grpc import AgentAPIStub
 
+from insignia.agent.identity.server_answers import refuses_identity
 from insignia.agent.identity.targets import Resolver, ServerTarget, expand, system_resolver
 from insignia.daemon.keepalive import AGENT_PING_INTERVAL, agent_channel_options
 from insignia.daemon.logs import get_logger
@@ -29,9 +30,6 @@ from insignia.daemon.server_name import SERVER_TLS_NAME
 T = TypeVar("T")
 log = get_logger(__name__)
 
-_EVICTION_CODES: Final = frozenset(
-    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
-)
 # grpc's own reconnect backoff (1 s growing to 120 s by default) decides when a channel sees a
 # returned server, whatever the agent's retry loop does: after a long outage it waited up to
 # 27 s. Capped at 1 s, the channel is READY within about a second of the server's return; a
@@ -49,10 +47,6 @@ class AgentEvicted(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the server refused this agent's identity: {detail}")
         self.detail = detail
-
-
-def is_eviction(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() in _EVICTION_CODES
 
 
 def fetch_server_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
@@ -179,7 +173,13 @@ class ServerClient:
         """Whether a refusal means this agent is evicted. Once a renewed SVID is in use the
         server refuses the old one, so a call still riding the old SVID (a Sync stream opened
         before the renewal) is refused without the agent being evicted: it just reconnects."""
-        return is_eviction(exc) and generation == self.identity_generation
+        return refuses_identity(exc.code()) and generation == self.identity_generation
+
+    def raise_if_evicted(self, exc: grpc.aio.AioRpcError, generation: int) -> None:
+        """AgentEvicted from `exc` when it means eviction (`evicted`); the loops' common first
+        step on a failed call, before they back off and retry."""
+        if self.evicted(exc, generation):
+            raise AgentEvicted(exc.details() or exc.code().name) from exc
 
     def _retire(self) -> None:
         if self._channel is not None:

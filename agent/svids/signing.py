@@ -24,7 +24,7 @@ from insignia_proto import agent_pb2
 from insignia.agent.cache.entries import Entry
 from insignia.agent.cache.store import Cache, Change, JwtSvidRecord, X509SvidRecord
 from insignia.agent.identity.csr import build_csr
-from insignia.agent.identity.server_client import AgentEvicted, ServerClient
+from insignia.agent.identity.server_client import ServerClient
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.rotation import (
     RenewReason,
@@ -36,7 +36,7 @@ from insignia.agent.svids.rotation import (
     x509_renew_reason,
 )
 from insignia.agent.workloadapi.rpcs import JwtRateLimited, JwtUnavailable
-from insignia.backoff import Backoff
+from insignia.backoff import Backoff, Retries
 from insignia.bundle import b64url_decode
 from insignia.daemon.logs import get_logger
 from insignia.daemon.ratelimit import RateLimiter
@@ -120,7 +120,7 @@ class X509Signer:
 
     async def run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        attempt = 0
+        retries = Retries(self._backoff, self._rng.random)
         while True:
             self._event = trio.Event()
             now = self._clock()
@@ -130,13 +130,11 @@ class X509Signer:
                 try:
                     for start in range(0, len(due), BATCH_SIZE):
                         await self.sign(due[start : start + BATCH_SIZE])
-                    attempt = 0
+                    retries.succeeded()
                     continue
                 except grpc.aio.AioRpcError as exc:
-                    if self._server.evicted(exc, generation):
-                        raise AgentEvicted(exc.details() or exc.code().name) from exc
-                    delay = self._backoff.delay(attempt, self._rng.random())
-                    attempt += 1
+                    self._server.raise_if_evicted(exc, generation)
+                    delay = retries.failed()
                     log.warning(
                         "signer.unavailable", error=exc.code().name, retry_in=round(delay, 3)
                     )

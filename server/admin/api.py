@@ -21,6 +21,7 @@ from insignia.daemon.peercred.credentials import CallerTable
 from insignia.daemon.reserved_ids import RESERVED_REASON, agent_spiffe_id, is_reserved
 from insignia.selectors import InvalidSelector, Selector
 from insignia.server.admin.authority import Action, authority_action, list_authorities
+from insignia.server.admin.client import DATASTORE_UNAVAILABLE_PREFIX
 from insignia.server.admin.convert import agent_to_proto, entry_from_proto, entry_to_proto
 from insignia.server.ca.rotation import AuthorityError
 from insignia.server.ca.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
@@ -31,6 +32,7 @@ from insignia.server.entries import (
     normalize_dns_name,
     validate_entry,
 )
+from insignia.server.registry import server_state
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId
 
 T = TypeVar("T")
@@ -93,7 +95,10 @@ class AdminApi:
             audit.info(
                 "admin call", **who, method=method, what=what, result=code.name, error=str(exc)
             )
-            await context.abort(code, str(exc))
+            detail = str(exc)
+            if isinstance(exc, ds.DatastoreUnavailable):  # tell it apart from "no server"
+                detail = f"{DATASTORE_UNAVAILABLE_PREFIX}{detail}"
+            await context.abort(code, detail)
         (audit.debug if routine else audit.info)(
             "admin call", **who, method=method, what=what, result="OK"
         )
@@ -370,6 +375,31 @@ class AdminApi:
             return admin_pb2.HealthResponse(ready=reason is None, reason=reason or "")
 
         return await self._run(context, "Health", "", run, routine=True)
+
+    async def ListServers(
+        self, request: admin_pb2.ListServersRequest, context: Context
+    ) -> admin_pb2.ListServersResponse:
+        async def run() -> admin_pb2.ListServersResponse:
+            core = self.core
+            records = await core.blocking(core.store.list_servers)
+            now, stale_after = core.clock(), core.config.cluster.stale_after
+            return admin_pb2.ListServersResponse(
+                servers=[
+                    admin_pb2.Server(
+                        id=r.id,
+                        state=server_state(r, now, stale_after),
+                        heartbeat_at=int(r.heartbeat_at.timestamp()),
+                        started_at=int(r.started_at.timestamp()),
+                        addresses=r.addresses,
+                        x509_authority_id=r.x509_key_id,
+                        jwt_authority_id=r.jwt_key_id,
+                        answering=r.id == core.instance_id,
+                    )
+                    for r in records
+                ]
+            )
+
+        return await self._run(context, "ListServers", "", run)
 
     # --- logging ------------------------------------------------------------------------------
 
