@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
 from tests.postgres import BACKEND_PARAMS, Backend, database_url
 
 ServerFactory = Callable[..., ServerProcess]

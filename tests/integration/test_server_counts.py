@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_fixtures import ServerProcess
 from tests.postgres import Backend
 
 

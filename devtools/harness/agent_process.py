@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tests.waiting import wait_for
+from devtools.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_BIN = Path(sys.executable).with_name("insignia-agent")
