@@ -24,9 +24,9 @@ from insignia.jwtsvid import (
 )
 from insignia.keys import KeyType, PrivateKey, generate_key
 from insignia.sources import StaticSource
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import TD
 
-TD = TrustDomain("example.org")
 CALLER = SpiffeId.parse("spiffe://example.org/service/b")
 AUDIENCE = "spiffe://example.org/service/a"
 

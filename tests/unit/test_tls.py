@@ -38,8 +38,8 @@ from insignia.x509svid import (
     X509Svid,
     build_leaf,
 )
+from tests.unit.common import TD
 
-TD = TrustDomain("example.org")
 SERVER_ID = SpiffeId.parse("spiffe://example.org/service/a")
 CLIENT_ID = SpiffeId.parse("spiffe://example.org/service/b")
 PEER_SCRIPT = Path(__file__).with_name("spiffetls_peer.py")

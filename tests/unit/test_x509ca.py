@@ -14,7 +14,6 @@ from cryptography.x509.oid import NameOID
 
 from insignia.durations import InvalidDuration
 from insignia.keys import KeyType, generate_key
-from insignia.spiffeid import TrustDomain
 from insignia.x509ca import (
     BACKDATE,
     InvalidAuthority,
@@ -22,10 +21,7 @@ from insignia.x509ca import (
     build_intermediate_ca,
     build_root_ca,
 )
-
-TD = TrustDomain("example.org")
-NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
+from tests.unit.common import NOW, TD
 
 E = TypeVar("E", bound=x509.ExtensionType)
 

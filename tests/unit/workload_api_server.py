@@ -31,9 +31,9 @@ from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workload_wire import SECURITY_HEADER_KEY, workload_api_handler
 from insignia.x509ca import SigningAuthority, build_root_ca
 from insignia.x509svid import X509Svid, build_leaf
+from tests.unit.common import TD
 
 T = TypeVar("T")
-TD = TrustDomain("example.org")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from insignia.bundle import Bundle
 from insignia.keys import KeyType, generate_key
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import X509Svid, build_leaf
-from tests.unit.agent.helpers import NOW, TD, make_ca
+from tests.unit.common import NOW, TD, make_ca
 
 AGENT_ID = SpiffeId.parse("spiffe://example.org/insignia/agent/join_token/t")
 

@@ -7,7 +7,7 @@ from insignia.bundle import Bundle, BundleSet
 from insignia.jwtsvid import AudienceMismatch, TokenExpired, UnknownKeyId, sign_jwt_svid
 from insignia.keys import KeyType, generate_key
 from insignia.spiffeid import SpiffeId
-from tests.unit.agent.helpers import NOW, TD
+from tests.unit.common import NOW, TD
 
 SUB = SpiffeId.parse("spiffe://example.org/api")
 

@@ -13,7 +13,7 @@ from insignia.agent.svids.rotation import (
     retry_after_refusal,
 )
 from insignia.backoff import Backoff
-from tests.unit.agent.helpers import NOW
+from tests.unit.common import NOW
 
 BACKOFF = Backoff(initial=1.0, maximum=8.0, jitter=0.5)
 SECOND = timedelta(seconds=1)

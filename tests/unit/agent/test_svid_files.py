@@ -37,7 +37,7 @@ from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workloadapi import X509Context
 from insignia.x509ca import SigningAuthority, build_intermediate_ca
 from insignia.x509svid import X509Svid, build_leaf
-from tests.unit.agent.helpers import NOW, TD, make_ca
+from tests.unit.common import NOW, TD, make_ca
 
 FED = TrustDomain.parse("partner.test")
 PY = sys.executable

@@ -1,5 +1,5 @@
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from insignia_proto import agent_pb2
 
@@ -11,12 +11,10 @@ from insignia.server.agentapi.sync import (
     split_update,
 )
 from insignia.server.entries import Defaults, EntryLimits, RegistrationEntry, validate_entry
-from insignia.spiffeid import TrustDomain
+from tests.unit.common import NOW, TD
 
-TD = TrustDomain.parse("example.org")
 LIMITS = EntryLimits(TD, 86400, 86400)
 DEFAULTS = Defaults(timedelta(hours=1), timedelta(minutes=5))
-NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def entry(name: str, revision: int = 0, ttl: int = 0) -> RegistrationEntry:
