@@ -19,8 +19,8 @@ from devtools.harness.agent_process import AgentProcess
 from devtools.harness.server_process import ServerProcess
 from devtools.harness.waiting import wait_for
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509ca import build_root_ca
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import build_root_ca
 from tests.integration.conftest import AgentFactory, ServerFactory
 from tests.integration.test_server_x509pop import node_cert
 

@@ -18,8 +18,8 @@ from devtools.harness.server_process import ServerProcess
 from insignia.attestors.node.pop import answer_challenge
 from insignia.attestors.node.x509pop import X509PopAgent, X509PopAgentConfig, fingerprint
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.ca.x509ca import SigningAuthority, build_root_ca
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_root_ca
 from tests.integration.conftest import ServerFactory
 
 pytestmark = pytest.mark.integration

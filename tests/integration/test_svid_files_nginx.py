@@ -31,9 +31,9 @@ from devtools.harness.other_uids import as_user
 from devtools.harness.server_process import ServerProcess
 from devtools.harness.waiting import wait_for
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import build_root_ca
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import build_root_ca
-from insignia.x509svid import build_leaf
 from tests.integration.nginx_process import NGINX_BIN, NginxProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]

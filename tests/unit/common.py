@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509ca import SigningAuthority, build_root_ca
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_root_ca
 
 TD = TrustDomain.parse("example.org")
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

@@ -44,9 +44,9 @@ from insignia.jwtsvid import (
     check_token_fits,
     max_token_bytes,
     parse_and_validate,
-    sign_jwt_svid,
 )
 from insignia.keys import InvalidKey, KeyType, PrivateKey, generate_key
+from insignia.server.ca.jwt_signing import sign_jwt_svid
 from insignia.spiffeid import MAX_ID_BYTES, SpiffeId, TrustDomain
 from tests.unit.common import TD, WALL_NOW
 

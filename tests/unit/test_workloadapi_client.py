@@ -5,6 +5,7 @@ from cryptography.hazmat.primitives import serialization
 from insignia_proto import workload_pb2 as pb
 
 from insignia.keys import KeyType, generate_key, private_key_to_der
+from insignia.server.ca.x509_leaf import build_leaf
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workloadapi._client import (
     WorkloadApiError,
@@ -12,7 +13,6 @@ from insignia.workloadapi._client import (
     _x509_bundles,
     x509_context_from_response,
 )
-from insignia.x509svid import build_leaf
 from tests.unit.common import TD, WALL_NOW, make_ca
 
 

@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from insignia.durations import InvalidDuration
 from insignia.keys import KeyType, generate_key
-from insignia.x509ca import (
+from insignia.server.ca.x509ca import (
     BACKDATE,
     InvalidAuthority,
     SigningAuthority,

@@ -22,19 +22,18 @@ from hypothesis import strategies as st
 
 from insignia.bundle import Bundle, BundleSet
 from insignia.keys import InvalidKey, KeyType, PrivateKey, generate_key, private_key_to_der
-from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import (
+from insignia.server.ca.x509_leaf import InvalidCsr, InvalidDnsName, build_leaf, parse_csr
+from insignia.server.ca.x509ca import (
     BACKDATE,
     InvalidAuthority,
     SigningAuthority,
     build_intermediate_ca,
     build_root_ca,
 )
+from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.x509svid import (
     ChainVerificationFailed,
     ExpiredCertificate,
-    InvalidCsr,
-    InvalidDnsName,
     InvalidLeafKeyUsage,
     InvalidUriSan,
     InvalidX509Svid,
@@ -43,9 +42,7 @@ from insignia.x509svid import (
     NotYetValidCertificate,
     UntrustedTrustDomain,
     X509Svid,
-    build_leaf,
     parse_chain_der,
-    parse_csr,
     verify_chain,
 )
 from tests.unit.common import TD, WALL_NOW, make_ca

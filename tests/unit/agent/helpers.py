@@ -13,9 +13,9 @@ from insignia.agent.svids.signing import authority_ids
 from insignia.bundle import Bundle
 from insignia.keys import KeyType, generate_key, private_key_to_der
 from insignia.selectors import Selector
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import SigningAuthority
-from insignia.x509svid import build_leaf
 from tests.unit.common import NOW, TD
 
 

@@ -1,4 +1,4 @@
-"""Node PKIs for x509pop tests: CAs from insignia.x509ca, node certificates built here."""
+"""Node PKIs for x509pop tests: CAs from insignia.server.ca.x509ca, node certificates built here."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_intermediate_ca
 from tests.unit.common import WALL_NOW, make_ca
 
 NODE_TD = TrustDomain("nodes.example")

@@ -26,8 +26,8 @@ from insignia.attestors.node.x509pop import (
     X509PopSession,
 )
 from insignia.selectors import Selector
+from insignia.server.ca.x509ca import SigningAuthority
 from insignia.spiffeid import SpiffeId
-from insignia.x509ca import SigningAuthority
 from tests.unit.attestors.pki import (
     intermediate_ca,
     node_cert,
