@@ -25,11 +25,11 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parents[1] / "proto"),
 ]
 
-from tests.integration.agent_fixtures import AgentProcess, merge  # noqa: E402
-from tests.integration.server_fixtures import ServerProcess  # noqa: E402
-from tests.integration.svid_sampler import Sampler  # noqa: E402
-from tests.postgres import postgres_dsn, temporary_schema  # noqa: E402
-from tests.waiting import wait_for  # noqa: E402
+from devtools.harness.agent_process import AgentProcess, merge  # noqa: E402
+from devtools.harness.postgres import postgres_dsn, temporary_schema  # noqa: E402
+from devtools.harness.server_process import ServerProcess  # noqa: E402
+from devtools.harness.svid_sampler import Sampler  # noqa: E402
+from devtools.harness.waiting import wait_for  # noqa: E402
 
 QUIET = {"log": {"level": "warning"}}
 

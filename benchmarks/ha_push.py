@@ -28,9 +28,9 @@ sys.path[:0] = [
 from insignia_proto import admin_pb2  # noqa: E402
 
 from benchmarks.server_push import Listener, entry, percentile  # noqa: E402
-from tests.integration.server_agent_client import AttestedAgent, attest_join_token  # noqa: E402
-from tests.integration.server_fixtures import ServerProcess  # noqa: E402
-from tests.postgres import postgres_dsn, temporary_schema  # noqa: E402
+from devtools.harness.agent_api_client import AttestedAgent, attest_join_token  # noqa: E402
+from devtools.harness.postgres import postgres_dsn, temporary_schema  # noqa: E402
+from devtools.harness.server_process import ServerProcess  # noqa: E402
 
 SERVER_CONFIG = {
     "agent_api": {"x509_signing_rate": 1e9, "jwt_signing_rate": 1e9, "signing_processes": 0},

@@ -53,7 +53,7 @@ from insignia.attestors.node.pop import (
 from insignia.daemon.reserved_ids import agent_spiffe_id
 from insignia.keys import public_key_to_der
 from insignia.selectors import Selector
-from insignia.x509ca import is_ca
+from insignia.x509svid import is_ca
 
 NAME: Final = "x509pop"
 MAX_CHAIN: Final = 8

@@ -28,9 +28,9 @@ from insignia.keys import (
 )
 from insignia.server.ca.keymanager import KeyManager
 from insignia.server.ca.rotation import AuthorityRecord, AuthorityState
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 from insignia.server.datastore.records import AuthorityKind, CaKeyRecord
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 
 
 class UpstreamError(ValueError):

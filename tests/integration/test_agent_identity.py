@@ -11,19 +11,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from insignia.agent.identity.node_attestation import IDENTITY_FILE
-from insignia.keys import KeyType, generate_key
-from insignia.spiffeid import TrustDomain
-from insignia.x509ca import build_root_ca
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     agent_cli,
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+from insignia.agent.identity.node_attestation import IDENTITY_FILE
+from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509ca import build_root_ca
+from insignia.spiffeid import TrustDomain
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import ServerProcess
 from tests.integration.test_server_x509pop import node_cert
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 

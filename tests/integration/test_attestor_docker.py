@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from devtools.callers import caller_of
+from devtools.harness.waiting import wait_for
 from insignia.attestors.registry import load_workload_attestors
 from insignia.attestors.workload_attestation import attest_workload
-from tests.waiting import wait_for
 
 IMAGE = "localhost/insignia-test-busybox:1"
 # This machine refuses to raise RLIMIT_NPROC/NOFILE (no CAP_SYS_RESOURCE); pinning them to

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from devtools.harness.waiting import wait_for
 from insignia.attestors.interface import AttestationError
 from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
 from insignia.daemon.config.loading import validate_config
 from insignia.daemon.peercred.credentials import PidFd
 from insignia.selectors import Selector
 from tests.unit.attestors.processes import running, sleeper
-from tests.waiting import wait_for
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/usr/bin/sleep")
 PYTHON = os.path.realpath(sys.executable)

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
+from devtools.harness.agent_clients import register
+from devtools.harness.agent_process import AgentProcess, merge
+from devtools.harness.postgres import database_url
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.svid_sampler import Sampler
+from devtools.harness.waiting import wait_for
 from insignia.agent.cache.persisted import CACHE_FILE
 from insignia.agent.identity.node_attestation import IDENTITY_FILE
 from insignia.daemon.sealed import seal, unseal
 from insignia.workloadapi import WorkloadApiClient
-from tests.integration.agent_clients import register
-from tests.integration.agent_fixtures import AgentProcess, merge
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import ServerProcess
-from tests.integration.svid_sampler import Sampler
-from tests.postgres import database_url
-from tests.waiting import wait_for
 
 UID = f"unix:uid:{os.getuid()}"
 

@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from tests.integration.agent_clients import UID_A, UID_B, pyspiffe, register
+from devtools.harness.agent_clients import UID_A, UID_B, pyspiffe, register
+from devtools.harness.postgres import require_postgres, temporary_database, temporary_schema
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import ServerProcess
 from tests.integration.test_instances import one_line, run_server
-from tests.postgres import require_postgres, temporary_database, temporary_schema
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 FAST_REGISTRY = {"cluster": {"heartbeat_interval": "1s", "stale_after": "3s"}}

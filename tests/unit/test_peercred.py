@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.harness.waiting import wait_for
 from insignia.daemon.peercred.credentials import (
     CallerTable,
     PeerCredentials,
@@ -24,7 +25,6 @@ from insignia.daemon.peercred.credentials import (
     read_peer_credentials,
     still_same_process,
 )
-from tests.waiting import wait_for
 
 
 def _stat_line(comm: str, start_time: int) -> str:

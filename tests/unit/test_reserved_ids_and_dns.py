@@ -9,9 +9,8 @@ import pytest
 from insignia._dns import is_dns_label, is_dns_name
 from insignia.daemon.reserved_ids import agent_spiffe_id, is_agent_id, is_reserved
 from insignia.server.entries import InvalidEntry, normalize_dns_name
-from insignia.spiffeid import SpiffeId, TrustDomain
-
-TD = TrustDomain.parse("example.org")
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import TD
 
 
 def test_an_agent_id_built_by_a_plugin_is_recognised_and_reserved() -> None:

@@ -10,7 +10,8 @@ import pytest
 from insignia.agent.cache.persisted import restore, snapshot
 from insignia.agent.cache.store import BundleView, Cache, SyncDelta
 from insignia.spiffeid import SpiffeId, TrustDomain
-from tests.unit.agent.helpers import NOW, TD, bundle_view, filled_cache, make_ca, make_entry
+from tests.unit.agent.helpers import bundle_view, filled_cache, make_entry
+from tests.unit.common import NOW, TD, make_ca
 
 AGENT = SpiffeId.parse("spiffe://example.org/insignia/agent/join_token/a")
 

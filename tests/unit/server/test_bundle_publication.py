@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from insignia.server.ca.bundle_publication import Publication, publication
 from insignia.server.datastore.records import BundleRecord
-from insignia.spiffeid import TrustDomain
-
-TD = TrustDomain.parse("example.org")
-NOW = datetime(2030, 1, 1, tzinfo=UTC)
+from tests.unit.common import NOW, TD
 
 
 def document(sequence: int, *kids: str) -> str:

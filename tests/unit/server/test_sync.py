@@ -1,5 +1,5 @@
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from insignia_proto import agent_pb2
 
@@ -15,12 +15,11 @@ from insignia.server.agentapi.sync import (
 )
 from insignia.server.datastore.records import ChangeEvent, ChangeKind
 from insignia.server.entries import Defaults, EntryLimits, RegistrationEntry, validate_entry
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import NOW, TD
 
-TD = TrustDomain.parse("example.org")
 LIMITS = EntryLimits(TD, 86400, 86400)
 DEFAULTS = Defaults(timedelta(hours=1), timedelta(minutes=5))
-NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def entry(name: str, revision: int = 0, ttl: int = 0) -> RegistrationEntry:

@@ -19,9 +19,7 @@ from insignia.server.entries import (
     ttl_or_default,
     validate_entry,
 )
-from insignia.spiffeid import TrustDomain
-
-TD = TrustDomain.parse("example.org")
+from tests.unit.common import TD
 
 
 def test_zero_means_the_default_and_anything_else_is_itself() -> None:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from devtools.harness.waiting import wait_for
 from insignia.agent.identity.node_attestation import IDENTITY_FILE
 from insignia.daemon.sealed import unseal
-from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_BIN = Path(sys.executable).with_name("insignia-agent")

@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from insignia_proto import admin_pb2_grpc
 
-from tests.integration.agent_fixtures import merge, to_toml
-from tests.waiting import wait_for
+from devtools.harness.agent_process import merge, to_toml
+from devtools.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(sys.executable).with_name("insignia-server")
