@@ -269,3 +269,23 @@ def test_a_corrupt_cache_file_is_never_served(
     server.start()
     agent.wait_ready()
     register(server, agent, "/after-discard", UID)
+
+
+@pytest.mark.postgres
+def test_an_agent_attested_on_one_server_is_not_refused_by_the_next(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """Attestation on server 1, the first Sync on server 2 a moment later: server 2 may not
+    have followed the attestation yet, and must not refuse the agent (which would take the
+    refusal for an eviction and, with a used join token, stop)."""
+    first, second = _two_servers(shared_database, server_factory)
+    for n in range(5):
+        agent = agent_factory(server=first, name=f"a{n}", start=False)
+        # Listed first, server 2 gets the Sync; the attestation port is server 1's.
+        agent.extra_config = {"server": {"addresses": [_agent_api(second), _agent_api(first)]}}
+        agent.write_config()
+        agent.start(first.join_token())
+        assert _events(agent, "sync.attached")[0]["server"] == _agent_api(second)
+        register(second, agent, "/fresh", UID)
+        assert agent.process is not None and agent.process.poll() is None
+        agent.stop()
