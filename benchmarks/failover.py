@@ -5,7 +5,7 @@ Two servers share one PostgreSQL database (INSIGNIA_TEST_POSTGRES_DSN, default t
 one); the agent lists both in `[server] addresses`. A workload thread fetches its SVID every
 100 ms throughout. The reference, measured in the same run: the same agent listing only one
 server, that server SIGKILLed and started again at once; the agent waits for its return.
-Run: .venv/bin/python benchmarks/failover.py [--rounds 3] [--moves 1]
+Run: .venv/bin/python benchmarks/failover.py [--rounds 3] [--moves 4]
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def time_to_attach(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="reference kill-and-restarts")
-    # Moves back to the first server need every server's keys in the bundle (the server half
-    # of issue 15); until it is merged, keep the default of one move.
-    parser.add_argument("--moves", type=int, default=1, help="failovers, alternating servers")
+    # Every move after the first returns to a restarted server: its TLS roots must hold the
+    # other server's CA (the union bundle).
+    parser.add_argument("--moves", type=int, default=4, help="failovers, alternating servers")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="insignia-failover-") as tmp,
@@ -92,8 +92,9 @@ def main() -> None:
         second = ServerProcess(work / "s2", extra_config=shared)
         agent: AgentProcess | None = None
         try:
-            first.start()
-            pin_ports(first)
+            for server in (first, second):  # both on the database from the start
+                server.start()
+                pin_ports(server)
             agent = AgentProcess(
                 work / "agent",
                 first.trust_domain,
@@ -117,10 +118,6 @@ def main() -> None:
                     killed_at = kill(first)
                     reference.append(time_to_attach(agent, first, killed_at, first.start))
 
-            # The second server reads the agent and its entry at start (until servers share
-            # changes and the bundle's union of keys, the server half of issue 15).
-            second.start()
-            pin_ports(second)
             agent.stop()
             agent.extra_config = merge(
                 dict(agent.extra_config),
