@@ -64,9 +64,12 @@ def kill(server: ServerProcess) -> float:
 
 
 def time_to_attach(
-    agent: AgentProcess, target: ServerProcess, killed_at: float, between: Callable[[], None]
+    agent: AgentProcess, killed: ServerProcess, target: ServerProcess, between: Callable[[], None]
 ) -> float:
+    """SIGKILL `killed`, run `between`, and time until the agent attached to `target`. The
+    attachments are counted before the kill: the move may be over before the kill returns."""
     before = attachments(agent, target)
+    killed_at = kill(killed)
     between()
     try:
         wait_for(lambda: attachments(agent, target) > before, 60, "the agent to attach")
@@ -115,8 +118,7 @@ def main() -> None:
             with Sampler(agent.socket_path) as ref_sampler:
                 for _ in range(args.rounds):
                     wait_for(lambda: ref_sampler.samples >= 5, 10, "samples")
-                    killed_at = kill(first)
-                    reference.append(time_to_attach(agent, first, killed_at, first.start))
+                    reference.append(time_to_attach(agent, first, first, first.start))
 
             agent.stop()
             agent.extra_config = merge(
@@ -131,8 +133,7 @@ def main() -> None:
                 current, other = first, second
                 for _ in range(args.moves):
                     wait_for(lambda: sampler.samples >= 5, 10, "samples")
-                    killed_at = kill(current)
-                    moves.append(time_to_attach(agent, other, killed_at, lambda: None))
+                    moves.append(time_to_attach(agent, current, other, lambda: None))
                     current.start()  # back for the next move, which kills the other one
                     current, other = other, current
         finally:
