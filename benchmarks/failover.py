@@ -5,7 +5,7 @@ Two servers share one PostgreSQL database (INSIGNIA_TEST_POSTGRES_DSN, default t
 one); the agent lists both in `[server] addresses`. A workload thread fetches its SVID every
 100 ms throughout. The reference, measured in the same run: the same agent listing only one
 server, that server SIGKILLed and started again at once; the agent waits for its return.
-Run: .venv/bin/python benchmarks/failover.py [--rounds 3] [--moves 1]
+Run: .venv/bin/python benchmarks/failover.py [--rounds 3] [--moves 4]
 """
 
 from __future__ import annotations
@@ -64,9 +64,12 @@ def kill(server: ServerProcess) -> float:
 
 
 def time_to_attach(
-    agent: AgentProcess, target: ServerProcess, killed_at: float, between: Callable[[], None]
+    agent: AgentProcess, killed: ServerProcess, target: ServerProcess, between: Callable[[], None]
 ) -> float:
+    """SIGKILL `killed`, run `between`, and time until the agent attached to `target`. The
+    attachments are counted before the kill: the move may be over before the kill returns."""
     before = attachments(agent, target)
+    killed_at = kill(killed)
     between()
     try:
         wait_for(lambda: attachments(agent, target) > before, 60, "the agent to attach")
@@ -78,9 +81,9 @@ def time_to_attach(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="reference kill-and-restarts")
-    # Moves back to the first server need every server's keys in the bundle (the server half
-    # of issue 15); until it is merged, keep the default of one move.
-    parser.add_argument("--moves", type=int, default=1, help="failovers, alternating servers")
+    # Every move after the first returns to a restarted server: its TLS roots must hold the
+    # other server's CA (the union bundle).
+    parser.add_argument("--moves", type=int, default=4, help="failovers, alternating servers")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="insignia-failover-") as tmp,
@@ -92,8 +95,9 @@ def main() -> None:
         second = ServerProcess(work / "s2", extra_config=shared)
         agent: AgentProcess | None = None
         try:
-            first.start()
-            pin_ports(first)
+            for server in (first, second):  # both on the database from the start
+                server.start()
+                pin_ports(server)
             agent = AgentProcess(
                 work / "agent",
                 first.trust_domain,
@@ -114,13 +118,8 @@ def main() -> None:
             with Sampler(agent.socket_path) as ref_sampler:
                 for _ in range(args.rounds):
                     wait_for(lambda: ref_sampler.samples >= 5, 10, "samples")
-                    killed_at = kill(first)
-                    reference.append(time_to_attach(agent, first, killed_at, first.start))
+                    reference.append(time_to_attach(agent, first, first, first.start))
 
-            # The second server reads the agent and its entry at start (until servers share
-            # changes and the bundle's union of keys, the server half of issue 15).
-            second.start()
-            pin_ports(second)
             agent.stop()
             agent.extra_config = merge(
                 dict(agent.extra_config),
@@ -134,8 +133,7 @@ def main() -> None:
                 current, other = first, second
                 for _ in range(args.moves):
                     wait_for(lambda: sampler.samples >= 5, 10, "samples")
-                    killed_at = kill(current)
-                    moves.append(time_to_attach(agent, other, killed_at, lambda: None))
+                    moves.append(time_to_attach(agent, current, other, lambda: None))
                     current.start()  # back for the next move, which kills the other one
                     current, other = other, current
         finally:

@@ -173,6 +173,13 @@ class ServerCore:
         self.model.apply_agent(stored.spiffe_id, stored)
         return stored
 
+    async def reread_agent(self, agent_id: SpiffeId) -> None:
+        """Take the agent's row from the datastore now, ahead of the follower: another server
+        may have attested or renewed it a moment ago, and a refusal must rest on what the
+        datastore says, since the agent takes it for an eviction."""
+        record = await self.blocking(self.store.find_agent, agent_id)
+        self.model.apply_agent(agent_id, record)
+
     # --- bundle publishing ------------------------------------------------------------------
 
     def publish_bundle(self) -> bool:

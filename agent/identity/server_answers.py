@@ -28,7 +28,10 @@ _TRANSIENT: Final = frozenset(
     }
 )
 # The server does not accept the credentials the call carried: on the agent's mTLS channel,
-# an evicted (or unknown) agent; during attestation, evidence it rejects.
+# an evicted or banned agent (or an SVID no longer current); during attestation, evidence it
+# rejects. Servers sharing a datastore read the agent's row from it before refusing, so a
+# server that has not yet followed another's attestation or renewal does not refuse: every
+# refusal is the datastore's word, and the agent may end on it.
 _IDENTITY_REFUSALS: Final = frozenset(
     {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 )

@@ -42,7 +42,8 @@ _RECONNECT: Final = (
 
 
 class AgentEvicted(Exception):
-    """The server no longer accepts this agent's SVID (evicted, or unknown to the server)."""
+    """The server no longer accepts this agent's SVID: evicted or banned in the datastore
+    (a server re-reads it before refusing), or the SVID expired."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"the server refused this agent's identity: {detail}")

@@ -1,7 +1,9 @@
-"""A workload that checks, every 100 ms, that the agent hands it an unexpired X.509-SVID.
+"""A workload that checks, every 100 ms, that the agent hands it unexpired X.509-SVIDs.
 
 Used by the failover test and benchmarks/failover.py: it records every failed sample and
 the longest stretch between two good ones (the time a workload went without a valid SVID).
+With `svids` above 1 it stands for that many workloads (entries with the caller's selector):
+a sample is good only when every one of them is there and unexpired.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from insignia.workloadapi import WorkloadApiClient
+from insignia.x509svid import X509Svid
 
 INTERVAL = 0.1
 
 
 class Sampler:
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, svids: int = 1) -> None:
         self.socket_path = socket_path
+        self.svids = svids
+        self.latest: tuple[X509Svid, ...] = ()  # the last good sample's SVIDs
         self.samples = 0
         self.failures: list[str] = []
         self.longest_gap = 0.0  # seconds between two good samples
@@ -28,13 +33,17 @@ class Sampler:
 
     def _sample(self, client: WorkloadApiClient) -> None:
         try:
-            svid = client.fetch_x509_context().default_svid
+            svids = client.fetch_x509_context().svids
         except Exception as exc:
             self.failures.append(f"{time.time():.1f}: {exc}")
             return
-        if svid.expires_at <= datetime.now(UTC):
+        if len(svids) < self.svids:
+            self.failures.append(f"{time.time():.1f}: {len(svids)} of {self.svids} SVIDs")
+            return
+        if any(svid.expires_at <= datetime.now(UTC) for svid in svids):
             self.failures.append(f"{time.time():.1f}: expired SVID served")
             return
+        self.latest = svids
         now = time.monotonic()
         if self._last_good is not None:
             self.longest_gap = max(self.longest_gap, now - self._last_good)

@@ -594,6 +594,7 @@ class Authority(google.protobuf.message.Message):
     NOT_AFTER_FIELD_NUMBER: builtins.int
     TAINTED_FIELD_NUMBER: builtins.int
     UPSTREAM_AUTHORITY_ID_FIELD_NUMBER: builtins.int
+    SERVER_ID_FIELD_NUMBER: builtins.int
     authority_id: builtins.str
     state: builtins.str
     """prepared, active, old"""
@@ -602,6 +603,8 @@ class Authority(google.protobuf.message.Message):
     tainted: builtins.bool
     upstream_authority_id: builtins.str
     """X.509 under an upstream CA: the upstream's key id"""
+    server_id: builtins.str
+    """the server holding the private key (`server list` shows its id)"""
     def __init__(
         self,
         *,
@@ -611,8 +614,9 @@ class Authority(google.protobuf.message.Message):
         not_after: builtins.int = ...,
         tainted: builtins.bool = ...,
         upstream_authority_id: builtins.str = ...,
+        server_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["authority_id", b"authority_id", "not_after", b"not_after", "not_before", b"not_before", "state", b"state", "tainted", b"tainted", "upstream_authority_id", b"upstream_authority_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["authority_id", b"authority_id", "not_after", b"not_after", "not_before", b"not_before", "server_id", b"server_id", "state", b"state", "tainted", b"tainted", "upstream_authority_id", b"upstream_authority_id"]) -> None: ...
 
 Global___Authority: typing_extensions.TypeAlias = Authority
 
@@ -621,14 +625,20 @@ class ListAuthoritiesResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     AUTHORITIES_FIELD_NUMBER: builtins.int
+    SERVER_ID_FIELD_NUMBER: builtins.int
+    server_id: builtins.str
+    """the answering server"""
     @property
-    def authorities(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Authority]: ...
+    def authorities(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Authority]:
+        """every server's, the answering server's first"""
+
     def __init__(
         self,
         *,
         authorities: collections.abc.Iterable[Global___Authority] | None = ...,
+        server_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["authorities", b"authorities"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["authorities", b"authorities", "server_id", b"server_id"]) -> None: ...
 
 Global___ListAuthoritiesResponse: typing_extensions.TypeAlias = ListAuthoritiesResponse
 

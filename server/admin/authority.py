@@ -29,12 +29,16 @@ def _upstream(core: ServerCore, kind: AuthorityKind) -> str:
 async def list_authorities(
     core: ServerCore, request: admin_pb2.AuthorityRequest
 ) -> admin_pb2.ListAuthoritiesResponse:
+    """Every server's authorities, each with its owner, so that an operator can taint or
+    revoke another server's key from this listing (as the journal allows, from any server)."""
     kind = _kind(request.kind)
+    authorities = core.authorities
     return admin_pb2.ListAuthoritiesResponse(
         authorities=[
-            authority_to_proto(r, _upstream(core, kind))
-            for r in core.authorities.state.records(kind)
-        ]
+            authority_to_proto(r, _upstream(core, kind), owner)
+            for owner, r in authorities.by_server(kind)
+        ],
+        server_id=authorities.server_id,
     )
 
 
@@ -47,6 +51,7 @@ async def authority_action(
     authority_id = request.authority_id
     if action in ("taint", "revoke") and not authority_id:
         raise AuthorityError("", f"{action} needs the authority id (see `authority {kind} show`)")
+    owners = {r.authority_id: owner for owner, r in authorities.by_server(kind)}  # before: revoke
     if action == "prepare":
         record = await core.in_trio(core.ca_operation, authorities.prepare, kind)
     elif action == "activate":
@@ -55,4 +60,5 @@ async def authority_action(
         record = await core.in_trio(core.ca_operation, authorities.taint, kind, authority_id)
     else:
         record = await core.in_trio(core.ca_operation, authorities.revoke, kind, authority_id)
-    return authority_to_proto(record, _upstream(core, kind))
+    owner = owners.get(record.authority_id, authorities.server_id)  # a prepared key is ours
+    return authority_to_proto(record, _upstream(core, kind), owner)

@@ -251,9 +251,14 @@ def _pem(der: bytes) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in load_der_certificates(der))
 
 
-def _authority_text(a: admin_pb2.Authority) -> str:
+def _authority_text(a: admin_pb2.Authority, answering: str = "") -> str:
+    """One authority; with several servers, the owner's id (as `server list` shows it), so
+    that another server's key can be tainted or revoked from this listing."""
     flag = " tainted" if a.tainted else ""
-    return f"{a.authority_id}  {a.state}{flag}  not after {format_time(a.not_after)}"
+    text = f"{a.authority_id}  {a.state}{flag}  not after {format_time(a.not_after)}"
+    if a.server_id:
+        text += f"  server {a.server_id}" + ("  (this server)" if a.server_id == answering else "")
+    return text
 
 
 def _authority_group(kind: str, value: int) -> None:
@@ -272,7 +277,8 @@ def _authority_group(kind: str, value: int) -> None:
             if as_json:
                 click.echo(json.dumps(to_dict(response), indent=2))
             else:
-                click.echo("\n".join(_authority_text(a) for a in response.authorities))
+                lines = (_authority_text(a, response.server_id) for a in response.authorities)
+                click.echo("\n".join(lines))
         else:
             emit(as_json, response, lambda: _authority_text(response))
 

@@ -73,7 +73,9 @@ def agent_to_proto(agent: AgentRecord) -> admin_pb2.Agent:
     )
 
 
-def authority_to_proto(record: AuthorityRecord, upstream_id: str = "") -> admin_pb2.Authority:
+def authority_to_proto(
+    record: AuthorityRecord, upstream_id: str = "", server_id: str = ""
+) -> admin_pb2.Authority:
     return admin_pb2.Authority(
         authority_id=record.authority_id,
         state=record.state.value,
@@ -81,4 +83,5 @@ def authority_to_proto(record: AuthorityRecord, upstream_id: str = "") -> admin_
         not_after=_ts(record.not_after),
         tainted=record.tainted,
         upstream_authority_id=upstream_id,
+        server_id=server_id,
     )

@@ -81,6 +81,9 @@ class AgentApi:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "agent SVID has expired")
         serial, fingerprint = str(cert.serial_number), svid_fingerprint(cert)
         problem = self.core.model.check_agent(agent_id, serial, fingerprint)
+        if problem is not None and problem.code != "banned":  # maybe news the model lacks
+            await self.core.reread_agent(agent_id)
+            problem = self.core.model.check_agent(agent_id, serial, fingerprint)
         if problem is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
         record = self.core.model.agents[agent_id]

@@ -245,10 +245,16 @@ class Authorities:
 
     # --- what others read ------------------------------------------------------------------
 
+    def by_server(self, kind: AuthorityKind) -> list[tuple[str, AuthorityRecord]]:
+        """Every server's live authorities of `kind` with the id of the server holding the
+        private key: ours first, then our peers'."""
+        ours = [(self.server_id, r) for r in self.state.records(kind)]
+        peers = [(r.server_id, authority_record(r)) for r in self.peers if r.kind == kind]
+        return [*ours, *peers]
+
     def all_records(self, kind: AuthorityKind) -> list[AuthorityRecord]:
         """Every server's live authorities of `kind`: ours first, then our peers'."""
-        peers = [authority_record(r) for r in self.peers if r.kind == kind]
-        return [*self.state.records(kind), *peers]
+        return [record for _, record in self.by_server(kind)]
 
     def tainted(self, kind: AuthorityKind) -> list[str]:
         """Tainted authorities of every server: agents replace what these signed."""

@@ -7,11 +7,12 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from devtools.harness.agent_clients import register
 from devtools.harness.agent_process import AgentProcess, merge
@@ -22,7 +23,9 @@ from devtools.harness.waiting import wait_for
 from insignia.agent.cache.persisted import CACHE_FILE
 from insignia.agent.identity.node_attestation import IDENTITY_FILE
 from insignia.daemon.sealed import seal, unseal
+from insignia.server.datastore import Datastore
 from insignia.workloadapi import WorkloadApiClient
+from insignia.x509svid import X509Svid
 from tests.integration.conftest import AgentFactory, ServerFactory
 
 UID = f"unix:uid:{os.getuid()}"
@@ -50,44 +53,133 @@ def shared_database(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.mark.postgres
-def test_sigkill_of_the_server_moves_the_agent_to_the_next_one_within_5s(
-    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
-) -> None:
-    first = server_factory(name="s1", database={"url": shared_database})
-    # Until servers share changes (the server half of issue 15), the second server learns the
-    # agent and its entries from the datastore when it starts: start it after both exist.
-    agent = agent_factory(server=first, start=False)
-    agent.extra_config = {"server": {"addresses": [_agent_api(first)]}}
-    agent.write_config()
-    agent.start(first.join_token())
-    register(first, agent, "/workload", UID)
-    second = server_factory(name="s2", database={"url": shared_database})
-    agent.stop()
+WORKLOADS = 3
+SVID_TTL = "60"  # seconds: renewals during the test go to whichever server the agent is on
+
+
+def _two_servers(url: str, server_factory: ServerFactory) -> tuple[ServerProcess, ServerProcess]:
+    """Both servers on one PostgreSQL from the start, their ports kept for restarts."""
+    servers = [server_factory(name=n, database={"url": url}) for n in ("s1", "s2")]
+    for server in servers:
+        _pin_ports(server)
+    return servers[0], servers[1]
+
+
+def _agent_of_both(
+    first: ServerProcess, second: ServerProcess, agent_factory: AgentFactory, name: str = "a"
+) -> AgentProcess:
+    """An agent listing both servers, attested on the first (its attestation port)."""
+    agent = agent_factory(server=first, name=name, start=False)
     agent.extra_config = {"server": {"addresses": [_agent_api(first), _agent_api(second)]}}
     agent.write_config()
-    agent.start()
+    agent.start(first.join_token())
     assert _events(agent, "sync.attached")[-1]["server"] == _agent_api(first)
+    return agent
 
-    with Sampler(agent.socket_path) as sampler:
-        wait_for(lambda: sampler.samples >= 5, 10, "the sampler to run")
-        killed_at = time.monotonic()
-        assert first.process is not None
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(10)
 
-        def on_second() -> bool:
-            return any(e["server"] == _agent_api(second) for e in _events(agent, "sync.attached"))
+def _attached(agent: AgentProcess, server: ServerProcess) -> list[dict[str, Any]]:
+    return [e for e in _events(agent, "sync.attached") if e["server"] == _agent_api(server)]
 
-        wait_for(on_second, 10, "the agent to attach to the second server")
-        moved_after = time.monotonic() - killed_at
-        wait_for(lambda: sampler.samples >= 20, 10, "more samples after the move")
-    assert moved_after < 5, f"moved after {moved_after:.1f}s"
+
+def _kill_and_wait_for_move(
+    agent: AgentProcess, killed: ServerProcess, target: ServerProcess
+) -> tuple[float, dict[str, Any]]:
+    """SIGKILL `killed`; seconds until the agent attached to `target`, and that attachment."""
+    before = len(_attached(agent, target))
+    killed_at = time.monotonic()
+    killed.stop(signal.SIGKILL)
+    wait_for(lambda: len(_attached(agent, target)) > before, 10, f"a move to {target.workdir}")
+    return time.monotonic() - killed_at, _attached(agent, target)[before]
+
+
+def _issuers(svids: tuple[X509Svid, ...]) -> set[str]:
+    """The authority ids (the CLI's) of the CAs that signed these SVIDs."""
+    return {
+        svid.leaf.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier
+        ).value.key_identifier.hex()  # type: ignore[union-attr]
+        for svid in svids
+    }
+
+
+def _half_life(svid: X509Svid) -> datetime:
+    """The earliest the agent renews `svid` on its own schedule (half life, less jitter)."""
+    start, end = svid.leaf.not_valid_before_utc, svid.leaf.not_valid_after_utc
+    return start + (end - start) * 0.45
+
+
+def _authorities(server: ServerProcess, owner: ServerProcess) -> dict[str, str]:
+    """`owner`'s X.509 authorities as `server` lists them: id -> state."""
+    shown = server.cli_json("authority", "x509", "show")["authorities"]
+    return {a["authority_id"]: a["state"] for a in shown if a["server_id"] == owner.instance_id}
+
+
+@pytest.mark.postgres
+def test_sigkill_moves_the_agent_to_the_other_server_and_back_without_a_gap(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """Issue 15, test 2: workloads hold an unexpired SVID throughout two moves; a forced
+    rotation through the surviving server reaches every workload; the move back verifies
+    against the first server's CA (the union bundle)."""
+    first, second = _two_servers(shared_database, server_factory)
+    agent = _agent_of_both(first, second, agent_factory)
+    for n in range(WORKLOADS):
+        register(first, agent, f"/w{n}", UID, extra=("--x509-svid-ttl", SVID_TTL))
+
+    with Sampler(agent.socket_path, svids=WORKLOADS) as sampler:
+        wait_for(lambda: len(sampler.latest) == WORKLOADS, 30, "every workload's SVID")
+        moved_after, attached = _kill_and_wait_for_move(agent, first, second)
+        assert moved_after < 5, f"moved after {moved_after:.1f}s"
+        assert attached["full"] is False  # resumed from its revision through the change log
+
+        # Renewals go to the server the agent is on: soon every SVID is signed by server 2.
+        (active,) = [i for i, s in _authorities(second, second).items() if s == "active"]
+        wait_for(lambda: _issuers(sampler.latest) == {active}, 60, "renewals through server 2")
+
+        # A forced rotation after the kill, through server 2: prepare, activate, taint the
+        # old key (found in the listing by its owner). Every workload gets a new SVID long
+        # before half its life, so the taint, not the schedule, replaced them.
+        renew_by = min(_half_life(svid) for svid in sampler.latest)
+        second.cli("authority", "x509", "prepare")
+        second.cli("authority", "x509", "activate")
+        (new,) = [i for i, s in _authorities(second, second).items() if s == "active"]
+        second.cli("authority", "x509", "taint", active)
+        wait_for(lambda: _issuers(sampler.latest) == {new}, 30, "the taint to reach every SVID")
+        assert datetime.now(UTC) < renew_by
+
+        # Back to a restarted server 1: its TLS roots hold server 2's new CA (the union).
+        first.start()
+        moved_back_after, back = _kill_and_wait_for_move(agent, second, first)
+        wait_for(lambda: sampler.samples >= 20, 10, "samples after the move back")
+    assert moved_back_after < 5, f"moved back after {moved_back_after:.1f}s"
+    assert back["full"] is False
     assert sampler.failures == []
-    attached = [e for e in _events(agent, "sync.attached") if e["server"] == _agent_api(second)]
-    assert attached[0]["full"] is False  # resumed from its revision through the change log
-    # Renewals and new entries now go through the second server.
-    register(second, agent, "/after-failover", UID)
+    register(first, agent, "/after-failover", UID)
+
+
+@pytest.mark.postgres
+def test_a_move_resumes_from_the_log_unless_it_was_pruned(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """Issue 15: on another server the agent resumes from its revision while the change log
+    covers it, and gets full state once the log was pruned past it."""
+    first, second = _two_servers(shared_database, server_factory)
+    agent = _agent_of_both(first, second, agent_factory)
+    register(first, agent, "/mine", UID)
+    _, attached = _kill_and_wait_for_move(agent, first, second)
+    assert attached["full"] is False
+    first.start()
+
+    # Changes the agent is not entitled to (it keeps its revision), then the log is pruned
+    # past that revision (keeping the newest event, as the server's own pruning does).
+    since = attached["since_revision"]
+    for n in range(2):
+        second.create_entry(f"spiffe://example.org/other-{n}", "spiffe://example.org/x", [UID])
+    with Datastore.open(shared_database) as store:
+        assert store.prune_events(datetime.now(UTC) + timedelta(seconds=1)) >= 2
+    _, pruned = _kill_and_wait_for_move(agent, second, first)
+    assert pruned["full"] is True and pruned["since_revision"] >= since
+    register(first, agent, "/after-prune", UID)
 
 
 def test_agents_restarted_while_every_server_is_down_serve_from_disk(
@@ -177,3 +269,23 @@ def test_a_corrupt_cache_file_is_never_served(
     server.start()
     agent.wait_ready()
     register(server, agent, "/after-discard", UID)
+
+
+@pytest.mark.postgres
+def test_an_agent_attested_on_one_server_is_not_refused_by_the_next(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """Attestation on server 1, the first Sync on server 2 a moment later: server 2 may not
+    have followed the attestation yet, and must not refuse the agent (which would take the
+    refusal for an eviction and, with a used join token, stop)."""
+    first, second = _two_servers(shared_database, server_factory)
+    for n in range(5):
+        agent = agent_factory(server=first, name=f"a{n}", start=False)
+        # Listed first, server 2 gets the Sync; the attestation port is server 1's.
+        agent.extra_config = {"server": {"addresses": [_agent_api(second), _agent_api(first)]}}
+        agent.write_config()
+        agent.start(first.join_token())
+        assert _events(agent, "sync.attached")[0]["server"] == _agent_api(second)
+        register(second, agent, "/fresh", UID)
+        assert agent.process is not None and agent.process.poll() is None
+        agent.stop()

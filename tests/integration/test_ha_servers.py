@@ -80,10 +80,17 @@ def test_taint_and_revoke_through_one_server_act_on_the_others_key(
     s1, s2 = start_pair(server_factory, shared_url)
     s1.cli("authority", "x509", "prepare")
     s1.cli("authority", "x509", "activate")
-    old = next(
-        a for a in s1.cli_json("authority", "x509", "show")["authorities"] if a["state"] == "old"
-    )
     wait_for(lambda: ca_count(s2) == 3, 30, "server 1's new CA in server 2's bundle")
+    # Server 2 lists every server's keys with their owner, so it can taint server 1's.
+    listed = s2.cli_json("authority", "x509", "show")
+    assert listed["server_id"] == s2.instance_id
+    owners = {a["authority_id"]: a["server_id"] for a in listed["authorities"]}
+    assert sorted(owners.values()) == sorted([s1.instance_id] * 2 + [s2.instance_id]), owners
+    old = next(
+        a for a in listed["authorities"] if a["state"] == "old" and a["server_id"] == s1.instance_id
+    )
+    text = s2.cli("authority", "x509", "show").stdout
+    assert f"{old['authority_id']}  old" in text and f"server {s1.instance_id}" in text, text
 
     s2.cli("authority", "x509", "taint", old["authority_id"])
 
