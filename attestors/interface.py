@@ -2,7 +2,7 @@
 
 A workload attestor turns a caller the kernel vouched for into selectors. It gets the caller
 as the Workload API's front read it at accept (`PeerCredentials`: pid and effective uid/gid
-from SO_PEERCRED, and a `PidFd` that pins the process, so `caller.pidfd.is_alive()` after a
+from SO_PEERCRED, and a `PidFd` that pins the process, so `caller.is_alive()` after a
 read of /proc proves the read described the process that connected, not a pid successor).
 
 A node attestor is split in two: the agent side produces evidence and answers challenges; the

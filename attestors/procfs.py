@@ -87,7 +87,7 @@ def open_proc(plugin: str, caller: PeerCredentials) -> Iterator[ProcDir]:
     except OSError as exc:
         raise _failure(plugin, caller, f"{PROC_ROOT}/{caller.pid}", exc) from exc
     try:
-        if not caller.pidfd.is_alive():
+        if not caller.is_alive():
             raise AttestationError(
                 plugin, f"process {caller.pid} exited; its pid may belong to another process now"
             )

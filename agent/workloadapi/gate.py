@@ -23,7 +23,6 @@ from insignia.daemon.peercred.credentials import (
     CallerTable,
     PeerCredentials,
     UnknownPeer,
-    still_same_process,
 )
 from insignia.selectors import Selector
 
@@ -132,7 +131,7 @@ class WorkloadGate:
         """Refused (UNAUTHENTICATED) unless the attested process still holds the connection
         unchanged: same pid, start time, uid/gid and executable
         (insignia.daemon.peercred.credentials)."""
-        if not still_same_process(caller):
+        if not caller.still_same_process():
             raise Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the calling process exited or was replaced {when}",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+import trio
 
 T = TypeVar("T")
 
@@ -23,3 +26,20 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
         time.sleep(delay)
         delay = min(delay * 2, LAST_POLL)
     return value
+
+
+async def wait_for_async(predicate: Callable[[], T | Awaitable[T]], seconds: float, what: str) -> T:
+    """`wait_for` inside trio: polls `predicate` (plain or async) without blocking the run,
+    and raises TimeoutError naming `what` after `seconds`."""
+    deadline = trio.current_time() + seconds
+    delay = FIRST_POLL
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return cast(T, value)
+        if trio.current_time() > deadline:
+            raise TimeoutError(f"timed out after {seconds}s waiting for {what}")
+        await trio.sleep(delay)
+        delay = min(delay * 2, LAST_POLL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from devtools.harness.waiting import wait_for
+from devtools.harness.waiting import wait_for, wait_for_async
 from insignia.attestors.interface import AttestationError
 from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
 from insignia.daemon.config.loading import validate_config
@@ -221,9 +221,9 @@ async def test_abandoned_hashes_do_not_starve_other_thread_work(tmp_path: Path) 
         async with trio.open_nursery() as nursery:
             for _ in range(int(default.total_tokens) + 5):  # more than the whole default pool
                 nursery.start_soon(attestor.attest, caller)
-            with trio.fail_after(30):
-                while not attestor.hash_limiter.statistics().tasks_waiting:  # noqa: ASYNC110
-                    await trio.sleep(0.01)  # polling with a deadline
+            await wait_for_async(
+                lambda: attestor.hash_limiter.statistics().tasks_waiting, 30, "a queued hash"
+            )
             nursery.cancel_scope.cancel()  # the callers' deadlines: hashing threads abandoned
         assert default.borrowed_tokens < default.total_tokens
         with trio.fail_after(10):

@@ -19,8 +19,9 @@ import grpc.aio
 import pytest
 import trio
 
+from devtools.harness.waiting import wait_for_async
 from insignia.daemon import runtime
-from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials, still_same_process
+from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials
 from insignia.daemon.peercred.front import NotASocket, serve_peercred_front
 from insignia.daemon.peercred.grpc_server import (
     PeerCredentialsUnsupported,
@@ -147,9 +148,7 @@ async def _client(front: Front, *args: str, prefix: tuple[str, ...] = ()) -> dic
 
 
 async def _drained(table: CallerTable, size: int = 0) -> None:
-    with trio.fail_after(10):
-        while len(table) > size:  # noqa: ASYNC110 - polling with a deadline
-            await trio.sleep(0.01)
+    await wait_for_async(lambda: len(table) <= size, 10, f"the caller table to drain to {size}")
 
 
 def test_handler_sees_client_pid_uid_and_entry_goes_away(public_dir: Path, tmp_path: Path) -> None:
@@ -165,7 +164,7 @@ def test_handler_sees_client_pid_uid_and_entry_goes_away(public_dir: Path, tmp_p
         )
         await _drained(front.table)  # the client exited: its entry is gone
         assert peer not in front.table
-        assert not still_same_process(creds)
+        assert not creds.still_same_process()
 
     run_front(public_dir, tmp_path / "private", body)
     assert (tmp_path / "private").stat().st_mode & 0o777 == 0o700
@@ -186,13 +185,13 @@ def test_live_client_is_still_same_process_until_it_exits(public_dir: Path, tmp_
             peer, creds = front.seen[-1]
             assert creds.pid == process.pid == out["me"][0]
             assert peer in front.table
-            assert await trio.to_thread.run_sync(still_same_process, creds)
+            assert await trio.to_thread.run_sync(creds.still_same_process)
             await process.stdin.aclose()
             with trio.fail_after(20):
                 assert await process.wait() == 0
             await _reap(process)
             await _drained(front.table)
-            assert not still_same_process(creds)
+            assert not creds.still_same_process()
             nursery.cancel_scope.cancel()
 
     run_front(public_dir, tmp_path / "private", body)
@@ -390,9 +389,7 @@ def test_connections_over_the_limit_are_closed_at_once(public_dir: Path, tmp_pat
     async def body(front: Front) -> None:
         await _drained(front.table)  # the self-test connection has gone
         held = [await trio.to_thread.run_sync(_connect, front.public) for _ in range(3)]
-        with trio.fail_after(10):
-            while len(front.table) < 3:  # noqa: ASYNC110 - polling with a deadline
-                await trio.sleep(0.01)
+        await wait_for_async(lambda: len(front.table) >= 3, 10, "three registered callers")
         extra = await trio.to_thread.run_sync(_connect, front.public)
         extra.settimeout(10)
         assert await trio.to_thread.run_sync(extra.recv, 1) == b""  # closed by the front
@@ -414,9 +411,7 @@ def test_a_uid_at_its_connection_cap_does_not_block_another_uid(
     async def body(front: Front) -> None:
         await _drained(front.table)  # the self-test connection has gone
         held = [await trio.to_thread.run_sync(_connect, front.public) for _ in range(3)]
-        with trio.fail_after(10):
-            while len(front.table) < 3:  # noqa: ASYNC110 - polling with a deadline
-                await trio.sleep(0.01)
+        await wait_for_async(lambda: len(front.table) >= 3, 10, "three registered callers")
         extra = await trio.to_thread.run_sync(_connect, front.public)
         extra.settimeout(10)
         assert await trio.to_thread.run_sync(extra.recv, 1) == b""  # root is at its cap

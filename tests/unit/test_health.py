@@ -12,6 +12,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
+from devtools.harness.waiting import wait_for_async
 from insignia.daemon.http.endpoint import Limits, serve_http
 from insignia.daemon.http.health import HealthApp, ReadyNote, serve_health
 
@@ -354,11 +355,8 @@ async def test_connections_beyond_the_cap_are_closed_at_once(clients: Clients) -
                 return False
 
         await first.stream.aclose()
-        with trio.fail_after(5):  # the server sees the close, then there is room again
-            while True:  # poll with a deadline: nothing to wait on from outside the server
-                if await served():
-                    break
-                await trio.sleep(0.01)
+        # The server sees the close, then there is room again: nothing to wait on from outside.
+        await wait_for_async(served, 5, "a connection slot after the close")
         nursery.cancel_scope.cancel()
 
 

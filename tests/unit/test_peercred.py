@@ -23,7 +23,6 @@ from insignia.daemon.peercred.credentials import (
     process_executable,
     process_start_time,
     read_peer_credentials,
-    still_same_process,
 )
 
 
@@ -104,17 +103,17 @@ def test_credentials_of_a_child_and_pid_reuse_check(tmp_path: Path) -> None:
         }
         assert f"socket:[{creds.socket_inode}]" in child_fds
         assert creds.pidfd.is_alive()
-        assert still_same_process(creds)
+        assert creds.still_same_process()
 
         # A different start time, uid or executable means "not the process that connected".
-        assert not still_same_process(replace(creds, start_time=creds.start_time + 1))
-        assert not still_same_process(replace(creds, uid=creds.uid + 1))
-        assert not still_same_process(replace(creds, executable=(exe.st_dev, 1)))
+        assert not replace(creds, start_time=creds.start_time + 1).still_same_process()
+        assert not replace(creds, uid=creds.uid + 1).still_same_process()
+        assert not replace(creds, executable=(exe.st_dev, 1)).still_same_process()
 
         child.stdin.close()
         assert child.wait(timeout=10) == 0
         assert not creds.pidfd.is_alive()
-        assert not still_same_process(creds)
+        assert not creds.still_same_process()
         creds.pidfd.close()
         conn.close()
 
@@ -144,14 +143,14 @@ def test_a_caller_that_execs_another_binary_is_not_the_same_process(tmp_path: Pa
         conn, _ = server.accept()
         creds = read_peer_credentials(conn)
         try:
-            assert still_same_process(creds)
+            assert creds.still_same_process()
             child.stdin.write("exec\n")
             child.stdin.flush()
             wait_for(
                 lambda: os.path.realpath(f"/proc/{child.pid}/exe") == sleep, 10, "exec of sleep"
             )
             assert process_start_time(child.pid) == creds.start_time  # exec keeps these
-            assert not still_same_process(creds)
+            assert not creds.still_same_process()
         finally:
             child.kill()
             creds.pidfd.close()
@@ -169,12 +168,12 @@ def test_closed_pidfd_is_never_signalled() -> None:
         process_executable(os.getpid()),
         0,
     )
-    assert still_same_process(creds)
+    assert creds.still_same_process()
     pidfd.close()
     pidfd.close()  # idempotent
     assert pidfd.closed
     assert not pidfd.is_alive()
-    assert not still_same_process(creds)
+    assert not creds.still_same_process()
     with pytest.raises(ValueError, match="already closed"):
         _ = pidfd.fd
 

@@ -4,17 +4,17 @@ grpcio cannot tell a handler the caller's pid or uid, so ``insignia.daemon.peerc
 each connection itself, records the caller here under the unique abstract socket name of its
 upstream connection, and the gRPC handler finds it again through ``context.peer()``.
 
-A pid alone is not an identity: it can be reused after the process exits. So each entry holds
-a pidfd (the kernel's stable handle to that one process), the process start time and the
-identity of its executable, and ``still_same_process()`` re-checks them all, plus the uid/gid,
-after attestation. The executable matters because exec keeps the pid, start time and uid: a
-process that connects, forks a child sharing the socket and then execs another binary of the
-same user must not hand that child the other binary's identity.
+A pid alone is not an identity: it can be reused after the process exits. So each entry holds a
+pidfd (the kernel's stable handle to that one process), the process start time and the identity
+of its executable, and ``PeerCredentials.still_same_process()`` re-checks them all, plus the
+uid/gid, after attestation. The executable matters because exec keeps the pid, start time and
+uid: a process that connects, forks a child sharing the socket and then execs another binary of
+the same user must not hand that child the other binary's identity.
 
 The executable is read at accept(), not at connect(), and a process may exec in between (the
-window is as long as the accept queue: a flood of throw-away connections makes it
-milliseconds). ``socket_inode`` closes it: ``insignia.daemon.peercred.holders`` then requires that
-the attested process still holds the connection and shares it only with copies of itself.
+window is as long as the accept queue: a flood of throw-away connections makes it milliseconds).
+``socket_inode`` closes it: ``insignia.daemon.peercred.holders`` then requires that the attested
+process still holds the connection and shares it only with copies of itself.
 """
 
 from __future__ import annotations
@@ -119,6 +119,35 @@ class PeerCredentials:
     start_time: int
     executable: ExecutableId
     socket_inode: int
+
+    def is_alive(self) -> bool:
+        """Whether the process that connected still runs (its pidfd, not a reusable pid)."""
+        return self.pidfd.is_alive()
+
+    def still_same_process(self) -> bool:
+        """True if the process that connected still lives with the same start time, uid/gid and
+        executable.
+
+        Call it after attestation, before answering: False means the caller exited, its pid now
+        names another process, or it exec'ed another binary, so answer UNAUTHENTICATED. Reads
+        /proc (procfs; a few tens of us).
+        """
+        if not self.pidfd.is_alive():
+            return False
+        try:
+            start_time = process_start_time(self.pid)
+            ids = parse_status(_read_proc(self.pid, "status"))
+            executable = process_executable(self.pid)
+        except (ProcessGone, ValueError):
+            return False
+        # Read /proc first, then confirm the pidfd is still alive: only then is what we read
+        # about the same process the pidfd names.
+        return (
+            start_time == self.start_time
+            and (ids.uid, ids.gid) == (self.uid, self.gid)
+            and executable == self.executable
+            and self.pidfd.is_alive()
+        )
 
 
 def parse_start_time(stat_line: str) -> int:
@@ -243,32 +272,6 @@ def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
         start_time=start_time,
         executable=executable,
         socket_inode=socket_inode,
-    )
-
-
-def still_same_process(creds: PeerCredentials) -> bool:
-    """True if the process that connected still lives with the same start time, uid/gid and
-    executable.
-
-    Call it after attestation, before answering: False means the caller exited, its pid now
-    names another process, or it exec'ed another binary, so answer UNAUTHENTICATED. Reads
-    /proc (procfs; a few tens of us).
-    """
-    if not creds.pidfd.is_alive():
-        return False
-    try:
-        start_time = process_start_time(creds.pid)
-        ids = parse_status(_read_proc(creds.pid, "status"))
-        executable = process_executable(creds.pid)
-    except (ProcessGone, ValueError):
-        return False
-    # Read /proc first, then confirm the pidfd is still alive: only then is what we read
-    # about the same process the pidfd names.
-    return (
-        start_time == creds.start_time
-        and (ids.uid, ids.gid) == (creds.uid, creds.gid)
-        and executable == creds.executable
-        and creds.pidfd.is_alive()
     )
 
 
