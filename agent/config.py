@@ -25,7 +25,7 @@ from insignia.config import (
     load_toml,
 )
 from insignia.keys import KeyType
-from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID
+from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_STALL_TIMEOUT
 from insignia.spiffeid import TrustDomain
 
 DEFAULT_CONFIG_PATH = Path("/etc/insignia/agent.toml")
@@ -52,6 +52,9 @@ class WorkloadSection(StrictModel, frozen=True, kw_only=True):
     max_message_bytes: Annotated[int, Meta(ge=4096)] = 4 * 1024 * 1024
     #: Connections one uid may hold open on the Workload API socket (see peercred_front).
     max_connections_per_uid: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_CONNECTIONS_PER_UID
+    #: A Workload API connection whose caller (or grpc) leaves bytes unread this long is
+    #: closed, so a client that stops reading cannot hold memory and descriptors.
+    stall_timeout: PositiveDuration = PositiveDuration(seconds=DEFAULT_STALL_TIMEOUT)
 
 
 class SyncSection(StrictModel, frozen=True, kw_only=True):

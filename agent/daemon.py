@@ -34,7 +34,7 @@ from insignia.files import check_owned_directory, ensure_private_dir
 from insignia.health import serve_health
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
-from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS
+from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS, FrontLimits
 from insignia.peercred_grpc import serve_grpc_with_peercred
 from insignia.runtime import open_trio_bridge
 from insignia.selectors import Selector
@@ -170,6 +170,7 @@ class AgentDaemon:
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
                     max_connections_per_uid=config.workload.max_connections_per_uid,
+                    limits=FrontLimits(stall_timeout=config.workload.stall_timeout.total_seconds()),
                     server_options=(
                         ("grpc.max_receive_message_length", max_bytes),
                         ("grpc.max_send_message_length", max_bytes),
