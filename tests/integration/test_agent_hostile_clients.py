@@ -14,6 +14,7 @@ from insignia_proto import workload_pb2 as pb
 
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
 from insignia.workloadapi.client import WorkloadApiClient
+from tests.integration import hostile_http2
 from tests.integration.agent_clients import (
     register,
 )
@@ -155,3 +156,60 @@ def test_a_thousand_connect_and_drop_clients_leave_open_streams_working(
     assert got_second.wait(60), f"no update on the open stream; got {updates}"
     client.close()
     assert agent.ready_status() == (200, "ready\n")
+
+
+# --- issue 12 item 2: connections that never close, and what they hold ----------------
+
+STALL_TIMEOUT = 1.0
+
+
+@pytest.fixture
+def strict_agent(running_server: ServerProcess, agent_factory: AgentFactory) -> AgentProcess:
+    """An agent whose stall deadline is short, so stalled clients are cut quickly."""
+    agent = agent_factory(workload={"stall_timeout": f"{STALL_TIMEOUT:g}s"})
+    register(running_server, agent, "/steady", f"unix:uid:{os.getuid()}")
+    return agent
+
+
+def fd_count(agent: AgentProcess) -> int:
+    assert agent.process is not None
+    return len(os.listdir(f"/proc/{agent.process.pid}/fd"))
+
+
+def settled_fds(agent: AgentProcess) -> int:
+    assert still_serving(agent) == "spiffe://example.org/steady"  # its channel is closed now
+    return wait_for(lambda: fd_count(agent) or None, 5, "the agent's fd count")
+
+
+def wait_fds_back(agent: AgentProcess, baseline: int) -> None:
+    wait_for(lambda: fd_count(agent) <= baseline + 5, 10, f"agent fds back to {baseline} + 5")
+
+
+def test_a_ping_flood_that_never_reads_is_cut_and_released(strict_agent: AgentProcess) -> None:
+    baseline = settled_fds(strict_agent)
+    assert hostile_http2.ping_flood(strict_agent.socket_path, 10.0)
+    wait_fds_back(strict_agent, baseline)
+    assert still_serving(strict_agent) == "spiffe://example.org/steady"
+
+
+def test_a_stalled_reader_is_cut_after_the_deadline(strict_agent: AgentProcess) -> None:
+    baseline = settled_fds(strict_agent)
+    started = time.monotonic()
+    assert hostile_http2.stall(strict_agent.socket_path, 10, 10.0)
+    assert time.monotonic() - started >= STALL_TIMEOUT * 0.9
+    wait_fds_back(strict_agent, baseline)
+
+
+def test_a_continuation_flood_is_cut_and_released(strict_agent: AgentProcess) -> None:
+    baseline = settled_fds(strict_agent)
+    assert hostile_http2.continuation_flood(strict_agent.socket_path, 10.0)
+    wait_fds_back(strict_agent, baseline)
+
+    def dropped_for_continuation() -> bool:
+        return any(
+            e.get("event") == "peercred_front.connection_dropped"
+            and "CONTINUATION" in str(e["cause"])
+            for e in strict_agent.log_events()
+        )
+
+    wait_for(dropped_for_continuation, 10, "a connection_dropped line naming CONTINUATION")
