@@ -2,7 +2,7 @@
 
 The cache is the single source the Workload API answers from, so it keeps answering while
 the server is unreachable. It is owned by the daemon's one thread (trio and grpc.aio share
-it, design.md §2), so it takes no locks. Every mutation reports a `Change`, and the cache
+it, docs/design-notes.md §2), so it takes no locks. Every mutation reports a `Change`, and the cache
 wakes only the subscribers (open workload streams) whose selectors the change can concern:
 a rotated SVID wakes the workloads holding that entry, not every stream on the node.
 """
@@ -18,11 +18,13 @@ from typing import Final, Protocol
 from agent.entries import Entry, entitled
 from agent.rotation import SvidTiming
 from insignia.bundle import Bundle
-from insignia.selectors import Selector
+from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId, TrustDomain
 
-MAX_JWT_AUDIENCE_SETS_PER_ENTRY: Final = 256
-"""A workload picks its audiences freely; this bounds what one entry can make the cache hold."""
+MAX_JWT_CACHE_BYTES_PER_ENTRY: Final = 1024 * 1024
+"""A workload picks its audiences freely; this bounds what one entry can make the cache hold
+(tokens and their audience keys, by bytes: a count would let large audiences multiply it)."""
+_RECORD_OVERHEAD: Final = 256  # the record, its datetimes and the dict slots, roughly
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class Change:
     bundles: bool = False
 
     def concerns(self, selectors: frozenset[Selector]) -> bool:
-        return self.bundles or any(s <= selectors for s in self.selector_sets)
+        return self.bundles or any(matches(s, selectors) for s in self.selector_sets)
 
     def __bool__(self) -> bool:
         return self.bundles or bool(self.selector_sets)
@@ -89,6 +91,11 @@ class Subscriber(Protocol):
     def selectors(self) -> frozenset[Selector]: ...
 
     def wake(self) -> None: ...
+
+
+def _jwt_bytes(audience: frozenset[str], record: JwtSvidRecord) -> int:
+    """What one cached JWT-SVID costs: its token, its audience key and fixed overhead."""
+    return len(record.token) + sum(len(a) for a in audience) + _RECORD_OVERHEAD
 
 
 class Cache:
@@ -185,8 +192,10 @@ class Cache:
         for stale in [a for a, r in per_entry.items() if r.expires_at <= now or a == audience]:
             del per_entry[stale]
         per_entry[audience] = record
-        while len(per_entry) > MAX_JWT_AUDIENCE_SETS_PER_ENTRY:
-            del per_entry[next(iter(per_entry))]  # oldest insertion first
+        held = sum(_jwt_bytes(a, r) for a, r in per_entry.items())
+        while held > MAX_JWT_CACHE_BYTES_PER_ENTRY:
+            oldest = next(iter(per_entry))  # oldest insertion first
+            held -= _jwt_bytes(oldest, per_entry.pop(oldest))
 
     # --- subscriptions --------------------------------------------------------------
 

@@ -11,16 +11,18 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
 
 import click
 
 from agent.config import DEFAULT_SOCKET_PATH, load_agent_config
+from insignia.cli_options import option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
 from insignia.files import atomic_write
 from insignia.keys import private_key_to_pem
+from insignia.times import format_time
 from insignia.workloadapi.address import InvalidEndpoint, endpoint_from_env, parse_endpoint
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
 
@@ -48,18 +50,20 @@ def _socket(socket: str | None, config_path: Path | None) -> Path:
 
 
 def _client_options(fn: Callable[P, R]) -> Callable[P, R]:
-    fn = click.option(
-        "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait."
+    fn = option(
+        "--timeout", "-timeout", type=float, default=10.0, show_default=True, help="Seconds."
     )(fn)
-    fn = click.option(
+    fn = option(
         "--config",
+        "-config",
         "config_path",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
         help="Take the socket path from this agent config.",
     )(fn)
-    return click.option(
+    return option(
         "--socket",
+        "-socketPath",
         "socket",
         default=None,
         help=f"Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else {DEFAULT_SOCKET_PATH}].",
@@ -70,21 +74,17 @@ def _client(socket: str | None, config_path: Path | None, timeout: float) -> Wor
     return WorkloadApiClient(_socket(socket, config_path), timeout=timeout)
 
 
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
 def _print_context(context: X509Context) -> None:
     for svid in context.svids:
         click.echo(f"SPIFFE ID:\t\t{svid.spiffe_id}")
         if svid.hint:
             click.echo(f"Hint:\t\t\t{svid.hint}")
-        click.echo(f"SVID Valid After:\t{_when(svid.leaf.not_valid_before_utc)}")
-        click.echo(f"SVID Valid Until:\t{_when(svid.expires_at)}")
+        click.echo(f"SVID Valid After:\t{format_time(svid.leaf.not_valid_before_utc)}")
+        click.echo(f"SVID Valid Until:\t{format_time(svid.expires_at)}")
         bundle = context.bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
         for i, ca in enumerate(bundle.x509_authorities if bundle else (), start=1):
-            click.echo(f"CA #{i} Valid After:\t{_when(ca.not_valid_before_utc)}")
-            click.echo(f"CA #{i} Valid Until:\t{_when(ca.not_valid_after_utc)}")
+            click.echo(f"CA #{i} Valid After:\t{format_time(ca.not_valid_before_utc)}")
+            click.echo(f"CA #{i} Valid Until:\t{format_time(ca.not_valid_after_utc)}")
         click.echo()
 
 
@@ -121,8 +121,9 @@ def fetch() -> None:
 
 @fetch.command("x509")
 @_client_options
-@click.option(
+@option(
     "--write",
+    "-write",
     "write_dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Also write svid.N.pem, svid.N.key (0600) and bundle.N.pem into this directory.",
@@ -148,8 +149,8 @@ def fetch_x509(
 
 @fetch.command("jwt")
 @_client_options
-@click.option("--audience", "audiences", multiple=True, required=True, help="Repeatable.")
-@click.option("--spiffe-id", default=None, help="Only this one of the caller's identities.")
+@option("--audience", "-audience", "audiences", multiple=True, required=True, help="Repeatable.")
+@option("--spiffe-id", "-spiffeID", default=None, help="Only this one of the caller's identities.")
 def fetch_jwt(
     socket: str | None,
     config_path: Path | None,
@@ -175,8 +176,8 @@ def validate() -> None:
 
 @validate.command("jwt")
 @_client_options
-@click.option("--audience", required=True)
-@click.option("--svid", "token", required=True, help="The JWT-SVID (compact JWS).")
+@option("--audience", "-audience", required=True)
+@option("--svid", "-svid", "token", required=True, help="The JWT-SVID (compact JWS).")
 def validate_jwt(
     socket: str | None, config_path: Path | None, timeout: float, audience: str, token: str
 ) -> None:
@@ -199,7 +200,7 @@ def watch(socket: str | None, config_path: Path | None, timeout: float) -> None:
         try:
             for context in client.watch_x509_context():
                 n = len(context.svids)
-                now = _when(datetime.now().astimezone())
+                now = format_time(datetime.now(UTC))
                 click.echo(f"Received {n} svid{'s' if n != 1 else ''} at {now}")
                 _print_context(context)
         except WorkloadApiError as exc:

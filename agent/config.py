@@ -24,6 +24,13 @@ from insignia.config import (
     TrustDomainName,
     load_toml,
 )
+from insignia.jwtsvid import (
+    DEFAULT_MAX_AUDIENCE_BYTES,
+    DEFAULT_MAX_AUDIENCES,
+    AudienceLimits,
+    check_token_fits,
+)
+from insignia.keepalive import AGENT_MIN_PING_INTERVAL, AGENT_PING_INTERVAL
 from insignia.keys import KeyType
 from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_STALL_TIMEOUT
 from insignia.spiffeid import TrustDomain
@@ -34,6 +41,7 @@ DEFAULT_ADMIN_SOCKET_PATH = Path("/run/insignia-agent/private/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia-agent")
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
+PositiveRate = Annotated[float, Meta(gt=0)]
 
 
 class ServerSection(StrictModel, frozen=True, kw_only=True):
@@ -55,6 +63,20 @@ class WorkloadSection(StrictModel, frozen=True, kw_only=True):
     #: A Workload API connection whose caller (or grpc) leaves bytes unread this long is
     #: closed, so a client that stops reading cannot hold memory and descriptors.
     stall_timeout: PositiveDuration = PositiveDuration(seconds=DEFAULT_STALL_TIMEOUT)
+    #: What one FetchJWTSVID may ask for (insignia.jwtsvid.AudienceLimits).
+    jwt_max_audiences: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCES
+    jwt_max_audience_bytes: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCE_BYTES
+    #: JWT-SVIDs the server is asked to mint per second, per caller uid and per SPIFFE ID
+    #: (cached tokens are free): one caller cannot spend the node's server budget alone.
+    jwt_mint_rate_per_uid: PositiveRate = 50.0
+    jwt_mint_rate_per_spiffe_id: PositiveRate = 50.0
+
+    def __post_init__(self) -> None:
+        check_token_fits(self.audience_limits)
+
+    @property
+    def audience_limits(self) -> AudienceLimits:
+        return AudienceLimits(self.jwt_max_audiences, self.jwt_max_audience_bytes)
 
 
 class SyncSection(StrictModel, frozen=True, kw_only=True):
@@ -64,10 +86,20 @@ class SyncSection(StrictModel, frozen=True, kw_only=True):
     initial_backoff: PositiveDuration = PositiveDuration(milliseconds=200)
     max_backoff: PositiveDuration = PositiveDuration(seconds=30)
     rpc_timeout: PositiveDuration = PositiveDuration(seconds=30)
+    #: How often the agent pings its server connection (a dead one is noticed within this
+    #: plus 10 s). The server accepts pings down to insignia.keepalive's floor.
+    keepalive_interval: PositiveDuration = PositiveDuration(
+        seconds=AGENT_PING_INTERVAL.total_seconds()
+    )
 
     def __post_init__(self) -> None:
         if self.max_backoff < self.initial_backoff:
             raise ValueError("max_backoff must be >= initial_backoff")
+        if self.keepalive_interval < AGENT_MIN_PING_INTERVAL:
+            raise ValueError(
+                f"keepalive_interval must be at least {AGENT_MIN_PING_INTERVAL.total_seconds():g}s"
+                " (the server treats more frequent pings as abuse)"
+            )
 
     def backoff(self) -> Backoff:
         return Backoff(

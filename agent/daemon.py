@@ -10,11 +10,9 @@ Workload API keeps serving the cache meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import stat
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -23,33 +21,46 @@ from agent.config import AgentConfig
 from agent.identity import IdentityKeeper
 from agent.metrics import AgentMetrics
 from agent.node_attestation import NeedsNewJoinToken, forget_identity
+from agent.reflection import reflection_handlers
 from agent.server_client import AgentEvicted, ServerClient
-from agent.signing import JwtMinter, X509Signer
+from agent.signing import JwtMinter, MintBudget, X509Signer
 from agent.sync import run_sync
-from agent.workload_api import Attest, WorkloadApi, WorkloadAttestationFailed
+from agent.workload_api import WorkloadApi
+from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, WorkloadGate
 from attestors.interface import AttestationError, Caller, NodeAttestorAgent
 from attestors.registry import ConfiguredWorkloadAttestor
 from attestors.workload_attestation import attest_workload
-from insignia.files import check_owned_directory, ensure_private_dir
+from insignia.config import refused_for_key
+from insignia.files import check_owned_directory, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
+from insignia.instance import claim_socket_path, lock_data_dir
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
 from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS, FrontLimits
 from insignia.peercred_grpc import serve_grpc_with_peercred
 from insignia.runtime import open_trio_bridge
 from insignia.selectors import Selector
+from insignia.socket_holders import connection_problem
 from insignia.systemd_notify import sd_notify
 from insignia.workload_wire import workload_api_handler
 
 log = get_logger("insignia.agent")
 
 
+Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
+"""Trio side: the caller's selectors, or WorkloadAttestationFailed (deadline included)."""
+
+
 def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
-    """Workload attestation for the Workload API: every attestor at once, with a deadline."""
+    """Workload attestation for the Workload API: every attestor at once, with a deadline,
+    once the caller is shown to hold its connection alone (insignia.socket_holders)."""
 
     async def attest(creds: PeerCredentials) -> frozenset[Selector]:
         with trio.move_on_after(timeout + 1.0) as scope:
             try:
+                problem = await trio.to_thread.run_sync(connection_problem, creds)
+                if problem is not None:
+                    raise ConnectionNotOwned(problem)
                 caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
                 return frozenset(await attest_workload(caller, attestors, timeout))
             except AttestationError as exc:
@@ -60,13 +71,6 @@ def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: floa
         raise WorkloadAttestationFailed("timeout", f"no selectors within {timeout:g}s")
 
     return attest
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """A socket left by a previous run would make the HTTP listener fail to bind."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            path.unlink()
 
 
 class AgentDaemon:
@@ -141,31 +145,53 @@ class AgentDaemon:
                 await self.keeper.attest(server, self.backoff)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the data_dir lock for as long as the daemon runs; log when it has stopped."""
+        with refused_for_key("data_dir"):
+            ensure_data_dir(self.config.data_dir)
+        with lock_data_dir(self.config.data_dir):
+            try:
+                await self._run(task_status)
+            finally:
+                if self.serving:  # a refusal to start is its own one line, not a stop
+                    log.info("agent.stopped")
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
-        ensure_private_dir(config.data_dir)
-        admin_dir = ensure_private_dir(config.admin_socket_path.parent)
-        config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        # Whoever can write there can replace our socket with theirs and hand out identities.
-        check_owned_directory(config.socket_path.parent, frozenset({0, os.geteuid()}))
-        _remove_stale_socket(config.admin_socket_path)
+        with refused_for_key("admin_socket_path"):
+            admin_dir = ensure_private_dir(config.admin_socket_path.parent)
+        with refused_for_key("socket_path"):
+            config.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            # Whoever can write there can replace our socket with theirs and hand out identities.
+            check_owned_directory(config.socket_path.parent, frozenset({0, os.geteuid()}))
+        # Before attesting: a second agent on these paths must stop here, not after a join.
+        for path in (config.socket_path, config.admin_socket_path):
+            claim_socket_path(path)
         server = await self.keeper.start(self.backoff)
         timeout = config.workload.attestation_timeout.total_seconds()
         async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
             nursery.start_soon(self._stay_attested, server)
             await self.synced.wait()
+            attest = make_attest(self.attestors, timeout)
             api = WorkloadApi(
                 self.cache,
-                self.callers,
-                bridge,
-                make_attest(self.attestors, timeout),
-                JwtMinter(self.cache, server, self.metrics),
+                WorkloadGate(self.callers, lambda caller: bridge.call_trio(attest, caller)),
+                JwtMinter(
+                    self.cache,
+                    server,
+                    self.metrics,
+                    MintBudget(
+                        config.workload.jwt_mint_rate_per_uid,
+                        config.workload.jwt_mint_rate_per_spiffe_id,
+                    ),
+                ),
                 self.metrics,
+                config.workload.audience_limits,
             )
             max_bytes = config.workload.max_message_bytes
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api)],
+                    [workload_api_handler(api), *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
@@ -180,16 +206,21 @@ class AgentDaemon:
             )
             self.serving = True
             await nursery.start(
-                serve_health,
-                f"unix:{config.admin_socket_path}",
-                self.metrics.registry,
-                self.readiness,
+                lambda task_status: serve_health(
+                    f"unix:{config.admin_socket_path}",
+                    self.metrics.registry,
+                    self.readiness,
+                    log_control=True,  # this socket's directory is 0700: operators only
+                    task_status=task_status,
+                )
             )
             for address in dict.fromkeys((config.health.address, config.metrics.address)):
                 if address:
-                    await nursery.start(
-                        serve_health, address, self.metrics.registry, self.readiness
-                    )
+                    key = "health" if address == config.health.address else "metrics"
+                    with refused_for_key(f"{key}.address"):
+                        await nursery.start(
+                            serve_health, address, self.metrics.registry, self.readiness
+                        )
             log.info(
                 "agent.ready",
                 spiffe_id=str(self.keeper.identity.spiffe_id) if self.keeper.identity else None,

@@ -48,6 +48,10 @@ _RETRYABLE = frozenset(
 )
 
 
+# grpc's details of a failed TLS handshake whose peer chain did not verify against our roots.
+_CERTIFICATE_NOT_TRUSTED = "CERTIFICATE_VERIFY_FAILED"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -67,14 +71,17 @@ class IdentityKeeper:
         self.identity: AgentIdentity | None = None
         self._tainted: frozenset[str] = frozenset()
         self._taint_changed = trio.Event()
+        self._roots_source = "the certificate the server presented"  # insecure_bootstrap
 
     async def _bootstrap_roots(self) -> bytes:
         config = self.config
         td = config.trust_domain_value
         persisted = await trio.to_thread.run_sync(load_bundle, config.data_dir, td)
         if persisted is not None:
+            self._roots_source = f"the bundle this agent saved in {config.data_dir}"
             return persisted.x509_pem()
         if config.trust_bundle_path is not None:
+            self._roots_source = f"trust_bundle_path {config.trust_bundle_path}"
             data = await trio.Path(config.trust_bundle_path).read_bytes()
             if config.trust_bundle_format == "spiffe":
                 return Bundle.parse_spiffe(td, data).x509_pem()
@@ -103,6 +110,7 @@ class IdentityKeeper:
             config.server.attestation_port,
             await self._bootstrap_roots(),
             config.sync.rpc_timeout.total_seconds(),
+            ping_interval=config.sync.keepalive_interval,
         )
         identity = await trio.to_thread.run_sync(
             load_identity, config.data_dir, config.trust_domain_value, _now()
@@ -120,6 +128,7 @@ class IdentityKeeper:
         """Node attestation, retried while the server is unreachable or rate-limits us."""
         name = self.config.node_attestor_name
         attempt = 0
+        told_untrusted = False
         while True:
             try:
                 identity = await attest(
@@ -136,6 +145,16 @@ class IdentityKeeper:
                     raise
                 delay = backoff.delay(attempt, self.rng.random())
                 attempt += 1
+                if not told_untrusted and _CERTIFICATE_NOT_TRUSTED in (exc.details() or ""):
+                    told_untrusted = True
+                    log.error(
+                        "agent.server_not_trusted",
+                        detail=f"the server's certificate does not chain to {self._roots_source}: "
+                        "it is stale or belongs to another server. Replace it with the output of "
+                        "`insignia-server bundle show --format pem` on the server host, then "
+                        "restart the agent",
+                        server=f"{self.config.server.address}:{self.config.server.attestation_port}",
+                    )
                 log.warning(
                     "agent.attestation_retry",
                     error=f"{exc.code().name}: {exc.details()}",

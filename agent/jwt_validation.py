@@ -9,20 +9,25 @@ Bundle objects are replaced, never mutated, when trust changes, so a new or rota
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from datetime import datetime
 from typing import Final
 
 from insignia.bundle import Bundle, BundleSet
+from insignia.bytecache import ByteLru
 from insignia.jwtsvid import AudienceMismatch, JwtSvid, TokenExpired, parse_and_validate
 
-DEFAULT_CAPACITY: Final = 4096
+DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
+"""Tokens are up to 16 KiB each and callers choose them: the cache is bounded by bytes."""
+
+
+def cost(token: str) -> int:
+    """What keeping a verified token costs: the token, its parsed claims, fixed overhead."""
+    return 3 * len(token) + 512
 
 
 class JwtValidator:
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        self._capacity = capacity
-        self._verified: OrderedDict[str, tuple[JwtSvid, Bundle]] = OrderedDict()
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._verified: ByteLru[str, tuple[JwtSvid, Bundle]] = ByteLru(max_bytes)
 
     def __len__(self) -> int:
         return len(self._verified)
@@ -40,12 +45,9 @@ class JwtValidator:
                         f"aud {list(jwt.audience)!r} names none of the expected audiences "
                         f"{(audience,)!r}"
                     )
-                self._verified.move_to_end(token)
                 return jwt
         jwt = parse_and_validate(token, bundles, audience, now)
         verified_with = bundles.get_bundle_for_trust_domain(jwt.spiffe_id.trust_domain)
         assert verified_with is not None  # parse_and_validate found it
-        self._verified[token] = (jwt, verified_with)
-        if len(self._verified) > self._capacity:
-            self._verified.popitem(last=False)
+        self._verified.put(token, (jwt, verified_with), cost(token))
         return jwt

@@ -13,6 +13,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -20,6 +21,7 @@ import grpc.aio
 from insignia_proto import agent_pb2
 from insignia_proto.agent_pb2_grpc import AgentAPIStub
 
+from insignia.keepalive import AGENT_PING_INTERVAL, agent_channel_options
 from insignia.server_name import SERVER_TLS_NAME
 
 T = TypeVar("T")
@@ -27,11 +29,14 @@ T = TypeVar("T")
 _EVICTION_CODES: Final = frozenset(
     {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 )
-_KEEPALIVE: Final = (
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+# grpc's own reconnect backoff (1 s growing to 120 s by default) decides when a channel sees a
+# returned server, whatever the agent's retry loop does: after a long outage it waited up to
+# 27 s. Capped at 1 s, the channel is READY within about a second of the server's return; a
+# connection attempt may still take 5 s (a TLS handshake with a busy server).
+_RECONNECT: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 5_000),
 )
 
 
@@ -96,12 +101,14 @@ class ServerClient:
         roots_pem: bytes,
         rpc_timeout: float,
         tls_name: str = SERVER_TLS_NAME,
+        ping_interval: timedelta = AGENT_PING_INTERVAL,
     ) -> None:
         self.address = address
         self.port = port
         self.attestation_port = attestation_port
         self.rpc_timeout = rpc_timeout
         self._tls_name = tls_name
+        self._keepalive = agent_channel_options(ping_interval)
         self._roots = roots_pem
         self._identity: tuple[bytes, bytes] | None = None
         # Bumped with every new agent SVID; lets a refusal of an older SVID be told apart.
@@ -110,7 +117,7 @@ class ServerClient:
         self._retired: list[grpc.aio.Channel] = []
 
     def _options(self) -> Sequence[tuple[str, Any]]:
-        return (("grpc.ssl_target_name_override", self._tls_name), *_KEEPALIVE)
+        return (("grpc.ssl_target_name_override", self._tls_name), *self._keepalive, *_RECONNECT)
 
     def set_roots(self, roots_pem: bytes) -> None:
         """Trust a new bundle (after attestation or a bundle change); rebuilds the channel."""
@@ -136,7 +143,7 @@ class ServerClient:
             self._retired.append(self._channel)
             self._channel = None
 
-    def _stub(self) -> AgentAPIStub[Any, Any, Any, Any, Any]:
+    def _mtls_channel(self) -> grpc.aio.Channel:
         if self._identity is None:
             raise RuntimeError("no agent SVID yet: attest first")
         if self._channel is None:
@@ -144,7 +151,28 @@ class ServerClient:
             creds = grpc.ssl_channel_credentials(self._roots, key, chain)
             target = f"{self.address}:{self.port}"
             self._channel = grpc.aio.secure_channel(target, creds, options=self._options())
-        return AgentAPIStub(self._channel)
+        return self._channel
+
+    def _stub(self) -> AgentAPIStub[Any, Any, Any, Any, Any]:
+        return AgentAPIStub(self._mtls_channel())
+
+    async def back_after_outage(self) -> None:
+        """Return once the channel to the server goes from not ready to READY (asyncio side).
+
+        A retry loop races its backoff sleep against this, so it retries as soon as the
+        server is back. A channel that is READY throughout never returns: a server that is up
+        but failing calls gets the full backoff, not a tight loop.
+        """
+        channel = self._mtls_channel()
+        was_down = False
+        while True:
+            state = channel.get_state(try_to_connect=True)
+            if state is grpc.ChannelConnectivity.READY:
+                if was_down:
+                    return
+            else:
+                was_down = True
+            await channel.wait_for_state_change(state)
 
     def attest(
         self,
@@ -153,7 +181,10 @@ class ServerClient:
         channel-owning call with `cancel()`; its one-off channel closes with the client."""
         creds = grpc.ssl_channel_credentials(self._roots)
         target = f"{self.address}:{self.attestation_port}"
-        channel = grpc.aio.secure_channel(target, creds, options=self._options())
+        # No keepalive: the channel is one-off, and the attestation port (open to anyone)
+        # keeps gRPC's strict ping policy.
+        options = (("grpc.ssl_target_name_override", self._tls_name),)
+        channel = grpc.aio.secure_channel(target, options=options, credentials=creds)
         self._retired.append(channel)
         call: grpc.aio.StreamStreamCall[agent_pb2.AttestRequest, agent_pb2.AttestResponse] = (
             AgentAPIStub(channel).Attest(None, timeout=self.rpc_timeout)

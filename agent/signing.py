@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -34,12 +35,14 @@ from agent.rotation import (
     x509_renew_reason,
 )
 from agent.server_client import AgentEvicted, ServerClient
-from agent.workload_api import JwtUnavailable
+from agent.workload_api import JwtRateLimited, JwtUnavailable
 from insignia.backoff import Backoff
 from insignia.bundle import b64url_decode
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_der
 from insignia.logs import get_logger
+from insignia.ratelimit import RateLimiter
 from insignia.runtime import call_asyncio
+from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, X509Svid, parse_chain_der
 
 log = get_logger(__name__)
@@ -193,6 +196,31 @@ def _jwt_header_and_claims(token: str) -> tuple[dict[str, object], dict[str, obj
     return json.loads(b64url_decode(head)), json.loads(b64url_decode(body))
 
 
+class MintBudget:
+    """How many JWT-SVIDs per second each caller uid and each SPIFFE ID may have minted.
+
+    The server's signing budget is per agent, so without this one local caller asking for
+    ever new audiences would spend it for every workload on the node.
+    """
+
+    def __init__(self, per_uid: float, per_spiffe_id: float) -> None:
+        self._by_uid = RateLimiter(per_uid)
+        self._by_id = RateLimiter(per_spiffe_id)
+
+    def refusal(self, uid: int, spiffe_id: SpiffeId, now: float) -> str | None:
+        """None if a mint for (uid, spiffe_id) may go ahead (its cost is taken), else why not."""
+        for limiter, key, what in (
+            (self._by_uid, f"uid {uid}", "jwt_mint_rate_per_uid"),
+            (self._by_id, str(spiffe_id), "jwt_mint_rate_per_spiffe_id"),
+        ):
+            if not limiter.try_acquire(key, now):
+                return (
+                    f"JWT-SVID mint rate for {key} exceeded ({what} = {limiter.rate:g}/s); "
+                    f"retry in {limiter.retry_after(key):.2f}s"
+                )
+        return None
+
+
 class JwtMinter:
     """JWT-SVIDs per (entry, audience set): cached, coalesced, and minted by the server."""
 
@@ -201,18 +229,22 @@ class JwtMinter:
         cache: Cache,
         server: ServerClient,
         metrics: AgentMetrics,
+        budget: MintBudget,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._cache = cache
         self._server = server
         self._metrics = metrics
+        self._budget = budget
         self._clock = clock
         self._inflight: dict[tuple[str, frozenset[str]], asyncio.Future[JwtSvidRecord]] = {}
 
-    async def jwt_svid(self, entry: Entry, audience: frozenset[str]) -> JwtSvidRecord:
+    async def jwt_svid(self, entry: Entry, audience: frozenset[str], uid: int) -> JwtSvidRecord:
+        """Cached if still fresh; else minted, and the mint charged to `uid` and the entry's ID."""
         now = self._clock()
         cached = self._cache.jwt_svid(entry.id, audience)
         tainted = self._cache.bundles.tainted_jwt if self._cache.bundles else frozenset()
+        usable = cached is not None and cached.expires_at > now and cached.kid not in tainted
         if cached is not None and not jwt_needs_renewal(
             cached.issued_at, cached.expires_at, now, cached.kid, tainted
         ):
@@ -220,13 +252,18 @@ class JwtMinter:
         key = (entry.id, audience)
         future = self._inflight.get(key)
         if future is None:
+            refusal = self._budget.refusal(uid, entry.spiffe_id, time.monotonic())
+            if refusal is not None:
+                if cached is not None and usable:
+                    return cached  # renewal can wait for the caller's budget
+                raise JwtRateLimited(refusal)
             future = asyncio.ensure_future(self._mint(entry, audience))
             self._inflight[key] = future
             future.add_done_callback(lambda _f: self._inflight.pop(key, None))
         try:
             return await asyncio.shield(future)
         except JwtUnavailable:
-            if cached is not None and cached.expires_at > now and cached.kid not in tainted:
+            if cached is not None and usable:
                 return cached  # server unreachable: the half-life rule yields to availability
             raise
 

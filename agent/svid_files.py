@@ -5,20 +5,23 @@ one directory: `svid.pem` (leaf, then intermediates), `svid_key.pem` (PKCS#8, mo
 `bundle.pem` (the trust domain's X.509 authorities, optionally the federated ones after them).
 After every change it runs a reload command, such as `nginx -s reload`.
 
-Write order, and why. Each file is replaced atomically (`insignia.files.atomic_write`), so a
-reader sees a whole old file or a whole new one, but three renames are not one:
+How the three files switch together. A SIGKILL between two renames must never leave a key
+that does not match its certificate, so the files are never renamed one by one:
 
-1. `bundle.pem` first. During a CA rotation the bundle gains the new authority while keeping
-   the old one, so trusting it early breaks nothing, and peers already holding SVIDs from
-   the new authority are accepted as soon as possible.
-2. `svid_key.pem` before `svid.pem`. On a first write no certificate exists without its key,
-   and software that watches the certificate file (inotify, mtime polling) is woken by the
-   last rename, when the pair is complete.
-3. The reload command runs only after all three renames. Between the key and the certificate
-   renames the pair on disk does not match; nginx reads the files only at start and on
-   reload, and a reload that does hit a mismatched pair (someone else's `nginx -s reload`
-   at that instant) fails in the new configuration only: the master keeps serving with the
-   old one, and our own reload a moment later loads the matching pair.
+1. Each change writes all three files into a fresh version directory,
+   `DIR/.insignia-svid/<random>/`, each fsynced (`insignia.files.atomic_write`).
+2. One rename switches the symlink `DIR/.insignia-svid/current` to that version. Before it
+   every reader sees the old set, after it the new one: there is no moment in between.
+3. The configured paths stay valid: `DIR/svid.pem` is a symlink to
+   `.insignia-svid/current/svid.pem`, and likewise for the key and the bundle. They are
+   made once and then never change (software opening `DIR/svid.pem` needs no new config).
+4. Old versions are removed after the switch; leftovers of a killed helper (a version never
+   switched to, `.tmp` files) are removed at start.
+5. The reload command runs after the switch.
+
+Files from a release that wrote regular files are replaced by the symlinks on the first
+write, one rename each: only during that one-off migration can a kill leave the old
+certificate beside the new key, until the next start rewrites them.
 
 Decisions (which files to write, whether anything changed) are pure functions below; the
 file and socket I/O is at the end.
@@ -26,8 +29,11 @@ file and socket I/O is at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import secrets
+import shutil
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +44,7 @@ import trio
 
 from agent.reload_command import ReloadCommand, run_reload
 from insignia.backoff import Backoff
-from insignia.files import atomic_write
+from insignia.files import atomic_symlink, atomic_write, fsync_dir
 from insignia.keys import private_key_to_pem
 from insignia.logs import get_logger
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
@@ -47,6 +53,8 @@ from insignia.x509svid import X509Svid
 SVID_FILE: Final = "svid.pem"
 KEY_FILE: Final = "svid_key.pem"
 BUNDLE_FILE: Final = "bundle.pem"
+VERSIONS_DIR: Final = ".insignia-svid"  # under the write directory: versions and `current`
+CURRENT: Final = "current"
 PUBLIC_MODE: Final = 0o644
 KEY_MODE: Final = 0o600
 RECONNECT_BACKOFF: Final = Backoff(initial=0.2, maximum=10.0, jitter=0.5)  # seconds
@@ -150,17 +158,64 @@ def read_state(directory: Path, names: tuple[str, ...]) -> dict[str, FileState |
 
 
 def write_files(directory: Path, files: tuple[SvidFile, ...]) -> None:
-    """Atomically replace each file, in the given order (blocking: call from a thread)."""
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    """Write `files` as a new version and switch to it with one rename (see module doc);
+    blocking: call from a thread."""
+    versions = directory / VERSIONS_DIR
+    versions.mkdir(mode=0o755, parents=True, exist_ok=True)
+    version = versions / secrets.token_hex(8)
+    version.mkdir(mode=0o755)
     for f in files:
-        atomic_write(directory / f.name, f.data, f.mode)
+        atomic_write(version / f.name, f.data, f.mode)
+    atomic_symlink(versions / CURRENT, version.name)
+    fsync_dir(versions)
+    for f in files:
+        atomic_symlink(directory / f.name, f"{VERSIONS_DIR}/{CURRENT}/{f.name}")
+    fsync_dir(directory)
+    remove_leftovers(directory)
+
+
+def _layout_is_current(directory: Path, names: tuple[str, ...]) -> bool:
+    """Every configured path is our symlink into the current version."""
+    try:
+        return all(
+            os.readlink(directory / name) == f"{VERSIONS_DIR}/{CURRENT}/{name}" for name in names
+        )
+    except OSError:
+        return False
+
+
+def remove_leftovers(directory: Path) -> None:
+    """Remove versions other than the current one and `.tmp` files a killed helper left
+    (some of them private-key copies)."""
+    versions = directory / VERSIONS_DIR
+    try:
+        current = os.readlink(versions / CURRENT)
+    except OSError:
+        current = None
+    for parent in (directory, versions):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(parent):
+                if entry.name.endswith(".tmp") and entry.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(versions):
+            if (
+                entry.name != CURRENT
+                and entry.name != current
+                and entry.is_dir(follow_symlinks=False)
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def sync_files(directory: Path, context: X509Context, layout: Layout) -> tuple[str, ...]:
-    """Bring `directory` up to date with `context`; the names of the files replaced."""
+    """Bring `directory` up to date with `context`; the names of the files that changed.
+    Any change writes a whole new version, so the three files always switch together."""
     desired = render_files(context, layout)
-    changed = files_to_write(desired, read_state(directory, tuple(f.name for f in desired)))
-    write_files(directory, changed)
+    names = tuple(f.name for f in desired)
+    changed = files_to_write(desired, read_state(directory, names))
+    if changed or not _layout_is_current(directory, names):
+        write_files(directory, desired)
     return tuple(f.name for f in changed)
 
 
@@ -242,6 +297,7 @@ class SvidFilesHelper:
     async def run(self, once: bool = False) -> None:
         """Follow the Workload API, reconnecting with backoff (agent restarts, no identity
         yet, a full disk); with `once`, return after the first successful write."""
+        await trio.to_thread.run_sync(remove_leftovers, self.settings.write_dir)
         while True:
             try:
                 await self.follow_stream(once)

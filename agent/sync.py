@@ -94,9 +94,11 @@ async def _follow(
             update = await call_asyncio(next_message, updates)
             if update is None:
                 return
+            metrics.server_contact()
+            if update.heartbeat:  # the server is alive and nothing changed
+                continue
             delta = parse_update(update, cache.trust_domain)
             cache.apply(delta)
-            metrics.server_contact()
             metrics.cached_entries.set(len(cache.entries))
             on_update()
     finally:
@@ -138,4 +140,5 @@ async def run_sync(
         attempt += 1
         metrics.sync_reconnects.inc()
         log.warning("sync.disconnected", error=error, retry_in=round(delay, 3), attempt=attempt)
-        await trio.sleep(delay)
+        with trio.move_on_after(delay):  # or sooner: as soon as the server is reachable again
+            await call_asyncio(server.back_after_outage)

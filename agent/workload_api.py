@@ -1,10 +1,9 @@
 """The five SPIFFE Workload API RPCs, as grpc.aio handlers answering from the agent cache.
 
-Every call goes through the same gate: the security header, the caller's kernel credentials
-(from the peer-credentials front), workload attestation in trio with a deadline, then the
-pid-reuse check, because an answer is only as good as the proof that the process asking is
-the one that was attested. Streams send at once, then again whenever the cache reports a
-change that concerns the caller, and stay open until the caller cancels.
+Every call first passes the security-header check and then the gate (agent.workload_gate:
+kernel credentials, attestation, the same-process check). Streams send at once, then again
+whenever the cache reports a change that concerns the caller, and stay open until the caller
+cancels.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -26,12 +25,20 @@ from agent.cache import Cache, JwtSvidRecord
 from agent.entries import Entry
 from agent.jwt_validation import JwtValidator
 from agent.metrics import AgentMetrics
-from agent.workload_views import NoIdentity, jwt_bundles, jwt_targets, x509_bundles, x509_view
+from agent.workload_gate import Refused, WorkloadGate
+from agent.workload_views import (
+    NoIdentity,
+    SvidsExpired,
+    jwt_bundles,
+    jwt_targets,
+    x509_bundles,
+    x509_view,
+)
 from insignia.bundle import BundleSet
-from insignia.jwtsvid import InvalidJwtSvid
+from insignia.jwtsvid import AudienceLimits, InvalidAudience, InvalidJwtSvid
 from insignia.logs import get_logger
-from insignia.peercred import CallerTable, PeerCredentials, still_same_process
-from insignia.runtime import TrioBridge
+from insignia.peercred import PeerCredentials
+from insignia.rpc_refusal import refuse
 from insignia.selectors import Selector
 from insignia.workload_wire import SECURITY_HEADER_KEY
 
@@ -42,33 +49,20 @@ M = TypeVar("M", bound=Message)
 
 NO_IDENTITY = "no identity issued"
 HEADER_MISSING = "security header missing from request"
-# How long a connection's attestation is reused for its next calls, and for how many
-# connections at most. Short: the cache only spares a busy client's back-to-back calls.
-RECENT_ATTESTATION_TTL = 1.0
-RECENT_ATTESTATIONS_MAX = 4096
-
-
-class WorkloadAttestationFailed(Exception):
-    """Attestation could not establish the caller's selectors; `reason` is a metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
-"""Trio side: the caller's selectors, or WorkloadAttestationFailed (deadline included)."""
 
 
 class JwtSource(Protocol):
-    """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted."""
+    """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted for `uid`."""
 
-    async def jwt_svid(self, entry: Entry, audience: frozenset[str]) -> JwtSvidRecord: ...
+    async def jwt_svid(self, entry: Entry, audience: frozenset[str], uid: int) -> JwtSvidRecord: ...
 
 
 class JwtUnavailable(Exception):
     """No JWT-SVID could be had: the server is unreachable and nothing usable is cached."""
+
+
+class JwtRateLimited(Exception):
+    """The caller spent its own mint budget (per uid or SPIFFE ID); others are unaffected."""
 
 
 class _StreamSubscriber:
@@ -92,23 +86,19 @@ class WorkloadApi:
     def __init__(
         self,
         cache: Cache,
-        callers: CallerTable,
-        bridge: TrioBridge,
-        attest: Attest,
+        gate: WorkloadGate,
         jwt_source: JwtSource,
         metrics: AgentMetrics,
+        audience_limits: AudienceLimits,
     ) -> None:
         self._cache = cache
-        self._callers = callers
-        self._bridge = bridge
-        self._attest = attest
+        self._gate = gate
+        self._audience_limits = audience_limits
         self._jwt = jwt_source
         self._metrics = metrics
         self._validator = JwtValidator()
-        # Per connection: unary calls on one channel in quick succession share an attestation.
-        self._recent: dict[PeerCredentials, tuple[float, frozenset[Selector]]] = {}
 
-    # --- the gate -------------------------------------------------------------------
+    # --- the gate (agent.workload_gate), at the gRPC edge ---------------------------------
 
     async def _authenticate(
         self, context: Context, method: str
@@ -117,54 +107,36 @@ class WorkloadApi:
         if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             log.info("workload.header_missing", method=method, peer=context.peer())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
-        creds = await self._callers.caller_or_abort(context)
-        now = time.monotonic()
-        cached = self._recent.get(creds)
-        if cached is not None and cached[0] > now:
-            # Same connection, attested moments ago: the same-process check below still runs,
-            # so only facts that change without an exec or a uid change can be this stale.
-            await self._require_same_process(context, method, creds, "since attestation")
-            return creds, cached[1]
         try:
-            selectors = await self._bridge.call_trio(self._attest, creds)
-        except WorkloadAttestationFailed as exc:
-            self._metrics.attestation_failed(exc.reason)
-            log.warning(
-                "workload.attestation_failed",
-                method=method,
-                pid=creds.pid,
-                uid=creds.uid,
-                reason=exc.reason,
-                error=exc.detail,
-            )
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"workload attestation failed: {exc.detail}"
-            )
-        await self._require_same_process(context, method, creds, "during attestation")
-        self._metrics.workloads_attested.inc()
-        self._remember(creds, selectors, now)
-        return creds, selectors
-
-    def _remember(self, creds: PeerCredentials, selectors: frozenset[Selector], now: float) -> None:
-        if len(self._recent) >= RECENT_ATTESTATIONS_MAX:
-            self._recent = {c: v for c, v in self._recent.items() if v[0] > now}
-        if len(self._recent) < RECENT_ATTESTATIONS_MAX:
-            self._recent[creds] = (now + RECENT_ATTESTATION_TTL, selectors)
+            admitted = await self._gate.admit(context.peer())
+        except Refused as refused:
+            await self._refuse(context, method, refused)
+        if admitted.fresh:
+            self._metrics.workloads_attested.inc()
+        return admitted.caller, admitted.selectors
 
     async def _require_same_process(
         self, context: Context, method: str, creds: PeerCredentials, when: str
     ) -> None:
-        """Abort with UNAUTHENTICATED unless the attested process still holds the connection
-        unchanged (same pid, start time, uid/gid and executable: see insignia.peercred)."""
-        if not still_same_process(creds):
-            self._metrics.attestation_failed("process_replaced")
-            log.warning(
-                "workload.caller_replaced", method=method, pid=creds.pid, uid=creds.uid, when=when
-            )
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"the calling process exited or was replaced {when}",
-            )
+        try:
+            self._gate.confirm(creds, when)
+        except Refused as refused:
+            await self._refuse(context, method, refused)
+
+    async def _refuse(self, context: Context, method: str, refused: Refused) -> NoReturn:
+        if refused.reason is not None:
+            self._metrics.attestation_failed(refused.reason)
+        caller = refused.caller
+        log.warning(
+            refused.event,
+            method=method,
+            pid=None if caller is None else caller.pid,
+            uid=None if caller is None else caller.uid,
+            reason=refused.reason,
+            error=refused.message,
+        )
+        await context.abort(refused.code, refused.message)
+        raise AssertionError("context.abort() returned")  # it always raises
 
     async def _denied(self, context: Context, method: str, exc: NoIdentity) -> NoReturn:
         log.info("workload.no_identity", method=method, selectors=sorted(map(str, exc.selectors)))
@@ -201,6 +173,9 @@ class WorkloadApi:
                     message, stale_at = build(selectors, _now())
                 except NoIdentity as exc:
                     await self._denied(context, method, exc)
+                except SvidsExpired as exc:
+                    log.warning("workload.svids_expired", method=method, pid=creds.pid)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if message is not None and message != last:
                     await self._require_same_process(context, method, creds, "while streaming")
                     if last is None:
@@ -262,10 +237,12 @@ class WorkloadApi:
         self, request: pb.JWTSVIDRequest, context: Context
     ) -> pb.JWTSVIDResponse:
         started = time.perf_counter()
-        _, selectors = await self._authenticate(context, "FetchJWTSVID")
-        audience = frozenset(request.audience)
-        if not audience or not all(audience):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        creds, selectors = await self._authenticate(context, "FetchJWTSVID")
+        try:
+            audience = frozenset(self._audience_limits.check(request.audience))
+        except InvalidAudience as exc:
+            refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return pb.JWTSVIDResponse()
         try:
             targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
         except NoIdentity as exc:
@@ -273,7 +250,9 @@ class WorkloadApi:
         svids = []
         for entry in targets:
             try:
-                record = await self._jwt.jwt_svid(entry, audience)
+                record = await self._jwt.jwt_svid(entry, audience, creds.uid)
+            except JwtRateLimited as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except JwtUnavailable as exc:
                 log.warning("workload.jwt_unavailable", entry_id=entry.id, error=str(exc))
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not mint JWT-SVID: {exc}")

@@ -3,6 +3,9 @@
 Pure functions of (cache state, caller selectors, time), so the authorization rule "a caller
 gets exactly the identities its selectors entitle it to, with the bundles of its own and its
 federated trust domains" is tested without sockets or processes.
+
+Bundle maps are keyed by the trust domain's SPIFFE ID (`spiffe://example.org`), as the
+Workload API proto says and SPIRE sends; SDKs (ours included) accept the bare name too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ class NoIdentity(Exception):
         shown = ", ".join(sorted(str(s) for s in selectors)) or "none"
         super().__init__(f"no identity issued (selectors: {shown})")
         self.selectors = selectors
+
+
+class SvidsExpired(Exception):
+    """Every X509-SVID of the caller has expired (the agent has not reached a server for
+    longer than their TTL): the Workload API answers UNAVAILABLE, as SPIRE does."""
+
+    def __init__(self, expired_at: datetime) -> None:
+        super().__init__(
+            f"the X509-SVIDs of this workload expired at {expired_at.isoformat()} and the "
+            "agent cannot reach a server to renew them"
+        )
+        self.expired_at = expired_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +69,21 @@ def _federated(
 
 
 def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X509View:
-    """FetchX509SVID's message for the caller; NoIdentity when nothing matches."""
+    """FetchX509SVID's message for the caller; NoIdentity when nothing matches, SvidsExpired
+    when nothing is valid and only expired SVIDs are left."""
     entries = _entitled(cache, selectors, now)
     bundles = cache.bundles
     local_der = bundles.local.x509_der() if bundles is not None else b""
     svids = []
     served = []
     pending = []
+    expired = []
     for entry in entries:
         record = cache.x509_svid(entry.id)
         if record is None or record.timing.not_after <= now:
             pending.append(entry)
+            if record is not None:
+                expired.append(record.timing.not_after)
             continue
         served.append(record)
         svids.append(
@@ -76,10 +95,12 @@ def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X5
                 hint=entry.hint,
             )
         )
+    if not svids and expired:
+        raise SvidsExpired(max(expired))
     federated = {}
     if bundles is not None:
         fed = _federated(bundles, entries, cache.trust_domain)
-        federated = {str(td): b.x509_der() for td, b in fed.items()}
+        federated = {td.id_string(): b.x509_der() for td, b in fed.items()}
     response = pb.X509SVIDResponse(svids=svids, federated_bundles=federated)
     return X509View(response, tuple(served), tuple(pending))
 
@@ -87,25 +108,25 @@ def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X5
 def _bundle_map(
     cache: Cache, selectors: frozenset[Selector], now: datetime, encode: Callable[[Bundle], bytes]
 ) -> dict[str, bytes]:
-    """Trust domain -> encoded bundle: our own domain first, then those the caller federates
-    with; empty before the first sync."""
+    """Trust domain ID -> encoded bundle: our own domain first, then those the caller
+    federates with; empty before the first sync."""
     entries = _entitled(cache, selectors, now)
     bundles = cache.bundles
     if bundles is None:
         return {}
-    result = {str(cache.trust_domain): encode(bundles.local)}
+    result = {cache.trust_domain.id_string(): encode(bundles.local)}
     for td, bundle in _federated(bundles, entries, cache.trust_domain).items():
-        result[str(td)] = encode(bundle)
+        result[td.id_string()] = encode(bundle)
     return result
 
 
 def x509_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
-    """FetchX509Bundles' map: trust domain -> concatenated DER."""
+    """FetchX509Bundles' map: trust domain ID -> concatenated DER."""
     return _bundle_map(cache, selectors, now, Bundle.x509_der)
 
 
 def jwt_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
-    """FetchJWTBundles' map: trust domain -> JWKS JSON."""
+    """FetchJWTBundles' map: trust domain ID -> JWKS JSON."""
     return _bundle_map(cache, selectors, now, Bundle.jwks)
 
 

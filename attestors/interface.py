@@ -12,7 +12,7 @@ Plugins are found through entry points (see `attestors.registry`); each entry po
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -64,11 +64,16 @@ class WorkloadAttestorPlugin:
 
     `selector_types` lists the only selector types the plugin may emit, so one plugin cannot
     forge another's selectors (a third-party plugin emitting `unix:uid:0` is refused).
+    `selector_keys` declares, per type, the keys its values start with (`uid` of
+    `unix:uid:1001`), so `entry create` can refuse a typo such as `unix:colour:red` instead of
+    storing an entry nothing will ever match; None leaves a plugin's keys undeclared (any
+    non-empty value is accepted).
     """
 
     config_model: type[PluginConfig]
     selector_types: frozenset[str]
     create: Callable[[Any], WorkloadAttestor]
+    selector_keys: Mapping[str, frozenset[str]] | None = None
 
 
 # --- node attestation -------------------------------------------------------------------------
@@ -146,6 +151,9 @@ class NodeAttestorPlugin:
     server_config: type[PluginConfig]
     create_agent: Callable[[Any, TrustDomain], NodeAttestorAgent]
     create_server: Callable[[Any, ServerEnvironment], NodeAttestorServer]
+    #: Node selector types and their keys, as `WorkloadAttestorPlugin.selector_keys` (for node
+    #: alias entries); None: undeclared.
+    selector_keys: Mapping[str, frozenset[str]] | None = None
 
 
 def agent_id_path(plugin: str, *segments: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from attestors.interface import (
     WorkloadAttestorPlugin,
 )
 from insignia.config import ConfigError, validate_config
+from insignia.selectors import InvalidSelector, Selector
 from insignia.spiffeid import TrustDomain
 
 WORKLOAD_GROUP: Final = "insignia.workload_attestors"
@@ -146,3 +147,64 @@ def load_node_attestor_servers(
         config = _config(plugin.server_config, section, source, key)
         servers[name] = _start(plugin.create_server, (config, env), source, key)
     return servers
+
+
+#: Selector types the server itself understands: `token generate --spiffe-id` parents an entry
+#: to the agent with `spiffe_id:<agent ID>` (as SPIRE does).
+_SERVER_SELECTOR_KEYS: Final[Mapping[str, frozenset[str] | None]] = {"spiffe_id": frozenset()}
+
+
+def installed_selector_keys() -> dict[str, frozenset[str] | None]:
+    """Selector type -> the keys its values start with (None: the plugin did not declare
+    them), for every installed workload and node attestor. A plugin that fails to import
+    contributes nothing (`run` reports it when configured)."""
+    known: dict[str, frozenset[str] | None] = dict(_SERVER_SELECTOR_KEYS)
+    for group in (WORKLOAD_GROUP, NODE_GROUP):
+        for ep in entry_points(group=group):
+            try:
+                plugin = ep.load()
+            except Exception:  # noqa: S112 - a broken plugin must not break the CLI
+                continue
+            if not isinstance(plugin, WorkloadAttestorPlugin | NodeAttestorPlugin):
+                continue
+            declared = plugin.selector_keys
+            types = (
+                plugin.selector_types
+                if isinstance(plugin, WorkloadAttestorPlugin)
+                else frozenset(declared or ())
+            )
+            for kind in types:
+                keys = None if declared is None else declared.get(kind, frozenset())
+                if keys is None or known.get(kind, frozenset()) is None:
+                    known[kind] = None  # someone leaves this type's keys open: accept any
+                else:
+                    known[kind] = (known.get(kind) or frozenset()) | keys
+    return known
+
+
+def check_entry_selector(text: str, known: Mapping[str, frozenset[str] | None]) -> Selector:
+    """The selector `text`, if the installed attestors can ever emit it; else InvalidSelector
+    listing what they understand (an entry with a typo in a selector silently never matches)."""
+    selector = Selector.parse(text)
+    listing = "; the installed attestors understand " + ", ".join(
+        _describe(kind, keys) for kind, keys in sorted(known.items())
+    )
+    if selector.type not in known:
+        raise InvalidSelector(text, f"unknown selector type {selector.type!r}{listing}")
+    keys = known[selector.type]
+    if not keys:  # undeclared, or a type with plain values (spiffe_id:<ID>)
+        return selector
+    key, sep, rest = selector.value.partition(":")
+    if key not in keys:
+        raise InvalidSelector(text, f"{selector.type} has no key {key!r}{listing}")
+    if not sep or not rest:
+        raise InvalidSelector(text, f"empty value for {selector.type}:{key}{listing}")
+    return selector
+
+
+def _describe(kind: str, keys: frozenset[str] | None) -> str:
+    if keys is None:
+        return f"{kind}:<any value>"
+    if not keys:
+        return f"{kind}:<value>"
+    return f"{kind}:{{{'|'.join(sorted(keys))}}}:<value>"

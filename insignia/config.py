@@ -13,9 +13,10 @@ machine; see benchmarks/agent_streams.py). Value types that need a check of thei
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path, PosixPath
 from typing import Any, Self, TypeVar
@@ -25,6 +26,7 @@ from msgspec import inspect as schema
 
 from insignia.addresses import HOST_PORT_EXPECTED, parse_host, parse_host_port
 from insignia.durations import parse_duration
+from insignia.files import UnsafeDirectory
 from insignia.logs import LogFormat, LogLevel
 from insignia.spiffeid import InvalidSpiffeId, TrustDomain
 
@@ -42,6 +44,29 @@ class ConfigError(Exception):
         self.path = Path(path)
         self.key = key
         self.problem = problem
+
+
+class StartupRefused(Exception):
+    """A valid config this host cannot run (a port or socket in use, an unusable directory):
+    one line naming the key, the value and the cause, and exit `CONFIG_EXIT_CODE` like a
+    config error, since the operator fixes it the same way. `key` is "" when none applies."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+
+
+@contextlib.contextmanager
+def refused_for_key(key: str) -> Iterator[None]:
+    """Turn a failure to use the file or directory that `key` names (missing, not a
+    directory, not writable) into a `StartupRefused` naming `key`."""
+    try:
+        yield
+    except UnsafeDirectory as exc:
+        raise StartupRefused(key, str(exc)) from exc
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise StartupRefused(key, f"{where}{exc.strerror or exc}") from exc
 
 
 class StrictModel(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -12,6 +12,10 @@ import secrets
 import stat
 from pathlib import Path
 
+from insignia.logs import get_logger
+
+log = get_logger(__name__)
+
 
 class UnsafeDirectory(Exception):
     """A directory we put keys or sockets in is not a directory, or others could change it."""
@@ -25,7 +29,8 @@ class UnsafeDirectory(Exception):
         self.reason = reason
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make renames and creations in `directory` durable across power loss."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -57,7 +62,24 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
+
+
+def atomic_symlink(link: str | os.PathLike[str], target: str) -> None:
+    """Make `link` a symlink to `target` with one rename (a reader follows the old link or
+    the new one, never none), unless it already is exactly that."""
+    link = Path(link)
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == target:
+            return
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(8)}.tmp")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
@@ -78,6 +100,41 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
         return directory
     os.chmod(directory, 0o700)  # mkdir's mode passed through the umask; make it exact
     return directory
+
+
+def ensure_data_dir(path: str | os.PathLike[str]) -> Path:
+    """`ensure_private_dir`, then narrow an existing data_dir that others can read or list to
+    0700, with a warning: it holds the datastore, keys and join tokens, and unlike a shared
+    socket directory nothing else belongs in it."""
+    directory = ensure_private_dir(path)
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    if mode & 0o077:
+        os.chmod(directory, 0o700)
+        log.warning(
+            "data_dir narrowed to 0700",
+            directory=str(directory),
+            mode=f"{mode:04o}",
+            reason="group or others could read the keys and the datastore in it",
+        )
+    return directory
+
+
+def make_private_file(path: str | os.PathLike[str], mode: int = 0o600, create: bool = True) -> None:
+    """Create `path` empty with exactly `mode` (if `create` and missing), or narrow an existing
+    one to it, so whatever opens it next (SQLite, which gives its -wal and -shm files the
+    database's own mode) never makes it readable by others. A symlink is refused."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileNotFoundError:
+        if create:
+            raise
+        return
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)  # the umask narrowed it, or an older release made it wider
+    finally:
+        os.close(fd)
 
 
 def check_owned_directory(directory: Path, owners: frozenset[int]) -> None:

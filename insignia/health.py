@@ -18,17 +18,27 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from insignia.http_endpoint import Response, serve_http
+from insignia.logs import change_log_level, current_log_level
+
+LOG_LEVEL_PATH = "/log-level"
 
 ReadinessCheck = Callable[[], str | None]
 """Returns None when ready, else a short reason why not (sent in the 503 body)."""
 
 
 class HealthApp:
-    """Three GET (and HEAD) routes and nothing else (no framework needed)."""
+    """Three GET (and HEAD) routes and nothing else (no framework needed).
 
-    def __init__(self, registry: CollectorRegistry, readiness: ReadinessCheck) -> None:
+    With `log_control` (the agent's private admin socket only, never a TCP listener), also
+    GET /log-level (the level in force) and PUT /log-level/<level> (change it at once).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, readiness: ReadinessCheck, log_control: bool = False
+    ) -> None:
         self.registry = registry
         self.readiness = readiness
+        self.log_control = log_control
 
     def handle(self, method: str, path: str) -> Response:
         """`respond` as the HTTP server's handler: adds content type, cache-control, allow."""
@@ -41,6 +51,8 @@ class HealthApp:
     def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for one request (pure; the HTTP layer sends it)."""
         text = "text/plain; charset=utf-8"
+        if self.log_control and path.startswith(LOG_LEVEL_PATH):
+            return self._log_level(method, path, text)
         if method not in ("GET", "HEAD"):
             return 405, text, b"method not allowed\n"
         if path == "/live":
@@ -54,12 +66,24 @@ class HealthApp:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         return 404, text, b"not found\n"
 
+    def _log_level(self, method: str, path: str, text: str) -> tuple[int, str, bytes]:
+        if method in ("GET", "HEAD") and path == LOG_LEVEL_PATH:
+            return 200, text, f"{current_log_level()}\n".encode()
+        level = path.removeprefix(LOG_LEVEL_PATH + "/")
+        if method != "PUT" or level == path:
+            return 405, text, b"method not allowed: GET /log-level or PUT /log-level/<level>\n"
+        try:
+            return 200, text, f"{change_log_level(level)}\n".encode()
+        except ValueError as exc:
+            return 400, text, f"{exc}\n".encode()
+
 
 async def serve_health(
     bind: str,
     registry: CollectorRegistry,
     readiness: ReadinessCheck,
     *,
+    log_control: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve /live, /ready and /metrics on `bind` until cancelled.
@@ -69,4 +93,5 @@ async def serve_health(
     when 0 was asked), or "unix:/path", once the socket is listening. A readiness check or
     metrics collection that raises is answered 500 and logged; the server keeps serving.
     """
-    await serve_http(bind, HealthApp(registry, readiness).handle, task_status=task_status)
+    app = HealthApp(registry, readiness, log_control)
+    await serve_http(bind, app.handle, task_status=task_status)

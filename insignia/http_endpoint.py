@@ -22,17 +22,19 @@ keep-alive, HEAD responses); this module only moves bytes between it and a socke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import h11
 import trio
 
 from insignia.accepting import accept_retrying
 from insignia.addresses import parse_host_port
+from insignia.instance import claim_socket_path
 from insignia.logs import get_logger
 
 log = get_logger(__name__)
@@ -85,12 +87,31 @@ async def serve_http(
     """Serve `handler` on `bind` until cancelled.
 
     `bind` is "host:port" (an IP address, "[v6]:port" or "localhost"; port 0 picks a free
-    one) or "unix:/path" (a stale socket at that path is replaced; the socket gets the default
-    mode). Use with `await nursery.start(serve_http, bind, handler)`: it reports the bound
-    address once listening, "host:port" with the real port ("[v6]:port" for IPv6) or
+    one) or "unix:/path" (a stale socket at that path is replaced, a live one refused with
+    InstanceConflict; the socket gets the default mode and is removed on exit). Use with
+    `await nursery.start(serve_http, bind, handler)`: it reports the bound address once
+    listening, "host:port" with the real port ("[v6]:port" for IPv6) or
     "unix:/path".
     """
     sock, address = await _listen(bind)
+    path = Path(address.removeprefix("unix:")) if address.startswith("unix:") else None
+    bound_inode = os.stat(path).st_ino if path else None
+    try:
+        await _accept_forever(sock, address, handler, limits, task_status)
+    finally:
+        if path is not None:  # ours only: another process may have replaced it since
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == bound_inode:
+                    os.unlink(path)
+
+
+async def _accept_forever(
+    sock: trio.socket.SocketType,
+    address: str,
+    handler: Handler,
+    limits: Limits,
+    task_status: trio.TaskStatus[str],
+) -> None:
     listener = trio.SocketListener(sock)
     active = 0
     saturated = False
@@ -124,11 +145,7 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     target: str | tuple[str, int]
     if bind.startswith("unix:"):
         family, target = socket.AF_UNIX, bind.removeprefix("unix:")
-        try:  # a previous run's socket would make bind fail (hypercorn did the same)
-            if stat.S_ISSOCK(os.stat(target).st_mode):
-                os.remove(target)
-        except FileNotFoundError:
-            pass
+        claim_socket_path(Path(target))  # a stale one would make bind fail; a live one stays
     else:
         try:
             family, host, port = parse_host_port(bind)
@@ -140,6 +157,9 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await sock.bind(target)
         sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {bind}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise

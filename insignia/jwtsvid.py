@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from insignia.bundle import BundleSource, JwtPublicKey, b64url_decode
+from insignia.bytecache import ByteLru
 from insignia.durations import InvalidDuration
 from insignia.keys import PrivateKey, jwt_algorithm
-from insignia.spiffeid import InvalidSpiffeId, SpiffeId
+from insignia.spiffeid import MAX_ID_BYTES, InvalidSpiffeId, SpiffeId
 from insignia.x509ca import check_ttl, utc_now
 
 #: The JWT-SVID algorithm set (JWT-SVID spec §3.1 minus none/HMAC; EdDSA is refused too).
@@ -44,6 +45,12 @@ ALGORITHMS: Final = frozenset(
 MAX_LEEWAY: Final = timedelta(seconds=30)
 MAX_TOKEN_BYTES: Final = 16 * 1024
 _MAX_NUMERIC_DATE: Final = 253402300799  # 9999-12-31T23:59:59Z
+DEFAULT_MAX_AUDIENCES: Final = 16
+DEFAULT_MAX_AUDIENCE_BYTES: Final = 256
+_MAX_SIGNATURE_BYTES: Final = 512  # RSA-4096, the largest key type (insignia.keys.KeyType)
+_MAX_KID_BYTES: Final = 64  # the server's kids are 32 hex digits
+# Encoded audience lists kept for reuse; a typical one is tens of bytes.
+_AUDIENCE_CACHE_BYTES: Final = 256 * 1024
 
 _HASHES: Final[Mapping[str, hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "256": hashes.SHA256(),
@@ -108,6 +115,75 @@ class AudienceMismatch(InvalidJwtSvid):
     """`aud` is missing, empty, or names none of the expected audiences."""
 
 
+class InvalidAudience(ValueError):
+    """An audience list asked for that breaks `AudienceLimits`; the message names the limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceLimits:
+    """How many audiences a JWT-SVID request may name, and how long each may be.
+
+    The one rule every boundary applies (Workload API, agent API, admin mint): callers pick
+    audiences freely, and each one is signed into a token and cached, so its size is bounded
+    before any work is done. Control characters are refused too: JSON escapes each into six
+    bytes, and with them out an audience never takes more than twice its size in the token.
+    """
+
+    max_audiences: int = DEFAULT_MAX_AUDIENCES
+    max_audience_bytes: int = DEFAULT_MAX_AUDIENCE_BYTES
+
+    def check(self, audience: Sequence[str]) -> tuple[str, ...]:
+        """`audience` as a tuple, or InvalidAudience naming the first rule it breaks."""
+        if isinstance(audience, str):
+            raise InvalidAudience(f"audience {audience[:64]!r}: expected a list, not a string")
+        values = tuple(audience)
+        if not values:
+            raise InvalidAudience("audience must be specified: one or more non-empty values")
+        if len(values) > self.max_audiences:
+            raise InvalidAudience(
+                f"{len(values)} audiences exceed the limit of {self.max_audiences} "
+                "(jwt_max_audiences)"
+            )
+        for i, value in enumerate(values):
+            if not isinstance(value, str) or not value:
+                raise InvalidAudience(f"audience {i + 1} is empty or not a string")
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidAudience(f"audience {i + 1} is not valid UTF-8") from None
+            if size > self.max_audience_bytes:
+                raise InvalidAudience(
+                    f"audience {i + 1} is {size} bytes, over the limit of "
+                    f"{self.max_audience_bytes} (jwt_max_audience_bytes)"
+                )
+            if any(c < " " or c == "\x7f" for c in value):
+                raise InvalidAudience(f"audience {i + 1} contains a control character")
+        return values
+
+
+def _b64_length(size: int) -> int:
+    return (4 * size + 2) // 3
+
+
+def max_token_bytes(limits: AudienceLimits, issuer: str = "") -> int:
+    """The longest compact JWT-SVID `sign_jwt_svid` can produce within `limits`.
+
+    Every part at its worst: a kid of _MAX_KID_BYTES, a SPIFFE ID of MAX_ID_BYTES, each
+    audience all quotes (escaped to two bytes each), dates of 9999, an RSA-4096 signature.
+    """
+    header = json.dumps(
+        {"alg": "ES512", "kid": "k" * _MAX_KID_BYTES, "typ": "JWT"}, separators=(",", ":")
+    )
+    n, size = limits.max_audiences, limits.max_audience_bytes
+    aud = 2 + n * (2 * size + 2) + (n - 1)
+    iss = 0 if not issuer else len(',"iss":') + len(json.dumps(issuer).encode())
+    date = len(str(_MAX_NUMERIC_DATE))
+    claims = len('{"sub":"","aud":,"exp":,"iat":}') + MAX_ID_BYTES + aud + 2 * date + iss
+    return (
+        _b64_length(len(header)) + 1 + _b64_length(claims) + 1 + _b64_length(_MAX_SIGNATURE_BYTES)
+    )
+
+
 @dataclass(frozen=True)
 class JwtSvid:
     """A validated JWT-SVID. `audience` is the token's full `aud`, `claims` all its claims."""
@@ -157,11 +233,34 @@ def _signer(private_key: PrivateKey, kid: str, alg: str | None) -> _Signer:
     return _Signer(alg, _b64(header.encode()) + b".", _jws_sign(alg, private_key))
 
 
-@lru_cache(maxsize=1024)
-def _audience_json(audience: tuple[str, ...]) -> str:
+def check_token_fits(limits: AudienceLimits, issuer: str = "") -> None:
+    """ValueError unless every token within `limits` fits MAX_TOKEN_BYTES (config checks)."""
+    longest = max_token_bytes(limits, issuer)
+    if longest > MAX_TOKEN_BYTES:
+        raise ValueError(
+            f"jwt_max_audiences = {limits.max_audiences} of jwt_max_audience_bytes = "
+            f"{limits.max_audience_bytes} allow tokens of up to {longest} bytes, over the "
+            f"{MAX_TOKEN_BYTES} that validators accept: lower one of them"
+        )
+
+
+_audience_cache: ByteLru[tuple[str, ...], str] = ByteLru(_AUDIENCE_CACHE_BYTES)
+
+
+def _encode_audience(audience: tuple[str, ...]) -> str:
     if not audience or not all(isinstance(a, str) and a for a in audience):
-        raise ValueError(f"audience {audience!r}: expected a non-empty list of non-empty strings")
-    return json.dumps(list(audience), separators=(",", ":"))
+        raise ValueError(
+            f"audience {audience!r:.80}: expected a non-empty list of non-empty strings"
+        )
+    return json.dumps(list(audience), separators=(",", ":"), ensure_ascii=False)
+
+
+def _audience_json(audience: tuple[str, ...]) -> str:
+    """The `aud` claim, as UTF-8 JSON (non-ASCII is not expanded to \\u escapes).
+
+    Charged twice the audience's length: the key holds the same text again."""
+    size = 2 * sum(len(a) for a in audience if isinstance(a, str)) + 64
+    return _audience_cache.get_or_make(audience, _encode_audience, size)
 
 
 def sign_jwt_svid(
@@ -206,9 +305,7 @@ def _json_segment(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
-@lru_cache(maxsize=1024)
-def _parse_header(segment: str) -> tuple[str, str]:
-    """(alg, kid) of an encoded header. Cached: every token of one signing key shares it."""
+def _header(segment: str) -> tuple[str, str]:
     header = _json_segment(segment, "header")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALGORITHMS:
@@ -223,8 +320,20 @@ def _parse_header(segment: str) -> tuple[str, str]:
     return alg, kid
 
 
-# Subjects repeat across tokens; SpiffeId is immutable, and failures are never cached.
-_parse_subject = lru_cache(maxsize=4096)(SpiffeId.parse)
+# Presented tokens choose these keys, so both caches are bounded by bytes. A header is ~100
+# bytes; one of a hostile size is parsed, never kept.
+_headers: ByteLru[str, tuple[str, str]] = ByteLru(256 * 1024, max_item_bytes=2048)
+_subjects: ByteLru[str, SpiffeId] = ByteLru(1024 * 1024)
+
+
+def _parse_header(segment: str) -> tuple[str, str]:
+    """(alg, kid) of an encoded header. Cached: every token of one signing key shares it."""
+    return _headers.get_or_make(segment, _header, 2 * len(segment) + 128)
+
+
+def _parse_subject(sub: str) -> SpiffeId:
+    """Subjects repeat across tokens; SpiffeId is immutable, and failures are never cached."""
+    return _subjects.get_or_make(sub, SpiffeId.parse, 3 * len(sub) + 256)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

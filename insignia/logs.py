@@ -35,8 +35,7 @@ def configure_logging(
 
     Raises ValueError naming the bad level or format. Safe to call more than once (tests do).
     """
-    if level not in get_args(LogLevel):
-        raise ValueError(f"unknown log level {level!r}; expected one of {get_args(LogLevel)}")
+    check_log_level(level)
     if fmt not in get_args(LogFormat):
         raise ValueError(f"unknown log format {fmt!r}; expected one of {get_args(LogFormat)}")
     renderer: Any = (
@@ -44,7 +43,6 @@ def configure_logging(
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -67,11 +65,44 @@ def configure_logging(
             ],
         )
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(numeric)
+    logging.getLogger().handlers[:] = [handler]
+    set_log_level(level)
+
+
+def check_log_level(level: str) -> LogLevel:
+    """`level` if it is one of ours, else ValueError listing them (for CLI and API input)."""
+    for known in get_args(LogLevel):
+        if level == known:
+            return known  # type: ignore[no-any-return]
+    raise ValueError(
+        f"unknown log level {level!r}; expected one of {', '.join(get_args(LogLevel))}"
+    )
+
+
+def set_log_level(level: LogLevel | str) -> None:
+    """Change the level of a running process (the admin sockets' log-level call), at once."""
+    numeric = logging.getLevelNamesMapping()[check_log_level(level).upper()]
+    logging.getLogger().setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+def change_log_level(level: str) -> LogLevel:
+    """`set_log_level` for a running daemon, with one warning line saying so; the line is
+    written under whichever of the two levels is more verbose, so an operator sees it."""
+    new, old = check_log_level(level), current_log_level()
+    more_verbose = get_args(LogLevel).index(new) < get_args(LogLevel).index(old)
+    if more_verbose:
+        set_log_level(new)
+    get_logger(__name__).warning("log level changed", from_level=old, to_level=new)
+    if not more_verbose:
+        set_log_level(new)
+    return new
+
+
+def current_log_level() -> LogLevel:
+    """The level in force (what `set_log_level` or `configure_logging` last set)."""
+    return check_log_level(logging.getLevelName(logging.getLogger().level).lower())
 
 
 def get_logger(name: str) -> Any:

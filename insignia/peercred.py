@@ -1,4 +1,4 @@
-"""Who is calling: kernel-verified credentials of a Unix-socket peer (design.md §3).
+"""Who is calling: kernel-verified credentials of a Unix-socket peer (docs/design-notes.md §3).
 
 grpcio cannot tell a handler the caller's pid or uid, so ``insignia.peercred_front`` accepts
 each connection itself, records the caller here under the unique abstract socket name of its
@@ -11,10 +11,10 @@ after attestation. The executable matters because exec keeps the pid, start time
 process that connects, forks a child sharing the socket and then execs another binary of the
 same user must not hand that child the other binary's identity.
 
-Residual window: what we record is read at accept(), not at connect(). A process that execs
-between its connect() and our accept() (normally microseconds: the front accepts at once) is
-recorded as the new binary, and that is what it gets. Closing that would need the kernel to
-record the executable at connect(), which it does not.
+The executable is read at accept(), not at connect(), and a process may exec in between (the
+window is as long as the accept queue: a flood of throw-away connections makes it
+milliseconds). ``socket_inode`` closes it: ``insignia.socket_holders`` then requires that
+the attested process still holds the connection and shares it only with copies of itself.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
+from insignia.unix_diag import PeerGone, peer_inode
 
 # SO_PEERPIDFD (Linux >= 6.5): a pidfd for the peer taken at connect() time, race-free.
 # Python 3.11's socket module does not name it yet.
@@ -105,8 +107,9 @@ class PeerCredentials:
     its pidfd, start time and executable.
 
     ``start_time`` is field 22 of /proc/<pid>/stat (clock ticks since boot). ``executable``
-    tells an exec apart (see the module docstring). The pidfd stays open for the life of the
-    connection and is closed by the front when it ends.
+    tells an exec apart (see the module docstring). ``socket_inode`` is the inode of the
+    client's end of the connection, as the fd tables in /proc name it. The pidfd stays open
+    for the life of the connection and is closed by the front when it ends.
     """
 
     pid: int
@@ -115,6 +118,7 @@ class PeerCredentials:
     pidfd: PidFd
     start_time: int
     executable: ExecutableId
+    socket_inode: int
 
 
 def parse_start_time(stat_line: str) -> int:
@@ -206,6 +210,10 @@ def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
         raise ProcessGone(pid, "peer is in another pid namespace or has no pid")
     pidfd = peer_pidfd(sock, pid)
     try:
+        try:
+            socket_inode = peer_inode(sock)
+        except PeerGone as exc:
+            raise ProcessGone(pid, str(exc)) from None
         start_time = process_start_time(pid)
         executable = process_executable(pid)
         if not pidfd.is_alive():
@@ -214,7 +222,13 @@ def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
         pidfd.close()
         raise
     return PeerCredentials(
-        pid=pid, uid=uid, gid=gid, pidfd=pidfd, start_time=start_time, executable=executable
+        pid=pid,
+        uid=uid,
+        gid=gid,
+        pidfd=pidfd,
+        start_time=start_time,
+        executable=executable,
+        socket_inode=socket_inode,
     )
 
 

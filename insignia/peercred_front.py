@@ -1,4 +1,4 @@
-"""A trio front that gives grpc.aio handlers their caller's pid/uid/gid (design.md §3).
+"""A trio front that gives grpc.aio handlers their caller's pid/uid/gid (docs/design-notes.md §3).
 
 trio owns the public Unix socket. For each accepted connection it records the peer's
 credentials, opens an upstream connection to an internal grpc.aio server (in a 0700
@@ -32,6 +32,7 @@ import trio
 
 from insignia.accepting import accept_retrying
 from insignia.http2_guard import ClientFrameGuard, GuardLimits
+from insignia.instance import claim_socket_path
 from insignia.log_throttle import LogThrottle
 from insignia.logs import get_logger
 from insignia.memory_release import MemoryReleaser
@@ -44,6 +45,7 @@ from insignia.peercred import (
     read_peer_credentials,
 )
 from insignia.runtime import call_asyncio
+from insignia.unix_diag import ForeignNamespace
 
 DEFAULT_MAX_CONNECTIONS = 10_000
 # Bytes a side leaves unread for this long end the connection (FrontLimits.stall_timeout).
@@ -106,6 +108,7 @@ async def _bind_public(path: Path, mode: int, gid: int | None) -> trio.socket.So
             raise NotASocket(path)
     except FileNotFoundError:
         pass
+    claim_socket_path(path)  # the rename below would take a live daemon's socket over
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Short on purpose: a Unix socket path is limited to 107 bytes, and the temporary name must
     # fit wherever the final one does.
@@ -115,7 +118,7 @@ async def _bind_public(path: Path, mode: int, gid: int | None) -> trio.socket.So
         os.chmod(tmp, mode)
         if gid is not None:
             os.chown(tmp, -1, gid)
-        os.rename(tmp, path)  # atomically replaces a stale socket from a previous run
+        os.rename(tmp, path)
         sock.listen(_BACKLOG)
     except BaseException:
         sock.close()
@@ -393,6 +396,12 @@ async def _proxy_connection(
             )
             if held_back is not None:
                 log.warning(event, pid=creds.pid, uid=creds.uid, cause=cause, held_back=held_back)
+    except ForeignNamespace as exc:
+        # An operator problem (the daemon lacks CAP_SYS_ADMIN for callers in other network
+        # namespaces), not a caller's: said at warning level, rate-limited.
+        held_back = warnings.admit("foreign-netns", time.monotonic())
+        if held_back is not None:
+            log.warning("peercred_front.netns_unreadable", error=str(exc), held_back=held_back)
     except (ProcessGone, OSError, ValueError) as exc:
         log.debug("peercred_front.peer_unreadable", error=str(exc))
     finally:

@@ -9,9 +9,7 @@ client, the daemon refuses to start instead of treating every caller as unknown.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import grpc.aio
 import trio
 
 from insignia.files import ensure_private_dir
+from insignia.instance import claim_socket_path
 from insignia.peercred import CallerTable
 from insignia.peercred_front import (
     DEFAULT_LIMITS,
@@ -38,6 +37,7 @@ _SELF_TEST_TIMEOUT = 10.0
 DEFAULT_SERVER_OPTIONS: dict[str, Any] = {
     "grpc.server_handshake_timeout_ms": 10_000,
     "grpc.max_concurrent_streams": 100,
+    "grpc.so_reuseport": 0,
 }
 
 
@@ -53,9 +53,7 @@ async def start_upstream_server(
     ``await call_asyncio(server.stop, grace)``.
     """
     ensure_private_dir(upstream_path.parent)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(upstream_path).st_mode):
-            os.unlink(upstream_path)
+    claim_socket_path(upstream_path)  # grpc would unlink it, even under a live server
 
     async def start() -> grpc.aio.Server:
         server = grpc.aio.server(options=list({**DEFAULT_SERVER_OPTIONS, **dict(options)}.items()))
@@ -168,6 +166,7 @@ async def serve_grpc_with_peercred(
     for in-flight RPCs while the front still proxies them, and only then closes the front.
     """
     upstream_path = private_dir / "grpc.sock"
+    claim_socket_path(public_path)  # first: the refusal names the path operators configured
     server = await start_upstream_server(
         upstream_path, [*handlers, probe_handler(table)], options=server_options
     )

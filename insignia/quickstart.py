@@ -21,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from insignia.instance import InstanceConflict, lock_data_dir
+
 TRUST_DOMAIN = "example.org"
 START_TIMEOUT = 60.0
 
@@ -261,6 +263,21 @@ def main() -> int:
         print("quickstart cannot run yet; missing: " + ", ".join(missing), file=sys.stderr)
         return 1
     root = Path(os.environ.get("INSIGNIA_QUICKSTART_DIR", ".insignia")).resolve()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        lock = lock_data_dir(root)  # held until we exit: a second quickstart must not start
+    except InstanceConflict as exc:
+        print(
+            f"quickstart is already running in {root} (pid {exc.holder}); use that one, or "
+            "stop it (Ctrl-C) before starting another",
+            file=sys.stderr,
+        )
+        return 1
+    with lock:
+        return _run(bin_dir, root)
+
+
+def _run(bin_dir: Path, root: Path) -> int:
     layout = Layout(root)
     # A previous run's sockets and server state are replaced; the agent re-attests.
     for stale in (layout.root / "run", layout.agent_data, layout.server_data):

@@ -1,6 +1,6 @@
 """trio as a guest of asyncio, so trio logic and grpc.aio share one thread.
 
-grpc.aio needs asyncio; all our logic is trio (design.md §2). Trio runs in guest mode on
+grpc.aio needs asyncio; all our logic is trio (docs/design-notes.md §2). Trio runs in guest mode on
 asyncio's loop, so both sides run on one thread and trio-owned state needs no locks. Calls
 cross the boundary in both directions with cancellation mirrored:
 

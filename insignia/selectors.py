@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from insignia.shown import shown
+
 MAX_VALUE_LENGTH: Final = 1024
 _TYPE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -18,7 +20,7 @@ class InvalidSelector(ValueError):
     def __init__(self, value: str, reason: str) -> None:
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid selector {value!r}: {reason}")
+        super().__init__(f"invalid selector {shown(value)}: {reason}")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -38,7 +40,7 @@ class Selector:
         if not self.value:
             raise InvalidSelector(text, "value is empty")
         if len(self.value) > MAX_VALUE_LENGTH:
-            raise InvalidSelector(text[:64] + "...", f"value longer than {MAX_VALUE_LENGTH}")
+            raise InvalidSelector(text, f"value longer than {MAX_VALUE_LENGTH}")
         if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in self.value):
             raise InvalidSelector(text, "value contains control characters")
 
@@ -59,5 +61,7 @@ def canonical(selectors: Iterable[Selector]) -> tuple[Selector, ...]:
 
 
 def matches(entry_selectors: Iterable[Selector], workload_selectors: Iterable[Selector]) -> bool:
+    """The one selector rule: an entry (or alias) applies when every one of its selectors is
+    among the caller's (workload or node), and an entry without selectors never applies."""
     required = frozenset(entry_selectors)
     return bool(required) and required <= frozenset(workload_selectors)

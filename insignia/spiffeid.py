@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from insignia.shown import shown
+
 SCHEME_PREFIX: Final = "spiffe://"
 MAX_ID_BYTES: Final = 2048
 MAX_TRUST_DOMAIN_LENGTH: Final = 255
@@ -26,7 +28,7 @@ class InvalidSpiffeId(ValueError):
     def __init__(self, value: str, reason: str) -> None:
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid SPIFFE ID {value!r}: {self.part}: {reason}")
+        super().__init__(f"invalid SPIFFE ID {shown(value)}: {self.part}: {reason}")
 
 
 class InvalidScheme(InvalidSpiffeId):
@@ -131,14 +133,14 @@ class SpiffeId:
             raise InvalidPath(self.path, "must start with '/'")
         _check_path(self.path, str(self))
         if len(str(self).encode()) > MAX_ID_BYTES:
-            raise SpiffeIdTooLong(str(self)[:64] + "...", f"longer than {MAX_ID_BYTES} bytes")
+            raise SpiffeIdTooLong(str(self), f"longer than {MAX_ID_BYTES} bytes")
 
     @classmethod
     def parse(cls, text: str) -> SpiffeId:
         if not isinstance(text, str):
             raise InvalidSpiffeId(repr(text), "must be a string")
         if len(text.encode()) > MAX_ID_BYTES:
-            raise SpiffeIdTooLong(text[:64] + "...", f"longer than {MAX_ID_BYTES} bytes")
+            raise SpiffeIdTooLong(text, f"longer than {MAX_ID_BYTES} bytes")
         if not text:
             raise InvalidScheme(text, "is empty")
         if not text.startswith(SCHEME_PREFIX):

@@ -1,7 +1,7 @@
 """The SPIFFE Workload API on the wire: exact service path, handlers and client calls.
 
 Our messages live in the proto package ``insignia.workload`` so they can share a process
-with py-spiffe's package-less copy (design.md §1). The generated stubs would therefore
+with py-spiffe's package-less copy (docs/design-notes.md §1). The generated stubs would therefore
 serve ``/insignia.workload.SpiffeWorkloadAPI/...``; the public API is
 ``/SpiffeWorkloadAPI/...``. This module registers and calls the public paths; never use the
 generated ``add_SpiffeWorkloadAPIServicer_to_server`` or ``SpiffeWorkloadAPIStub``.

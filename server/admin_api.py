@@ -16,7 +16,7 @@ import grpc
 from insignia_proto import admin_pb2, admin_pb2_grpc
 
 from insignia.bundle import Bundle
-from insignia.logs import get_logger
+from insignia.logs import change_log_level, current_log_level, get_logger
 from insignia.peercred import CallerTable
 from insignia.selectors import InvalidSelector, Selector
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId
@@ -65,8 +65,17 @@ class AdminApi:
         self.allowed = {0, os.geteuid(), *admin_uids}
 
     async def _run(
-        self, context: Context, method: str, what: str, fn: Callable[[], Awaitable[T]]
+        self,
+        context: Context,
+        method: str,
+        what: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        routine: bool = False,
     ) -> T:
+        """Authorize, run and audit one call. A `routine` call (health probes, polled every few
+        seconds by monitoring) is audited at debug when it succeeds, so it does not bury the
+        calls that change something."""
         creds = await self.callers.caller_or_abort(context)
         who = {"uid": creds.uid, "pid": creds.pid}
         if creds.uid not in self.allowed:
@@ -86,7 +95,9 @@ class AdminApi:
                 "admin call", **who, method=method, what=what, result=code.name, error=str(exc)
             )
             await context.abort(code, str(exc))
-        audit.info("admin call", **who, method=method, what=what, result="OK")
+        (audit.debug if routine else audit.info)(
+            "admin call", **who, method=method, what=what, result="OK"
+        )
         return result
 
     # --- entries --------------------------------------------------------------------------
@@ -129,6 +140,11 @@ class AdminApi:
             return entry_to_proto(await self.core.blocking(self.core.store.get_entry, request.id))
 
         return await self._run(context, "GetEntry", request.id, run)
+
+    async def CountEntries(
+        self, request: admin_pb2.CountRequest, context: Context
+    ) -> admin_pb2.CountResponse:
+        return await self._count(context, "CountEntries", self.core.store.count_entries)
 
     async def UpdateEntry(
         self, request: admin_pb2.UpdateEntryRequest, context: Context
@@ -204,6 +220,11 @@ class AdminApi:
 
         return await self._run(context, "GetAgent", request.id, run)
 
+    async def CountAgents(
+        self, request: admin_pb2.CountRequest, context: Context
+    ) -> admin_pb2.CountResponse:
+        return await self._count(context, "CountAgents", self.core.store.count_agents)
+
     async def EvictAgent(
         self, request: admin_pb2.AgentRequest, context: Context
     ) -> admin_pb2.Agent:
@@ -240,6 +261,19 @@ class AdminApi:
 
         return await self._run(context, "GetBundle", "", run)
 
+    async def CountBundles(
+        self, request: admin_pb2.CountRequest, context: Context
+    ) -> admin_pb2.CountResponse:
+        return await self._count(context, "CountBundles", self.core.store.count_bundles)
+
+    async def _count(
+        self, context: Context, method: str, count: Callable[[], int]
+    ) -> admin_pb2.CountResponse:
+        async def run() -> admin_pb2.CountResponse:
+            return admin_pb2.CountResponse(count=await self.core.blocking(count))
+
+        return await self._run(context, method, "", run)
+
     async def MintX509SVID(
         self, request: admin_pb2.MintX509SVIDRequest, context: Context
     ) -> admin_pb2.MintX509SVIDResponse:
@@ -275,6 +309,7 @@ class AdminApi:
                 list(request.audience),
                 ttl,
                 self.core.clock(),
+                self.core.config.audience_limits,
                 self.core.config.jwt_issuer,
             )
             self.core.metrics.svids_signed.labels("jwt").inc()
@@ -345,7 +380,26 @@ class AdminApi:
             reason = await self.core.blocking(self.core.readiness)
             return admin_pb2.HealthResponse(ready=reason is None, reason=reason or "")
 
-        return await self._run(context, "Health", "", run)
+        return await self._run(context, "Health", "", run, routine=True)
+
+    # --- logging ------------------------------------------------------------------------------
+
+    async def GetLogLevel(
+        self, request: admin_pb2.GetLogLevelRequest, context: Context
+    ) -> admin_pb2.LogLevel:
+        async def run() -> admin_pb2.LogLevel:
+            return admin_pb2.LogLevel(level=current_log_level())
+
+        return await self._run(context, "GetLogLevel", "", run)
+
+    async def SetLogLevel(
+        self, request: admin_pb2.SetLogLevelRequest, context: Context
+    ) -> admin_pb2.LogLevel:
+        async def run() -> admin_pb2.LogLevel:
+            change_log_level(request.level)
+            return admin_pb2.LogLevel(level=current_log_level())
+
+        return await self._run(context, "SetLogLevel", request.level, run)
 
 
 def _kind(request: admin_pb2.AuthorityRequest) -> str:

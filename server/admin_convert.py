@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from insignia_proto import admin_pb2
 
 from server.datastore.records import AgentRecord
-from server.entries import EntryLimits, RegistrationEntry, validate_entry
+from server.entries import EntryLimits, RegistrationEntry, expires_at_from_unix, validate_entry
 from server.rotation import AuthorityRecord
 
 
@@ -50,7 +50,7 @@ def entry_from_proto(
         hint=message.hint,
         admin=message.admin,
         downstream=message.downstream,
-        expires_at=datetime.fromtimestamp(message.expires_at, UTC) if message.expires_at else None,
+        expires_at=expires_at_from_unix(message.expires_at),
         entry_id=(message.id or None) if keep_id else None,
     )
 

@@ -7,6 +7,7 @@ agent SVID (the serial the agents table holds), not evicted, not banned.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -14,12 +15,13 @@ from datetime import timedelta
 import grpc
 from insignia_proto import agent_pb2
 
+from insignia.jwtsvid import InvalidAudience
+from insignia.rpc_refusal import refuse
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 from server.core import ServerCore, log
 from server.entries import is_agent_id
 from server.node_attestation import attest_agent
-from server.ratelimit import peer_ip
 from server.rpc_errors import hide_internal_errors
 from server.signer_pool import SignOutcome, SignRequest
 from server.signing import (
@@ -87,15 +89,17 @@ class AgentApi:
             )
         return agent_id, serial, fingerprint
 
-    async def _limit(self, context: Context, kind: str, cost: float) -> None:
-        """Per client IP, X.509 and JWT signing have separate budgets (`*_signing_rate`)."""
-        ip = peer_ip(context.peer())
+    async def _limit(self, context: Context, agent_id: SpiffeId, kind: str, cost: float) -> None:
+        """Per agent, X.509 and JWT signing have separate budgets (`*_signing_rate`): keyed by
+        the agent's ID, not its address, so agents behind one address (a NAT, one host) do
+        not share one budget, and one agent's flood costs only that agent."""
         limiter = self.core.signing_limiters[kind]
-        if not limiter.try_acquire(ip, time.monotonic(), cost):
+        key = str(agent_id)
+        if not limiter.try_acquire(key, time.monotonic(), cost):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{kind} signing rate limit for {ip} exceeded; retry in "
-                f"{limiter.retry_after(ip, cost):.2f}s",
+                f"{kind} signing rate limit for agent {key} exceeded; retry in "
+                f"{limiter.retry_after(key, cost):.2f}s",
             )
 
     def _unauthorized(self, kind: str, entry_id: str, agent_id: SpiffeId) -> str:
@@ -116,7 +120,7 @@ class AgentApi:
     ) -> agent_pb2.RenewAgentResponse:
         with self.core.metrics.rpc(SERVICE, "RenewAgent") as outcome:
             agent_id, _, _ = await self._caller(context)
-            await self._limit(context, "x509", 1)
+            await self._limit(context, agent_id, "x509", 1)
             try:
                 signed = sign_x509_svid(
                     self.core.authorities.state.active_x509(),
@@ -175,8 +179,15 @@ class AgentApi:
             history.remember(view)
             for part in split_update(update):
                 await context.write(part)
+            heartbeat = core.config.agent_api.sync_heartbeat_interval.total_seconds()
             while True:
-                await changed.wait()
+                try:
+                    await asyncio.wait_for(changed.wait(), heartbeat)
+                except TimeoutError:  # idle: tell the agent we (and the stream) are alive
+                    await context.write(
+                        agent_pb2.SyncUpdate(store_id=model.store_id, heartbeat=True)
+                    )
+                    continue
                 changed.clear()
                 problem = model.check_agent(agent_id, serial, fingerprint)
                 if problem is not None:
@@ -201,7 +212,7 @@ class AgentApi:
     ) -> agent_pb2.BatchNewX509SVIDResponse:
         with self.core.metrics.rpc(SERVICE, "BatchNewX509SVID"):
             agent_id, _, _ = await self._caller(context)
-            await self._limit(context, "x509", max(1, len(request.params)))
+            await self._limit(context, agent_id, "x509", max(1, len(request.params)))
             authorized = self.core.model.authorized(agent_id, self.core.clock())
             results: list[agent_pb2.X509SVIDResult | None] = []
             requests: list[SignRequest] = []
@@ -237,9 +248,17 @@ class AgentApi:
     async def BatchNewJWTSVID(
         self, request: agent_pb2.BatchNewJWTSVIDRequest, context: Context
     ) -> agent_pb2.BatchNewJWTSVIDResponse:
-        with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID"):
+        with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID") as outcome:
             agent_id, _, _ = await self._caller(context)
-            await self._limit(context, "jwt", max(1, len(request.params)))
+            limits = self.core.config.audience_limits
+            for params in request.params:
+                try:
+                    limits.check(params.audience)
+                except InvalidAudience as exc:
+                    outcome[0] = "INVALID_ARGUMENT"
+                    refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    return agent_pb2.BatchNewJWTSVIDResponse()
+            await self._limit(context, agent_id, "jwt", max(1, len(request.params)))
             now = self.core.clock()
             authorized = self.core.model.authorized(agent_id, now)
             state = self.core.authorities.state
@@ -261,6 +280,7 @@ class AgentApi:
                         list(params.audience),
                         ttl or self.core.config.default_jwt_svid_ttl,
                         now,
+                        limits,
                         self.core.config.jwt_issuer,
                     )
                 except (SigningRefused, NoActiveAuthority) as exc:

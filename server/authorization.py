@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from insignia.selectors import Selector
+from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId
 from server.entries import RegistrationEntry
 
@@ -102,7 +102,7 @@ class EntryIndex:
         found: list[RegistrationEntry] = []
         for selector in node_selectors:
             for alias in self._aliases_by_key.get(selector, {}).values():
-                if node_selectors.issuperset(alias.selectors):
+                if matches(alias.selectors, node_selectors):
                     found.append(alias)
         return found
 
@@ -153,7 +153,7 @@ class EntryIndex:
                 reached.update(
                     agent
                     for agent, selectors in agents.items()
-                    if current.selectors and selectors.issuperset(current.selectors)
+                    if matches(current.selectors, selectors)
                 )
                 continue
             parent = current.parent_id

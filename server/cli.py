@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, get_args
 
 import click
 from insignia_proto import admin_pb2
 
 from insignia import __version__
+from insignia.cli_options import log_level_option, option
 from insignia.config import CONFIG_EXIT_CODE, ConfigError
-from insignia.logs import configure_logging
-from insignia.runtime import first_leaf
+from insignia.logs import LogLevel, configure_logging
 from insignia.runtime import run as run_trio
+from insignia.startup import run_reporting_failures
 from server.cli_client import admin_options, call, emit
 from server.cli_commands import agent, authority, bundle, jwt, token, x509
 from server.cli_entry import entry
@@ -27,33 +28,47 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
+@option(
     "--config",
+    "-config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
     required=True,
     help="Server config file (TOML); see server/server.sample.toml.",
 )
-def run(config_path: Path) -> None:
+@log_level_option
+def run(config_path: Path, log_level: str | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
     try:
         config = load_server_config(config_path)
-        configure_logging(config.log.level, config.log.format)
+        configure_logging(log_level or config.log.level, config.log.format)
     except (ConfigError, ValueError) as exc:
         _config_failure(exc)
     from server.daemon import run_daemon  # heavy imports only when running
 
+    run_reporting_failures(
+        "error: ", config_path, lambda: run_trio(run_daemon, config, config_path)
+    )
+
+
+@main.command()
+@option(
+    "--config",
+    "-config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Server config file (TOML) to check.",
+)
+def validate(config_path: Path) -> None:
+    """Check a config as `run` would, without starting anything: "config OK", or exit 2."""
+    from server.validate import check_server_config
+
     try:
-        run_trio(run_daemon, config, config_path)
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        found, _ = group.split(ConfigError)
-        if found is None:
-            raise
-        _config_failure(first_leaf(found))
+        check_server_config(config_path)
     except ConfigError as exc:
         _config_failure(exc)
+    click.echo("config OK")
 
 
 def _config_failure(exc: BaseException) -> NoReturn:
@@ -69,6 +84,28 @@ def healthcheck(socket_path: Path, as_json: bool) -> None:
     emit(as_json, response, lambda: "ready" if response.ready else f"not ready: {response.reason}")
     if not response.ready:
         sys.exit(1)
+
+
+@main.group("log-level")
+def log_level_group() -> None:
+    """The running server's log level (changed until it restarts; the config is not edited)."""
+
+
+@log_level_group.command("show")
+@admin_options
+def log_level_show(socket_path: Path, as_json: bool) -> None:
+    """Print the level in force."""
+    response = call(socket_path, "GetLogLevel", admin_pb2.GetLogLevelRequest())
+    emit(as_json, response, lambda: response.level)
+
+
+@log_level_group.command("set")
+@click.argument("level", type=click.Choice(get_args(LogLevel)))
+@admin_options
+def log_level_set(socket_path: Path, as_json: bool, level: str) -> None:
+    """Switch the running server to LEVEL at once."""
+    response = call(socket_path, "SetLogLevel", admin_pb2.SetLogLevelRequest(level=level))
+    emit(as_json, response, lambda: f"log level is now {response.level}")
 
 
 for command in (entry, token, agent, bundle, x509, jwt, authority):

@@ -13,12 +13,16 @@ import click
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from insignia_proto import admin_pb2_grpc
+from insignia_proto import admin_pb2, admin_pb2_grpc
 
+from insignia.cli_options import option
 from server.config import DEFAULT_ADMIN_SOCKET
 
 F = TypeVar("F", bound=Callable[..., Any])
 CALL_TIMEOUT = 30.0
+# The admin API carries TTLs as int32 seconds: refuse larger ones as a usage error (exit 2,
+# naming the flag), not as a protobuf ValueError traceback.
+MAX_TTL_SECONDS = 2**31 - 1
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -28,8 +32,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def admin_options(fn: F) -> F:
     """--socket and --json for every admin command."""
-    fn = click.option(
+    fn = option(
         "--socket",
+        "-socketPath",
         "socket_path",
         type=click.Path(path_type=Path),
         default=DEFAULT_ADMIN_SOCKET,
@@ -37,8 +42,23 @@ def admin_options(fn: F) -> F:
         envvar="INSIGNIA_SERVER_SOCKET",
         help="Admin API socket of the server.",
     )(fn)
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
-    return fn
+    fn = click.option(
+        "--json", "as_json", is_flag=True, callback=_json_or_spire_output, help="Print JSON."
+    )(fn)
+    return click.option(  # SPIRE's `-output json|pretty`; given, it is processed before --json
+        "-output",
+        type=click.Choice(["json", "pretty"]),
+        hidden=True,
+        expose_value=False,
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__(_OUTPUT, value),
+    )(fn)
+
+
+_OUTPUT = "insignia.spire_output"
+
+
+def _json_or_spire_output(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    return value or ctx.meta.get(_OUTPUT) == "json"
 
 
 @contextmanager
@@ -74,3 +94,15 @@ def to_dict(message: Message) -> dict[str, Any]:
 
 def emit(as_json: bool, message: Message, text: Callable[[], str]) -> None:
     click.echo(json.dumps(to_dict(message), indent=2) if as_json else text())
+
+
+def count_command(group: click.Group, method: str, noun: str, plural: str) -> None:
+    """`GROUP count`: the datastore's COUNT, printed as "N <noun|plural>" (or {"count": N})."""
+
+    @group.command("count", help=f"Print how many {plural} there are.")
+    @admin_options
+    def command(socket_path: Path, as_json: bool) -> None:
+        response = call(socket_path, method, admin_pb2.CountRequest())
+        emit(
+            as_json, response, lambda: f"{response.count} {noun if response.count == 1 else plural}"
+        )

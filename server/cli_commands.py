@@ -11,10 +11,20 @@ from cryptography.hazmat.primitives import serialization
 from insignia_proto import admin_pb2
 
 from insignia.bundle import load_der_certificates
+from insignia.cli_options import id_argument, option
 from insignia.files import atomic_write
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
 from insignia.spiffeid import SpiffeId
-from server.cli_client import admin_options, call, emit, fail, to_dict
+from insignia.times import format_time
+from server.cli_client import (
+    MAX_TTL_SECONDS,
+    admin_options,
+    call,
+    count_command,
+    emit,
+    fail,
+    to_dict,
+)
 
 
 @click.group()
@@ -23,8 +33,13 @@ def token() -> None:
 
 
 @token.command("generate")
-@click.option("--spiffe-id", help="Also create an entry giving the agent this ID.")
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default: join_token_ttl).")
+@option("--spiffe-id", "-spiffeID", help="Also create an entry giving the agent this ID.")
+@option(
+    "--ttl",
+    "-ttl",
+    type=click.IntRange(min=1, max=MAX_TTL_SECONDS),
+    help="Seconds (default: join_token_ttl).",
+)
 @admin_options
 def token_generate(
     socket_path: Path, as_json: bool, spiffe_id: str | None, ttl: int | None
@@ -46,7 +61,8 @@ def _agent_text(a: admin_pb2.Agent) -> str:
             f"Agent ID     : {a.id}",
             f"Attestor     : {a.attestor}",
             f"SVID serial  : {a.serial}",
-            f"Expires at   : {a.expires_at}",
+            f"Attested at  : {format_time(a.attested_at)}",
+            f"Expires at   : {format_time(a.expires_at)}",
             f"Banned       : {str(a.banned).lower()}",
             f"Reattestable : {str(a.reattestable).lower()}",
             *[f"Selector     : {s}" for s in a.selectors],
@@ -71,7 +87,7 @@ def agent_list(socket_path: Path, as_json: bool) -> None:
 
 def _agent_action(name: str, method: str, help_text: str) -> click.Command:
     @agent.command(name, help=help_text)
-    @click.argument("agent_id")
+    @id_argument("agent_id", "-spiffeID")
     @admin_options
     def command(socket_path: Path, as_json: bool, agent_id: str) -> None:
         response = call(socket_path, method, admin_pb2.AgentRequest(id=agent_id))
@@ -80,6 +96,7 @@ def _agent_action(name: str, method: str, help_text: str) -> click.Command:
     return command
 
 
+count_command(agent, "CountAgents", "attested agent", "attested agents")
 _agent_action("show", "GetAgent", "Show one agent.")
 _agent_action("evict", "EvictAgent", "Forget an agent: it must attest again.")
 _agent_action("ban", "BanAgent", "Refuse an agent for good.")
@@ -91,8 +108,13 @@ def bundle() -> None:
 
 
 @bundle.command("show")
-@click.option(
-    "--format", "fmt", type=click.Choice(["pem", "spiffe"]), default="pem", show_default=True
+@option(
+    "--format",
+    "-format",
+    "fmt",
+    type=click.Choice(["pem", "spiffe"]),
+    default="pem",
+    show_default=True,
 )
 @admin_options
 def bundle_show(socket_path: Path, as_json: bool, fmt: str) -> None:
@@ -106,18 +128,27 @@ def bundle_show(socket_path: Path, as_json: bool, fmt: str) -> None:
         click.echo(response.spiffe_bundle.decode())
 
 
+count_command(bundle, "CountBundles", "bundle", "bundles")
+
+
 @click.group()
 def x509() -> None:
     """X509-SVIDs."""
 
 
 @x509.command("mint")
-@click.option("--spiffe-id", required=True)
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default_x509_svid_ttl).")
-@click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat).")
+@option("--spiffe-id", "-spiffeID", required=True)
+@option(
+    "--ttl",
+    "-ttl",
+    type=click.IntRange(min=1, max=MAX_TTL_SECONDS),
+    help="Seconds (default_x509_svid_ttl).",
+)
+@option("--dns", "-dns", "dns_names", multiple=True, help="DNS SAN (repeat).")
 @click.option("--key-type", type=click.Choice([k.value for k in KeyType]), default="ec-p256")
-@click.option(
+@option(
     "--write",
+    "-write",
     "write_dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Write svid.pem, svid.key and bundle.pem here instead of printing.",
@@ -182,9 +213,14 @@ def jwt() -> None:
 
 
 @jwt.command("mint")
-@click.option("--spiffe-id", required=True)
-@click.option("--audience", multiple=True, required=True, help="Audience (repeat).")
-@click.option("--ttl", type=click.IntRange(min=1), help="Seconds (default_jwt_svid_ttl).")
+@option("--spiffe-id", "-spiffeID", required=True)
+@option("--audience", "-audience", multiple=True, required=True, help="Audience (repeat).")
+@option(
+    "--ttl",
+    "-ttl",
+    type=click.IntRange(min=1, max=MAX_TTL_SECONDS),
+    help="Seconds (default_jwt_svid_ttl).",
+)
 @admin_options
 def jwt_mint(
     socket_path: Path, as_json: bool, spiffe_id: str, audience: tuple[str, ...], ttl: int | None
@@ -217,7 +253,7 @@ def _pem(der: bytes) -> bytes:
 
 def _authority_text(a: admin_pb2.Authority) -> str:
     flag = " tainted" if a.tainted else ""
-    return f"{a.authority_id}  {a.state}{flag}  not_after={a.not_after}"
+    return f"{a.authority_id}  {a.state}{flag}  not after {format_time(a.not_after)}"
 
 
 def _authority_group(kind: str, value: int) -> None:

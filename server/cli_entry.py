@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
-from server.cli_client import admin_options, call, emit, fail, to_dict
+from insignia.cli_options import TimeParam, id_argument, option
+from insignia.selectors import InvalidSelector
+from insignia.spiffeid import SpiffeId
+from insignia.times import format_time
+from server.cli_client import (
+    CALL_TIMEOUT,
+    MAX_TTL_SECONDS,
+    admin_options,
+    admin_stub,
+    call,
+    count_command,
+    emit,
+    fail,
+    to_dict,
+)
+from server.entries import SERVER_PATH
 
 
 def _entry_text(e: admin_pb2.Entry) -> str:
@@ -32,27 +49,50 @@ def _entry_text(e: admin_pb2.Entry) -> str:
     if e.downstream:
         lines.append("Downstream     : true")
     if e.expires_at:
-        lines.append(f"Expires at     : {e.expires_at}")
+        lines.append(f"Expires at     : {format_time(e.expires_at)}")
+    if e.created_at:
+        lines.append(f"Created at     : {format_time(e.created_at)}")
     return "\n".join(lines)
 
 
 def entry_fields(fn: Any) -> Any:
-    for option in reversed(
+    for decorator in reversed(
         [
-            click.option("--spiffe-id", help="SPIFFE ID the entry issues."),
-            click.option("--parent-id", help="Agent ID, node alias ID or parent workload ID."),
-            click.option("--selector", "selectors", multiple=True, help="type:value (repeat)."),
-            click.option("--x509-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
-            click.option("--jwt-svid-ttl", type=click.IntRange(min=0), help="Seconds."),
-            click.option("--dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
-            click.option("--hint", help="Hint for workloads holding several SVIDs."),
-            click.option("--federates-with", multiple=True, help="Trust domain (repeat)."),
-            click.option("--admin/--no-admin", default=None, help="Admin workload."),
-            click.option("--downstream/--no-downstream", default=None, help="Downstream."),
-            click.option("--expires-at", type=click.IntRange(min=0), help="Unix seconds."),
+            option("--spiffe-id", "-spiffeID", help="SPIFFE ID the entry issues."),
+            option(
+                "--parent-id", "-parentID", help="Agent ID, node alias ID or parent workload ID."
+            ),
+            option(
+                "--selector", "-selector", "selectors", multiple=True, help="type:value (repeat)."
+            ),
+            option(
+                "--x509-svid-ttl",
+                "-x509SVIDTTL",
+                type=click.IntRange(min=0, max=MAX_TTL_SECONDS),
+                help="Seconds.",
+            ),
+            option(
+                "--jwt-svid-ttl",
+                "-jwtSVIDTTL",
+                type=click.IntRange(min=0, max=MAX_TTL_SECONDS),
+                help="Seconds.",
+            ),
+            option("--dns", "-dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
+            option("--hint", "-hint", help="Hint for workloads holding several SVIDs."),
+            option(
+                "--federates-with", "-federatesWith", multiple=True, help="Trust domain (repeat)."
+            ),
+            option("--admin/--no-admin", default=None, help="Admin workload."),
+            option("--downstream/--no-downstream", default=None, help="Downstream."),
+            option(
+                "--expires-at",
+                "-entryExpiry",
+                type=TimeParam(),
+                help="RFC 3339 (2026-12-04T09:00:00Z), +DURATION from now (+30d), or Unix seconds.",
+            ),
         ]
     ):
-        fn = option(fn)
+        fn = decorator(fn)
     return fn
 
 
@@ -81,10 +121,65 @@ def _load_file(path: Path) -> list[admin_pb2.Entry]:
     entries = []
     for i, item in enumerate(items):
         try:
-            entries.append(ParseDict(item, admin_pb2.Entry()))
-        except ParseError as exc:
+            entries.append(ParseDict(_from_spire(item), admin_pb2.Entry()))
+        except (ParseError, ValueError) as exc:
             fail(f"{path}: entries[{i}]: {exc}")
     return entries
+
+
+def _from_spire(item: Any) -> Any:
+    """SPIRE's entry JSON (`spire-server entry create -data`) in our format: selectors as
+    {"type": "unix", "value": "uid:1001"} objects, IDs as strings or {"trust_domain", "path"}.
+    Our own format (selectors as "type:value" strings) passes through unchanged."""
+    if not isinstance(item, dict):
+        return item
+    out = dict(item)
+    for key in ("spiffe_id", "parent_id"):
+        value = out.get(key)
+        if isinstance(value, dict):
+            td, spiffe_path = value.get("trust_domain"), value.get("path", "")
+            if not isinstance(td, str) or not isinstance(spiffe_path, str):
+                raise ValueError(f'{key}: expected "spiffe://..." or {{"trust_domain", "path"}}')
+            out[key] = f"spiffe://{td}{spiffe_path}"
+    selectors = out.get("selectors")
+    if isinstance(selectors, list):
+        out["selectors"] = [_selector_text(s) for s in selectors]
+    return out
+
+
+def _selector_text(selector: Any) -> Any:
+    if not isinstance(selector, dict):
+        return selector
+    kind, value = selector.get("type"), selector.get("value")
+    if (
+        not isinstance(kind, str)
+        or not isinstance(value, str)
+        or set(selector) != {"type", "value"}
+    ):
+        raise ValueError(f'selector {json.dumps(selector)}: expected {{"type": ..., "value": ...}}')
+    return f"{kind}:{value}"
+
+
+def _check(entries: list[admin_pb2.Entry]) -> None:
+    """Refuse, before anything is sent, what the server would store but no agent could ever
+    match: a selector the installed attestors never emit, or a federated trust domain (this
+    server has no federation yet, so no trust domain is known)."""
+    from attestors.registry import check_entry_selector, installed_selector_keys
+
+    known = installed_selector_keys()
+    for i, e in enumerate(entries):
+        where = f"entries[{i}]: " if len(entries) > 1 else ""
+        for text in e.selectors:
+            try:
+                check_entry_selector(text, known)
+            except InvalidSelector as exc:
+                fail(f"{where}{exc}", 2)
+        for td in e.federates_with:
+            fail(
+                f"{where}--federates-with {td!r}: unknown trust domain: federation is not "
+                "configured on this server, so no entry can federate with another trust domain",
+                2,
+            )
 
 
 @click.group()
@@ -94,11 +189,13 @@ def entry() -> None:
 
 @entry.command("create")
 @entry_fields
-@click.option(
+@option(
     "--file",
+    "-data",
     "file_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Create every entry in this JSON file, all or none.",
+    help='Create every entry in this JSON file, all or none: {"entries": [...]} in our '
+    "format or SPIRE's (`spire-server entry create -data`).",
 )
 @admin_options
 def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: Any) -> None:
@@ -112,15 +209,51 @@ def create(socket_path: Path, as_json: bool, file_path: Path | None, **fields: A
             if not fields[required]:
                 fail(f"--{required.replace('_', '-').rstrip('s')} is required")
         entries = [_apply(admin_pb2.Entry(), fields)]
+    _check(entries)
     response = call(socket_path, "CreateEntries", admin_pb2.CreateEntriesRequest(entries=entries))
     emit(as_json, response, lambda: "\n".join(e.id for e in response.entries))
+    for parent in _unknown_parents(socket_path, response.entries):
+        click.echo(
+            f"warning: parent ID {parent} names no attested agent, node alias or entry: "
+            "no agent receives this entry until one does (check --parent-id)",
+            err=True,
+        )
+
+
+def _unknown_parents(socket_path: Path, entries: Iterable[admin_pb2.Entry]) -> list[str]:
+    """Parents that are neither the server (node aliases), an attested agent nor another
+    entry's SPIFFE ID: such an entry is stored but never served, usually a typo."""
+    unknown = []
+    with admin_stub(socket_path) as stub:
+        for parent in dict.fromkeys(e.parent_id for e in entries):
+            if SpiffeId.parse(parent).path == SERVER_PATH:
+                continue
+            try:
+                stub.GetAgent(admin_pb2.AgentRequest(id=parent), timeout=CALL_TIMEOUT)
+                continue
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    continue  # unknown rather than missing: say nothing rather than guess
+            try:
+                request = admin_pb2.ListEntriesRequest(spiffe_id=parent)
+                found = stub.ListEntries(request, timeout=CALL_TIMEOUT).entries
+            except grpc.RpcError:
+                continue
+            if not found:
+                unknown.append(parent)
+    return unknown
+
+
+count_command(entry, "CountEntries", "registration entry", "registration entries")
 
 
 @entry.command("show")
-@click.option("--id", "entry_id", help="Show only this entry.")
-@click.option("--spiffe-id", help="Only entries with this SPIFFE ID.")
-@click.option("--parent-id", help="Only entries with this parent ID.")
-@click.option("--selector", "selectors", multiple=True, help="Only entries holding all of these.")
+@option("--id", "-entryID", "entry_id", help="Show only this entry.")
+@option("--spiffe-id", "-spiffeID", help="Only entries with this SPIFFE ID.")
+@option("--parent-id", "-parentID", help="Only entries with this parent ID.")
+@option(
+    "--selector", "-selector", "selectors", multiple=True, help="Only entries holding all of these."
+)
 @admin_options
 def show(
     socket_path: Path,
@@ -147,7 +280,7 @@ def show(
 
 
 @entry.command("update")
-@click.argument("entry_id")
+@id_argument("entry_id", "-entryID")
 @entry_fields
 @admin_options
 def update(socket_path: Path, as_json: bool, entry_id: str, **fields: Any) -> None:
@@ -155,13 +288,14 @@ def update(socket_path: Path, as_json: bool, entry_id: str, **fields: Any) -> No
     current = call(socket_path, "GetEntry", admin_pb2.GetEntryRequest(id=entry_id))
     revision = current.revision
     changed = _apply(current, fields)
+    _check([changed])
     request = admin_pb2.UpdateEntryRequest(entry=changed, expected_revision=revision)
     response = call(socket_path, "UpdateEntry", request)
     emit(as_json, response, lambda: _entry_text(response))
 
 
 @entry.command("delete")
-@click.argument("entry_id")
+@id_argument("entry_id", "-entryID")
 @admin_options
 def delete(socket_path: Path, as_json: bool, entry_id: str) -> None:
     """Delete ENTRY_ID."""

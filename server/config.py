@@ -23,6 +23,12 @@ from insignia.config import (
     expect_text,
     load_toml,
 )
+from insignia.jwtsvid import (
+    DEFAULT_MAX_AUDIENCE_BYTES,
+    DEFAULT_MAX_AUDIENCES,
+    AudienceLimits,
+    check_token_fits,
+)
 from insignia.keys import KeyType
 from insignia.spiffeid import TrustDomain
 
@@ -51,6 +57,8 @@ class AgentApiConfig(StrictModel, frozen=True, kw_only=True):
     # The attestation port is unauthenticated: bound what a peer can hold there.
     attestation_timeout: PositiveDuration = PositiveDuration(seconds=30)
     max_concurrent_attestations: Annotated[int, Meta(ge=1)] = 256
+    # An idle Sync stream carries a heartbeat this often, so agents know the server is there.
+    sync_heartbeat_interval: PositiveDuration = PositiveDuration(seconds=5)
     # Worker processes for large X.509 signing batches; -1 = one per CPU (none on one CPU).
     signing_processes: Annotated[int, Meta(ge=-1, le=64)] = -1
 
@@ -114,6 +122,9 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     default_x509_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
     default_jwt_svid_ttl: PositiveDuration = PositiveDuration(minutes=5)
     jwt_issuer: str = ""
+    # What one JWT-SVID request may ask for (agents and `jwt mint`): see AudienceLimits.
+    jwt_max_audiences: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCES
+    jwt_max_audience_bytes: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCE_BYTES
     agent_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
     agent_api: AgentApiConfig = field(default_factory=AgentApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -129,6 +140,11 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
         api = self.agent_api
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
+        check_token_fits(self.audience_limits, self.jwt_issuer)
+
+    @property
+    def audience_limits(self) -> AudienceLimits:
+        return AudienceLimits(self.jwt_max_audiences, self.jwt_max_audience_bytes)
 
     @property
     def td(self) -> TrustDomain:

@@ -19,6 +19,7 @@ from insignia_proto import agent_pb2
 
 from attestors.interface import NodeAttestorServer
 from insignia.logs import get_logger
+from insignia.ratelimit import RateLimiter
 from insignia.runtime import TrioBridge
 from insignia.spiffeid import SpiffeId, TrustDomain
 from server.authorities import Authorities
@@ -31,7 +32,6 @@ from server.datastore.store import Datastore
 from server.entries import EntryLimits, server_spiffe_id
 from server.metrics import ServerMetrics
 from server.model import ServerModel
-from server.ratelimit import RateLimiter
 from server.signer_pool import SignerPool, default_processes
 from server.sync import Defaults
 

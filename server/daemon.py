@@ -1,7 +1,7 @@
 """`insignia-server run`: one trio nursery (a guest of asyncio, for grpc.aio) whose children are
 the agent API, the admin API, health and metrics, CA rotation, the change-log follower and
-signal handling. SIGTERM or SIGINT cancels the nursery: listeners stop, in-flight RPCs get a
-short grace period, the datastore closes.
+signal handling. SIGHUP is logged and ignored, as by the agent. SIGTERM or SIGINT cancels the
+nursery: listeners stop, in-flight RPCs get a short grace period, the datastore closes.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -17,11 +18,15 @@ from typing import Any
 import grpc
 import trio
 from insignia_proto import agent_pb2_grpc
+from sqlalchemy.engine import make_url
 
 from attestors.interface import ServerEnvironment
 from attestors.registry import load_node_attestor_servers
-from insignia.files import atomic_write, ensure_private_dir
+from insignia.config import StartupRefused, refused_for_key
+from insignia.files import atomic_write, ensure_data_dir, ensure_private_dir
 from insignia.health import serve_health
+from insignia.instance import claim_socket_path, lock_data_dir
+from insignia.keepalive import SERVER_OPTIONS
 from insignia.logs import get_logger
 from insignia.peercred import CallerTable
 from insignia.peercred_grpc import serve_grpc_with_peercred
@@ -30,9 +35,10 @@ from insignia.systemd_notify import sd_notify
 from server.admin_api import AdminApi, admin_handlers
 from server.agent_api import AgentApi
 from server.authorities import Authorities
-from server.ca import CaSettings, load_upstream
+from server.ca import CaSettings, UpstreamError, load_upstream
 from server.config import ServerConfig
 from server.core import JoinTokens, ServerCore
+from server.datastore.errors import DatastoreUnavailable
 from server.datastore.store import Datastore
 from server.keymanager import key_manager
 from server.metrics import ServerMetrics
@@ -41,7 +47,14 @@ from server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
 log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"
 SERVER_SVID_TTL = timedelta(hours=1)
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# No SO_REUSEPORT (grpc's default): a second server on these ports must fail, not split the
+# agents between two CAs.
+NO_REUSEPORT = ("grpc.so_reuseport", 0)
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *SERVER_OPTIONS,
+    NO_REUSEPORT,
+]
 # The attestation port needs no client certificate: keep what anyone can send there small.
 # Attestor payloads (an x509pop chain, a token) are a few KiB.
 ATTESTATION_MAX_MESSAGE = 64 * 1024
@@ -49,17 +62,21 @@ ATTESTATION_GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", ATTESTATION_MAX_MESSAGE),
     ("grpc.max_concurrent_streams", 16),  # per connection
     ("grpc.server_handshake_timeout_ms", 10_000),
+    NO_REUSEPORT,
 ]
 
 
 def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     """Check the node attestors' config, open the datastore and the CA (blocking)."""
-    data_dir = ensure_private_dir(config.data_dir)
-    upstream = (
-        load_upstream(config.ca.upstream.cert_file, config.ca.upstream.key_file)
-        if config.ca.upstream
-        else None
-    )
+    data_dir = config.data_dir  # made and locked by run_daemon
+    upstream = None
+    if config.ca.upstream:
+        cert_file, key_file = config.ca.upstream.cert_file, config.ca.upstream.key_file
+        try:
+            upstream = load_upstream(cert_file, key_file)
+        except UpstreamError as exc:
+            key = "ca.upstream.key_file" if exc.path == key_file else "ca.upstream.cert_file"
+            raise StartupRefused(key, f"{exc.path}: {exc.reason}") from exc
     settings = CaSettings(
         config.td, config.ca.key_type, config.jwt_key_type, config.ca.ttl, upstream
     )
@@ -67,13 +84,23 @@ def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     env = ServerEnvironment(config.td, token_store=tokens)
     # Plugins first: a config error there must stop us before anything is opened or logged.
     attestors = load_node_attestor_servers(config.node_attestors, env, source=config_path)
-    store = Datastore.open(config.database_url)
+    store = _open_datastore(config.database_url)
     tokens.store = store
     authorities = Authorities(settings, key_manager(config.ca.key_manager, data_dir), store)
     core = ServerCore(config, store, authorities, ServerMetrics(), attestors=attestors)
     for warning in config.ttl_warnings():
         log.warning("svid ttl exceeds ca guarantee", detail=warning)
     return core
+
+
+def _open_datastore(url: str) -> Datastore:
+    """The datastore, or a refusal naming `database.url` (password hidden) and the cause."""
+    try:
+        return Datastore.open(url)
+    except DatastoreUnavailable as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        cause = " ".join(str(exc).splitlines()[0].split())
+        raise StartupRefused("database.url", f"{shown}: cannot connect: {cause}") from exc
 
 
 class _ServerTls:
@@ -140,6 +167,26 @@ async def _housekeeping_forever(core: ServerCore) -> None:
         await trio.sleep(5)
 
 
+def _add_port(
+    server: grpc.aio.Server, key: str, host: str, port: int, credentials: DynamicCredentials
+) -> int:
+    """`add_secure_port`, or a refusal naming `key`, the address and why it cannot be bound.
+
+    A plain bind first finds the cause (grpc only logs it, as a C-core line on stderr)."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise StartupRefused(key, f"cannot listen on {address}: {exc.strerror}") from exc
+    try:
+        return server.add_secure_port(address, credentials.credentials)
+    except RuntimeError as exc:
+        raise StartupRefused(key, f"cannot listen on {address}: {exc}") from exc
+
+
 async def _serve_agent_api(
     core: ServerCore, tls: _ServerTls, task_status: trio.TaskStatus[dict[str, str]]
 ) -> None:
@@ -151,11 +198,11 @@ async def _serve_agent_api(
         servicer, host = AgentApi(core), api.bind_address
         server = grpc.aio.server(options=GRPC_OPTIONS)
         agent_pb2_grpc.add_AgentAPIServicer_to_server(servicer, server)
-        port = server.add_secure_port(f"{host}:{api.port}", tls.agent_api.credentials)
+        port = _add_port(server, "agent_api.port", host, api.port, tls.agent_api)
         attestation = grpc.aio.server(options=ATTESTATION_GRPC_OPTIONS)
         agent_pb2_grpc.add_AgentAPIServicer_to_server(servicer, attestation)
-        att = attestation.add_secure_port(
-            f"{host}:{api.attestation_port}", tls.attestation.credentials
+        att = _add_port(
+            attestation, "agent_api.attestation_port", host, api.attestation_port, tls.attestation
         )
         await server.start()
         await attestation.start()
@@ -173,14 +220,19 @@ async def _serve_agent_api(
 
 
 async def run_daemon(config: ServerConfig, config_path: Path) -> None:
-    """The whole server, until SIGTERM/SIGINT."""
-    core = await trio.to_thread.run_sync(open_core, config, config_path)
-    try:
-        await _run(core, config)
-    finally:
-        core.signer.close()
-        await trio.to_thread.run_sync(core.store.close)
-        log.info("server stopped")
+    """The whole server, until SIGTERM/SIGINT, holding the data_dir lock all along."""
+    with refused_for_key("data_dir"):
+        ensure_data_dir(config.data_dir)
+    with lock_data_dir(config.data_dir):
+        with refused_for_key("admin_socket"):  # refuse a live one before opening anything
+            claim_socket_path(config.admin_socket)
+        core = await trio.to_thread.run_sync(open_core, config, config_path)
+        try:
+            await _run(core, config)
+        finally:
+            core.signer.close()
+            await trio.to_thread.run_sync(core.store.close)
+            log.info("server stopped")
 
 
 async def _run(core: ServerCore, config: ServerConfig) -> None:
@@ -201,13 +253,15 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         core.bridge = bridge
         addresses: dict[str, Any] = await nursery.start(_serve_agent_api, core, tls)
         for name, bind in _health_binds(config).items():
-            addresses[name] = await nursery.start(
-                serve_health, bind, core.metrics.registry, lambda: core.ready_reason
-            )
+            with refused_for_key(f"{name}.address"):
+                addresses[name] = await nursery.start(
+                    serve_health, bind, core.metrics.registry, lambda: core.ready_reason
+                )
         admin = AdminApi(core, callers := CallerTable(), set(config.admin_uids))
-        socket_dir = await trio.to_thread.run_sync(
-            admin_socket_dir, config.admin_socket, config.admin_uids
-        )
+        with refused_for_key("admin_socket"):
+            socket_dir = await trio.to_thread.run_sync(
+                admin_socket_dir, config.admin_socket, config.admin_uids
+            )
         await nursery.start(
             lambda task_status: serve_grpc_with_peercred(
                 config.admin_socket,
@@ -226,8 +280,11 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
         log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
         sd_notify("READY=1")
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:  # would otherwise kill the server (exit 129)
+                    log.info("server.sighup_ignored", detail="no reload; restart to reconfigure")
+                    continue
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 sd_notify("STOPPING=1")
                 nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ from typing import Final
 
 from insignia.selectors import InvalidSelector, Selector, canonical
 from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
+from insignia.shown import shown
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 RESERVED_PREFIX: Final = "/insignia/"
@@ -26,6 +27,18 @@ MAX_ENTRY_ID_LENGTH: Final = 255
 MAX_DNS_NAME_LENGTH: Final = 253
 # Selector values are indexed; PostgreSQL refuses btree rows above ~2.7 kB.
 MAX_SELECTOR_VALUE_BYTES: Final = 1024
+# Per entry: every one is matched, signed into SVIDs and sent to agents (10,000 selectors and
+# DNS names took 3.1 s to create); real entries use a handful.
+MAX_SELECTORS: Final = 64
+MAX_DNS_NAMES: Final = 64
+MAX_FEDERATES_WITH: Final = 64
+# Whole seconds: a JWT-SVID of 1 s could be expired by the time it is received.
+MIN_JWT_SVID_TTL: Final = 2
+# An SVID names a workload, and a workload's ID has a path: X509-SVID §3.1 says a leaf's
+# MUST. Entry validation and every signing path (server/signing.py) apply this one rule.
+PATH_REQUIRED: Final = "expected a path after the trust domain (an SVID's ID names a workload)"
+# 9999-12-31T23:59:59Z, the last second `datetime` (and an X.509 GeneralizedTime) can hold.
+MAX_EXPIRES_AT: Final = 253402300799
 
 _ENTRY_ID: Final = re.compile(r"[A-Za-z0-9._-]+")
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -47,7 +60,7 @@ class InvalidEntry(ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid entry {field} {value!r}: {reason}")
+        super().__init__(f"invalid entry {field} {shown(value)}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +144,7 @@ def validate_entry(
         parent_id=pid,
         selectors=_selectors(selectors),
         x509_svid_ttl=_ttl("x509_svid_ttl", x509_svid_ttl, limits.max_x509_svid_ttl),
-        jwt_svid_ttl=_ttl("jwt_svid_ttl", jwt_svid_ttl, limits.max_jwt_svid_ttl),
+        jwt_svid_ttl=_ttl("jwt_svid_ttl", jwt_svid_ttl, limits.max_jwt_svid_ttl, MIN_JWT_SVID_TTL),
         dns_names=_dns_names(dns_names),
         federates_with=_federates_with(federates_with, td),
         hint=_hint(hint),
@@ -150,7 +163,7 @@ def _member_id(name: str, value: str | SpiffeId, td: TrustDomain) -> SpiffeId:
     if not sid.member_of(td):
         raise InvalidEntry(name, str(sid), f"expected an ID in trust domain {td}")
     if not sid.path:
-        raise InvalidEntry(name, str(sid), "expected a path after the trust domain")
+        raise InvalidEntry(name, str(sid), PATH_REQUIRED)
     return sid
 
 
@@ -167,6 +180,8 @@ def _entry_id(value: str | None) -> str:
 def _selectors(values: Iterable[str | Selector]) -> tuple[Selector, ...]:
     if isinstance(values, str):
         raise InvalidEntry("selectors", values, "expected a list of 'type:value' selectors")
+    values = list(values)
+    _at_most("selectors", len(values), MAX_SELECTORS)
     parsed: list[Selector] = []
     for value in values:
         if isinstance(value, Selector):
@@ -183,18 +198,20 @@ def _selectors(values: Iterable[str | Selector]) -> tuple[Selector, ...]:
     for sel in parsed:
         if len(sel.value.encode()) > MAX_SELECTOR_VALUE_BYTES:
             raise InvalidEntry(
-                "selectors", str(sel)[:64], f"value longer than {MAX_SELECTOR_VALUE_BYTES} bytes"
+                "selectors", str(sel), f"value longer than {MAX_SELECTOR_VALUE_BYTES} bytes"
             )
     return canonical(parsed)
 
 
-def _ttl(name: str, value: int, maximum: int) -> int:
+def _ttl(name: str, value: int, maximum: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEntry(name, value, "expected whole seconds")
     if value < 0:
         raise InvalidEntry(name, value, "expected 0 (server default) or a positive number")
     if value > maximum:
         raise InvalidEntry(name, value, f"longer than the {maximum} s the CA can guarantee")
+    if 0 < value < minimum:
+        raise InvalidEntry(name, value, f"too short; expected at least {minimum} s")
     return value
 
 
@@ -215,7 +232,8 @@ def normalize_dns_name(value: str) -> str:
             raise InvalidEntry(
                 "dns_names",
                 value,
-                f"label {label!r}: expected 1-63 of [a-z0-9-], not starting or ending with '-'",
+                f"label {shown(label)}: expected 1-63 of [a-z0-9-], "
+                "not starting or ending with '-'",
             )
     name = ("*." if wildcard else "") + ascii_name
     if len(name) > MAX_DNS_NAME_LENGTH:
@@ -230,6 +248,8 @@ def normalize_dns_name(value: str) -> str:
 def _dns_names(values: Iterable[str]) -> tuple[str, ...]:
     if isinstance(values, str):
         raise InvalidEntry("dns_names", values, "expected a list of DNS names")
+    values = list(values)
+    _at_most("dns_names", len(values), MAX_DNS_NAMES)
     # Order is kept: the first name is the one a certificate's subject CN may carry.
     return tuple(dict.fromkeys(normalize_dns_name(v) for v in values))
 
@@ -239,6 +259,8 @@ def _federates_with(
 ) -> tuple[TrustDomain, ...]:
     if isinstance(values, str):
         raise InvalidEntry("federates_with", values, "expected a list of trust domains")
+    values = list(values)
+    _at_most("federates_with", len(values), MAX_FEDERATES_WITH)
     result: set[TrustDomain] = set()
     for value in values:
         if not isinstance(value, TrustDomain | str):
@@ -253,11 +275,28 @@ def _federates_with(
     return tuple(sorted(result, key=str))
 
 
+def _at_most(name: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidEntry(name, f"{count} values", f"at most {limit} are allowed per entry")
+
+
+def expires_at_from_unix(seconds: int) -> datetime | None:
+    """An entry's expiry from the wire's Unix seconds (0: never); out of range is refused
+    here, before `datetime` fails with an OSError or OverflowError."""
+    if seconds == 0:
+        return None
+    if not 1 <= seconds <= MAX_EXPIRES_AT:
+        raise InvalidEntry(
+            "expires_at", seconds, f"expected Unix seconds in 1..{MAX_EXPIRES_AT} (0: never)"
+        )
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 def _hint(value: str) -> str:
     if not isinstance(value, str):
         raise InvalidEntry("hint", value, "expected a string")
     if len(value) > MAX_HINT_LENGTH:
-        raise InvalidEntry("hint", value[:64] + "...", f"longer than {MAX_HINT_LENGTH}")
+        raise InvalidEntry("hint", value, f"longer than {MAX_HINT_LENGTH}")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         raise InvalidEntry("hint", value, "contains control characters")
     return value

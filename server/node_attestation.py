@@ -22,10 +22,10 @@ import grpc
 from insignia_proto import agent_pb2
 
 from attestors.interface import AgentAttestation, AttestationError, Challenge
+from insignia.ratelimit import peer_ip
 from insignia.spiffeid import SpiffeId
 from server.core import ServerCore, log
 from server.datastore.records import AgentRecord
-from server.ratelimit import peer_ip
 from server.signing import NoActiveAuthority, SigningRefused, checked_agent_csr, sign_x509_svid
 
 Context = grpc.aio.ServicerContext[Any, Any]

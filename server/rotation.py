@@ -1,12 +1,13 @@
 """CA and JWT key rotation as a pure state machine over authority records (no I/O, no keys).
 
-Each kind of authority (X.509 CA, JWT signing key) moves through prepared -> active -> old,
-on SPIRE's schedule (design.md §6): a successor is prepared, and published in the bundle, when
-the active authority's remaining life falls to min(life/2, 30d); it becomes active when that
-falls to min(life/6, 7d). An old authority stays in the bundle until it expires, since SVIDs
-it signed never outlive it; a revoked one leaves at once. The daemon applies the steps and
-persists the records; operators drive the same transitions by hand (prepare, activate, taint,
-revoke) through the checks below, so manual and scheduled rotation cannot disagree.
+Each kind of authority (X.509 CA, JWT signing key) moves through prepared -> active -> old, on
+SPIRE's schedule (docs/design-notes.md §6): a successor is prepared, and published in the
+bundle, when the active authority's remaining life falls to min(life/2, 30d); it becomes active
+when that falls to min(life/6, 7d). An old authority stays in the bundle until it expires,
+since SVIDs it signed never outlive it; a revoked one leaves at once. The daemon applies the
+steps and persists the records; operators drive the same transitions by hand (prepare,
+activate, taint, revoke) through the checks below, so manual and scheduled rotation cannot
+disagree.
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from insignia.jwtsvid import sign_jwt_svid
+from insignia.jwtsvid import AudienceLimits, sign_jwt_svid
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
 from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 from insignia.x509ca import SigningAuthority
 from insignia.x509svid import CsrRequest, InvalidCsr, build_leaf, parse_csr
-from server.entries import AGENT_PREFIX, is_agent_id
+from server.entries import AGENT_PREFIX, MIN_JWT_SVID_TTL, PATH_REQUIRED, is_agent_id
 
 
 class SigningRefused(ValueError):
@@ -135,6 +135,7 @@ def sign_x509_svid(
 
     The server's TLS name is refused here too, whatever the caller validated: this is the one
     path every workload X509-SVID takes (the server's own SVID is built in server/tls.py)."""
+    _check_path(spiffe_id)
     if authority is None:
         raise NoActiveAuthority("X.509")
     reserved = [name for name in dns_names if is_reserved_dns_name(name)]
@@ -147,6 +148,11 @@ def sign_x509_svid(
     leaf = build_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
     chain = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (leaf, *authority.chain))
     return SignedX509(chain, leaf.not_valid_after_utc, leaf.serial_number, svid_fingerprint(leaf))
+
+
+def _check_path(spiffe_id: SpiffeId) -> None:
+    if not spiffe_id.path:
+        raise SigningRefused(f"{spiffe_id}: {PATH_REQUIRED}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,16 +169,25 @@ def sign_jwt(
     audience: Sequence[str],
     ttl: timedelta,
     now: datetime,
+    limits: AudienceLimits,
     issuer: str = "",
 ) -> SignedJwt:
-    """A JWT-SVID whose `exp` never passes the signing key's own expiry."""
+    """A JWT-SVID whose `exp` never passes the signing key's own expiry.
+
+    InvalidAudience (checked first, before any key is touched) when `audience` breaks `limits`.
+    """
+    audience = limits.check(audience)
+    _check_path(spiffe_id)
+    if ttl < timedelta(seconds=MIN_JWT_SVID_TTL):
+        raise SigningRefused(
+            f"ttl {ttl.total_seconds():g} s is too short for a JWT-SVID; "
+            f"expected at least {MIN_JWT_SVID_TTL} s"
+        )
     if active is None or key_not_after is None:
         raise NoActiveAuthority("JWT")
-    if isinstance(audience, str) or not audience or not all(audience):
-        raise SigningRefused(f"audience {list(audience)!r}: expected one or more non-empty values")
     kid, key = active
     ttl = min(ttl, key_not_after - now)
-    if ttl <= timedelta(seconds=1):
+    if ttl < timedelta(seconds=MIN_JWT_SVID_TTL):  # the key expires first: wait for the next
         raise NoActiveAuthority("JWT")
     token = sign_jwt_svid(spiffe_id, audience, ttl, key, kid, now=now, issuer=issuer or None)
     iat = int(now.timestamp())

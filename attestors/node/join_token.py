@@ -113,4 +113,5 @@ PLUGIN: Final = NodeAttestorPlugin(
     server_config=JoinTokenServerConfig,
     create_agent=JoinTokenAgent,
     create_server=JoinTokenServer,
+    selector_keys={},  # join-token agents have no node selectors
 )

@@ -189,4 +189,5 @@ PLUGIN: Final = NodeAttestorPlugin(
     server_config=SshPopServerConfig,
     create_agent=SshPopAgent,
     create_server=SshPopServer,
+    selector_keys={NAME: frozenset({"principal"})},
 )

@@ -236,4 +236,5 @@ PLUGIN: Final = NodeAttestorPlugin(
     server_config=X509PopServerConfig,
     create_agent=X509PopAgent,
     create_server=X509PopServer,
+    selector_keys={NAME: frozenset({"subject", "ca", "serialnumber", "san"})},
 )

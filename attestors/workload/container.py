@@ -191,4 +191,5 @@ PLUGIN: Final = WorkloadAttestorPlugin(
     config_model=ContainerConfig,
     selector_types=frozenset({"container", "k8s"}),
     create=ContainerAttestor,
+    selector_keys={"container": frozenset({"id"}), "k8s": frozenset({"pod-uid", "container-id"})},
 )

@@ -162,5 +162,8 @@ def parse_inspect(body: bytes) -> ContainerInspect:
 
 
 PLUGIN: Final = WorkloadAttestorPlugin(
-    config_model=DockerConfig, selector_types=frozenset({NAME}), create=DockerAttestor
+    config_model=DockerConfig,
+    selector_types=frozenset({NAME}),
+    create=DockerAttestor,
+    selector_keys={NAME: frozenset({"image_id", "label", "env"})},
 )

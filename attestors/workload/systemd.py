@@ -113,5 +113,8 @@ class SystemdAttestor:
 
 
 PLUGIN: Final = WorkloadAttestorPlugin(
-    config_model=SystemdConfig, selector_types=frozenset({NAME}), create=SystemdAttestor
+    config_model=SystemdConfig,
+    selector_types=frozenset({NAME}),
+    create=SystemdAttestor,
+    selector_keys={NAME: frozenset({"id", "fragment_path"})},
 )

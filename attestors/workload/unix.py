@@ -222,5 +222,21 @@ def _hash_fd(fd: int) -> str:
 
 
 PLUGIN: Final = WorkloadAttestorPlugin(
-    config_model=UnixConfig, selector_types=frozenset({NAME}), create=UnixAttestor
+    config_model=UnixConfig,
+    selector_types=frozenset({NAME}),
+    create=UnixAttestor,
+    selector_keys={
+        NAME: frozenset(
+            {
+                "uid",
+                "gid",
+                "user",
+                "group",
+                "supplementary_gid",
+                "supplementary_group",
+                "path",
+                "sha256",
+            }
+        )
+    },
 )

@@ -43,6 +43,73 @@ JWT: AuthorityKind.ValueType  # 2
 Global___AuthorityKind: typing_extensions.TypeAlias = AuthorityKind
 
 @typing.final
+class CountRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___CountRequest: typing_extensions.TypeAlias = CountRequest
+
+@typing.final
+class CountResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: builtins.int
+    count: builtins.int
+    def __init__(
+        self,
+        *,
+        count: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["count", b"count"]) -> None: ...
+
+Global___CountResponse: typing_extensions.TypeAlias = CountResponse
+
+@typing.final
+class GetLogLevelRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___GetLogLevelRequest: typing_extensions.TypeAlias = GetLogLevelRequest
+
+@typing.final
+class SetLogLevelRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: builtins.int
+    level: builtins.str
+    """debug, info, warning or error"""
+    def __init__(
+        self,
+        *,
+        level: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["level", b"level"]) -> None: ...
+
+Global___SetLogLevelRequest: typing_extensions.TypeAlias = SetLogLevelRequest
+
+@typing.final
+class LogLevel(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: builtins.int
+    level: builtins.str
+    """the level in force after the call"""
+    def __init__(
+        self,
+        *,
+        level: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["level", b"level"]) -> None: ...
+
+Global___LogLevel: typing_extensions.TypeAlias = LogLevel
+
+@typing.final
 class Entry(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 

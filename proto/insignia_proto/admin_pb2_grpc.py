@@ -49,6 +49,11 @@ class AdminAPIStub:
                 request_serializer=insignia__proto_dot_admin__pb2.GetEntryRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.Entry.FromString,
                 _registered_method=True)
+        self.CountEntries = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/CountEntries',
+                request_serializer=insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.CountResponse.FromString,
+                _registered_method=True)
         self.UpdateEntry = channel.unary_unary(
                 '/insignia.admin.v1.AdminAPI/UpdateEntry',
                 request_serializer=insignia__proto_dot_admin__pb2.UpdateEntryRequest.SerializeToString,
@@ -74,6 +79,11 @@ class AdminAPIStub:
                 request_serializer=insignia__proto_dot_admin__pb2.AgentRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.Agent.FromString,
                 _registered_method=True)
+        self.CountAgents = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/CountAgents',
+                request_serializer=insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.CountResponse.FromString,
+                _registered_method=True)
         self.EvictAgent = channel.unary_unary(
                 '/insignia.admin.v1.AdminAPI/EvictAgent',
                 request_serializer=insignia__proto_dot_admin__pb2.AgentRequest.SerializeToString,
@@ -88,6 +98,11 @@ class AdminAPIStub:
                 '/insignia.admin.v1.AdminAPI/GetBundle',
                 request_serializer=insignia__proto_dot_admin__pb2.GetBundleRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.Bundle.FromString,
+                _registered_method=True)
+        self.CountBundles = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/CountBundles',
+                request_serializer=insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.CountResponse.FromString,
                 _registered_method=True)
         self.MintX509SVID = channel.unary_unary(
                 '/insignia.admin.v1.AdminAPI/MintX509SVID',
@@ -129,6 +144,16 @@ class AdminAPIStub:
                 request_serializer=insignia__proto_dot_admin__pb2.HealthRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.GetLogLevel = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/GetLogLevel',
+                request_serializer=insignia__proto_dot_admin__pb2.GetLogLevelRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.LogLevel.FromString,
+                _registered_method=True)
+        self.SetLogLevel = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/SetLogLevel',
+                request_serializer=insignia__proto_dot_admin__pb2.SetLogLevelRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.LogLevel.FromString,
+                _registered_method=True)
 
 
 class AdminAPIServicer:
@@ -149,6 +174,13 @@ class AdminAPIServicer:
 
     def GetEntry(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountEntries(self, request, context):
+        """How many there are, counted by the datastore (no rows are sent).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -184,6 +216,12 @@ class AdminAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountAgents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EvictAgent(self, request, context):
         """Evict: delete the agent's record so it must attest again (a join token cannot be reused).
         """
@@ -200,6 +238,13 @@ class AdminAPIServicer:
 
     def GetBundle(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountBundles(self, request, context):
+        """Bundles stored: the trust domain's own, plus federated ones once federation exists.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -253,6 +298,19 @@ class AdminAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLogLevel(self, request, context):
+        """The server's log level, readable and changeable while it runs (not saved to the config).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLogLevel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +328,11 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.GetEntry,
                     request_deserializer=insignia__proto_dot_admin__pb2.GetEntryRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.Entry.SerializeToString,
+            ),
+            'CountEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountEntries,
+                    request_deserializer=insignia__proto_dot_admin__pb2.CountRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.CountResponse.SerializeToString,
             ),
             'UpdateEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateEntry,
@@ -296,6 +359,11 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     request_deserializer=insignia__proto_dot_admin__pb2.AgentRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.Agent.SerializeToString,
             ),
+            'CountAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountAgents,
+                    request_deserializer=insignia__proto_dot_admin__pb2.CountRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.CountResponse.SerializeToString,
+            ),
             'EvictAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.EvictAgent,
                     request_deserializer=insignia__proto_dot_admin__pb2.AgentRequest.FromString,
@@ -310,6 +378,11 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.GetBundle,
                     request_deserializer=insignia__proto_dot_admin__pb2.GetBundleRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.Bundle.SerializeToString,
+            ),
+            'CountBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountBundles,
+                    request_deserializer=insignia__proto_dot_admin__pb2.CountRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.CountResponse.SerializeToString,
             ),
             'MintX509SVID': grpc.unary_unary_rpc_method_handler(
                     servicer.MintX509SVID,
@@ -350,6 +423,16 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=insignia__proto_dot_admin__pb2.HealthRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.HealthResponse.SerializeToString,
+            ),
+            'GetLogLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogLevel,
+                    request_deserializer=insignia__proto_dot_admin__pb2.GetLogLevelRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.LogLevel.SerializeToString,
+            ),
+            'SetLogLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLogLevel,
+                    request_deserializer=insignia__proto_dot_admin__pb2.SetLogLevelRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.LogLevel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +516,33 @@ class AdminAPI:
             '/insignia.admin.v1.AdminAPI/GetEntry',
             insignia__proto_dot_admin__pb2.GetEntryRequest.SerializeToString,
             insignia__proto_dot_admin__pb2.Entry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/CountEntries',
+            insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -579,6 +689,33 @@ class AdminAPI:
             _registered_method=True)
 
     @staticmethod
+    def CountAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/CountAgents',
+            insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def EvictAgent(request,
             target,
             options=(),
@@ -649,6 +786,33 @@ class AdminAPI:
             '/insignia.admin.v1.AdminAPI/GetBundle',
             insignia__proto_dot_admin__pb2.GetBundleRequest.SerializeToString,
             insignia__proto_dot_admin__pb2.Bundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/CountBundles',
+            insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -865,6 +1029,60 @@ class AdminAPI:
             '/insignia.admin.v1.AdminAPI/Health',
             insignia__proto_dot_admin__pb2.HealthRequest.SerializeToString,
             insignia__proto_dot_admin__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/GetLogLevel',
+            insignia__proto_dot_admin__pb2.GetLogLevelRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.LogLevel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLogLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/SetLogLevel',
+            insignia__proto_dot_admin__pb2.SetLogLevelRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.LogLevel.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,22 @@ _AdminAPIGetEntryType = typing_extensions.TypeVar(
     ],
 )
 
+_AdminAPICountEntriesType = typing_extensions.TypeVar(
+    '_AdminAPICountEntriesType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+)
+
 _AdminAPIUpdateEntryType = typing_extensions.TypeVar(
     '_AdminAPIUpdateEntryType',
     grpc.UnaryUnaryMultiCallable[
@@ -159,6 +175,22 @@ _AdminAPIGetAgentType = typing_extensions.TypeVar(
     ],
 )
 
+_AdminAPICountAgentsType = typing_extensions.TypeVar(
+    '_AdminAPICountAgentsType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+)
+
 _AdminAPIEvictAgentType = typing_extensions.TypeVar(
     '_AdminAPIEvictAgentType',
     grpc.UnaryUnaryMultiCallable[
@@ -204,6 +236,22 @@ _AdminAPIGetBundleType = typing_extensions.TypeVar(
     default=grpc.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.GetBundleRequest,
         insignia_proto.admin_pb2.Bundle,
+    ],
+)
+
+_AdminAPICountBundlesType = typing_extensions.TypeVar(
+    '_AdminAPICountBundlesType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
     ],
 )
 
@@ -335,7 +383,39 @@ _AdminAPIHealthType = typing_extensions.TypeVar(
     ],
 )
 
-class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType]):
+_AdminAPIGetLogLevelType = typing_extensions.TypeVar(
+    '_AdminAPIGetLogLevelType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.GetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.GetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.GetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+)
+
+_AdminAPISetLogLevelType = typing_extensions.TypeVar(
+    '_AdminAPISetLogLevelType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+)
+
+class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType]):
     @typing.overload
     def __init__(self: AdminAPIStub[
         grpc.UnaryUnaryMultiCallable[
@@ -349,6 +429,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.GetEntryRequest,
             insignia_proto.admin_pb2.Entry,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CountRequest,
+            insignia_proto.admin_pb2.CountResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.UpdateEntryRequest,
@@ -371,6 +455,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.Agent,
         ],
         grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CountRequest,
+            insignia_proto.admin_pb2.CountResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.AgentRequest,
             insignia_proto.admin_pb2.Agent,
         ],
@@ -381,6 +469,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.GetBundleRequest,
             insignia_proto.admin_pb2.Bundle,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CountRequest,
+            insignia_proto.admin_pb2.CountResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.MintX509SVIDRequest,
@@ -413,6 +505,14 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.HealthRequest,
             insignia_proto.admin_pb2.HealthResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.GetLogLevelRequest,
+            insignia_proto.admin_pb2.LogLevel,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.SetLogLevelRequest,
+            insignia_proto.admin_pb2.LogLevel,
         ],
     ], channel: grpc.Channel) -> None: ...
 
@@ -431,6 +531,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.Entry,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CountRequest,
+            insignia_proto.admin_pb2.CountResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.UpdateEntryRequest,
             insignia_proto.admin_pb2.Entry,
         ],
@@ -451,6 +555,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.Agent,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CountRequest,
+            insignia_proto.admin_pb2.CountResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.AgentRequest,
             insignia_proto.admin_pb2.Agent,
         ],
@@ -461,6 +569,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.aio.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.GetBundleRequest,
             insignia_proto.admin_pb2.Bundle,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CountRequest,
+            insignia_proto.admin_pb2.CountResponse,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.MintX509SVIDRequest,
@@ -494,6 +606,14 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.HealthRequest,
             insignia_proto.admin_pb2.HealthResponse,
         ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.GetLogLevelRequest,
+            insignia_proto.admin_pb2.LogLevel,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.SetLogLevelRequest,
+            insignia_proto.admin_pb2.LogLevel,
+        ],
     ], channel: grpc.aio.Channel) -> None: ...
 
     CreateEntries: _AdminAPICreateEntriesType
@@ -502,6 +622,9 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
     ListEntries: _AdminAPIListEntriesType
 
     GetEntry: _AdminAPIGetEntryType
+
+    CountEntries: _AdminAPICountEntriesType
+    """How many there are, counted by the datastore (no rows are sent)."""
 
     UpdateEntry: _AdminAPIUpdateEntryType
     """Replace an entry's fields; refused with ABORTED if it changed since `expected_revision`."""
@@ -514,6 +637,8 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
 
     GetAgent: _AdminAPIGetAgentType
 
+    CountAgents: _AdminAPICountAgentsType
+
     EvictAgent: _AdminAPIEvictAgentType
     """Evict: delete the agent's record so it must attest again (a join token cannot be reused)."""
 
@@ -521,6 +646,9 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
     """Ban: keep the record, refuse the agent for good (RPCs and re-attestation)."""
 
     GetBundle: _AdminAPIGetBundleType
+
+    CountBundles: _AdminAPICountBundlesType
+    """Bundles stored: the trust domain's own, plus federated ones once federation exists."""
 
     MintX509SVID: _AdminAPIMintX509SVIDType
     """Sign an X509-SVID for any ID in the trust domain from a CSR made by the caller."""
@@ -539,6 +667,11 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
 
     Health: _AdminAPIHealthType
 
+    GetLogLevel: _AdminAPIGetLogLevelType
+    """The server's log level, readable and changeable while it runs (not saved to the config)."""
+
+    SetLogLevel: _AdminAPISetLogLevelType
+
 AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.CreateEntriesRequest,
@@ -551,6 +684,10 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.GetEntryRequest,
         insignia_proto.admin_pb2.Entry,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.UpdateEntryRequest,
@@ -573,6 +710,10 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
         insignia_proto.admin_pb2.Agent,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.AgentRequest,
         insignia_proto.admin_pb2.Agent,
     ],
@@ -583,6 +724,10 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.GetBundleRequest,
         insignia_proto.admin_pb2.Bundle,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CountRequest,
+        insignia_proto.admin_pb2.CountResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.MintX509SVIDRequest,
@@ -616,6 +761,14 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
         insignia_proto.admin_pb2.HealthRequest,
         insignia_proto.admin_pb2.HealthResponse,
     ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.GetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetLogLevelRequest,
+        insignia_proto.admin_pb2.LogLevel,
+    ],
 ]
 
 class AdminAPIServicer(metaclass=abc.ABCMeta):
@@ -640,6 +793,14 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.admin_pb2.GetEntryRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.admin_pb2.Entry, collections.abc.Awaitable[insignia_proto.admin_pb2.Entry]]: ...
+
+    @abc.abstractmethod
+    def CountEntries(
+        self,
+        request: insignia_proto.admin_pb2.CountRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.CountResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.CountResponse]]:
+        """How many there are, counted by the datastore (no rows are sent)."""
 
     @abc.abstractmethod
     def UpdateEntry(
@@ -678,6 +839,13 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
     ) -> typing.Union[insignia_proto.admin_pb2.Agent, collections.abc.Awaitable[insignia_proto.admin_pb2.Agent]]: ...
 
     @abc.abstractmethod
+    def CountAgents(
+        self,
+        request: insignia_proto.admin_pb2.CountRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.CountResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.CountResponse]]: ...
+
+    @abc.abstractmethod
     def EvictAgent(
         self,
         request: insignia_proto.admin_pb2.AgentRequest,
@@ -699,6 +867,14 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.admin_pb2.GetBundleRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.admin_pb2.Bundle, collections.abc.Awaitable[insignia_proto.admin_pb2.Bundle]]: ...
+
+    @abc.abstractmethod
+    def CountBundles(
+        self,
+        request: insignia_proto.admin_pb2.CountRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.CountResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.CountResponse]]:
+        """Bundles stored: the trust domain's own, plus federated ones once federation exists."""
 
     @abc.abstractmethod
     def MintX509SVID(
@@ -756,5 +932,20 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.admin_pb2.HealthRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.admin_pb2.HealthResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.HealthResponse]]: ...
+
+    @abc.abstractmethod
+    def GetLogLevel(
+        self,
+        request: insignia_proto.admin_pb2.GetLogLevelRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.LogLevel, collections.abc.Awaitable[insignia_proto.admin_pb2.LogLevel]]:
+        """The server's log level, readable and changeable while it runs (not saved to the config)."""
+
+    @abc.abstractmethod
+    def SetLogLevel(
+        self,
+        request: insignia_proto.admin_pb2.SetLogLevelRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.LogLevel, collections.abc.Awaitable[insignia_proto.admin_pb2.LogLevel]]: ...
 
 def add_AdminAPIServicer_to_server(servicer: AdminAPIServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -290,6 +290,7 @@ class SyncUpdate(google.protobuf.message.Message):
     DELETED_ENTRY_IDS_FIELD_NUMBER: builtins.int
     BUNDLE_FIELD_NUMBER: builtins.int
     MORE_FIELD_NUMBER: builtins.int
+    HEARTBEAT_FIELD_NUMBER: builtins.int
     store_id: builtins.str
     revision: builtins.int
     """the revision reached once this update is applied"""
@@ -300,6 +301,10 @@ class SyncUpdate(google.protobuf.message.Message):
     most a few thousand entries, so no message nears gRPC's 4 MiB limit). Parts share
     `revision` and `full`; the bundle and deletions come in the first part. Apply all parts
     together when the one with more = false arrives, and only then record `revision`.
+    """
+    heartbeat: builtins.bool
+    """True: nothing changed; the server is alive and the stream healthy. Sent when the stream
+    has been idle for the server's sync heartbeat interval. Carries no state to apply.
     """
     @property
     def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Entry]:
@@ -323,9 +328,10 @@ class SyncUpdate(google.protobuf.message.Message):
         deleted_entry_ids: collections.abc.Iterable[builtins.str] | None = ...,
         bundle: Global___BundleState | None = ...,
         more: builtins.bool = ...,
+        heartbeat: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["bundle", b"bundle"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "deleted_entry_ids", b"deleted_entry_ids", "entries", b"entries", "full", b"full", "more", b"more", "revision", b"revision", "store_id", b"store_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "deleted_entry_ids", b"deleted_entry_ids", "entries", b"entries", "full", b"full", "heartbeat", b"heartbeat", "more", b"more", "revision", b"revision", "store_id", b"store_id"]) -> None: ...
 
 Global___SyncUpdate: typing_extensions.TypeAlias = SyncUpdate
 

@@ -27,7 +27,7 @@ Join tokens (stored as SHA-256 only):
     prune_join_tokens() -> count
 Bundles (SPIFFE bundle JSON text, opaque here):
     put_bundle(td, document) -> BundleRecord (sequence + 1);  get_bundle(td) (BundleNotFound)
-    list_bundles();  delete_bundle(td)
+    list_bundles();  count_bundles();  delete_bundle(td)
 CA journal:
     put_ca_keys([CaKeyRecord, ...]) (upsert by (kind, key_id), one transaction)
     load_ca_keys(kind=None);  delete_ca_key(kind, key_id) (CaKeyNotFound)

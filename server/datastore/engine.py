@@ -14,7 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from server.datastore.errors import SchemaTooNew, UnsupportedDatabaseUrl
+from insignia.files import make_private_file
+from server.datastore.errors import DatastoreUnavailable, SchemaTooNew, UnsupportedDatabaseUrl
 
 # Writers take this transaction-scoped lock on PostgreSQL, so change-log revisions commit in
 # the order they are numbered and a reader resuming "after revision N" never skips one.
@@ -57,12 +58,26 @@ def create_engine(url: URL) -> Engine:
 
 
 def _sqlite_engine(url: URL) -> Engine:
+    if url.database:
+        _make_private_database(url.database)
     engine = sa.create_engine(
         url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     )
     sa.event.listen(engine, "connect", _sqlite_connect)
     sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _make_private_database(path: str) -> None:
+    """The database holds join tokens: create it 0600 before SQLite does (SQLite would use the
+    umask, 0644 by default, and then copy that mode to its -wal and -shm files). Files an
+    older release left wider are narrowed."""
+    try:
+        make_private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            make_private_file(path + suffix, create=False)
+    except OSError as exc:
+        raise DatastoreUnavailable(f"cannot create the SQLite database {path}: {exc}") from exc
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from insignia.shown import shown
+
 
 class DatastoreError(Exception):
     """Base of every error the datastore raises."""
@@ -36,13 +38,13 @@ class InvalidRecord(DatastoreError, ValueError):
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"invalid {field} {value!r}: {reason}")
+        super().__init__(f"invalid {field} {shown(value)}: {reason}")
 
 
 class EntryNotFound(DatastoreError, LookupError):
     def __init__(self, entry_id: str) -> None:
         self.entry_id = entry_id
-        super().__init__(f"no registration entry with id {entry_id!r}")
+        super().__init__(f"no registration entry with id {shown(entry_id)}")
 
 
 class DuplicateEntry(DatastoreError):
@@ -51,7 +53,7 @@ class DuplicateEntry(DatastoreError):
     def __init__(self, entry_id: str, existing_id: str, reason: str) -> None:
         self.entry_id = entry_id
         self.existing_id = existing_id
-        super().__init__(f"entry {entry_id!r} duplicates entry {existing_id!r}: {reason}")
+        super().__init__(f"entry {shown(entry_id)} duplicates entry {shown(existing_id)}: {reason}")
 
 
 class EntryRevisionConflict(DatastoreError):
@@ -60,7 +62,7 @@ class EntryRevisionConflict(DatastoreError):
         self.expected = expected
         self.actual = actual
         super().__init__(
-            f"entry {entry_id!r} is at revision {actual}, expected {expected}: "
+            f"entry {shown(entry_id)} is at revision {actual}, expected {expected}: "
             "it changed since it was read"
         )
 
@@ -68,7 +70,7 @@ class EntryRevisionConflict(DatastoreError):
 class AgentNotFound(DatastoreError, LookupError):
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
-        super().__init__(f"no attested agent {agent_id!r}")
+        super().__init__(f"no attested agent {shown(agent_id)}")
 
 
 class AgentBanned(DatastoreError):
@@ -118,7 +120,7 @@ class CaKeyNotFound(DatastoreError, LookupError):
     def __init__(self, kind: str, key_id: str) -> None:
         self.kind = kind
         self.key_id = key_id
-        super().__init__(f"no {kind} authority with key id {key_id!r}")
+        super().__init__(f"no {kind} authority with key id {shown(key_id)}")
 
 
 class RevisionPruned(DatastoreError):

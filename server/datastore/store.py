@@ -42,7 +42,7 @@ from server.datastore.records import (
     ChangeEvent,
     EntrySnapshot,
 )
-from server.datastore.schema import agents, entries
+from server.datastore.schema import agents, bundles, entries
 from server.entries import RegistrationEntry
 
 Listener = Callable[[int], None]
@@ -284,6 +284,10 @@ class Datastore(Closing):
     def list_bundles(self) -> list[BundleRecord]:
         with self._read() as conn:
             return trust_queries.load_bundles(conn)
+
+    def count_bundles(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(bundles)).scalar_one())
 
     def delete_bundle(self, trust_domain: TrustDomain) -> None:
         now = self._clock()

@@ -78,9 +78,9 @@ def put_bundle(
     try:
         parsed = json.loads(document)
     except ValueError as exc:
-        raise InvalidRecord("bundle document", document[:64], f"not JSON: {exc}") from exc
+        raise InvalidRecord("bundle document", document, f"not JSON: {exc}") from exc
     if not isinstance(parsed, dict):
-        raise InvalidRecord("bundle document", document[:64], "expected a JSON object (JWKS)")
+        raise InvalidRecord("bundle document", document, "expected a JSON object (JWKS)")
     key = str(trust_domain)
     sequence = conn.execute(
         sa.select(bundles.c.sequence).where(bundles.c.trust_domain == key)

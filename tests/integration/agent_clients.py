@@ -19,11 +19,20 @@ UID_A = 41001
 UID_B = 41002
 
 
-def pyspiffe(agent: AgentProcess, *args: str, uid: int | None = None, timeout: float = 60) -> Any:
-    """Run agent_pyspiffe_client.py against `agent`; its JSON answer (errors included)."""
+def pyspiffe(
+    agent: AgentProcess,
+    *args: str,
+    uid: int | None = None,
+    timeout: float = 60,
+    own_netns: bool = False,
+) -> Any:
+    """Run agent_pyspiffe_client.py against `agent`; its JSON answer (errors included).
+
+    `own_netns` runs it in a fresh network namespace, as a pod reaching a host-path socket."""
     python, env = python_as(uid)
+    netns = ["unshare", "--net", "--"] if own_netns else []
     result = subprocess.run(
-        [*python, str(PYSPIFFE_CLIENT), str(agent.socket_path), *args],
+        [*netns, *python, str(PYSPIFFE_CLIENT), str(agent.socket_path), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -137,15 +137,22 @@ class AgentProcess:
             base["node_attestor"] = self.extra_config["node_attestor"]
         return merge(base, {k: v for k, v in self.extra_config.items() if k != "node_attestor"})
 
-    def start(self, join_token: str | None = None, wait: bool = True, timeout: float = 60) -> None:
-        """Start the daemon (with a join token when given) and wait until /ready."""
+    def start(
+        self,
+        join_token: str | None = None,
+        wait: bool = True,
+        timeout: float = 60,
+        run_args: Sequence[str] = (),
+    ) -> None:
+        """Start the daemon (with a join token when given; `run_args` after `run`) and wait
+        until /ready."""
         if join_token is not None:
             (self.workdir / "join-token").write_text(join_token + "\n")
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONPATH", f"{REPO}:{REPO / 'proto'}")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [str(AGENT_BIN), "run", "--config", str(self.config_path)],
+            [str(AGENT_BIN), "run", "--config", str(self.config_path), *run_args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

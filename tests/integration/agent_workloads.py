@@ -18,7 +18,8 @@ from tests.waiting import wait_for
 
 # Connects to the agent socket (so the kernel records THIS process as the peer), hands the
 # connected fd to the test over an inherited socketpair, then lives until stdin closes; or,
-# given an executable, execs it (argument "300") at the first line on stdin.
+# given an executable, execs it (argument "300") at the first line on stdin, keeping its
+# connection across the exec when the fourth argument is "keep".
 _HANDOFF = """
 import os, socket, sys
 channel = socket.socket(fileno=int(sys.argv[2]))
@@ -26,6 +27,7 @@ agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 agent.connect(sys.argv[1])
 socket.send_fds(channel, [b"fd"], [agent.fileno()])
 if len(sys.argv) > 3:
+    os.set_inheritable(agent.fileno(), sys.argv[4] == "keep")
     sys.stdin.readline()
     os.execv(sys.argv[3], [sys.argv[3], "300"])
 sys.stdin.read()
@@ -33,16 +35,19 @@ sys.stdin.read()
 
 
 def connect_from_child(
-    socket_path: Path, uid: int | None = None, then_exec: str | None = None
+    socket_path: Path,
+    uid: int | None = None,
+    then_exec: str | None = None,
+    keep_on_exec: bool = False,
 ) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """A child process connects to `socket_path`; we get the connected socket, it stays alive.
 
     With `then_exec`, the child execs that binary when `exec_in_child` tells it to (and must
-    then be killed rather than `end`ed).
+    then be killed rather than `end`ed); `keep_on_exec` clears CLOEXEC on its connection first.
     """
     python, env = python_as(uid)
     ours, theirs = socket.socketpair()
-    extra = [] if then_exec is None else [then_exec]
+    extra = [] if then_exec is None else [then_exec, "keep" if keep_on_exec else "close"]
     with ours, theirs:
         proc = subprocess.Popen(
             [*python, "-c", _HANDOFF, str(socket_path), str(theirs.fileno()), *extra],

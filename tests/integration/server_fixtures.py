@@ -118,13 +118,14 @@ class ServerProcess:
     def write_config(self) -> None:
         self.config_path.write_text(to_toml(self.config()))
 
-    def start(self, wait: bool = True, timeout: float = 60) -> None:
+    def start(self, wait: bool = True, timeout: float = 60, run_args: Sequence[str] = ()) -> None:
+        """Start the daemon (`run_args` after `run --config ...`); wait until /ready if `wait`."""
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "server.addresses.json").unlink()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it; closed below
         try:
             self.process = subprocess.Popen(
-                [str(SERVER_BIN), "run", "--config", str(self.config_path)],
+                [str(SERVER_BIN), "run", "--config", str(self.config_path), *run_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=server_env(),

@@ -73,7 +73,10 @@ def test_refuses_a_workload_socket_directory_others_can_write(
     (agent.workdir / "join-token").write_text("unused\n")
     agent.socket_path.parent.chmod(0o777)
     done = agent_cli("run", "--config", str(agent.config_path), timeout=60)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert f"{agent.socket_path.parent}: mode 0777 is writable by group or others" in done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        f"socket_path: {agent.socket_path.parent}: mode 0777 is writable by group or others"
+        in done.stderr
+    )
     assert stat.S_IMODE(agent.socket_path.parent.stat().st_mode) == 0o777  # not "fixed"
     assert not agent.socket_path.exists()

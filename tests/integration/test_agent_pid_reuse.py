@@ -36,9 +36,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 @pytest.fixture
 def gated_agent(
-    tmp_path: Path, running_server: ServerProcess, agent_factory: AgentFactory
+    tmp_path: Path,
+    running_server: ServerProcess,
+    agent_factory: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[AgentProcess, Path, Path]:
     site = install_gate_plugin(tmp_path / "site")
+    # `entry create` accepts only selectors of installed attestors: let the CLI see gate too
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{REPO}:{REPO / 'proto'}")
     started, release = make_fifos(tmp_path)
     agent = agent_factory(
         env={"PYTHONPATH": f"{site}:{REPO}:{REPO / 'proto'}"},

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from insignia_proto import workload_pb2 as pb
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from insignia.spiffeid import TrustDomain
+from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
 from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
 from tests.integration.agent_clients import (
     UID_A,
@@ -54,6 +56,18 @@ def test_each_uid_gets_its_own_identity_and_no_one_elses(
     assert b["error"] == "PERMISSION_DENIED" and "no identity issued" in b["detail"]
     b_jwt = pyspiffe(running_agent, "jwt", "svc", uid=UID_B)
     assert b_jwt["error"] == "PERMISSION_DENIED"
+
+
+def test_a_caller_in_another_network_namespace_is_attested_like_any_other(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    """A container or pod reaching a host-path socket: its connection belongs to its own
+    network namespace, where the agent's peer lookup must follow it."""
+    register(running_server, running_agent, "/pod", f"unix:uid:{UID_A}")
+    a = pyspiffe(running_agent, "x509", uid=UID_A, own_netns=True)
+    assert a.get("ids") == [f"spiffe://{running_server.trust_domain}/pod"], a
+    b = pyspiffe(running_agent, "x509", uid=UID_B, own_netns=True)
+    assert b["error"] == "PERMISSION_DENIED", b
 
 
 def test_x509_source_and_a_rotation_on_the_stream(
@@ -210,3 +224,24 @@ def test_back_to_back_calls_on_one_connection_share_an_attestation(
     with WorkloadApiClient(running_agent.socket_path) as other:
         other.fetch_jwt_svids(["new-connection"])
     assert (running_agent.metric(attested) or 0) == after + 1  # a new connection attests anew
+
+
+def test_bundle_maps_are_keyed_by_the_trust_domain_id(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    """The proto says "keyed by the SPIFFE ID of the trust domain", and SPIRE sends that:
+    a client that looks up `spiffe://example.org` must find it (issue 12, item 6)."""
+    register(running_server, running_agent, "/raw", "unix:uid:0")
+    td_id = f"spiffe://{running_server.trust_domain}"
+    with grpc.insecure_channel(f"unix:{running_agent.socket_path}") as channel:
+        stub = WorkloadApiSyncStub(channel)
+        for call, request in (
+            (stub.FetchX509Bundles, pb.X509BundlesRequest()),
+            (stub.FetchJWTBundles, pb.JWTBundlesRequest()),
+        ):
+            stream = call(request, metadata=SECURITY_HEADER, timeout=30)
+            assert list(next(stream).bundles) == [td_id]
+            stream.cancel()
+    with WorkloadApiClient(running_agent.socket_path) as client:  # our SDK reads it back
+        bundles = client.fetch_x509_bundles()
+        assert bundles.get_bundle_for_trust_domain(TrustDomain.parse(td_id)) is not None

@@ -1,4 +1,4 @@
-"""Container and systemd attestors against processes placed in real cgroups (design.md §7).
+"""Container and systemd attestors against processes placed in real cgroups.
 
 Each case makes the cgroup a runtime would make (v1 `pids` hierarchy, the v2 unified
 hierarchy, or systemd's named hierarchy), moves a live process into it, attests it, and

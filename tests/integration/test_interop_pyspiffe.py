@@ -1,8 +1,9 @@
 """Interop through a real agent: py-spiffe + spiffe-tls workloads, and our SDK, in every pairing.
 
 py-spiffe runs in its own processes under other uids (it cannot share a process with our
-protobuf messages, design.md §1); our SDK runs in this test process, as root, with its own
-entry. Every pairing completes an mTLS echo in which each side checks the other's SPIFFE ID.
+protobuf messages, docs/design-notes.md §1); our SDK runs in this test process, as root,
+with its own entry. Every pairing completes an mTLS echo in which each side checks the
+other's SPIFFE ID.
 """
 
 from __future__ import annotations

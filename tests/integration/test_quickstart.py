@@ -87,3 +87,38 @@ def test_quickstart_serves_an_identity_for_the_invoking_user(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_second_quickstart_says_one_is_running_and_leaves_it_alone(tmp_path: Path) -> None:
+    root = tmp_path / "qs"
+    env = {**os.environ, "INSIGNIA_QUICKSTART_DIR": str(root)}
+    command = [sys.executable, "-m", "insignia.quickstart"]
+    first = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        _read_until(first, "Ctrl-C", timeout=120)
+        second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"quickstart is already running in {root} (pid {first.pid})" in second.stderr
+        assert "Insignia is running" not in second.stdout
+        fetch_env = {**env, "SPIFFE_ENDPOINT_SOCKET": f"unix://{root}/run/agent/public/api.sock"}
+        wait_for(  # the first one's sockets and state were not wiped (the entry may still race)
+            lambda: (
+                subprocess.run(
+                    [str(BIN / "insignia-agent"), "api", "fetch", "x509"],
+                    capture_output=True,
+                    env=fetch_env,
+                    timeout=30,
+                ).returncode
+                == 0
+            ),
+            30,
+            "the first quickstart to serve an SVID",
+        )
+        first.send_signal(signal.SIGINT)
+        assert first.wait(60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()

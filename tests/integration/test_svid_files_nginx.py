@@ -207,9 +207,10 @@ def test_nginx_mtls(
             60,
             "the helper's first write and its (failing) reload",
         )
-        modes = {p.name: p.stat().st_mode & 0o777 for p in certs.iterdir()}
+        names = ("svid.pem", "svid_key.pem", "bundle.pem")  # symlinks into .insignia-svid
+        modes = {n: (certs / n).stat().st_mode & 0o777 for n in names}
         assert modes == {"svid.pem": 0o644, "svid_key.pem": 0o600, "bundle.pem": 0o644}
-        assert {p.stat().st_uid for p in certs.iterdir()} == {UID_A}
+        assert {(certs / n).stat().st_uid for n in names} == {UID_A}
         first = leaf_of((certs / "svid.pem").read_bytes())
         nginx_id = x509.UniformResourceIdentifier(f"spiffe://{td}/nginx")
         sans = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

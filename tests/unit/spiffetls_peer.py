@@ -8,7 +8,8 @@ SOURCE is `files:CERT,KEY,BUNDLE,TRUST_DOMAIN` (PEM files) or `workload-api:unix
 and `subscribe_for_updates` from its source, so for files a small object holding py-spiffe's
 own parsed files stands in; either way every SVID, bundle and SPIFFE ID check here is
 py-spiffe's and OpenSSL's, none of Insignia's. py-spiffe runs in its own process: its
-generated Workload API messages clash with Insignia's in one protobuf pool (design.md §1).
+generated Workload API messages clash with Insignia's in one protobuf pool
+(docs/design-notes.md §1).
 """
 
 from __future__ import annotations

@@ -28,8 +28,11 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from insignia.bundle import Bundle, BundleSet
 from insignia.durations import InvalidDuration
 from insignia.jwtsvid import (
+    MAX_TOKEN_BYTES,
+    AudienceLimits,
     AudienceMismatch,
     BadSignature,
+    InvalidAudience,
     InvalidJwtSvid,
     InvalidSubject,
     MalformedToken,
@@ -38,11 +41,13 @@ from insignia.jwtsvid import (
     UnknownKeyId,
     UnsupportedAlgorithm,
     UntrustedTrustDomain,
+    check_token_fits,
+    max_token_bytes,
     parse_and_validate,
     sign_jwt_svid,
 )
 from insignia.keys import InvalidKey, KeyType, PrivateKey, generate_key
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import MAX_ID_BYTES, SpiffeId, TrustDomain
 
 TD = TrustDomain("example.org")
 OTHER_TD = TrustDomain("other.test")
@@ -518,3 +523,66 @@ def test_py_spiffe_validates_our_tokens_with_our_jwks(tmp_path: Path) -> None:
     expected_ok = f"ok {SID} ['aud1', 'aud2']"
     assert lines[:-1] == [expected_ok] * len(SIGNING_CASES)
     assert re.fullmatch(r"rejected \w+", lines[-1])
+
+
+# ----------------------------------------------------------------------------- audience limits
+
+
+@pytest.mark.parametrize(
+    ("audience", "message"),
+    [
+        ([], "audience must be specified"),
+        ("aud", "expected a list, not a string"),
+        (["a"] * 17, "17 audiences exceed the limit of 16 (jwt_max_audiences)"),
+        (
+            ["a", "x" * 257],
+            "audience 2 is 257 bytes, over the limit of 256 (jwt_max_audience_bytes)",
+        ),
+        (["é" * 129], "audience 1 is 258 bytes"),  # UTF-8 bytes, not characters
+        (["a", ""], "audience 2 is empty"),
+        (["a\nb"], "audience 1 contains a control character"),
+        (["\ud800"], "audience 1 is not valid UTF-8"),
+    ],
+)
+def test_audience_limits_refuse_with_the_limit_named(audience: Any, message: str) -> None:
+    with pytest.raises(InvalidAudience, match=re.escape(message)) as info:
+        AudienceLimits().check(audience)
+    assert "\n" not in str(info.value)
+
+
+def test_audience_limits_accept_the_maximum() -> None:
+    audience = ["x" * 256] * 15 + ["é" * 128]
+    assert AudienceLimits().check(audience) == tuple(audience)
+
+
+def test_a_maximal_token_fits_what_validators_accept() -> None:
+    """Every part at its worst: the longest SPIFFE ID, 16 audiences of 256 quotes (each
+    escaped to two bytes), a 64-byte kid, an issuer, RSA-4096 with PS512."""
+    key = generate_key(KeyType.RSA_4096)
+    sub = SpiffeId.parse(
+        "spiffe://example.org/" + "p" * (MAX_ID_BYTES - len("spiffe://example.org/"))
+    )
+    audience = [f"{i:02}" + '"' * 254 for i in range(16)]
+    issuer = "https://issuer.example.org/insignia"
+    limits = AudienceLimits()
+    check_token_fits(limits, issuer)
+    token = sign_jwt_svid(
+        sub, limits.check(audience), TTL, key, "k" * 64, "PS512", now=NOW, issuer=issuer
+    )
+    assert len(token) <= max_token_bytes(limits, issuer) <= MAX_TOKEN_BYTES
+    bundle = BundleSet.of([Bundle(TD, jwt_authorities={"k" * 64: key.public_key()})])
+    assert parse_and_validate(token, bundle, audience[7], now=NOW).audience == tuple(audience)
+
+
+def test_limits_whose_tokens_would_not_fit_are_refused() -> None:
+    with pytest.raises(ValueError, match="jwt_max_audiences = 16 of jwt_max_audience_bytes = 400"):
+        check_token_fits(AudienceLimits(16, 400))
+    with pytest.raises(ValueError, match="over the 16384"):
+        check_token_fits(AudienceLimits(), "https://" + "i" * 2000)
+
+
+def test_non_ascii_audiences_are_sent_as_utf8_not_escapes() -> None:
+    token = sign_jwt_svid(SID, ["ünïcode"], TTL, EC, "ec-p256", now=NOW)
+    claims = base64.urlsafe_b64decode(token.split(".")[1] + "==")
+    assert '"aud":["ünïcode"]'.encode() in claims
+    assert validate(token, "ünïcode").audience == ("ünïcode",)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,22 +98,17 @@ def test_credentials_of_a_child_and_pid_reuse_check(tmp_path: Path) -> None:
         assert creds.start_time == process_start_time(child.pid)
         exe = os.stat(f"/proc/{child.pid}/exe")
         assert creds.executable == (exe.st_dev, exe.st_ino)
+        child_fds = {
+            os.readlink(f"/proc/{child.pid}/fd/{n}") for n in os.listdir(f"/proc/{child.pid}/fd")
+        }
+        assert f"socket:[{creds.socket_inode}]" in child_fds
         assert creds.pidfd.is_alive()
         assert still_same_process(creds)
 
         # A different start time, uid or executable means "not the process that connected".
-        other_start = PeerCredentials(
-            creds.pid, creds.uid, creds.gid, creds.pidfd, creds.start_time + 1, creds.executable
-        )
-        assert not still_same_process(other_start)
-        other_uid = PeerCredentials(
-            creds.pid, creds.uid + 1, creds.gid, creds.pidfd, creds.start_time, creds.executable
-        )
-        assert not still_same_process(other_uid)
-        other_exe = PeerCredentials(
-            creds.pid, creds.uid, creds.gid, creds.pidfd, creds.start_time, (exe.st_dev, 1)
-        )
-        assert not still_same_process(other_exe)
+        assert not still_same_process(replace(creds, start_time=creds.start_time + 1))
+        assert not still_same_process(replace(creds, uid=creds.uid + 1))
+        assert not still_same_process(replace(creds, executable=(exe.st_dev, 1)))
 
         child.stdin.close()
         assert child.wait(timeout=10) == 0
@@ -170,6 +166,7 @@ def test_closed_pidfd_is_never_signalled() -> None:
         pidfd,
         process_start_time(os.getpid()),
         process_executable(os.getpid()),
+        0,
     )
     assert still_same_process(creds)
     pidfd.close()
@@ -204,7 +201,7 @@ def test_peer_that_exited_before_accept_is_process_gone(tmp_path: Path) -> None:
 def test_caller_table_maps_abstract_peer_names() -> None:
     table = CallerTable()
     pidfd = PidFd(os.pidfd_open(os.getpid()))
-    creds = PeerCredentials(os.getpid(), 1, 2, pidfd, 3, None)
+    creds = PeerCredentials(os.getpid(), 1, 2, pidfd, 3, None, 0)
     peer = table.register("insignia-" + "ab" * 16, creds)
     assert peer == "unix-abstract:insignia-" + "ab" * 16
     assert table.lookup(peer) is creds

@@ -470,7 +470,7 @@ async def test_openssl_s_client_with_svid_files(pki: Pki, tmp_path: Path, versio
 
 
 def peer_command(mode: str, files: dict[str, Path], allowed: SpiffeId, *extra: str) -> list[str]:
-    """spiffetls_peer.py on SVID files (design.md: py-spiffe lives in its own process)."""
+    """spiffetls_peer.py on SVID files (py-spiffe lives in its own process)."""
     source = "files:" + ",".join([*(str(files[k]) for k in ("svid", "key", "bundle")), TD.name])
     return [sys.executable, str(PEER_SCRIPT), mode, source, str(allowed), *extra]
 

@@ -6,7 +6,12 @@ from insignia_proto import workload_pb2 as pb
 
 from insignia.keys import KeyType, generate_key, private_key_to_der
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.workloadapi.client import WorkloadApiError, x509_context_from_response
+from insignia.workloadapi.client import (
+    WorkloadApiError,
+    _jwt_bundles,
+    _x509_bundles,
+    x509_context_from_response,
+)
 from insignia.x509ca import build_root_ca
 from insignia.x509svid import build_leaf
 
@@ -42,6 +47,25 @@ def test_decodes_svids_and_bundles():
     assert context.default_svid.hint == "web"
     assert context.bundles.get_bundle_for_trust_domain(TD).x509_authorities == (ca.certificate,)
     assert len(context.bundles) == 2
+
+
+@pytest.mark.parametrize("key", ["partner.org", "spiffe://partner.org"])
+def test_bundle_maps_are_keyed_by_trust_domain_id_or_name(key):
+    """SPIRE (and our agent) key bundles by `spiffe://partner.org`; older agents by the name."""
+    partner = TrustDomain.parse("partner.org")
+    fed_ca = build_root_ca(partner, generate_key(KeyType.EC_P256), timedelta(hours=1))
+    der = fed_ca.certificate.public_bytes(serialization.Encoding.DER)
+    _, msg = svid_message()
+    context = x509_context_from_response(
+        pb.X509SVIDResponse(svids=[msg], federated_bundles={key: der})
+    )
+    assert context.bundles.get_bundle_for_trust_domain(partner).x509_authorities == (
+        fed_ca.certificate,
+    )
+    x509_set = _x509_bundles(pb.X509BundlesResponse(bundles={key: der}))
+    assert x509_set.get_bundle_for_trust_domain(partner) is not None
+    jwt_set = _jwt_bundles(pb.JWTBundlesResponse(bundles={key: b'{"keys": []}'}))
+    assert jwt_set.get_bundle_for_trust_domain(partner) is not None
 
 
 def test_empty_response_and_inconsistent_ids_are_errors():

@@ -32,7 +32,7 @@ def expected(entry_id: str) -> RegistrationEntry:
         selectors=[f"unix:uid:{k}", f"unix:gid:{n}", f"k8s:ns:round-{round_}"]
         + [f"docker:label:l{i}={n}" for i in range(k % 5)],
         x509_svid_ttl=60 + n,
-        jwt_svid_ttl=k,
+        jwt_svid_ttl=k + 2,  # at least MIN_JWT_SVID_TTL
         dns_names=[f"s{k}.b{n}.example.com", f"alt{k}.example.net"],
         federates_with=["partner.org"] if n % 2 else [],
         hint=entry_id,

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
-from agent.cache import MAX_JWT_AUDIENCE_SETS_PER_ENTRY, Cache, JwtSvidRecord, SyncDelta
+from agent.cache import MAX_JWT_CACHE_BYTES_PER_ENTRY, Cache, JwtSvidRecord, SyncDelta
+from insignia.jwtsvid import MAX_TOKEN_BYTES
 from tests.unit.agent.helpers import NOW, TD, bundle_view, issue, make_ca, make_entry, sels
 
 HOUR = timedelta(hours=1)
@@ -91,10 +92,15 @@ def test_jwt_cache_is_per_audience_set_and_bounded():
     cache.put_jwt("a", frozenset({"x", "y"}), record("t1"), NOW)
     assert cache.jwt_svid("a", frozenset({"y", "x"})).token == "t1"
     assert cache.jwt_svid("a", frozenset({"x"})) is None
-    for i in range(MAX_JWT_AUDIENCE_SETS_PER_ENTRY + 5):
-        cache.put_jwt("a", frozenset({f"aud{i}"}), record(str(i)), NOW)
+    # Bounded by bytes: maximal tokens and audiences fill the entry's budget in few sets.
+    big = "t" * MAX_TOKEN_BYTES
+    sets = [frozenset({f"{i:03}" + "a" * 252}) for i in range(100)]
+    for i, audience in enumerate(sets):
+        cache.put_jwt("a", audience, record(big + str(i)), NOW)
+    kept = [a for a in sets if cache.jwt_svid("a", a) is not None]
     assert cache.jwt_svid("a", frozenset({"x", "y"})) is None
-    assert cache.jwt_svid("a", frozenset({f"aud{MAX_JWT_AUDIENCE_SETS_PER_ENTRY + 4}"}))
+    assert kept == sets[-len(kept) :]  # the newest stay, the oldest went first
+    assert 0 < len(kept) * (MAX_TOKEN_BYTES + 256) <= MAX_JWT_CACHE_BYTES_PER_ENTRY
     # Storing one more drops the entry's expired tokens.
     cache.put_jwt("a", frozenset({"short"}), record("s", timedelta(seconds=1)), NOW)
     cache.put_jwt("a", frozenset({"later"}), record("l"), NOW + timedelta(seconds=2))

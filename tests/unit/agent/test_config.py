@@ -59,6 +59,21 @@ def test_the_sample_config_loads():
             "invalid duration",
         ),
         (("[server]", '[health]\naddress = "nowhere"\n[server]'), "health.address", "host:port"),
+        (
+            ("[server]", "[workload]\njwt_max_audience_bytes = 1000\n[server]"),
+            "workload",
+            "over the 16384 that validators accept",
+        ),
+        (
+            ("[server]", "[workload]\njwt_mint_rate_per_uid = 0\n[server]"),
+            "workload.jwt_mint_rate_per_uid",
+            "expected number > 0",
+        ),
+        (
+            ("[server]", '[sync]\nkeepalive_interval = "1s"\n[server]'),
+            "sync",
+            "keepalive_interval must be at least 5s",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, edit, key, fragment):

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 
-from agent.jwt_validation import JwtValidator
+from agent.jwt_validation import JwtValidator, cost
 from insignia.bundle import Bundle, BundleSet
 from insignia.jwtsvid import AudienceMismatch, TokenExpired, UnknownKeyId, sign_jwt_svid
 from insignia.keys import KeyType, generate_key
@@ -41,13 +41,14 @@ def test_a_new_bundle_without_the_key_forces_a_full_check():
         validator.validate(token, rotated, "orders", NOW)
 
 
-def test_the_cache_is_bounded():
-    validator = JwtValidator(capacity=2)
+def test_the_cache_is_bounded_by_bytes():
     key = generate_key(KeyType.EC_P256)
     bundles = BundleSet.of([Bundle(TD, jwt_authorities={"k1": key.public_key()})])
     tokens = [
-        sign_jwt_svid(SUB, [f"a{i}"], timedelta(minutes=5), key, "k1", now=NOW) for i in range(3)
+        sign_jwt_svid(SUB, [f"a{i}".ljust(200, "x")], timedelta(minutes=5), key, "k1", now=NOW)
+        for i in range(3)
     ]
+    validator = JwtValidator(max_bytes=2 * cost(tokens[0]))
     for i, token in enumerate(tokens):
-        validator.validate(token, bundles, f"a{i}", NOW)
+        validator.validate(token, bundles, f"a{i}".ljust(200, "x"), NOW)
     assert len(validator) == 2

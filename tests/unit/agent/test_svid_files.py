@@ -18,6 +18,7 @@ from agent.svid_files import (
     BUNDLE_FILE,
     KEY_FILE,
     SVID_FILE,
+    VERSIONS_DIR,
     FileState,
     HelperSettings,
     Layout,
@@ -25,6 +26,7 @@ from agent.svid_files import (
     SvidFilesHelper,
     files_to_write,
     read_state,
+    remove_leftovers,
     render_files,
     select_svid,
     sync_files,
@@ -123,7 +125,8 @@ def test_key_is_0600_and_a_second_sync_writes_nothing(ca: SigningAuthority, tmp_
     ctx = context(make_svid(ca), bundles=(Bundle(TD, (ca.certificate,)),))
     os.umask(0o022)
     assert sync_files(out, ctx, Layout()) == (BUNDLE_FILE, KEY_FILE, SVID_FILE)
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    names = (BUNDLE_FILE, KEY_FILE, SVID_FILE)
+    modes = {name: stat.S_IMODE((out / name).stat().st_mode) for name in names}
     assert modes == {BUNDLE_FILE: 0o644, KEY_FILE: 0o600, SVID_FILE: 0o644}
     assert sync_files(out, ctx, Layout()) == ()
 
@@ -148,7 +151,51 @@ def test_rotation_replaces_files_atomically(ca: SigningAuthority, tmp_path: Path
     assert pem_certs((tmp_path / SVID_FILE).read_bytes()) == [new.leaf]
     key = private_key_from_pem((tmp_path / KEY_FILE).read_bytes())
     assert key.public_key() == new.leaf.public_key()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [BUNDLE_FILE, SVID_FILE, KEY_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        VERSIONS_DIR, BUNDLE_FILE, SVID_FILE, KEY_FILE
+    ]  # fmt: skip
+    # The old version is gone; the configured paths are fixed symlinks into `current`.
+    assert len([p for p in (tmp_path / VERSIONS_DIR).iterdir() if not p.is_symlink()]) == 1
+    assert os.readlink(tmp_path / KEY_FILE) == f"{VERSIONS_DIR}/current/{KEY_FILE}"
+
+
+def test_the_pair_switches_with_one_rename(ca: SigningAuthority, tmp_path: Path) -> None:
+    """Whatever a kill interrupts, the key and certificate on disk are one version's."""
+    bundles = (Bundle(TD, (ca.certificate,)),)
+    old, new = make_svid(ca), make_svid(ca)
+    sync_files(tmp_path, context(old, bundles=bundles), Layout())
+    links = {name: os.readlink(tmp_path / name) for name in (BUNDLE_FILE, KEY_FILE, SVID_FILE)}
+    sync_files(tmp_path, context(new, bundles=bundles), Layout())
+    assert {name: os.readlink(tmp_path / name) for name in links} == links  # never re-pointed
+    current = tmp_path / VERSIONS_DIR / "current"
+    assert private_key_from_pem((current / KEY_FILE).read_bytes()).public_key() == (
+        pem_certs((current / SVID_FILE).read_bytes())[0].public_key()
+    )
+
+
+def test_leftovers_of_a_killed_helper_are_removed(ca: SigningAuthority, tmp_path: Path) -> None:
+    bundles = (Bundle(TD, (ca.certificate,)),)
+    sync_files(tmp_path, context(make_svid(ca), bundles=bundles), Layout())
+    (tmp_path / ".svid_key.pem.0123456789abcdef.tmp").write_bytes(b"a key copy")
+    (tmp_path / VERSIONS_DIR / "half-written").mkdir()
+    (tmp_path / VERSIONS_DIR / "half-written" / KEY_FILE).write_bytes(b"a key copy")
+    remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        VERSIONS_DIR, BUNDLE_FILE, SVID_FILE, KEY_FILE
+    ]  # fmt: skip
+    assert len(list((tmp_path / VERSIONS_DIR).iterdir())) == 2  # current and its target
+    assert (tmp_path / KEY_FILE).read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+
+
+def test_regular_files_of_an_older_release_become_symlinks(
+    ca: SigningAuthority, tmp_path: Path
+) -> None:
+    ctx = context(make_svid(ca), bundles=(Bundle(TD, (ca.certificate,)),))
+    for f in render_files(ctx):
+        (tmp_path / f.name).write_bytes(f.data)
+        (tmp_path / f.name).chmod(f.mode)
+    assert sync_files(tmp_path, ctx, Layout()) == ()  # same content: no reload
+    assert (tmp_path / SVID_FILE).is_symlink() and (tmp_path / KEY_FILE).is_symlink()
 
 
 def test_read_state_reports_missing_files_as_none(tmp_path: Path) -> None:

@@ -3,10 +3,17 @@ from datetime import timedelta
 import pytest
 
 from agent.cache import BundleView, SyncDelta
-from agent.workload_views import NoIdentity, jwt_bundles, jwt_targets, x509_bundles, x509_view
+from agent.workload_views import (
+    NoIdentity,
+    SvidsExpired,
+    jwt_bundles,
+    jwt_targets,
+    x509_bundles,
+    x509_view,
+)
 from insignia.bundle import Bundle
 from insignia.x509svid import X509Svid
-from tests.unit.agent.helpers import NOW, TD, filled_cache, make_ca, make_entry, sels
+from tests.unit.agent.helpers import NOW, TD, filled_cache, issue, make_ca, make_entry, sels
 
 CALLER = sels("unix:uid:1000")
 
@@ -25,14 +32,25 @@ def test_x509_view_serves_exactly_the_callers_identities():
     assert view.pending == ()
 
 
-def test_unsigned_and_expired_svids_are_pending_not_served():
+def test_unsigned_svids_are_pending_and_expired_ones_are_an_outage():
     ca = make_ca()
     e = make_entry("m", "/mine", "unix:uid:1000")
     cache = filled_cache(ca, e, sign=False)
     assert x509_view(cache, CALLER, NOW).pending == (e,)
     cache = filled_cache(ca, e)
-    later = x509_view(cache, CALLER, NOW + timedelta(hours=2))
-    assert later.response.svids == [] and later.pending == (e,)
+    with pytest.raises(SvidsExpired, match="cannot reach a server"):
+        x509_view(cache, CALLER, NOW + timedelta(hours=2))
+
+
+def test_one_valid_svid_is_served_beside_an_expired_one():
+    ca = make_ca()
+    fresh = make_entry("f", "/fresh", "unix:uid:1000")
+    stale = make_entry("s", "/stale", "unix:uid:1000")
+    cache = filled_cache(ca, fresh, stale, sign=False)
+    cache.put_x509([issue(ca, fresh), issue(ca, stale, NOW - timedelta(hours=2))])
+    view = x509_view(cache, CALLER, NOW)
+    assert [s.spiffe_id for s in view.response.svids] == ["spiffe://example.org/fresh"]
+    assert view.pending == (stale,)
 
 
 def test_no_matching_entry_is_no_identity_everywhere():
@@ -60,9 +78,12 @@ def test_federated_bundles_only_for_entries_that_federate():
         },
     )
     cache.apply(SyncDelta("s", 2, False, (), (), view))
-    assert set(x509_view(cache, CALLER, NOW).response.federated_bundles) == {"partner.org"}
-    assert set(x509_bundles(cache, CALLER, NOW)) == {"example.org", "partner.org"}
-    assert set(jwt_bundles(cache, CALLER, NOW)) == {"example.org", "partner.org"}
+    # keyed by the trust domain's SPIFFE ID, as the proto says and SPIRE sends
+    fed_ids = x509_view(cache, CALLER, NOW).response.federated_bundles
+    assert set(fed_ids) == {"spiffe://partner.org"}
+    both = {"spiffe://example.org", "spiffe://partner.org"}
+    assert set(x509_bundles(cache, CALLER, NOW)) == both
+    assert set(jwt_bundles(cache, CALLER, NOW)) == both
 
 
 def test_jwt_targets_all_or_the_named_one():

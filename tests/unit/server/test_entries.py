@@ -107,6 +107,7 @@ def test_nested_parent_may_be_any_workload_id() -> None:
         ({"x509_svid_ttl": True}, "x509_svid_ttl"),
         ({"x509_svid_ttl": 1.5}, "x509_svid_ttl"),
         ({"jwt_svid_ttl": 3601}, "jwt_svid_ttl"),
+        ({"jwt_svid_ttl": 1}, "jwt_svid_ttl"),  # a 1 s JWT-SVID may be expired on arrival
         ({"dns_names": ["bad_name.example.com"]}, "dns_names"),
         ({"dns_names": ["-lead.example.com"]}, "dns_names"),
         ({"dns_names": ["a..b"]}, "dns_names"),

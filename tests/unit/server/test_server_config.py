@@ -58,3 +58,12 @@ def test_database_url_default_and_scheme(tmp_path: Path) -> None:
     path.write_text('trust_domain = "x.org"\n[database]\nurl = "mysql://x"\n')
     with pytest.raises(ConfigError, match=r"database\.url"):
         load_server_config(path)
+
+
+def test_jwt_audience_limits_must_keep_tokens_within_the_validator_limit() -> None:
+    assert server_config().audience_limits.max_audiences == 16
+    assert server_config(jwt_max_audiences=4, jwt_max_audience_bytes=1024).audience_limits
+    with pytest.raises(ConfigError, match=r"allow tokens of up to .* over the 16384"):
+        server_config(jwt_max_audiences=64)
+    with pytest.raises(ConfigError, match="jwt_max_audience_bytes"):
+        server_config(jwt_max_audience_bytes=0)

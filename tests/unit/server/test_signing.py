@@ -5,6 +5,7 @@ import pytest
 from cryptography import x509
 
 from insignia.bundle import load_der_certificates
+from insignia.jwtsvid import AudienceLimits, InvalidAudience
 from insignia.keys import KeyType, generate_key
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.x509ca import build_root_ca
@@ -75,11 +76,52 @@ def test_agent_csr_may_omit_the_id(authority) -> None:  # type: ignore[no-untype
 
 def test_jwt_expiry_never_passes_the_key() -> None:
     key = generate_key(KeyType.EC_P256)
+    limits = AudienceLimits()
     signed = sign_jwt(
-        ("kid1", key), NOW + timedelta(seconds=30), WEB, ["aud"], timedelta(minutes=5), NOW
+        ("kid1", key), NOW + timedelta(seconds=30), WEB, ["aud"], timedelta(minutes=5), NOW, limits
     )
     assert signed.expires_at - signed.issued_at == 30
-    with pytest.raises(SigningRefused, match="audience"):
-        sign_jwt(("kid1", key), NOW + timedelta(hours=1), WEB, [], timedelta(minutes=5), NOW)
+    with pytest.raises(InvalidAudience, match="audience must be specified"):
+        sign_jwt(
+            ("kid1", key), NOW + timedelta(hours=1), WEB, [], timedelta(minutes=5), NOW, limits
+        )
+    with pytest.raises(InvalidAudience, match="jwt_max_audiences"):
+        sign_jwt(None, None, WEB, ["a"] * 17, timedelta(minutes=5), NOW, limits)
     with pytest.raises(NoActiveAuthority):
-        sign_jwt(None, None, WEB, ["a"], timedelta(minutes=5), NOW)
+        sign_jwt(None, None, WEB, ["a"], timedelta(minutes=5), NOW, limits)
+
+
+def test_an_id_without_a_path_is_never_signed(authority) -> None:  # type: ignore[no-untyped-def]
+    """X509-SVID §3.1: a leaf's SPIFFE ID MUST have a path; the trust domain's own ID is not
+    a workload's. Entry creation refuses it with the same rule."""
+    td_id = SpiffeId.parse("spiffe://example.org")
+    csr = make_csr(generate_key(KeyType.EC_P256), [str(td_id)])
+    with pytest.raises(SigningRefused, match="expected a path after the trust domain"):
+        sign_x509_svid(authority, csr, td_id, timedelta(minutes=5), now=NOW)
+    with pytest.raises(SigningRefused, match="expected a path after the trust domain"):
+        sign_jwt(("k", generate_key(KeyType.EC_P256)), NOW + timedelta(hours=1), td_id, ["a"],
+                 timedelta(minutes=5), NOW, AudienceLimits())  # fmt: skip
+
+
+def test_a_too_short_jwt_ttl_says_so() -> None:
+    key = generate_key(KeyType.EC_P256)
+    with pytest.raises(SigningRefused, match="ttl 1 s is too short for a JWT-SVID"):
+        sign_jwt(
+            ("k", key),
+            NOW + timedelta(hours=1),
+            WEB,
+            ["a"],
+            timedelta(seconds=1),
+            NOW,
+            AudienceLimits(),
+        )
+    with pytest.raises(NoActiveAuthority):  # the key itself expires within a second
+        sign_jwt(
+            ("k", key),
+            NOW + timedelta(seconds=1),
+            WEB,
+            ["a"],
+            timedelta(minutes=5),
+            NOW,
+            AudienceLimits(),
+        )

@@ -1,6 +1,6 @@
 import pytest
 
-from server.ratelimit import RateLimiter, peer_ip
+from insignia.ratelimit import RateLimiter, peer_ip
 
 
 def test_bucket_refills_at_rate() -> None:

@@ -1,7 +1,8 @@
-"""Per-client-IP token buckets: attestation at 1/s and signing at 500/s by default (SPIRE's).
+"""Token buckets per key: the server's per-IP attestation (1/s) and per-agent signing (500/s)
+budgets, and the agent's per-uid and per-SPIFFE-ID JWT-SVID mint budgets.
 
 Pure: callers pass the current monotonic time, so the refill arithmetic is tested without
-sleeping. Buckets of idle clients are forgotten so the table cannot grow without bound.
+sleeping. Buckets of idle keys are forgotten so the table cannot grow without bound.
 """
 
 from __future__ import annotations

@@ -1,0 +1,93 @@
+"""gRPC server reflection on the Workload API socket (Workload Endpoint spec §7: SHOULD).
+
+Both reflection versions are served, `grpc.reflection.v1` and `grpc.reflection.v1alpha`
+(grpcurl and grpc-go try v1 first), from one servicer: their messages are wire-identical.
+
+Our Workload API messages live in the proto package `insignia.workload` (see
+insignia/workload_wire.py), but the service on the wire is the package-less
+`SpiffeWorkloadAPI` of the public workload.proto. Reflection must describe what is served, so
+it answers from a private descriptor pool holding a package-less copy of our file: a client
+that resolves `SpiffeWorkloadAPI` gets the public definition, and py-spiffe's own copy in the
+default pool is never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
+from google.protobuf.descriptor import FileDescriptor
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
+from insignia_proto import workload_pb2
+
+from insignia.workload_wire import WORKLOAD_SERVICE
+
+V1ALPHA: Final = "grpc.reflection.v1alpha.ServerReflection"
+V1: Final = "grpc.reflection.v1.ServerReflection"
+_WORKLOAD_FILE: Final = "workload.proto"  # the public file's name
+_V1_FILE: Final = "grpc/reflection/v1/reflection.proto"
+
+
+def _copy(descriptor: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+    proto = descriptor_pb2.FileDescriptorProto()
+    descriptor.CopyToProto(proto)
+    return proto
+
+
+def _repackaged(
+    proto: descriptor_pb2.FileDescriptorProto, name: str, package: str
+) -> descriptor_pb2.FileDescriptorProto:
+    """`proto` moved to `package` (possibly none) under file name `name`, with every type
+    reference inside it rewritten to match."""
+    old = f".{proto.package}."
+    new = f".{package}." if package else "."
+
+    def fix(reference: str) -> str:
+        return new + reference[len(old) :] if reference.startswith(old) else reference
+
+    def fix_messages(messages: Any) -> None:
+        for message in messages:
+            for field in message.field:
+                if field.HasField("type_name"):  # assigning "" would mark it set
+                    field.type_name = fix(field.type_name)
+            fix_messages(message.nested_type)
+
+    proto.name = name
+    if package:
+        proto.package = package
+    else:
+        proto.ClearField("package")
+    fix_messages(proto.message_type)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = fix(method.input_type)
+            method.output_type = fix(method.output_type)
+    return proto
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """The files reflection describes: the public Workload API and both reflection versions."""
+    pool = descriptor_pool.DescriptorPool()
+    for proto in (
+        _copy(struct_pb2.DESCRIPTOR),
+        _repackaged(_copy(workload_pb2.DESCRIPTOR), _WORKLOAD_FILE, ""),
+        _copy(reflection_pb2.DESCRIPTOR),
+        _repackaged(_copy(reflection_pb2.DESCRIPTOR), _V1_FILE, "grpc.reflection.v1"),
+    ):
+        pool.Add(proto)
+    return pool
+
+
+def reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
+    """Handlers for both reflection services, listing the Workload API and themselves."""
+    servicer = ReflectionServicer((WORKLOAD_SERVICE, V1, V1ALPHA), pool=reflection_pool())
+    methods = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    return [grpc.method_handlers_generic_handler(name, methods) for name in (V1, V1ALPHA)]

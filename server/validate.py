@@ -1,0 +1,40 @@
+"""`insignia-server validate`: every check the daemon makes on its config before it opens anything.
+
+The file is parsed and validated as `run` does, then the parts whose validity depends on
+other files are checked the same way the daemon will: the node attestors' server halves are
+configured (an x509pop CA bundle must load), the upstream CA files must load, and data_dir,
+if it exists, must be a directory. Nothing is created, bound or written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attestors.interface import ServerEnvironment
+from attestors.registry import load_node_attestor_servers
+from insignia.config import ConfigError
+from server.ca import UpstreamError, load_upstream
+from server.config import ServerConfig, load_server_config
+from server.core import JoinTokens
+from server.datastore.engine import normalize_url
+
+
+def check_server_config(config_path: Path) -> ServerConfig:
+    """The loaded config, or `ConfigError` naming the first key that would stop `run`."""
+    config = load_server_config(config_path)
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise ConfigError(config_path, "data_dir", f"{config.data_dir} is not a directory")
+    try:
+        normalize_url(config.database_url)
+    except ValueError as exc:
+        raise ConfigError(config_path, "database.url", str(exc)) from exc
+    upstream = config.ca.upstream
+    if upstream is not None:
+        try:
+            load_upstream(upstream.cert_file, upstream.key_file)
+        except UpstreamError as exc:
+            key = "cert_file" if exc.path == upstream.cert_file else "key_file"
+            raise ConfigError(config_path, f"ca.upstream.{key}", str(exc)) from exc
+    env = ServerEnvironment(config.td, token_store=JoinTokens())
+    load_node_attestor_servers(config.node_attestors, env, source=config_path)
+    return config
