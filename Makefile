@@ -54,10 +54,11 @@ proto-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check insignia attestors server agent tests benchmarks examples
+	$(BIN)/ruff format --check insignia attestors server agent tests benchmarks examples devtools
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict insignia attestors agent server
+	$(BIN)/mypy --strict insignia devtools
+	$(BIN)/mypy --strict examples/*.py
 
 pytest: $(STAMP) sysdeps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -q
@@ -65,7 +66,7 @@ pytest: $(STAMP) sysdeps
 test: $(STAMP) sysdeps proto-check lint typecheck pytest
 
 quickstart: $(STAMP)
-	$(BIN)/python -m insignia.quickstart
+	$(BIN)/python -m devtools.quickstart
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,9 @@
 """The agent's TOML config: every key, its default, and the checks that make a bad file fail fast.
 
-Loaded through `insignia.config.load_toml`, so an unknown key, a bad value or a missing file
-becomes one line naming the key, and the CLI exits with code 2. Plugin sections (the node
-attestor and the workload attestors) are passed through as tables; each plugin validates its
-own keys when it is configured at start-up.
+Loaded through `insignia.daemon.config.loading.load_toml`, so an unknown key, a bad value or a
+missing file becomes one line naming the key, and the CLI exits with code 2. Plugin sections
+(the node attestor and the workload attestors) are passed through as tables; each plugin
+validates its own keys when it is configured at start-up.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, field
 
 from insignia.backoff import Backoff
-from insignia.config import (
+from insignia.daemon.config.loading import (
     AbsolutePath,
     ListenAddress,
     LogSection,
@@ -24,15 +24,15 @@ from insignia.config import (
     TrustDomainName,
     load_toml,
 )
+from insignia.daemon.keepalive import AGENT_MIN_PING_INTERVAL, AGENT_PING_INTERVAL
+from insignia.daemon.peercred.front import DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_STALL_TIMEOUT
 from insignia.jwtsvid import (
     DEFAULT_MAX_AUDIENCE_BYTES,
     DEFAULT_MAX_AUDIENCES,
     AudienceLimits,
     check_token_fits,
 )
-from insignia.keepalive import AGENT_MIN_PING_INTERVAL, AGENT_PING_INTERVAL
 from insignia.keys import KeyType
-from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_STALL_TIMEOUT
 from insignia.spiffeid import TrustDomain
 
 DEFAULT_CONFIG_PATH = Path("/etc/insignia/agent.toml")
@@ -170,5 +170,6 @@ class AgentConfig(StrictModel, frozen=True, kw_only=True):
 
 
 def load_agent_config(path: Path | str) -> AgentConfig:
-    """The validated config at `path`, or `insignia.config.ConfigError` naming the bad key."""
+    """The validated config at `path`, or `ConfigError` (insignia.daemon.config) naming the bad
+    key."""
     return load_toml(path, AgentConfig)

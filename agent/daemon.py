@@ -16,32 +16,36 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from agent.cache import Cache, Change
-from agent.config import AgentConfig
-from agent.identity import IdentityKeeper
-from agent.metrics import AgentMetrics
-from agent.node_attestation import NeedsNewJoinToken, forget_identity
-from agent.reflection import reflection_handlers
-from agent.server_client import AgentEvicted, ServerClient
-from agent.signing import JwtMinter, MintBudget, X509Signer
-from agent.sync import run_sync
-from agent.workload_api import WorkloadApi
-from agent.workload_gate import ConnectionNotOwned, WorkloadAttestationFailed, WorkloadGate
-from attestors.interface import AttestationError, Caller, NodeAttestorAgent
-from attestors.registry import ConfiguredWorkloadAttestor
-from attestors.workload_attestation import attest_workload
-from insignia.config import refused_for_key
-from insignia.files import check_owned_directory, ensure_data_dir, ensure_private_dir
-from insignia.health import serve_health
-from insignia.instance import claim_socket_path, lock_data_dir
-from insignia.logs import get_logger
-from insignia.peercred import CallerTable, PeerCredentials, ProcessGone
-from insignia.peercred_front import DEFAULT_MAX_CONNECTIONS, FrontLimits
-from insignia.peercred_grpc import serve_grpc_with_peercred
-from insignia.runtime import open_trio_bridge
+from insignia.agent.cache.store import Cache, Change
+from insignia.agent.cache.sync import run_sync
+from insignia.agent.config import AgentConfig
+from insignia.agent.identity.keeper import IdentityKeeper
+from insignia.agent.identity.node_attestation import NeedsNewJoinToken, forget_identity
+from insignia.agent.identity.server_client import AgentEvicted, ServerClient
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.svids.signing import JwtMinter, MintBudget, X509Signer
+from insignia.agent.workloadapi.gate import (
+    ConnectionNotOwned,
+    WorkloadAttestationFailed,
+    WorkloadGate,
+)
+from insignia.agent.workloadapi.reflection import reflection_handlers
+from insignia.agent.workloadapi.rpcs import WorkloadApi
+from insignia.attestors.interface import AttestationError, Caller, NodeAttestorAgent
+from insignia.attestors.registry import ConfiguredWorkloadAttestor
+from insignia.attestors.workload_attestation import attest_workload
+from insignia.daemon.config.loading import refused_for_key
+from insignia.daemon.files import check_owned_directory, ensure_data_dir, ensure_private_dir
+from insignia.daemon.http.health import serve_health
+from insignia.daemon.instance import claim_socket_path, lock_data_dir
+from insignia.daemon.logs import get_logger
+from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials, ProcessGone
+from insignia.daemon.peercred.front import DEFAULT_MAX_CONNECTIONS, FrontLimits
+from insignia.daemon.peercred.grpc_server import serve_grpc_with_peercred
+from insignia.daemon.peercred.holders import connection_problem
+from insignia.daemon.runtime import open_trio_bridge
+from insignia.daemon.systemd_notify import sd_notify
 from insignia.selectors import Selector
-from insignia.socket_holders import connection_problem
-from insignia.systemd_notify import sd_notify
 from insignia.workload_wire import workload_api_handler
 
 log = get_logger("insignia.agent")
@@ -53,7 +57,7 @@ Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
 
 def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
     """Workload attestation for the Workload API: every attestor at once, with a deadline,
-    once the caller is shown to hold its connection alone (insignia.socket_holders)."""
+    once the caller is shown to hold its connection alone (insignia.daemon.peercred.holders)."""
 
     async def attest(creds: PeerCredentials) -> frozenset[Selector]:
         with trio.move_on_after(timeout + 1.0) as scope:

@@ -6,7 +6,7 @@ and answers challenges; the server side is a small state machine (`begin` -> `an
 result) that the agent API drives over a bidirectional stream of opaque bytes, so a plugin can
 ask any number of challenges without the transport knowing what they mean.
 
-Plugins are found through entry points (see `attestors.registry`); each entry point names a
+Plugins are found through entry points (see `insignia.attestors.registry`); each entry point names a
 `WorkloadAttestorPlugin` or `NodeAttestorPlugin` object.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from insignia.config import StrictModel
+from insignia.daemon.config.loading import StrictModel
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId, TrustDomain
 

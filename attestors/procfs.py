@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from attestors.interface import AttestationError, Caller
+from insignia.attestors.interface import AttestationError, Caller
 
 PROC_ROOT = "/proc"
 #: /proc files we read are tiny; a longer one means something is wrong, not a bigger workload.

@@ -14,7 +14,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     NodeAttestorAgent,
     NodeAttestorPlugin,
     NodeAttestorServer,
@@ -23,7 +23,7 @@ from attestors.interface import (
     WorkloadAttestor,
     WorkloadAttestorPlugin,
 )
-from insignia.config import ConfigError, validate_config
+from insignia.daemon.config.loading import ConfigError, validate_config
 from insignia.selectors import InvalidSelector, Selector
 from insignia.spiffeid import TrustDomain
 

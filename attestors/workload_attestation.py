@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import trio
 
-from attestors.interface import AttestationError, Caller
-from attestors.registry import ConfiguredWorkloadAttestor
-from insignia.logs import get_logger
+from insignia.attestors.interface import AttestationError, Caller
+from insignia.attestors.registry import ConfiguredWorkloadAttestor
+from insignia.daemon.logs import get_logger
 from insignia.selectors import Selector, canonical
 
 _log = get_logger(__name__)

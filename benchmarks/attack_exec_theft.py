@@ -26,10 +26,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from benchmarks.agent_common import deployment, percentiles
-from insignia.peercred import read_peer_credentials
-from insignia.socket_holders import connection_problem
-from insignia.unix_diag import peer_inode
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError
+from insignia.daemon.peercred.credentials import read_peer_credentials
+from insignia.daemon.peercred.holders import connection_problem
+from insignia.daemon.peercred.unix_diag import peer_inode
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
 from tests.integration.agent_workloads import Relay
 from tests.waiting import wait_for
 

@@ -23,10 +23,10 @@ import grpc
 import grpc.aio
 import trio
 
-from insignia import runtime
-from insignia.peercred import CallerTable, UnknownPeer
-from insignia.peercred_grpc import serve_grpc_with_peercred, start_upstream_server
-from insignia.runtime import call_asyncio
+from insignia.daemon import runtime
+from insignia.daemon.peercred.credentials import CallerTable, UnknownPeer
+from insignia.daemon.peercred.grpc_server import serve_grpc_with_peercred, start_upstream_server
+from insignia.daemon.runtime import call_asyncio
 
 CLIENT = """
 import grpc, json, sys, time

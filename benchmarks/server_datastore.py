@@ -30,10 +30,10 @@ from pathlib import Path
 import psycopg
 
 from insignia.selectors import Selector
+from insignia.server.agentapi.authorization import EntryChange, EntryIndex
+from insignia.server.datastore import Datastore
+from insignia.server.entries import EntryLimits, RegistrationEntry, server_spiffe_id, validate_entry
 from insignia.spiffeid import SpiffeId, TrustDomain
-from server.authorization import EntryChange, EntryIndex
-from server.datastore import Datastore
-from server.entries import EntryLimits, RegistrationEntry, server_spiffe_id, validate_entry
 
 TD = TrustDomain("example.org")
 LIMITS = EntryLimits(TD, 86400, 3600)

@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 import psutil  # type: ignore[import-untyped]
 import trio
 
-from attestors.interface import Caller
-from attestors.registry import load_workload_attestors
-from attestors.workload.unix import UnixAttestor, UnixConfig
-from attestors.workload_attestation import attest_workload
+from insignia.attestors.interface import Caller
+from insignia.attestors.registry import load_workload_attestors
+from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
+from insignia.attestors.workload_attestation import attest_workload
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

@@ -20,14 +20,14 @@ import signal
 from functools import partial
 
 import trio
+from asgi import HttpApp, Scope, Send, respond, serve_asgi
 
-from insignia.asgi import HttpApp, Scope, Send, respond, serve_asgi
 from insignia.authorize import Authorizer, NotAuthorized, one_of
+from insignia.daemon.logs import configure_logging, get_logger
 from insignia.jwt_http import InvalidAuthorizationHeader, validate_authorization
 from insignia.jwtsvid import InvalidJwtSvid
-from insignia.logs import configure_logging, get_logger
-from insignia.tls import TlsStream, server_context
-from insignia.workloadapi.source import WorkloadX509Source, open_x509_source
+from insignia.spiffetls import TlsStream, server_context
+from insignia.workloadapi import WorkloadX509Source, open_x509_source
 
 log = get_logger("service_a")
 

@@ -25,10 +25,13 @@ import trio
 
 from insignia.authorize import one_of
 from insignia.jwt_http import attach
-from insignia.tls import client_context
-from insignia.workloadapi.client import WorkloadApiError
-from insignia.workloadapi.source import SourceNotReady, open_x509_source
-from insignia.workloadapi.trio_client import TrioWorkloadApiClient
+from insignia.spiffetls import client_context
+from insignia.workloadapi import (
+    SourceNotReady,
+    TrioWorkloadApiClient,
+    WorkloadApiError,
+    open_x509_source,
+)
 
 MAX_LINE = 4096
 

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from insignia._bytecache import ByteLru
 from insignia.bundle import BundleSource, JwtPublicKey, b64url_decode
-from insignia.bytecache import ByteLru
 from insignia.durations import InvalidDuration
 from insignia.keys import PrivateKey, jwt_algorithm
 from insignia.spiffeid import MAX_ID_BYTES, InvalidSpiffeId, SpiffeId

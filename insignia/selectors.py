@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from insignia.shown import shown
+from insignia._shown import shown
 
 MAX_VALUE_LENGTH: Final = 1024
 _TYPE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")

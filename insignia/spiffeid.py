@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from insignia.shown import shown
+from insignia._shown import shown
 
 SCHEME_PREFIX: Final = "spiffe://"
 MAX_ID_BYTES: Final = 2048

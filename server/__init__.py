@@ -1,6 +1,9 @@
 """The server daemon and its CLI."""
 
-from insignia.grpc_core_logging import quiet_grpc_core
+from insignia.daemon.extras import SERVER_MODULES, require_extra
+from insignia.daemon.grpc_core_logging import quiet_grpc_core
 
-# Before any server module imports grpc: see insignia.grpc_core_logging.
+require_extra("server", SERVER_MODULES)
+
+# Before any server module imports grpc: see insignia.daemon.grpc_core_logging.
 quiet_grpc_core()

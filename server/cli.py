@@ -10,15 +10,15 @@ import click
 from insignia_proto import admin_pb2
 
 from insignia import __version__
-from insignia.cli_options import log_level_option, option
-from insignia.config import CONFIG_EXIT_CODE, ConfigError
-from insignia.logs import LogLevel, configure_logging
-from insignia.runtime import run as run_trio
-from insignia.startup import run_reporting_failures
-from server.cli_client import admin_options, call, emit
-from server.cli_commands import agent, authority, bundle, jwt, token, x509
-from server.cli_entry import entry
-from server.config import load_server_config
+from insignia.daemon.config.cli_options import log_level_option, option
+from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
+from insignia.daemon.logs import LogLevel, configure_logging
+from insignia.daemon.runtime import run as run_trio
+from insignia.daemon.startup import run_reporting_failures
+from insignia.server.admin.client import admin_options, call, emit
+from insignia.server.admin.commands import agent, authority, bundle, jwt, token, x509
+from insignia.server.admin.entry_commands import entry
+from insignia.server.config import load_server_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +44,7 @@ def run(config_path: Path, log_level: str | None) -> None:
         configure_logging(log_level or config.log.level, config.log.format)
     except (ConfigError, ValueError) as exc:
         _config_failure(exc)
-    from server.daemon import run_daemon  # heavy imports only when running
+    from insignia.server.daemon import run_daemon  # heavy imports only when running
 
     run_reporting_failures(
         "error: ", config_path, lambda: run_trio(run_daemon, config, config_path)
@@ -62,7 +62,7 @@ def run(config_path: Path, log_level: str | None) -> None:
 )
 def validate(config_path: Path) -> None:
     """Check a config as `run` would, without starting anything: "config OK", or exit 2."""
-    from server.validate import check_server_config
+    from insignia.server.validate import check_server_config
 
     try:
         check_server_config(config_path)

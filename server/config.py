@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, field
 
-from insignia.config import (
+from insignia.daemon.config.loading import (
     Host,
     ListenAddress,
     LogSection,

@@ -17,23 +17,23 @@ from typing import Any, TypeVar
 import trio
 from insignia_proto import agent_pb2
 
-from attestors.interface import NodeAttestorServer
-from insignia.logs import get_logger
-from insignia.ratelimit import RateLimiter
-from insignia.runtime import TrioBridge
+from insignia.attestors.interface import NodeAttestorServer
+from insignia.daemon.logs import get_logger
+from insignia.daemon.ratelimit import RateLimiter
+from insignia.daemon.runtime import TrioBridge
+from insignia.server.agentapi.authorization import EntryChange
+from insignia.server.agentapi.sync import Defaults
+from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.signer_pool import SignerPool, default_processes
+from insignia.server.ca.state import x509_authority_id
+from insignia.server.config import ServerConfig
+from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
+from insignia.server.datastore.records import AgentRecord
+from insignia.server.datastore.store import Datastore
+from insignia.server.entries import EntryLimits, server_spiffe_id
+from insignia.server.metrics import ServerMetrics
+from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
-from server.authorities import Authorities
-from server.authorization import EntryChange
-from server.ca import x509_authority_id
-from server.config import ServerConfig
-from server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
-from server.datastore.records import AgentRecord
-from server.datastore.store import Datastore
-from server.entries import EntryLimits, server_spiffe_id
-from server.metrics import ServerMetrics
-from server.model import ServerModel
-from server.signer_pool import SignerPool, default_processes
-from server.sync import Defaults
 
 T = TypeVar("T")
 log = get_logger("insignia.server")

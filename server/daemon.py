@@ -20,29 +20,29 @@ import trio
 from insignia_proto import agent_pb2_grpc
 from sqlalchemy.engine import make_url
 
-from attestors.interface import ServerEnvironment
-from attestors.registry import load_node_attestor_servers
-from insignia.config import StartupRefused, refused_for_key
-from insignia.files import atomic_write, ensure_data_dir, ensure_private_dir
-from insignia.health import serve_health
-from insignia.instance import claim_socket_path, lock_data_dir
-from insignia.keepalive import SERVER_OPTIONS
-from insignia.logs import get_logger
-from insignia.peercred import CallerTable
-from insignia.peercred_grpc import serve_grpc_with_peercred
-from insignia.runtime import call_asyncio, open_trio_bridge
-from insignia.systemd_notify import sd_notify
-from server.admin_api import AdminApi, admin_handlers
-from server.agent_api import AgentApi
-from server.authorities import Authorities
-from server.ca import CaSettings, UpstreamError, load_upstream
-from server.config import ServerConfig
-from server.core import JoinTokens, ServerCore
-from server.datastore.errors import DatastoreUnavailable
-from server.datastore.store import Datastore
-from server.keymanager import key_manager
-from server.metrics import ServerMetrics
-from server.tls import DynamicCredentials, ServerIdentity, issue_server_identity
+from insignia.attestors.interface import ServerEnvironment
+from insignia.attestors.registry import load_node_attestor_servers
+from insignia.daemon.config.loading import StartupRefused, refused_for_key
+from insignia.daemon.files import atomic_write, ensure_data_dir, ensure_private_dir
+from insignia.daemon.http.health import serve_health
+from insignia.daemon.instance import claim_socket_path, lock_data_dir
+from insignia.daemon.keepalive import SERVER_OPTIONS
+from insignia.daemon.logs import get_logger
+from insignia.daemon.peercred.credentials import CallerTable
+from insignia.daemon.peercred.grpc_server import serve_grpc_with_peercred
+from insignia.daemon.runtime import call_asyncio, open_trio_bridge
+from insignia.daemon.systemd_notify import sd_notify
+from insignia.server.admin.api import AdminApi, admin_handlers
+from insignia.server.agentapi.api import AgentApi
+from insignia.server.agentapi.tls import DynamicCredentials, ServerIdentity, issue_server_identity
+from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.keymanager import key_manager
+from insignia.server.ca.state import CaSettings, UpstreamError, load_upstream
+from insignia.server.config import ServerConfig
+from insignia.server.core import JoinTokens, ServerCore
+from insignia.server.datastore.errors import DatastoreUnavailable
+from insignia.server.datastore.store import Datastore
+from insignia.server.metrics import ServerMetrics
 
 log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"

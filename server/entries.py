@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
+from insignia._shown import shown
+from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.selectors import InvalidSelector, Selector, canonical
-from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
-from insignia.shown import shown
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 RESERVED_PREFIX: Final = "/insignia/"

@@ -19,11 +19,11 @@ from datetime import datetime
 
 from insignia_proto import agent_pb2
 
+from insignia.server.agentapi.authorization import EntryChange, EntryIndex
+from insignia.server.agentapi.sync import AgentHistory, bundle_digest
+from insignia.server.datastore.records import AgentRecord
+from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId
-from server.authorization import EntryChange, EntryIndex
-from server.datastore.records import AgentRecord
-from server.entries import RegistrationEntry
-from server.sync import AgentHistory, bundle_digest
 
 
 @dataclass(frozen=True, slots=True)

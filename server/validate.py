@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attestors.interface import ServerEnvironment
-from attestors.registry import load_node_attestor_servers
-from insignia.config import ConfigError
-from server.ca import UpstreamError, load_upstream
-from server.config import ServerConfig, load_server_config
-from server.core import JoinTokens
-from server.datastore.engine import normalize_url
+from insignia.attestors.interface import ServerEnvironment
+from insignia.attestors.registry import load_node_attestor_servers
+from insignia.daemon.config.loading import ConfigError
+from insignia.server.ca.state import UpstreamError, load_upstream
+from insignia.server.config import ServerConfig, load_server_config
+from insignia.server.core import JoinTokens
+from insignia.server.datastore.engine import normalize_url
 
 
 def check_server_config(config_path: Path) -> ServerConfig:

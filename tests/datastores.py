@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.datastore import Datastore
+from insignia.server.datastore import Datastore
 from tests.postgres import Backend, database_url
 
 

@@ -15,7 +15,7 @@ import msgspec
 import trio
 from msgspec import Meta
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     AgentAttestation,
     AttestationError,
     JoinTokenStore,
@@ -25,7 +25,7 @@ from attestors.interface import (
     Step,
     agent_id_path,
 )
-from attestors.node.messages import Message, decode, encode
+from insignia.attestors.node.messages import Message, decode, encode
 from insignia.spiffeid import SpiffeId, TrustDomain
 
 NAME: Final = "join_token"

@@ -12,8 +12,8 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from attestors.interface import AttestationError
-from insignia.config import describe
+from insignia.attestors.interface import AttestationError
+from insignia.daemon.config.loading import describe
 
 #: Attestation messages are small (a few certificates at most).
 MAX_MESSAGE_BYTES: Final = 64 * 1024

@@ -18,14 +18,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     AgentAttestation,
     AttestationError,
     Challenge,
     ServerEnvironment,
     Step,
 )
-from attestors.node.messages import Message, b64decode, b64encode, decode, encode
+from insignia.attestors.node.messages import Message, b64decode, b64encode, decode, encode
 from insignia.spiffeid import TrustDomain
 
 NONCE_BYTES: Final = 32

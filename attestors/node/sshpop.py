@@ -4,7 +4,7 @@ The agent sends its host certificate (`ssh_host_*_key-cert.pub`) and hostname. T
 accepts it only if it is a host (not user) certificate, signed by one of the configured CA
 keys, inside its validity window, and lists the hostname (with `canonical_domain` appended
 when set) among its principals. It then runs the same nonce challenge as x509pop
-(`attestors.node.pop`), answered with the host private key.
+(`insignia.attestors.node.pop`), answered with the host private key.
 
 Agent ID `spiffe://<td>/insignia/agent/sshpop/<fingerprint>`, the fingerprint being SPIRE's:
 unpadded URL-safe base64 of the SHA-256 of the certificate's wire form. Node selectors:
@@ -24,7 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import ssh
 from msgspec import Meta
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     AgentAttestation,
     AttestationError,
     NodeAttestorPlugin,
@@ -32,8 +32,14 @@ from attestors.interface import (
     ServerEnvironment,
     agent_id_path,
 )
-from attestors.node.messages import Message, decode, encode
-from attestors.node.pop import NodeKey, NodePublicKey, PopAgent, PopSession, node_public_key
+from insignia.attestors.node.messages import Message, decode, encode
+from insignia.attestors.node.pop import (
+    NodeKey,
+    NodePublicKey,
+    PopAgent,
+    PopSession,
+    node_public_key,
+)
 from insignia.selectors import InvalidSelector, Selector
 from insignia.spiffeid import SpiffeId
 

@@ -1,13 +1,13 @@
 """Node attestor `x509pop`: proof that the node holds the key of a certificate from a known CA.
 
-Exchange (each message JSON, see `attestors.node.messages`):
+Exchange (each message JSON, see `insignia.attestors.node.messages`):
 
 1. agent -> server: the node certificate chain (leaf first, DER, base64).
 2. server: verifies the chain to one of its configured CAs at the current time (expiry of
    every certificate checked), requires the leaf's KeyUsage to have digitalSignature and the
    leaf not to be a CA, then sends a fresh 32-byte random nonce and its trust domain.
 3. agent: refuses a challenge for another trust domain (a relay from a foreign server), and
-   signs it with the node key (EC, RSA or Ed25519; see `attestors.node.pop`).
+   signs it with the node key (EC, RSA or Ed25519; see `insignia.attestors.node.pop`).
 4. server: verifies the signature with the leaf's public key. The nonce is forgotten before
    verification, so each challenge is answerable once.
 
@@ -35,7 +35,7 @@ from cryptography.x509.verification import (
 )
 from msgspec import Meta
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     AgentAttestation,
     AttestationError,
     NodeAttestorPlugin,
@@ -43,8 +43,14 @@ from attestors.interface import (
     ServerEnvironment,
     agent_id_path,
 )
-from attestors.node.messages import Message, b64decode, b64encode, decode, encode
-from attestors.node.pop import NodeKey, NodePublicKey, PopAgent, PopSession, node_public_key
+from insignia.attestors.node.messages import Message, b64decode, b64encode, decode, encode
+from insignia.attestors.node.pop import (
+    NodeKey,
+    NodePublicKey,
+    PopAgent,
+    PopSession,
+    node_public_key,
+)
 from insignia.keys import public_key_to_der
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId

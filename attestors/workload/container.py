@@ -34,14 +34,14 @@ from typing import Final
 
 import trio
 
-from attestors.cgroup import CgroupEntry, MalformedCgroup, parse_cgroup_file
-from attestors.interface import (
+from insignia.attestors.cgroup import CgroupEntry, MalformedCgroup, parse_cgroup_file
+from insignia.attestors.interface import (
     AttestationError,
     Caller,
     PluginConfig,
     WorkloadAttestorPlugin,
 )
-from attestors.procfs import open_proc
+from insignia.attestors.procfs import open_proc
 from insignia.selectors import Selector
 
 NAME: Final = "container"

@@ -1,6 +1,6 @@
 """Workload attestor `docker`: image and labels of the caller's container, from the Engine API.
 
-The container id comes from the caller's cgroup (see `attestors.workload.container`), never
+The container id comes from the caller's cgroup (see `insignia.attestors.workload.container`), never
 from the workload; the facts come from the runtime over its Unix socket
 (`GET /containers/<id>/json`, which Docker and podman's compatible service both answer).
 Environment variables are the workload's own choice at start, so only names on an explicit
@@ -20,10 +20,15 @@ import msgspec
 import trio
 from msgspec import Meta, field
 
-from attestors.interface import AttestationError, Caller, PluginConfig, WorkloadAttestorPlugin
-from attestors.workload.container import read_container
-from insignia.config import PositiveDuration, describe
-from insignia.logs import get_logger
+from insignia.attestors.interface import (
+    AttestationError,
+    Caller,
+    PluginConfig,
+    WorkloadAttestorPlugin,
+)
+from insignia.attestors.workload.container import read_container
+from insignia.daemon.config.loading import PositiveDuration, describe
+from insignia.daemon.logs import get_logger
 from insignia.selectors import InvalidSelector, Selector
 
 NAME: Final = "docker"

@@ -25,14 +25,14 @@ from typing import Annotated, Final
 import trio
 from msgspec import Meta
 
-from attestors.interface import (
+from insignia.attestors.interface import (
     AttestationError,
     Caller,
     PluginConfig,
     WorkloadAttestorPlugin,
 )
-from attestors.procfs import ProcDir, open_proc
-from insignia.logs import get_logger
+from insignia.attestors.procfs import ProcDir, open_proc
+from insignia.daemon.logs import get_logger
 from insignia.selectors import Selector
 
 NAME: Final = "unix"

@@ -6,21 +6,21 @@ watches, and X.509 sources that keep a workload's SVID and bundles current.
 """
 
 from insignia.backoff import Backoff
-from insignia.workloadapi.address import (
+from insignia.workloadapi._address import (
     InvalidEndpoint,
     endpoint_from_env,
     grpc_target,
     parse_endpoint,
 )
-from insignia.workloadapi.backoff import DEFAULT_BACKOFF, is_retryable
-from insignia.workloadapi.client import (
+from insignia.workloadapi._backoff import DEFAULT_BACKOFF, is_retryable
+from insignia.workloadapi._client import (
     JwtSvidToken,
     WorkloadApiClient,
     WorkloadApiError,
     X509Context,
     x509_context_from_response,
 )
-from insignia.workloadapi.source import (
+from insignia.workloadapi._source import (
     SourceNotReady,
     SvidPicker,
     ThreadedX509Source,
@@ -28,7 +28,7 @@ from insignia.workloadapi.source import (
     merge_bundles,
     open_x509_source,
 )
-from insignia.workloadapi.trio_client import TrioWorkloadApiClient, resolve_socket
+from insignia.workloadapi._trio_client import TrioWorkloadApiClient, resolve_socket
 
 __all__ = [
     "DEFAULT_BACKOFF",

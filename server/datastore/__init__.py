@@ -8,7 +8,7 @@ agents, bundles or CA keys append change events in that same transaction.
     store.close() / with Datastore.open(url) as store: ...
     store.backend -> "sqlite" | "postgresql";  store.ping()  (for /ready)
 
-Entries (build them with `server.entries.validate_entry`):
+Entries (build them with `insignia.server.entries.validate_entry`):
     create_entry(e) / create_entries([e, ...]) -> stored (all or none; DuplicateEntry)
     update_entry(e, expected_revision=None) -> stored, revision + 1
         (EntryNotFound, DuplicateEntry, EntryRevisionConflict)
@@ -37,8 +37,8 @@ Change log (resume "after revision N"):
 Database failures surface as DatastoreUnavailable; all errors derive from DatastoreError.
 """
 
-from server.datastore.engine import normalize_url, sqlite_url
-from server.datastore.errors import (
+from insignia.server.datastore.engine import normalize_url, sqlite_url
+from insignia.server.datastore.errors import (
     AgentBanned,
     AgentNotFound,
     BundleNotFound,
@@ -59,7 +59,7 @@ from server.datastore.errors import (
     SchemaTooNew,
     UnsupportedDatabaseUrl,
 )
-from server.datastore.records import (
+from insignia.server.datastore.records import (
     AgentRecord,
     AuthorityKind,
     AuthorityStatus,
@@ -70,7 +70,7 @@ from server.datastore.records import (
     ChangeOp,
     EntrySnapshot,
 )
-from server.datastore.store import Datastore, Listener
+from insignia.server.datastore.store import Datastore, Listener
 
 __all__ = [
     "AgentBanned",

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from insignia.selectors import Selector
+from insignia.server.datastore.errors import AgentBanned, AgentNotFound
+from insignia.server.datastore.records import AgentRecord
+from insignia.server.datastore.schema import agent_selectors, agents
 from insignia.spiffeid import SpiffeId
-from server.datastore.errors import AgentBanned, AgentNotFound
-from server.datastore.records import AgentRecord
-from server.datastore.schema import agent_selectors, agents
 
 
 def upsert(conn: Connection, agent: AgentRecord, now: datetime) -> tuple[AgentRecord, bool]:

@@ -10,10 +10,10 @@ from typing import Final, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from server.datastore.bulk import insert_rows
-from server.datastore.errors import RevisionPruned
-from server.datastore.records import ChangeEvent, ChangeKind, ChangeOp
-from server.datastore.schema import change_events, datastore_meta
+from insignia.server.datastore.bulk import insert_rows
+from insignia.server.datastore.errors import RevisionPruned
+from insignia.server.datastore.records import ChangeEvent, ChangeKind, ChangeOp
+from insignia.server.datastore.schema import change_events, datastore_meta
 
 PRUNED_THROUGH: Final = "events_pruned_through"
 

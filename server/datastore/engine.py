@@ -14,8 +14,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from insignia.files import make_private_file
-from server.datastore.errors import DatastoreUnavailable, SchemaTooNew, UnsupportedDatabaseUrl
+from insignia.daemon.files import make_private_file
+from insignia.server.datastore.errors import (
+    DatastoreUnavailable,
+    SchemaTooNew,
+    UnsupportedDatabaseUrl,
+)
 
 # Writers take this transaction-scoped lock on PostgreSQL, so change-log revisions commit in
 # the order they are numbered and a reader resuming "after revision N" never skips one.
@@ -127,7 +131,7 @@ def upgrade_schema(conn: Connection) -> None:
     """Run every pending migration on `conn`, inside the caller's write transaction.
     Refuse a database migrated by a newer release rather than guess at its schema."""
     config = Config()
-    config.set_main_option("script_location", "server.datastore:migrations")
+    config.set_main_option("script_location", "insignia.server.datastore:migrations")
     config.attributes["connection"] = conn
     scripts = ScriptDirectory.from_config(config)
     current = MigrationContext.configure(conn).get_current_revision()

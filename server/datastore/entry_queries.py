@@ -17,11 +17,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from insignia.selectors import Selector
+from insignia.server.datastore.bulk import chunks, insert_rows
+from insignia.server.datastore.errors import DuplicateEntry, EntryNotFound, EntryRevisionConflict
+from insignia.server.datastore.schema import (
+    entries,
+    entry_dns_names,
+    entry_federates_with,
+    entry_selectors,
+)
+from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore.bulk import chunks, insert_rows
-from server.datastore.errors import DuplicateEntry, EntryNotFound, EntryRevisionConflict
-from server.datastore.schema import entries, entry_dns_names, entry_federates_with, entry_selectors
-from server.entries import RegistrationEntry
 
 
 def identity_digest(entry: RegistrationEntry) -> str:

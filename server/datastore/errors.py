@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from insignia.shown import shown
+from insignia._shown import shown
 
 
 class DatastoreError(Exception):

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Literal, get_args
 
 from insignia.selectors import Selector
+from insignia.server.datastore.errors import InvalidRecord
+from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore.errors import InvalidRecord
-from server.entries import RegistrationEntry
 
 AuthorityKind = Literal["x509", "jwt"]
 AuthorityStatus = Literal["prepared", "active", "old"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from server.datastore.errors import InvalidRecord
+from insignia.server.datastore.errors import InvalidRecord
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):

@@ -23,18 +23,22 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
-from insignia.closing import Closing
+from insignia._closing import Closing
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore import agent_queries, changelog, entry_queries, trust_queries
-from server.datastore.engine import WRITE_OPTION, create_engine, normalize_url, upgrade_schema
-from server.datastore.errors import (
+from insignia.server.datastore import agent_queries, changelog, entry_queries, trust_queries
+from insignia.server.datastore.engine import (
+    WRITE_OPTION,
+    create_engine,
+    normalize_url,
+    upgrade_schema,
+)
+from insignia.server.datastore.errors import (
     ConstraintViolation,
     DatastoreError,
     DatastoreUnavailable,
     EntryNotFound,
 )
-from server.datastore.records import (
+from insignia.server.datastore.records import (
     AgentRecord,
     AuthorityKind,
     BundleRecord,
@@ -42,8 +46,9 @@ from server.datastore.records import (
     ChangeEvent,
     EntrySnapshot,
 )
-from server.datastore.schema import agents, bundles, entries
-from server.entries import RegistrationEntry
+from insignia.server.datastore.schema import agents, bundles, entries
+from insignia.server.entries import RegistrationEntry
+from insignia.spiffeid import SpiffeId, TrustDomain
 
 Listener = Callable[[int], None]
 log = structlog.get_logger(__name__)

@@ -11,8 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from insignia.spiffeid import TrustDomain
-from server.datastore.errors import (
+from insignia.server.datastore.errors import (
     BundleNotFound,
     CaKeyNotFound,
     DuplicateJoinToken,
@@ -21,8 +20,9 @@ from server.datastore.errors import (
     JoinTokenNotFound,
     JoinTokenUsed,
 )
-from server.datastore.records import AuthorityKind, BundleRecord, CaKeyRecord
-from server.datastore.schema import bundles, ca_keys, join_tokens
+from insignia.server.datastore.records import AuthorityKind, BundleRecord, CaKeyRecord
+from insignia.server.datastore.schema import bundles, ca_keys, join_tokens
+from insignia.spiffeid import TrustDomain
 
 
 def token_digest(token: str) -> str:

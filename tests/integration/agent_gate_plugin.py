@@ -14,7 +14,7 @@ from pathlib import Path
 MODULE = """
 import os
 import trio
-from attestors.interface import PluginConfig, WorkloadAttestorPlugin
+from insignia.attestors.interface import PluginConfig, WorkloadAttestorPlugin
 from insignia.selectors import Selector
 
 

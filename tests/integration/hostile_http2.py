@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from insignia.http2_guard import HTTP2_PREFACE
+from insignia.daemon.peercred.http2_guard import HTTP2_PREFACE
 
 DATA, HEADERS, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x8, 0x9
 END_STREAM, END_HEADERS = 0x1, 0x4

@@ -18,6 +18,7 @@ subtract it from its own readings. Errors from the Workload API print {"error": 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,8 @@ from cryptography import x509
 
 from insignia.authorize import one_of
 from insignia.sources import StaticSource
-from insignia.tls import TlsStream, client_context, server_context
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
+from insignia.spiffetls import TlsStream, client_context, server_context
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -101,6 +102,8 @@ def main(socket_path: str, command: str, *args: str) -> None:
             return
         source = source_from(client.fetch_x509_context())
     if command == "serve":
+        # The SDK logs through stdlib logging; the test reads the refused handshake from stdout.
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
         trio.run(serve, source, args[0], args[1])
     elif command == "call":
         emit(trio.run(call, source, args[0], int(args[1]), args[2]))

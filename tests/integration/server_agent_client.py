@@ -17,11 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from insignia_proto import agent_pb2, agent_pb2_grpc
 
-from attestors.node.join_token import JoinTokenPayload
-from attestors.node.messages import encode
+from insignia.attestors.node.join_token import JoinTokenPayload
+from insignia.attestors.node.messages import encode
 from insignia.bundle import load_der_certificates
+from insignia.daemon.server_name import SERVER_TLS_NAME
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_pem, x509_signature_hash
-from insignia.server_name import SERVER_TLS_NAME
 from tests.integration.server_fixtures import ServerProcess
 
 

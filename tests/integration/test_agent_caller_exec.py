@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
 from tests.integration.agent_clients import (
     register,
 )

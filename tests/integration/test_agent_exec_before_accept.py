@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
 from tests.integration.agent_clients import register
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.agent_workloads import Relay, connect_from_child, exec_in_child

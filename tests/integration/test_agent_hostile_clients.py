@@ -13,7 +13,7 @@ import pytest
 from insignia_proto import workload_pb2 as pb
 
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
-from insignia.workloadapi.client import WorkloadApiClient
+from insignia.workloadapi import WorkloadApiClient
 from tests.integration import hostile_http2
 from tests.integration.agent_clients import (
     register,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from agent.node_attestation import load_identity
+from insignia.agent.identity.node_attestation import load_identity
 from insignia.spiffeid import TrustDomain
-from insignia.workloadapi.client import WorkloadApiClient
+from insignia.workloadapi import WorkloadApiClient
 from tests.integration.agent_clients import (
     register,
 )

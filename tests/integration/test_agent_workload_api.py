@@ -17,7 +17,7 @@ from joserfc.jwk import KeySet
 
 from insignia.spiffeid import TrustDomain
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
-from insignia.workloadapi.client import WorkloadApiClient, WorkloadApiError, X509Context
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context, grpc_target
 from tests.integration.agent_clients import (
     UID_A,
     UID_B,
@@ -221,8 +221,14 @@ def test_back_to_back_calls_on_one_connection_share_an_attestation(
     after = running_agent.metric(attested) or 0
     # Within the reuse window at most one attestation per elapsed second (plus one).
     assert after - before <= int(elapsed) + 1, (before, after, elapsed)
-    with WorkloadApiClient(running_agent.socket_path) as other:
-        other.fetch_jwt_svids(["new-connection"])
+    # grpc-core shares one connection between channels to the same target unless told not
+    # to, so the second connection is forced with a channel-local subchannel pool.
+    with grpc.insecure_channel(
+        grpc_target(running_agent.socket_path), options=[("grpc.use_local_subchannel_pool", 1)]
+    ) as channel:
+        WorkloadApiSyncStub(channel).FetchJWTSVID(
+            pb.JWTSVIDRequest(audience=["new-connection"]), metadata=SECURITY_HEADER, timeout=10
+        )
     assert (running_agent.metric(attested) or 0) == after + 1  # a new connection attests anew
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from attestors.interface import AttestationError, Caller
-from attestors.workload.container import ContainerAttestor, ContainerConfig
-from attestors.workload.systemd import SystemdAttestor, SystemdConfig
+from insignia.attestors.interface import AttestationError, Caller
+from insignia.attestors.workload.container import ContainerAttestor, ContainerConfig
+from insignia.attestors.workload.systemd import SystemdAttestor, SystemdConfig
 from tests.unit.attestors.processes import sleeper
 
 CGROUP = Path("/sys/fs/cgroup")

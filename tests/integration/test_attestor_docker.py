@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from attestors.interface import Caller
-from attestors.registry import load_workload_attestors
-from attestors.workload_attestation import attest_workload
+from insignia.attestors.interface import Caller
+from insignia.attestors.registry import load_workload_attestors
+from insignia.attestors.workload_attestation import attest_workload
 from tests.waiting import wait_for
 
 IMAGE = "localhost/insignia-test-busybox:1"

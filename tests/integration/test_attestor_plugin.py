@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_MODULE = """
 import socket
 
-from attestors.interface import Caller, PluginConfig, WorkloadAttestorPlugin
+from insignia.attestors.interface import Caller, PluginConfig, WorkloadAttestorPlugin
 from insignia.selectors import Selector
 
 
@@ -40,10 +40,10 @@ PLUGIN = WorkloadAttestorPlugin(
 
 AGENT_SIDE = """
 import json, os, sys, trio
-from attestors.interface import Caller
-from attestors.registry import load_workload_attestors
-from attestors.workload_attestation import attest_workload
-from insignia.config import ConfigError
+from insignia.attestors.interface import Caller
+from insignia.attestors.registry import load_workload_attestors
+from insignia.attestors.workload_attestation import attest_workload
+from insignia.daemon.config.loading import ConfigError
 
 try:
     attestors = load_workload_attestors(json.loads(sys.argv[1]), "agent.toml")

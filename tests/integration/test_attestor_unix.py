@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from attestors.interface import AttestationError, Caller
-from attestors.workload.unix import UnixAttestor, UnixConfig
-from insignia.config import validate_config
+from insignia.attestors.interface import AttestationError, Caller
+from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
+from insignia.daemon.config.loading import validate_config
 from insignia.selectors import Selector
 from tests.unit.attestors.processes import running, sleeper
 from tests.waiting import wait_for
@@ -173,8 +173,8 @@ def test_unreadable_proc_entries_are_a_clear_error() -> None:
     script = textwrap.dedent(
         f"""
         import sys, trio
-        from attestors.interface import AttestationError, Caller
-        from attestors.workload.unix import UnixAttestor, UnixConfig
+        from insignia.attestors.interface import AttestationError, Caller
+        from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
         attestor = UnixAttestor(UnixConfig(discover_workload_path=True))
         try:
             print(trio.run(attestor.attest, Caller(int(sys.argv[1]), {NOBODY}, {NOGROUP})))

@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from insignia.authorize import Authorizer, any_member_of, one_of
-from insignia.tls import TlsHandshakeError, TlsStream, client_context, server_context
-from insignia.workloadapi.source import WorkloadX509Source, open_x509_source
+from insignia.spiffetls import TlsHandshakeError, TlsStream, client_context, server_context
+from insignia.workloadapi import WorkloadX509Source, open_x509_source
 from tests.integration.agent_clients import UID_A, UID_B, register
 from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.go_interop import GoClient, GoFailed, finish, go_client, next_json

@@ -16,9 +16,8 @@ import trio
 
 from insignia.authorize import one_of
 from insignia.jwtsvid import parse_and_validate
-from insignia.tls import TlsStream, client_context, server_context
-from insignia.workloadapi.source import WorkloadX509Source, open_x509_source
-from insignia.workloadapi.trio_client import TrioWorkloadApiClient
+from insignia.spiffetls import TlsStream, client_context, server_context
+from insignia.workloadapi import TrioWorkloadApiClient, WorkloadX509Source, open_x509_source
 from tests.integration.agent_clients import (
     UID_A,
     UID_B,

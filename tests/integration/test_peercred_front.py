@@ -19,17 +19,17 @@ import grpc.aio
 import pytest
 import trio
 
-from insignia import runtime
-from insignia.peercred import CallerTable, PeerCredentials, still_same_process
-from insignia.peercred_front import NotASocket, serve_peercred_front
-from insignia.peercred_grpc import (
+from insignia.daemon import runtime
+from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials, still_same_process
+from insignia.daemon.peercred.front import NotASocket, serve_peercred_front
+from insignia.daemon.peercred.grpc_server import (
     PeerCredentialsUnsupported,
     probe_handler,
     self_test,
     serve_grpc_with_peercred,
     start_upstream_server,
 )
-from insignia.runtime import call_asyncio
+from insignia.daemon.runtime import call_asyncio
 
 WHO_AM_I = "/Who/AmI"
 

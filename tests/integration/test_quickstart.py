@@ -42,7 +42,7 @@ def test_quickstart_serves_an_identity_for_the_invoking_user(tmp_path: Path) -> 
     root = tmp_path / "qs"
     env = {**os.environ, "INSIGNIA_QUICKSTART_DIR": str(root)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "insignia.quickstart"],
+        [sys.executable, "-m", "devtools.quickstart"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -92,7 +92,7 @@ def test_quickstart_serves_an_identity_for_the_invoking_user(tmp_path: Path) -> 
 def test_a_second_quickstart_says_one_is_running_and_leaves_it_alone(tmp_path: Path) -> None:
     root = tmp_path / "qs"
     env = {**os.environ, "INSIGNIA_QUICKSTART_DIR": str(root)}
-    command = [sys.executable, "-m", "insignia.quickstart"]
+    command = [sys.executable, "-m", "devtools.quickstart"]
     first = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )

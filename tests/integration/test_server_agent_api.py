@@ -11,8 +11,8 @@ import grpc
 import pytest
 from insignia_proto import admin_pb2, agent_pb2, agent_pb2_grpc
 
-from attestors.node.join_token import JoinTokenPayload
-from attestors.node.messages import encode
+from insignia.attestors.node.join_token import JoinTokenPayload
+from insignia.attestors.node.messages import encode
 from insignia.keys import KeyType, generate_key
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_agent_client import (

@@ -9,8 +9,8 @@ import pytest
 from insignia_proto import agent_pb2
 
 from insignia.bundle import Bundle
+from insignia.server.ca.state import x509_authority_id
 from insignia.spiffeid import TrustDomain
-from server.ca import x509_authority_id
 from tests.integration.conftest import ServerFactory
 from tests.integration.server_agent_client import attest_join_token
 from tests.integration.server_fixtures import ServerProcess

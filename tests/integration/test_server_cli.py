@@ -220,7 +220,7 @@ def test_admin_callers_are_checked_and_audited(server_factory: ServerFactory) ->
 
     def nobody(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*as_user(65534), *python, "-c", "from server.cli import main; main()", *args,
+            [*as_user(65534), *python, "-c", "from insignia.server.cli import main; main()", *args,
              "--socket", str(server.admin_socket)],
             capture_output=True,
             text=True,

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from insignia_proto import agent_pb2
 
-from attestors.node.pop import answer_challenge
-from attestors.node.x509pop import X509PopAgent, X509PopAgentConfig, fingerprint
+from insignia.attestors.node.pop import answer_challenge
+from insignia.attestors.node.x509pop import X509PopAgent, X509PopAgentConfig, fingerprint
 from insignia.keys import KeyType, generate_key, private_key_to_pem
 from insignia.spiffeid import TrustDomain
 from insignia.x509ca import SigningAuthority, build_root_ca

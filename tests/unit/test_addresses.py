@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from insignia.addresses import HOST_PORT_EXPECTED, parse_host_port
+from insignia.daemon.config.addresses import HOST_PORT_EXPECTED, parse_host_port
 
 
 @pytest.mark.parametrize(

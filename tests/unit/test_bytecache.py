@@ -1,6 +1,6 @@
 import pytest
 
-from insignia.bytecache import ByteLru
+from insignia._bytecache import ByteLru
 
 
 def test_bounded_by_bytes_least_recently_used_first() -> None:

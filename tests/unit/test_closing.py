@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from insignia.closing import Closing
+from insignia._closing import Closing
 
 
 class Resource(Closing):

@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from insignia.config import (
+from insignia.daemon.config.loading import (
     ConfigError,
     ListenAddress,
     PositiveDuration,

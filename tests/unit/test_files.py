@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from insignia.files import UnsafeDirectory, atomic_write, ensure_private_dir
+from insignia.daemon.files import UnsafeDirectory, atomic_write, ensure_private_dir
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
-from insignia.health import HealthApp, serve_health
-from insignia.http_endpoint import Limits, serve_http
+from insignia.daemon.http.endpoint import Limits, serve_http
+from insignia.daemon.http.health import HealthApp, serve_health
 
 
 async def get(address: str, path: str) -> tuple[int, bytes]:

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from insignia.log_throttle import LogThrottle
+from insignia.daemon.log_throttle import LogThrottle
 
 
 def test_a_burst_then_one_per_refill_and_the_count_of_what_was_held_back() -> None:

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from insignia.logs import configure_logging, get_logger
+from insignia.daemon.logs import configure_logging, get_logger
 
 
 def test_json_lines_include_stdlib_records() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from insignia.peercred import (
+from insignia.daemon.peercred.credentials import (
     CallerTable,
     PeerCredentials,
     PidFd,

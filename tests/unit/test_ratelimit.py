@@ -1,6 +1,6 @@
 import pytest
 
-from insignia.ratelimit import RateLimiter, peer_ip
+from insignia.daemon.ratelimit import RateLimiter, peer_ip
 
 
 def test_bucket_refills_at_rate() -> None:

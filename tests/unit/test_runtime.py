@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.lowlevel
 
-from insignia import runtime
-from insignia.runtime import (
+from insignia.daemon import runtime
+from insignia.daemon.runtime import (
     BridgeClosed,
     NotInGuestMode,
     call_asyncio,
@@ -271,7 +271,7 @@ def test_sigint_cancels_trio_main_then_raises_keyboard_interrupt() -> None:
     script = textwrap.dedent(
         """
         import os, signal, trio
-        from insignia import runtime
+        from insignia.daemon import runtime
 
         async def main():
             try:

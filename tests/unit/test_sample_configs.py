@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.config import load_agent_config
-from attestors.interface import NodeAttestorPlugin, WorkloadAttestorPlugin
-from attestors.registry import NODE_GROUP, WORKLOAD_GROUP
-from server.config import load_server_config
+from insignia.agent.config import load_agent_config
+from insignia.attestors.interface import NodeAttestorPlugin, WorkloadAttestorPlugin
+from insignia.attestors.registry import NODE_GROUP, WORKLOAD_GROUP
+from insignia.server.config import load_server_config
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_SAMPLE = REPO / "agent" / "agent.sample.toml"
@@ -39,7 +39,9 @@ def fields(model: type[msgspec.Struct]) -> set[str]:
 
 def builtin_plugins(group: str) -> dict[str, object]:
     return {
-        ep.name: ep.load() for ep in entry_points(group=group) if ep.value.startswith("attestors.")
+        ep.name: ep.load()
+        for ep in entry_points(group=group)
+        if ep.value.startswith("insignia.attestors.")
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from insignia.server_name import SERVER_TLS_NAME, is_reserved_dns_name
+from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 
 
 @pytest.mark.parametrize("name", [SERVER_TLS_NAME, "INSIGNIA-Server", "insignia-server.", "*"])

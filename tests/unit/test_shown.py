@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from insignia.shown import SHOWN_CHARS, shown
+from insignia._shown import SHOWN_CHARS, shown
 
 
 def test_short_values_are_their_repr() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from insignia.peercred import PeerCredentials, read_peer_credentials
-from insignia.socket_holders import Holder, connection_problem, holder_problem
-from insignia.unix_diag import PeerGone, peer_inode, probe
+from insignia.daemon.peercred.credentials import PeerCredentials, read_peer_credentials
+from insignia.daemon.peercred.holders import Holder, connection_problem, holder_problem
+from insignia.daemon.peercred.unix_diag import PeerGone, peer_inode, probe
 from tests.waiting import wait_for
 
 

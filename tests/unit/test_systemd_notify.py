@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from insignia.systemd_notify import InvalidNotifySocket, notify_address, sd_notify
+from insignia.daemon.systemd_notify import InvalidNotifySocket, notify_address, sd_notify
 
 
 @pytest.fixture

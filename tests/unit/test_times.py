@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from insignia.times import format_time, parse_time, relative
+from insignia.daemon.times import format_time, parse_time, relative
 
 NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 

@@ -21,7 +21,7 @@ from insignia.bundle import Bundle
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_pem
 from insignia.sources import StaticSource
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.tls import (
+from insignia.spiffetls import (
     PeerRefused,
     TlsContext,
     TlsHandshakeError,

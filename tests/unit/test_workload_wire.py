@@ -22,9 +22,9 @@ from cryptography.x509.oid import NameOID
 from google.protobuf import struct_pb2
 from insignia_proto import workload_pb2 as pb
 
-from insignia import runtime
 from insignia.bundle import public_key_to_jwk
-from insignia.runtime import call_asyncio
+from insignia.daemon import runtime
+from insignia.daemon.runtime import call_asyncio
 from insignia.workload_wire import SECURITY_HEADER_KEY, WORKLOAD_SERVICE, workload_api_handler
 
 IMPORT_BOTH = """

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from insignia.workloadapi.address import (
+from insignia.workloadapi._address import (
     ENDPOINT_ENV,
     InvalidEndpoint,
     endpoint_from_env,

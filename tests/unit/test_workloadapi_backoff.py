@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from insignia.workloadapi.backoff import is_retryable
+from insignia.workloadapi import is_retryable
 
 
 def test_only_a_malformed_request_is_permanent() -> None:

@@ -6,7 +6,7 @@ from insignia_proto import workload_pb2 as pb
 
 from insignia.keys import KeyType, generate_key, private_key_to_der
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.workloadapi.client import (
+from insignia.workloadapi._client import (
     WorkloadApiError,
     _jwt_bundles,
     _x509_bundles,

@@ -16,16 +16,16 @@ from insignia.jwt_http import authorization_header, validate_authorization
 from insignia.jwtsvid import AudienceMismatch
 from insignia.sources import NoX509Svid, X509Source
 from insignia.spiffeid import TrustDomain
-from insignia.tls import TlsStream, client_context, server_context
-from insignia.workloadapi.client import WorkloadApiError
-from insignia.workloadapi.source import (
+from insignia.spiffetls import TlsStream, client_context, server_context
+from insignia.workloadapi import (
     SourceNotReady,
     ThreadedX509Source,
+    TrioWorkloadApiClient,
+    WorkloadApiError,
     WorkloadX509Source,
     merge_bundles,
     open_x509_source,
 )
-from insignia.workloadapi.trio_client import TrioWorkloadApiClient
 from insignia.x509svid import X509Svid
 from tests.unit.workload_api_server import TD, Authority, WorkloadApiServer
 

@@ -13,8 +13,12 @@ from insignia.backoff import Backoff
 from insignia.bundle import BundleSet
 from insignia.jwtsvid import parse_and_validate
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.workloadapi.client import WorkloadApiError, X509Context
-from insignia.workloadapi.trio_client import TrioWorkloadApiClient, resolve_socket
+from insignia.workloadapi import (
+    TrioWorkloadApiClient,
+    WorkloadApiError,
+    X509Context,
+    resolve_socket,
+)
 from tests.unit.workload_api_server import TD, Authority, WorkloadApiServer
 
 FAST = Backoff(initial=0.01, maximum=0.05)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.datastore import Datastore
+from insignia.server.datastore import Datastore
 from tests.datastores import Clock
 from tests.postgres import BACKEND_PARAMS, database_url
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
+from insignia.server.datastore import Datastore
+from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
 from insignia.spiffeid import TrustDomain
-from server.datastore import Datastore
-from server.entries import EntryLimits, RegistrationEntry, validate_entry
 
 LIMITS = EntryLimits(TrustDomain("example.org"), 86400, 3600)
 CREATED = datetime(2030, 1, 1, tzinfo=UTC)

@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId
-from server.datastore import (
+from insignia.server.datastore import (
     AgentBanned,
     AgentNotFound,
     AgentRecord,
@@ -23,7 +22,8 @@ from server.datastore import (
     JoinTokenNotFound,
     JoinTokenUsed,
 )
-from server.entries import RegistrationEntry
+from insignia.server.entries import RegistrationEntry
+from insignia.spiffeid import SpiffeId
 from tests.datastores import Clock
 
 AGENT_ID = SpiffeId.parse("spiffe://example.org/insignia/agent/x509pop/abc")

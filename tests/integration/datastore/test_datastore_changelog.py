@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore import (
+from insignia.server.datastore import (
     AgentRecord,
     CaKeyRecord,
     ChangeEvent,
@@ -17,7 +16,8 @@ from server.datastore import (
     DuplicateEntry,
     RevisionPruned,
 )
-from server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.spiffeid import SpiffeId, TrustDomain
 from tests.datastores import Clock
 
 TD = TrustDomain("example.org")

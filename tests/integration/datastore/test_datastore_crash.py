@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.datastore import Datastore
+from insignia.server.datastore import Datastore
 from tests.integration.datastore.datastore_crash_writer import batch_size, expected
 from tests.postgres import BACKEND_PARAMS, Backend, database_url
 

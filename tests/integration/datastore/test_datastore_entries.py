@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore import (
+from insignia.server.datastore import (
     Datastore,
     DuplicateEntry,
     EntryNotFound,
     EntryRevisionConflict,
     InvalidRecord,
 )
-from server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.spiffeid import SpiffeId, TrustDomain
 from tests.datastores import Clock
 
 TD = TrustDomain("example.org")

@@ -15,15 +15,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore import (
+from insignia.server.datastore import (
     Datastore,
     DatastoreUnavailable,
     SchemaTooNew,
     UnsupportedDatabaseUrl,
     normalize_url,
 )
-from server.datastore.schema import metadata
+from insignia.server.datastore.schema import metadata
+from insignia.spiffeid import SpiffeId, TrustDomain
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_0002_adds_svid_fingerprints_and_keeps_agents(url: str) -> None:
 
 def upgrade_to(conn: sa.Connection, revision: str) -> None:
     config = Config()
-    config.set_main_option("script_location", "server.datastore:migrations")
+    config.set_main_option("script_location", "insignia.server.datastore:migrations")
     config.attributes["connection"] = conn
     command.upgrade(config, revision)
 

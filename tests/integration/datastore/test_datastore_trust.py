@@ -8,14 +8,14 @@ from datetime import timedelta
 
 import pytest
 
-from insignia.spiffeid import TrustDomain
-from server.datastore import (
+from insignia.server.datastore import (
     BundleNotFound,
     CaKeyNotFound,
     CaKeyRecord,
     Datastore,
     InvalidRecord,
 )
+from insignia.spiffeid import TrustDomain
 from tests.datastores import Clock
 
 LOCAL = TrustDomain("example.org")

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
-from agent.cache import BundleView, Cache, SyncDelta, X509SvidRecord
-from agent.entries import Entry
-from agent.rotation import SvidTiming, half_life_renewal
-from agent.signing import authority_ids
+from insignia.agent.cache.entries import Entry
+from insignia.agent.cache.store import BundleView, Cache, SyncDelta, X509SvidRecord
+from insignia.agent.svids.rotation import SvidTiming, half_life_renewal
+from insignia.agent.svids.signing import authority_ids
 from insignia.bundle import Bundle
 from insignia.keys import KeyType, generate_key, private_key_to_der
 from insignia.selectors import Selector

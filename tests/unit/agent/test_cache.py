@@ -1,6 +1,11 @@
 from datetime import timedelta
 
-from agent.cache import MAX_JWT_CACHE_BYTES_PER_ENTRY, Cache, JwtSvidRecord, SyncDelta
+from insignia.agent.cache.store import (
+    MAX_JWT_CACHE_BYTES_PER_ENTRY,
+    Cache,
+    JwtSvidRecord,
+    SyncDelta,
+)
 from insignia.jwtsvid import MAX_TOKEN_BYTES
 from tests.unit.agent.helpers import NOW, TD, bundle_view, issue, make_ca, make_entry, sels
 

@@ -2,11 +2,11 @@ import stat
 
 from click.testing import CliRunner
 
-from agent.cli import main
-from agent.cli_api import write_x509_context
+from insignia.agent.cli.api import write_x509_context
+from insignia.agent.cli.main import main
 from insignia.bundle import Bundle, BundleSet
 from insignia.keys import private_key_from_der
-from insignia.workloadapi.client import X509Context
+from insignia.workloadapi import X509Context
 from insignia.x509svid import X509Svid, parse_chain_der
 from tests.unit.agent.helpers import TD, issue, make_ca, make_entry
 

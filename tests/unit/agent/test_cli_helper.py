@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from agent.cli import main
+from insignia.agent.cli.main import main
 
 
 def test_bad_reload_command_and_socket_are_usage_errors(tmp_path: Path) -> None:

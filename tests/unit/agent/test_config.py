@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, load_agent_config
-from insignia.config import ConfigError
+from insignia.agent.config import AgentConfig, load_agent_config
+from insignia.daemon.config.loading import ConfigError
 from insignia.keys import KeyType
 
 MINIMAL = """

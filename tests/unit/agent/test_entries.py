@@ -1,7 +1,7 @@
 import pytest
 from insignia_proto import agent_pb2
 
-from agent.entries import Entry, InvalidEntry, entitled
+from insignia.agent.cache.entries import Entry, InvalidEntry, entitled
 from tests.unit.agent.helpers import make_entry, sels
 
 CALLER = sels("unix:uid:1000", "unix:gid:1000")

@@ -6,7 +6,7 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 
-from agent.node_attestation import (
+from insignia.agent.identity.node_attestation import (
     SVID_FILE,
     AgentIdentity,
     forget_identity,

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 
-from agent.jwt_validation import JwtValidator, cost
+from insignia.agent.workloadapi.jwt_validation import JwtValidator, cost
 from insignia.bundle import Bundle, BundleSet
 from insignia.jwtsvid import AudienceMismatch, TokenExpired, UnknownKeyId, sign_jwt_svid
 from insignia.keys import KeyType, generate_key

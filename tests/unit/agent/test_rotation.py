@@ -3,7 +3,7 @@ from datetime import timedelta
 
 import pytest
 
-from agent.rotation import (
+from insignia.agent.svids.rotation import (
     MAX_JITTER,
     InvalidJitter,
     RenewReason,

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 from cryptography import x509
 
-from agent.signing import MintBudget, authority_ids
+from insignia.agent.svids.signing import MintBudget, authority_ids
 from insignia.keys import KeyType, generate_key
 from insignia.spiffeid import SpiffeId
 from insignia.x509ca import SigningAuthority, build_intermediate_ca

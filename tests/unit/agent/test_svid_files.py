@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from structlog.testing import capture_logs
 
-from agent.reload_command import InvalidReloadCommand, ReloadCommand, run_reload
-from agent.svid_files import (
+from insignia.agent.helper.reload_command import InvalidReloadCommand, ReloadCommand, run_reload
+from insignia.agent.helper.svid_files import (
     BUNDLE_FILE,
     KEY_FILE,
     SVID_FILE,
@@ -34,7 +34,7 @@ from agent.svid_files import (
 from insignia.bundle import Bundle, BundleSet
 from insignia.keys import KeyType, generate_key, private_key_from_pem
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.workloadapi.client import X509Context
+from insignia.workloadapi import X509Context
 from insignia.x509ca import SigningAuthority, build_intermediate_ca
 from insignia.x509svid import X509Svid, build_leaf
 from tests.unit.agent.helpers import NOW, TD, make_ca

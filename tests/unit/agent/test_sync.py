@@ -1,7 +1,7 @@
 import pytest
 from insignia_proto import agent_pb2
 
-from agent.sync import InvalidSyncUpdate, parse_update
+from insignia.agent.cache.sync import InvalidSyncUpdate, parse_update
 from insignia.bundle import Bundle
 from tests.unit.agent.helpers import TD, make_ca
 

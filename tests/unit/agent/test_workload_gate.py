@@ -10,14 +10,14 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from agent.workload_gate import (
+from insignia.agent.workloadapi.gate import (
     RECENT_ATTESTATION_TTL,
     ConnectionNotOwned,
     Refused,
     WorkloadAttestationFailed,
     WorkloadGate,
 )
-from insignia.peercred import (
+from insignia.daemon.peercred.credentials import (
     CallerTable,
     PeerCredentials,
     PidFd,

@@ -2,8 +2,8 @@ from datetime import timedelta
 
 import pytest
 
-from agent.cache import BundleView, SyncDelta
-from agent.workload_views import (
+from insignia.agent.cache.store import BundleView, SyncDelta
+from insignia.agent.workloadapi.views import (
     NoIdentity,
     SvidsExpired,
     jwt_bundles,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from attestors.interface import Caller
+from insignia.attestors.interface import Caller
 
 
 @contextmanager

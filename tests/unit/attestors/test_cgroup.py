@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from attestors.cgroup import CgroupEntry, MalformedCgroup, parse_cgroup_file
+from insignia.attestors.cgroup import CgroupEntry, MalformedCgroup, parse_cgroup_file
 
 HYBRID = """\
 10:hugetlb:/

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from attestors.cgroup import parse_cgroup_file
-from attestors.interface import AttestationError
-from attestors.workload.container import (
+from insignia.attestors.cgroup import parse_cgroup_file
+from insignia.attestors.interface import AttestationError
+from insignia.attestors.workload.container import (
     ConflictingCgroups,
     ContainerInfo,
     container_from_cgroups,

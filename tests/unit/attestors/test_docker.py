@@ -15,9 +15,9 @@ import msgspec
 import pytest
 import trio
 
-from attestors.interface import AttestationError
-from attestors.workload.docker import DockerAttestor, DockerConfig, inspect_selectors
-from insignia.config import validate_config
+from insignia.attestors.interface import AttestationError
+from insignia.attestors.workload.docker import DockerAttestor, DockerConfig, inspect_selectors
+from insignia.daemon.config.loading import validate_config
 from insignia.selectors import Selector
 from tests.unit.attestors.engine_api import engine_api, inspect_document, json_body
 
@@ -50,7 +50,7 @@ async def test_image_labels_and_only_allowlisted_env_become_selectors(tmp_path: 
 
 
 def test_labels_that_cannot_be_selectors_are_dropped_not_mangled() -> None:
-    from attestors.workload.docker import ContainerInspect
+    from insignia.attestors.workload.docker import ContainerInspect
 
     doc = inspect_document(CID)
     doc["Config"]["Labels"] = {"ok": "yes", "evil": "a\nb"}

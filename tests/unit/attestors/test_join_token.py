@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from attestors.interface import AgentAttestation, AttestationError, ServerEnvironment
-from attestors.node.join_token import (
+from insignia.attestors.interface import AgentAttestation, AttestationError, ServerEnvironment
+from insignia.attestors.node.join_token import (
     JoinTokenAgent,
     JoinTokenAgentConfig,
     JoinTokenServer,

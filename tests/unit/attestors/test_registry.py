@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from attestors.interface import ServerEnvironment
-from attestors.node.join_token import JoinTokenAgent
-from attestors.registry import (
+from insignia.attestors.interface import ServerEnvironment
+from insignia.attestors.node.join_token import JoinTokenAgent
+from insignia.attestors.registry import (
     NODE_GROUP,
     WORKLOAD_GROUP,
     installed_plugins,
@@ -15,8 +15,8 @@ from attestors.registry import (
     load_node_attestor_servers,
     load_workload_attestors,
 )
-from attestors.workload.unix import UnixAttestor
-from insignia.config import ConfigError
+from insignia.attestors.workload.unix import UnixAttestor
+from insignia.daemon.config.loading import ConfigError
 from insignia.spiffeid import TrustDomain
 
 TD = TrustDomain("example.org")

@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from attestors.interface import AgentAttestation, AttestationError, Challenge, ServerEnvironment
-from attestors.node.sshpop import SshPopAgent, SshPopAgentConfig, SshPopServer, SshPopServerConfig
+from insignia.attestors.interface import (
+    AgentAttestation,
+    AttestationError,
+    Challenge,
+    ServerEnvironment,
+)
+from insignia.attestors.node.sshpop import (
+    SshPopAgent,
+    SshPopAgentConfig,
+    SshPopServer,
+    SshPopServerConfig,
+)
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId, TrustDomain
 

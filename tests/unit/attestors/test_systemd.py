@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from attestors.cgroup import parse_cgroup_file
-from attestors.workload.systemd import (
+from insignia.attestors.cgroup import parse_cgroup_file
+from insignia.attestors.workload.systemd import (
     DEFAULT_UNIT_DIRS,
     SystemdConfig,
     fragment_path,

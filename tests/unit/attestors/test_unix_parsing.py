@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from attestors.workload.unix import HashCache, ProcessIds, id_selectors, parse_status
+from insignia.attestors.workload.unix import HashCache, ProcessIds, id_selectors, parse_status
 from insignia.selectors import Selector
 
 STATUS = """\

@@ -12,9 +12,9 @@ from typing import cast
 import pytest
 import trio
 
-from attestors.interface import AttestationError, Caller, WorkloadAttestor
-from attestors.registry import ConfiguredWorkloadAttestor
-from attestors.workload_attestation import attest_workload
+from insignia.attestors.interface import AttestationError, Caller, WorkloadAttestor
+from insignia.attestors.registry import ConfiguredWorkloadAttestor
+from insignia.attestors.workload_attestation import attest_workload
 from insignia.selectors import Selector
 
 CALLER = Caller(pid=os.getpid(), uid=os.geteuid(), gid=os.getegid())

@@ -12,8 +12,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestors.interface import AgentAttestation, AttestationError, Challenge, ServerEnvironment
-from attestors.node.x509pop import (
+from insignia.attestors.interface import (
+    AgentAttestation,
+    AttestationError,
+    Challenge,
+    ServerEnvironment,
+)
+from insignia.attestors.node.x509pop import (
     X509PopAgent,
     X509PopAgentConfig,
     X509PopServer,

@@ -4,11 +4,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from insignia.keys import KeyType
+from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.keymanager import DiskKeyManager, MemoryKeyManager
+from insignia.server.ca.rotation import AuthorityState
+from insignia.server.ca.state import CaSettings, new_jwt_slot, x509_authority_id
 from insignia.spiffeid import TrustDomain
-from server.authorities import Authorities
-from server.ca import CaSettings, new_jwt_slot, x509_authority_id
-from server.keymanager import DiskKeyManager, MemoryKeyManager
-from server.rotation import AuthorityState
 from tests.datastores import Clock, fresh_store
 
 TD = TrustDomain.parse("example.org")

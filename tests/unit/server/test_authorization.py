@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from insignia.selectors import Selector, canonical
+from insignia.server.agentapi.authorization import EntryChange, EntryIndex, authorized_entries
+from insignia.server.entries import RegistrationEntry, server_spiffe_id
 from insignia.spiffeid import SpiffeId, TrustDomain
-from server.authorization import EntryChange, EntryIndex, authorized_entries
-from server.entries import RegistrationEntry, server_spiffe_id
 
 TD = TrustDomain("example.org")
 SERVER = server_spiffe_id(TD)

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
-from server.entries import (
+from insignia.server.entries import (
     EntryLimits,
     InvalidEntry,
     is_agent_id,
@@ -17,6 +16,7 @@ from server.entries import (
     server_spiffe_id,
     validate_entry,
 )
+from insignia.spiffeid import SpiffeId, TrustDomain
 
 TD = TrustDomain("example.org")
 LIMITS = EntryLimits(TD, max_x509_svid_ttl=14400, max_jwt_svid_ttl=3600)

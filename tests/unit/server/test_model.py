@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from insignia.selectors import Selector
+from insignia.server.datastore.records import AgentRecord
+from insignia.server.entries import RegistrationEntry, server_spiffe_id
+from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
-from server.datastore.records import AgentRecord
-from server.entries import RegistrationEntry, server_spiffe_id
-from server.model import ServerModel
 
 TD = TrustDomain.parse("example.org")
 AGENT = SpiffeId.parse("spiffe://example.org/insignia/agent/join_token/t")

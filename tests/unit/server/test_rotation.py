@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import rotation
-from server.rotation import AuthorityError, AuthorityRecord, AuthorityState, Step
+from insignia.server.ca import rotation
+from insignia.server.ca.rotation import AuthorityError, AuthorityRecord, AuthorityState, Step
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -5,8 +5,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from insignia.config import ConfigError, validate_config
-from server.config import ServerConfig, load_server_config
+from insignia.daemon.config.loading import ConfigError, validate_config
+from insignia.server.config import ServerConfig, load_server_config
 
 SAMPLE = Path(__file__).resolve().parents[3] / "server" / "server.sample.toml"
 

@@ -7,9 +7,9 @@ from cryptography import x509
 from insignia.bundle import load_der_certificates
 from insignia.jwtsvid import AudienceLimits, InvalidAudience
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.x509ca import build_root_ca
-from server.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
 from tests.integration.server_agent_client import make_csr
 
 TD = TrustDomain.parse("example.org")

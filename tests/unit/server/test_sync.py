@@ -3,9 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 from insignia_proto import agent_pb2
 
-from insignia.spiffeid import TrustDomain
-from server.entries import EntryLimits, RegistrationEntry, validate_entry
-from server.sync import (
+from insignia.server.agentapi.sync import (
     AgentHistory,
     Defaults,
     SentView,
@@ -13,6 +11,8 @@ from server.sync import (
     full_update,
     split_update,
 )
+from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
+from insignia.spiffeid import TrustDomain
 
 TD = TrustDomain.parse("example.org")
 LIMITS = EntryLimits(TD, 86400, 86400)

@@ -1,0 +1,144 @@
+"""Holding the server's Sync push stream: full state first, then changes, resumed after outages.
+
+The stream is resumed with (store_id, revision) so a reconnect after a blip costs one small
+delta, not the whole entry set. While the server is unreachable the loop backs off
+exponentially with jitter (a fleet of agents must not reconnect in lockstep after a server
+restart) and the cache keeps serving what it has.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import grpc
+import grpc.aio
+import trio
+from insignia_proto import agent_pb2
+
+from insignia.agent.cache.entries import Entry, InvalidEntry
+from insignia.agent.cache.store import BundleView, Cache, SyncDelta
+from insignia.agent.identity.server_client import (
+    AgentEvicted,
+    ServerClient,
+    StreamClosed,
+    next_message,
+)
+from insignia.agent.metrics import AgentMetrics
+from insignia.backoff import Backoff
+from insignia.bundle import Bundle, InvalidBundle
+from insignia.daemon.logs import get_logger
+from insignia.daemon.runtime import call_asyncio
+from insignia.spiffeid import InvalidSpiffeId, TrustDomain
+
+log = get_logger(__name__)
+
+
+class InvalidSyncUpdate(ValueError):
+    """An update the agent cannot apply at all (its trust bundle is unusable)."""
+
+
+def parse_bundle_state(state: agent_pb2.BundleState, trust_domain: TrustDomain) -> BundleView:
+    try:
+        local = Bundle.parse_spiffe(trust_domain, state.spiffe_bundle)
+        federated = {}
+        for name, doc in state.federated_bundles.items():
+            td = TrustDomain.parse(name)
+            if td != trust_domain:
+                federated[td] = Bundle.parse_spiffe(td, doc)
+    except (InvalidBundle, InvalidSpiffeId) as exc:
+        raise InvalidSyncUpdate(f"unusable bundle in sync update: {exc}") from exc
+    if not local.x509_authorities:
+        raise InvalidSyncUpdate(f"bundle for {trust_domain} has no X.509 authorities")
+    return BundleView(
+        local,
+        federated,
+        frozenset(s.lower() for s in state.tainted_x509_authorities),
+        frozenset(state.tainted_jwt_authorities),
+    )
+
+
+def parse_update(update: agent_pb2.SyncUpdate, trust_domain: TrustDomain) -> SyncDelta:
+    """A validated delta; entries the agent cannot serve are dropped with a warning."""
+    entries = []
+    for msg in update.entries:
+        try:
+            entries.append(Entry.from_proto(msg))
+        except InvalidEntry as exc:
+            log.warning("sync.entry_refused", entry_id=exc.entry_id, error=exc.reason)
+    bundles = parse_bundle_state(update.bundle, trust_domain) if update.HasField("bundle") else None
+    if update.full and bundles is None:
+        raise InvalidSyncUpdate("a full sync update must carry the bundle")
+    return SyncDelta(
+        store_id=update.store_id,
+        revision=update.revision,
+        full=update.full,
+        entries=tuple(entries),
+        deleted_entry_ids=tuple(update.deleted_entry_ids),
+        bundles=bundles,
+    )
+
+
+async def _follow(
+    server: ServerClient,
+    cache: Cache,
+    metrics: AgentMetrics,
+    on_update: Callable[[], None],
+) -> None:
+    """Read one Sync stream until it ends; raises AioRpcError or InvalidSyncUpdate."""
+    request = agent_pb2.SyncRequest(store_id=cache.store_id, since_revision=cache.revision)
+    call = server.sync(request)
+    updates = aiter(call)
+    try:
+        while True:
+            update = await call_asyncio(next_message, updates)
+            if update is None:
+                return
+            metrics.server_contact()
+            if update.heartbeat:  # the server is alive and nothing changed
+                continue
+            delta = parse_update(update, cache.trust_domain)
+            cache.apply(delta)
+            metrics.cached_entries.set(len(cache.entries))
+            on_update()
+    finally:
+        call.cancel()
+
+
+async def run_sync(
+    server: ServerClient,
+    cache: Cache,
+    metrics: AgentMetrics,
+    backoff: Backoff,
+    *,
+    rng: random.Random | None = None,
+    on_update: Callable[[], None] = lambda: None,
+) -> None:
+    """Hold the Sync stream forever, reconnecting with backoff; AgentEvicted ends it."""
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        revision_before = (cache.store_id, cache.revision)
+        generation = server.identity_generation
+        try:
+            await _follow(server, cache, metrics, on_update)
+            error = "server closed the stream"
+        except grpc.aio.AioRpcError as exc:
+            if server.evicted(exc, generation):
+                raise AgentEvicted(exc.details() or exc.code().name) from exc
+            error = f"{exc.code().name}: {exc.details()}"
+        except StreamClosed as exc:
+            error = str(exc)
+        except InvalidSyncUpdate as exc:
+            error = str(exc)
+            cache.store_id, cache.revision = "", 0  # ask for full state next time
+        if (cache.store_id, cache.revision) != revision_before or (
+            generation != server.identity_generation
+        ):
+            attempt = 0  # the stream made progress before it broke
+        delay = backoff.delay(attempt, rng.random())
+        attempt += 1
+        metrics.sync_reconnects.inc()
+        log.warning("sync.disconnected", error=error, retry_in=round(delay, 3), attempt=attempt)
+        with trio.move_on_after(delay):  # or sooner: as soon as the server is reachable again
+            await call_asyncio(server.back_after_outage)

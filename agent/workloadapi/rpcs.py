@@ -1,0 +1,300 @@
+"""The five SPIFFE Workload API RPCs, as grpc.aio handlers answering from the agent cache.
+
+Every call first passes the security-header check and then the gate
+(insignia.agent.workloadapi.gate: kernel credentials, attestation, the same-process check).
+Streams send at once, then again whenever the cache reports a change that concerns the caller,
+and stay open until the caller cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+from insignia_proto import workload_pb2 as pb
+
+from insignia.agent.cache.entries import Entry
+from insignia.agent.cache.store import Cache, JwtSvidRecord
+from insignia.agent.metrics import AgentMetrics
+from insignia.agent.workloadapi.gate import Refused, WorkloadGate
+from insignia.agent.workloadapi.jwt_validation import JwtValidator
+from insignia.agent.workloadapi.views import (
+    NoIdentity,
+    SvidsExpired,
+    jwt_bundles,
+    jwt_targets,
+    x509_bundles,
+    x509_view,
+)
+from insignia.bundle import BundleSet
+from insignia.daemon.logs import get_logger
+from insignia.daemon.peercred.credentials import PeerCredentials
+from insignia.daemon.rpc_refusal import refuse
+from insignia.jwtsvid import AudienceLimits, InvalidAudience, InvalidJwtSvid
+from insignia.selectors import Selector
+from insignia.workload_wire import SECURITY_HEADER_KEY
+
+log = get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+M = TypeVar("M", bound=Message)
+
+NO_IDENTITY = "no identity issued"
+HEADER_MISSING = "security header missing from request"
+
+
+class JwtSource(Protocol):
+    """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted for `uid`."""
+
+    async def jwt_svid(self, entry: Entry, audience: frozenset[str], uid: int) -> JwtSvidRecord: ...
+
+
+class JwtUnavailable(Exception):
+    """No JWT-SVID could be had: the server is unreachable and nothing usable is cached."""
+
+
+class JwtRateLimited(Exception):
+    """The caller spent its own mint budget (per uid or SPIFFE ID); others are unaffected."""
+
+
+class _StreamSubscriber:
+    """A cache subscriber that wakes one open stream (asyncio side, same thread as trio)."""
+
+    def __init__(self, selectors: frozenset[Selector]) -> None:
+        self.selectors = selectors
+        self.event = asyncio.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkloadApi:
+    """Implements `insignia.workload_wire.WorkloadApiServicer`."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        gate: WorkloadGate,
+        jwt_source: JwtSource,
+        metrics: AgentMetrics,
+        audience_limits: AudienceLimits,
+    ) -> None:
+        self._cache = cache
+        self._gate = gate
+        self._audience_limits = audience_limits
+        self._jwt = jwt_source
+        self._metrics = metrics
+        self._validator = JwtValidator()
+
+    # --- the gate (agent.workload_gate), at the gRPC edge ---------------------------------
+
+    async def _authenticate(
+        self, context: Context, method: str
+    ) -> tuple[PeerCredentials, frozenset[Selector]]:
+        metadata = context.invocation_metadata() or ()
+        if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
+            log.info("workload.header_missing", method=method, peer=context.peer())
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
+        try:
+            admitted = await self._gate.admit(context.peer())
+        except Refused as refused:
+            await self._refuse(context, method, refused)
+        if admitted.fresh:
+            self._metrics.workloads_attested.inc()
+        return admitted.caller, admitted.selectors
+
+    async def _require_same_process(
+        self, context: Context, method: str, creds: PeerCredentials, when: str
+    ) -> None:
+        try:
+            self._gate.confirm(creds, when)
+        except Refused as refused:
+            await self._refuse(context, method, refused)
+
+    async def _refuse(self, context: Context, method: str, refused: Refused) -> NoReturn:
+        if refused.reason is not None:
+            self._metrics.attestation_failed(refused.reason)
+        caller = refused.caller
+        log.warning(
+            refused.event,
+            method=method,
+            pid=None if caller is None else caller.pid,
+            uid=None if caller is None else caller.uid,
+            reason=refused.reason,
+            error=refused.message,
+        )
+        await context.abort(refused.code, refused.message)
+        raise AssertionError("context.abort() returned")  # it always raises
+
+    async def _denied(self, context: Context, method: str, exc: NoIdentity) -> NoReturn:
+        log.info("workload.no_identity", method=method, selectors=sorted(map(str, exc.selectors)))
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
+
+    def _observe(self, method: str, started: float, code: grpc.StatusCode) -> None:
+        self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
+
+    # --- streams --------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        context: Context,
+        method: str,
+        build: Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]],
+        on_send: Callable[[M], None] = lambda _message: None,
+    ) -> None:
+        """Send `build(...)` at once and after every relevant change, until cancelled.
+
+        `build` returns the message (None: nothing to send yet) and when it goes stale by
+        itself (an SVID expiring), so the stream re-checks then even without a change.
+        Attested once, so every later send first re-checks that the attested process still
+        holds the stream: otherwise rotated SVIDs would flow to whoever inherited the fd.
+
+        A coroutine writing with ``context.write``, not an async generator: trio (guest mode)
+        keeps the id of every async generator first iterated on the asyncio side and
+        forgets it only if the generator is garbage-collected unfinished, so each stream
+        that ended (cancelled by its client) would leave an id behind for good.
+        """
+        started = time.perf_counter()
+        creds, selectors = await self._authenticate(context, method)
+        subscriber = _StreamSubscriber(selectors)
+        self._cache.subscribe(subscriber)
+        self._metrics.open_streams.inc()
+        last: M | None = None
+        try:
+            while True:
+                subscriber.event.clear()
+                try:
+                    message, stale_at = build(selectors, _now())
+                except NoIdentity as exc:
+                    await self._denied(context, method, exc)
+                except SvidsExpired as exc:
+                    log.warning("workload.svids_expired", method=method, pid=creds.pid)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                if message is not None and message != last:
+                    await self._require_same_process(context, method, creds, "while streaming")
+                    if last is None:
+                        self._observe(method, started, grpc.StatusCode.OK)
+                    last = message
+                    on_send(message)
+                    await context.write(message)
+                timeout = None
+                if stale_at is not None:
+                    timeout = max(0.0, (stale_at - _now()).total_seconds()) + 0.001
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscriber.event.wait(), timeout)
+        finally:
+            self._metrics.open_streams.dec()
+            self._cache.unsubscribe(subscriber)
+
+    def _x509_message(
+        self, selectors: frozenset[Selector], now: datetime
+    ) -> tuple[pb.X509SVIDResponse | None, datetime | None]:
+        view = x509_view(self._cache, selectors, now)
+        stale_at = min((r.timing.not_after for r in view.served), default=None)
+        if not view.response.svids:
+            return None, stale_at  # identities exist but are still being signed
+        return view.response, stale_at
+
+    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> None:
+        def served(message: pb.X509SVIDResponse) -> None:
+            self._metrics.served("x509", len(message.svids))
+
+        await self._stream(context, "FetchX509SVID", self._x509_message, served)
+
+    async def FetchX509Bundles(self, request: pb.X509BundlesRequest, context: Context) -> None:
+        def build(
+            selectors: frozenset[Selector], now: datetime
+        ) -> tuple[pb.X509BundlesResponse | None, None]:
+            bundles = x509_bundles(self._cache, selectors, now)
+            return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
+
+        await self._stream(context, "FetchX509Bundles", build)
+
+    async def FetchJWTBundles(self, request: pb.JWTBundlesRequest, context: Context) -> None:
+        def build(
+            selectors: frozenset[Selector], now: datetime
+        ) -> tuple[pb.JWTBundlesResponse | None, None]:
+            bundles = jwt_bundles(self._cache, selectors, now)
+            return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
+
+        await self._stream(context, "FetchJWTBundles", build)
+
+    # --- unary ----------------------------------------------------------------------
+
+    async def FetchJWTSVID(
+        self, request: pb.JWTSVIDRequest, context: Context
+    ) -> pb.JWTSVIDResponse:
+        started = time.perf_counter()
+        creds, selectors = await self._authenticate(context, "FetchJWTSVID")
+        try:
+            audience = frozenset(self._audience_limits.check(request.audience))
+        except InvalidAudience as exc:
+            refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return pb.JWTSVIDResponse()
+        try:
+            targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
+        except NoIdentity as exc:
+            await self._denied(context, "FetchJWTSVID", exc)
+        svids = []
+        for entry in targets:
+            try:
+                record = await self._jwt.jwt_svid(entry, audience, creds.uid)
+            except JwtRateLimited as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except JwtUnavailable as exc:
+                log.warning("workload.jwt_unavailable", entry_id=entry.id, error=str(exc))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not mint JWT-SVID: {exc}")
+            svids.append(
+                pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=record.token, hint=entry.hint)
+            )
+        self._metrics.served("jwt", len(svids))
+        self._observe("FetchJWTSVID", started, grpc.StatusCode.OK)
+        return pb.JWTSVIDResponse(svids=svids)
+
+    async def ValidateJWTSVID(
+        self, request: pb.ValidateJWTSVIDRequest, context: Context
+    ) -> pb.ValidateJWTSVIDResponse:
+        started = time.perf_counter()
+        _, selectors = await self._authenticate(context, "ValidateJWTSVID")
+        if not request.audience:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
+        if not request.svid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "svid must be specified")
+        try:
+            jwt = self._validator.validate(
+                request.svid, self._trusted_bundles(selectors), request.audience, _now()
+            )
+        except InvalidJwtSvid as exc:
+            self._observe("ValidateJWTSVID", started, grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        claims = Struct()
+        claims.update(dict(jwt.claims))
+        self._observe("ValidateJWTSVID", started, grpc.StatusCode.OK)
+        return pb.ValidateJWTSVIDResponse(spiffe_id=str(jwt.spiffe_id), claims=claims)
+
+    def _trusted_bundles(self, selectors: frozenset[Selector]) -> BundleSet:
+        """The local bundle plus federated ones of the caller's entries, as SPIRE does.
+
+        A caller without an identity may still validate tokens of its own trust domain.
+        """
+        view = self._cache.bundles
+        if view is None:
+            return BundleSet()
+        bundles = [view.local]
+        wanted = {
+            td for e in self._cache.entitled(selectors, time.time()) for td in e.federates_with
+        }
+        bundles += [b for td, b in view.federated.items() if td in wanted]
+        return BundleSet.of(bundles)

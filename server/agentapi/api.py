@@ -1,0 +1,299 @@
+"""The agent API (insignia.agent.v1.AgentAPI, see agent.proto) on grpc.aio.
+
+Attest runs on the server-auth-only TLS port (no agent SVID yet, see server/tls.py); every
+other RPC runs on the mTLS port and starts by checking the caller's certificate: a current
+agent SVID (the serial the agents table holds), not evicted, not banned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from datetime import timedelta
+
+import grpc
+from insignia_proto import agent_pb2
+
+from insignia.daemon.rpc_refusal import refuse
+from insignia.jwtsvid import InvalidAudience
+from insignia.server.agentapi.node_attestation import attest_agent
+from insignia.server.agentapi.rpc_errors import hide_internal_errors
+from insignia.server.agentapi.sync import delta_update, full_update, split_update
+from insignia.server.agentapi.tls import peer_certificate
+from insignia.server.ca.signer_pool import SignOutcome, SignRequest
+from insignia.server.ca.signing import (
+    NoActiveAuthority,
+    SigningRefused,
+    sign_jwt,
+    sign_x509_svid,
+    svid_fingerprint,
+)
+from insignia.server.core import ServerCore, log
+from insignia.server.entries import is_agent_id
+from insignia.spiffeid import SpiffeId
+from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
+
+Context = grpc.aio.ServicerContext[object, object]
+SERVICE = "AgentAPI"
+
+
+def _x509_result(entry_id: str, outcome: SignOutcome) -> agent_pb2.X509SVIDResult:
+    if isinstance(outcome, str):
+        return agent_pb2.X509SVIDResult(entry_id=entry_id, error=outcome)
+    return agent_pb2.X509SVIDResult(
+        entry_id=entry_id,
+        svid_chain=outcome.chain_der,
+        expires_at=int(outcome.expires_at.timestamp()),
+    )
+
+
+class AgentApi:
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    # --- caller authentication ----------------------------------------------------------
+
+    async def _caller(self, context: Context) -> tuple[SpiffeId, str, str]:
+        """The agent behind this connection and its SVID's serial and fingerprint, or abort
+        UNAUTHENTICATED / PERMISSION_DENIED."""
+        cert = peer_certificate(context)
+        if cert is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+            raise AssertionError("unreachable")
+        try:
+            agent_id = leaf_spiffe_id(cert)
+        except InvalidX509Svid as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"not an X509-SVID: {exc}")
+            raise
+        if not agent_id.member_of(self.core.trust_domain) or not is_agent_id(agent_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{agent_id} is not an agent of this server"
+            )
+        if cert.not_valid_after_utc <= self.core.clock():
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "agent SVID has expired")
+        serial, fingerprint = str(cert.serial_number), svid_fingerprint(cert)
+        problem = self.core.model.check_agent(agent_id, serial, fingerprint)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
+        record = self.core.model.agents[agent_id]
+        if serial == record.new_serial_number:  # first use of a renewed SVID: promote it
+            await self.core.save_agent(
+                replace(
+                    record,
+                    serial_number=serial,
+                    svid_fingerprint=record.new_svid_fingerprint,
+                    new_serial_number="",
+                    new_svid_fingerprint="",
+                )
+            )
+        return agent_id, serial, fingerprint
+
+    async def _limit(self, context: Context, agent_id: SpiffeId, kind: str, cost: float) -> None:
+        """Per agent, X.509 and JWT signing have separate budgets (`*_signing_rate`): keyed by
+        the agent's ID, not its address, so agents behind one address (a NAT, one host) do
+        not share one budget, and one agent's flood costs only that agent."""
+        limiter = self.core.signing_limiters[kind]
+        key = str(agent_id)
+        if not limiter.try_acquire(key, time.monotonic(), cost):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{kind} signing rate limit for agent {key} exceeded; retry in "
+                f"{limiter.retry_after(key, cost):.2f}s",
+            )
+
+    def _unauthorized(self, kind: str, entry_id: str, agent_id: SpiffeId) -> str:
+        """Count the refusal and say why: the entry is not one this agent may sign for."""
+        self.core.metrics.signing_refused.labels(kind).inc()
+        return f"entry {entry_id!r} is not authorized for {agent_id}"
+
+    # --- RPCs -----------------------------------------------------------------------------
+
+    @hide_internal_errors
+    async def Attest(self, request_iterator: object, context: Context) -> None:
+        with self.core.metrics.rpc(SERVICE, "Attest") as outcome:
+            await attest_agent(self.core, request_iterator, context, outcome)
+
+    @hide_internal_errors
+    async def RenewAgent(
+        self, request: agent_pb2.RenewAgentRequest, context: Context
+    ) -> agent_pb2.RenewAgentResponse:
+        with self.core.metrics.rpc(SERVICE, "RenewAgent") as outcome:
+            agent_id, _, _ = await self._caller(context)
+            await self._limit(context, agent_id, "x509", 1)
+            try:
+                signed = sign_x509_svid(
+                    self.core.authorities.state.active_x509(),
+                    request.csr,
+                    agent_id,
+                    self.core.config.agent_svid_ttl,
+                    now=self.core.clock(),
+                    id_optional=True,
+                )
+            except (SigningRefused, NoActiveAuthority) as exc:
+                outcome[0] = "INVALID_ARGUMENT"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise
+            record = self.core.model.agents[agent_id]
+            await self.core.save_agent(
+                replace(
+                    record,
+                    new_serial_number=str(signed.serial_number),
+                    new_svid_fingerprint=signed.fingerprint,
+                    expires_at=signed.expires_at,
+                )
+            )
+            self.core.metrics.svids_signed.labels("agent").inc()
+            log.info("agent SVID renewed", agent_id=str(agent_id), serial=signed.serial_number)
+            return agent_pb2.RenewAgentResponse(svid_chain=signed.chain_der)
+
+    @hide_internal_errors
+    async def Sync(self, request: agent_pb2.SyncRequest, context: Context) -> None:
+        agent_id, serial, fingerprint = await self._caller(context)
+        core, model = self.core, self.core.model
+        history = model.history(agent_id)
+        with model.watch(agent_id) as changed:
+            previous = (
+                history.find(request.since_revision) if request.store_id == model.store_id else None
+            )
+            if previous is not None:
+                update, view = delta_update(
+                    model.store_id,
+                    model.revision,
+                    previous,
+                    model.authorized(agent_id, core.clock()).values(),
+                    model.bundle_state,
+                    core.defaults,
+                )
+                update = update or agent_pb2.SyncUpdate(
+                    store_id=model.store_id, revision=model.revision
+                )
+            else:
+                update, view = full_update(
+                    model.store_id,
+                    model.revision,
+                    model.authorized(agent_id, core.clock()).values(),
+                    model.bundle_state,
+                    core.defaults,
+                )
+            history.remember(view)
+            for part in split_update(update):
+                await context.write(part)
+            heartbeat = core.config.agent_api.sync_heartbeat_interval.total_seconds()
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), heartbeat)
+                except TimeoutError:  # idle: tell the agent we (and the stream) are alive
+                    await context.write(
+                        agent_pb2.SyncUpdate(store_id=model.store_id, heartbeat=True)
+                    )
+                    continue
+                changed.clear()
+                problem = model.check_agent(agent_id, serial, fingerprint)
+                if problem is not None:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem.message)
+                maybe, new_view = delta_update(
+                    model.store_id,
+                    model.revision,
+                    view,
+                    model.authorized(agent_id, core.clock()).values(),
+                    model.bundle_state,
+                    core.defaults,
+                )
+                if maybe is not None:
+                    view = new_view
+                    history.remember(view)
+                    for part in split_update(maybe):
+                        await context.write(part)
+
+    @hide_internal_errors
+    async def BatchNewX509SVID(
+        self, request: agent_pb2.BatchNewX509SVIDRequest, context: Context
+    ) -> agent_pb2.BatchNewX509SVIDResponse:
+        with self.core.metrics.rpc(SERVICE, "BatchNewX509SVID"):
+            agent_id, _, _ = await self._caller(context)
+            await self._limit(context, agent_id, "x509", max(1, len(request.params)))
+            authorized = self.core.model.authorized(agent_id, self.core.clock())
+            results: list[agent_pb2.X509SVIDResult | None] = []
+            requests: list[SignRequest] = []
+            for params in request.params:
+                entry = authorized.get(params.entry_id)
+                if entry is None:
+                    error = self._unauthorized("x509", params.entry_id, agent_id)
+                    results.append(agent_pb2.X509SVIDResult(entry_id=params.entry_id, error=error))
+                    continue
+                ttl = entry.x509_svid_ttl or self.core.config.default_x509_svid_ttl.total_seconds()
+                requests.append(SignRequest(params.csr, str(entry.spiffe_id), ttl, entry.dns_names))
+                results.append(None)  # filled in below, in request order
+            try:
+                outcomes = iter(
+                    await self.core.signer.sign(
+                        self.core.authorities.state.active_x509(), requests, self.core.clock()
+                    )
+                )
+            except NoActiveAuthority as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            final = []
+            for params, result in zip(request.params, results, strict=True):
+                if result is None:
+                    result = _x509_result(params.entry_id, next(outcomes))
+                    if result.error:
+                        self.core.metrics.signing_refused.labels("x509").inc()
+                final.append(result)
+            signed_count = sum(1 for r in final if not r.error)
+            self.core.metrics.svids_signed.labels("x509").inc(signed_count)
+            return agent_pb2.BatchNewX509SVIDResponse(results=final)
+
+    @hide_internal_errors
+    async def BatchNewJWTSVID(
+        self, request: agent_pb2.BatchNewJWTSVIDRequest, context: Context
+    ) -> agent_pb2.BatchNewJWTSVIDResponse:
+        with self.core.metrics.rpc(SERVICE, "BatchNewJWTSVID") as outcome:
+            agent_id, _, _ = await self._caller(context)
+            limits = self.core.config.audience_limits
+            for params in request.params:
+                try:
+                    limits.check(params.audience)
+                except InvalidAudience as exc:
+                    outcome[0] = "INVALID_ARGUMENT"
+                    refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    return agent_pb2.BatchNewJWTSVIDResponse()
+            await self._limit(context, agent_id, "jwt", max(1, len(request.params)))
+            now = self.core.clock()
+            authorized = self.core.model.authorized(agent_id, now)
+            state = self.core.authorities.state
+            active = state.active_jwt()
+            key_not_after = state.active_jwt_not_after()
+            results = []
+            for params in request.params:
+                entry = authorized.get(params.entry_id)
+                if entry is None:
+                    error = self._unauthorized("jwt", params.entry_id, agent_id)
+                    results.append(agent_pb2.JWTSVIDResult(entry_id=params.entry_id, error=error))
+                    continue
+                ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl else None
+                try:
+                    signed = sign_jwt(
+                        active,
+                        key_not_after,
+                        entry.spiffe_id,
+                        list(params.audience),
+                        ttl or self.core.config.default_jwt_svid_ttl,
+                        now,
+                        limits,
+                        self.core.config.jwt_issuer,
+                    )
+                except (SigningRefused, NoActiveAuthority) as exc:
+                    self.core.metrics.signing_refused.labels("jwt").inc()
+                    results.append(agent_pb2.JWTSVIDResult(entry_id=entry.id, error=str(exc)))
+                    continue
+                results.append(
+                    agent_pb2.JWTSVIDResult(
+                        entry_id=entry.id,
+                        token=signed.token,
+                        issued_at=signed.issued_at,
+                        expires_at=signed.expires_at,
+                    )
+                )
+            self.core.metrics.svids_signed.labels("jwt").inc(sum(1 for r in results if r.token))
+            return agent_pb2.BatchNewJWTSVIDResponse(results=results)

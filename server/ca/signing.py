@@ -1,0 +1,194 @@
+"""Signing SVIDs for callers: the checks a CSR must pass, then the X.509 or JWT signature.
+
+The agent API and the admin API's `mint` both come through here, so a CSR is refused the same
+way everywhere: bad signature, a CA request, a URI SAN other than the one ID asked for, or any
+SAN the server did not decide on itself (DNS names come from the entry, never the CSR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
+from insignia.jwtsvid import AudienceLimits, sign_jwt_svid
+from insignia.keys import InvalidKey, PrivateKey, key_type_of
+from insignia.server.entries import AGENT_PREFIX, MIN_JWT_SVID_TTL, PATH_REQUIRED, is_agent_id
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
+from insignia.x509ca import SigningAuthority
+from insignia.x509svid import CsrRequest, InvalidCsr, build_leaf, parse_csr
+
+
+class SigningRefused(ValueError):
+    """A signing request the server will not honour; `reason` is sent back to the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NoActiveAuthority(RuntimeError):
+    """The CA has no usable active key (only at the first seconds of a fresh start)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"no active {kind} authority yet; retry shortly")
+        self.kind = kind
+
+
+def checked_csr(der: bytes, spiffe_id: SpiffeId, *, id_optional: bool = False) -> CsrRequest:
+    """Parse `der` and insist it asks for exactly `spiffe_id` and nothing more.
+
+    `id_optional`: for agent SVIDs, the agent may not know its ID before attestation (it
+    depends on the attestor), so a CSR without any URI SAN is accepted too (as SPIRE does).
+    """
+    request = _checked_shape(der)
+    if request.uri_sans != (str(spiffe_id),) and not (id_optional and not request.uri_sans):
+        raise SigningRefused(
+            f"CSR refused: URI SANs {list(request.uri_sans)}; expected exactly [{spiffe_id}]"
+        )
+    return request
+
+
+def checked_agent_csr(der: bytes, trust_domain: TrustDomain) -> SpiffeId | None:
+    """Before attestation: every check an agent's CSR can pass without knowing the agent ID.
+
+    The attestor decides the ID, and may use up something single-use doing so (a join
+    token), so a CSR that would be refused anyway is refused first. Returns the agent ID the
+    CSR names, if it names one (`checked_csr` later insists it is the attested one).
+    """
+    request = _checked_shape(der)
+    if not request.uri_sans:
+        return None
+    expected = f"expected none or one agent ID of {trust_domain.id_string()}{AGENT_PREFIX}..."
+    if len(request.uri_sans) != 1:
+        raise SigningRefused(f"CSR refused: URI SANs {list(request.uri_sans)}; {expected}")
+    try:
+        agent_id = SpiffeId.parse(request.uri_sans[0])
+    except InvalidSpiffeId as exc:
+        raise SigningRefused(f"CSR refused: {exc}; {expected}") from exc
+    if not agent_id.member_of(trust_domain) or not is_agent_id(agent_id):
+        raise SigningRefused(f"CSR refused: URI SAN {agent_id}; {expected}")
+    return agent_id
+
+
+def _checked_shape(der: bytes) -> CsrRequest:
+    """The checks that do not depend on the ID asked for: a valid, self-signed leaf request
+    with a supported key and no SANs but URIs."""
+    try:
+        request = parse_csr(der)
+    except InvalidCsr as exc:
+        raise SigningRefused(f"CSR refused: {exc}") from exc
+    if request.requests_ca:
+        raise SigningRefused("CSR refused: it asks for a CA certificate (BasicConstraints CA=true)")
+    if request.dns_names:
+        raise SigningRefused(
+            f"CSR refused: extra DNS SANs {list(request.dns_names)}; DNS names come from the entry"
+        )
+    _check_extra_sans(der)
+    try:
+        key_type_of(request.public_key)
+    except InvalidKey as exc:
+        raise SigningRefused(f"CSR refused: {exc}") from exc
+    return request
+
+
+def _check_extra_sans(der: bytes) -> None:
+    """Refuse SAN kinds `parse_csr` does not report (IP, e-mail, directory names, ...)."""
+    csr = x509.load_der_x509_csr(der)
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return
+    others = [n for n in san if not isinstance(n, x509.UniformResourceIdentifier | x509.DNSName)]
+    if others:
+        raise SigningRefused(f"CSR refused: extra SANs {[str(n.value) for n in others]}")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedX509:
+    chain_der: bytes
+    expires_at: datetime
+    serial_number: int
+    fingerprint: str  # SHA-256 of the leaf's DER, hex (see `svid_fingerprint`)
+
+
+def svid_fingerprint(leaf: x509.Certificate) -> str:
+    """What identifies one certificate exactly: a serial can be reused by another CA."""
+    return leaf.fingerprint(hashes.SHA256()).hex()
+
+
+def sign_x509_svid(
+    authority: SigningAuthority | None,
+    csr_der: bytes,
+    spiffe_id: SpiffeId,
+    ttl: timedelta,
+    dns_names: Sequence[str] = (),
+    now: datetime | None = None,
+    *,
+    id_optional: bool = False,
+) -> SignedX509:
+    """Check the CSR and sign it; NotAfter is clamped to the CA's (build_leaf does that).
+
+    The server's TLS name is refused here too, whatever the caller validated: this is the one
+    path every workload X509-SVID takes (the server's own SVID is built in server/tls.py)."""
+    _check_path(spiffe_id)
+    if authority is None:
+        raise NoActiveAuthority("X.509")
+    reserved = [name for name in dns_names if is_reserved_dns_name(name)]
+    if reserved:
+        raise SigningRefused(
+            f"DNS names {reserved} refused: {SERVER_TLS_NAME!r} is reserved for the server's "
+            "own certificate (agents trust it as the server)"
+        )
+    request = checked_csr(csr_der, spiffe_id, id_optional=id_optional)
+    leaf = build_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
+    chain = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (leaf, *authority.chain))
+    return SignedX509(chain, leaf.not_valid_after_utc, leaf.serial_number, svid_fingerprint(leaf))
+
+
+def _check_path(spiffe_id: SpiffeId) -> None:
+    if not spiffe_id.path:
+        raise SigningRefused(f"{spiffe_id}: {PATH_REQUIRED}")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedJwt:
+    token: str
+    issued_at: int
+    expires_at: int
+
+
+def sign_jwt(
+    active: tuple[str, PrivateKey] | None,
+    key_not_after: datetime | None,
+    spiffe_id: SpiffeId,
+    audience: Sequence[str],
+    ttl: timedelta,
+    now: datetime,
+    limits: AudienceLimits,
+    issuer: str = "",
+) -> SignedJwt:
+    """A JWT-SVID whose `exp` never passes the signing key's own expiry.
+
+    InvalidAudience (checked first, before any key is touched) when `audience` breaks `limits`.
+    """
+    audience = limits.check(audience)
+    _check_path(spiffe_id)
+    if ttl < timedelta(seconds=MIN_JWT_SVID_TTL):
+        raise SigningRefused(
+            f"ttl {ttl.total_seconds():g} s is too short for a JWT-SVID; "
+            f"expected at least {MIN_JWT_SVID_TTL} s"
+        )
+    if active is None or key_not_after is None:
+        raise NoActiveAuthority("JWT")
+    kid, key = active
+    ttl = min(ttl, key_not_after - now)
+    if ttl < timedelta(seconds=MIN_JWT_SVID_TTL):  # the key expires first: wait for the next
+        raise NoActiveAuthority("JWT")
+    token = sign_jwt_svid(spiffe_id, audience, ttl, key, kid, now=now, issuer=issuer or None)
+    iat = int(now.timestamp())
+    return SignedJwt(token, iat, iat + int(ttl.total_seconds()))
