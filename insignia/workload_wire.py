@@ -34,7 +34,7 @@ class WorkloadApiServicer(Protocol):
     """The five Workload API methods as grpc.aio handlers (PascalCase, as the RPC names).
 
     A stream method is an async generator of messages, or a coroutine that sends them with
-    ``context.write`` (the agent's: see agent.workload_api for why).
+    ``context.write`` (the agent's: see insignia.agent.workloadapi.rpcs for why).
     """
 
     def FetchX509SVID(

@@ -2,7 +2,8 @@
 
 Shared by tests/integration/test_agent_hostile_clients.py and
 benchmarks/attack_workload_front.py. None of them reads what the agent sends: whether the
-agent hung up is seen with poll(2) (POLLHUP), which consumes nothing.
+agent hung up is seen with poll(2) (POLLHUP), which consumes nothing. The one exception is
+``IdleReader``: the idle client a real one is, for contrast.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from insignia.daemon.peercred.http2_guard import HTTP2_PREFACE
 
 DATA, HEADERS, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x8, 0x9
-END_STREAM, END_HEADERS = 0x1, 0x4
+ACK, END_STREAM, END_HEADERS = 0x1, 0x1, 0x4
 MAX_FRAME_PAYLOAD = 16_384  # SETTINGS_MAX_FRAME_SIZE's initial value
 
 
@@ -34,6 +35,7 @@ def literal(name: bytes, value: bytes) -> bytes:
 
 
 OPENING = HTTP2_PREFACE + frame(SETTINGS, 0, 0)
+SETTINGS_ACK = frame(SETTINGS, ACK, 0)
 
 
 def fetch_x509_request(stream: int) -> bytes:
@@ -68,6 +70,13 @@ def hung_up(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLHUP)
     return any(event & (select.POLLHUP | select.POLLERR) for _fd, event in poller.poll(0))
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether the agent has sent something (not read here)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def pump(sock: socket.socket, next_bytes: Callable[[], bytes], seconds: float) -> bool:
@@ -123,6 +132,29 @@ def continuation_flood(path: Path, seconds: float) -> bool:
     start = OPENING + frame(HEADERS, 0, 1, literal(b":method", b"POST"))
     with connect(path) as sock:
         return pump(sock, _once(start, frame(CONTINUATION, 0, 1, block) * 4), seconds)
+
+
+class IdleReader:
+    """A client that opens the connection as a real one does (preface, SETTINGS, the ACK of
+    the server's SETTINGS), then sends nothing but reads whatever arrives: idle, not stuck."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = connect(path)
+        self.sock.send(OPENING + SETTINGS_ACK)
+
+    def drain(self) -> bool:
+        """Read what has arrived; False once the agent has closed the connection."""
+        while True:
+            try:
+                if not self.sock.recv(65536):
+                    return False
+            except BlockingIOError:
+                return True
+            except ConnectionResetError:
+                return False
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _once(first: bytes, then: bytes) -> Callable[[], bytes]:
