@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, field
 
+from insignia.agent.identity.targets import DEFAULT_SERVER_PORT, ServerTarget
 from insignia.backoff import Backoff
 from insignia.daemon.config.loading import (
     AbsolutePath,
@@ -45,11 +46,32 @@ PositiveRate = Annotated[float, Meta(gt=0)]
 
 
 class ServerSection(StrictModel, frozen=True, kw_only=True):
-    """Where the server is. Attestation has its own port (TLS without a client certificate)."""
+    """Where the servers are: `address` (+ `port`) for one, `addresses` ("host:port" each) for
+    several sharing one datastore. Attestation has its own port on every listed host (TLS
+    without a client certificate)."""
 
-    address: Annotated[str, Meta(min_length=1)]
-    port: Port = 8081
+    address: str = ""
+    port: Port | None = None
+    addresses: list[str] = field(default_factory=list)
     attestation_port: Port = 8082
+
+    def __post_init__(self) -> None:
+        if self.address and self.addresses:
+            raise ValueError("set address (one server) or addresses (several), not both")
+        if not self.address and not self.addresses:
+            raise ValueError('set address = "host" or addresses = ["host:port", ...]')
+        if self.addresses and self.port is not None:
+            raise ValueError("port applies to address only: give each of addresses its port")
+        targets = self.targets  # raises ValueError naming the bad element
+        if len(set(targets)) != len(targets):
+            raise ValueError("addresses lists the same host:port twice")
+
+    @property
+    def targets(self) -> tuple[ServerTarget, ...]:
+        """Every configured server, in config order (names not resolved yet)."""
+        if self.address:
+            return (ServerTarget(self.address, self.port or DEFAULT_SERVER_PORT),)
+        return tuple(ServerTarget.parse(text) for text in self.addresses)
 
 
 class WorkloadSection(StrictModel, frozen=True, kw_only=True):

@@ -1,9 +1,10 @@
 """The agent daemon: one trio nursery (as a guest of asyncio) running every agent task.
 
 Start-up order matters to an operator: the agent proves its identity first (from disk when
-the persisted SVID is still valid, else by node attestation), takes its first Sync, and only
-then opens the Workload API, so a workload never sees PERMISSION_DENIED merely because the
-agent had not synced yet. Server-facing tasks run in an inner nursery: if the server evicts
+the persisted SVID is still valid, else by node attestation), takes its first Sync (or, with
+a resumed identity, the cache it saved on disk: agent/cache/persisted.py), and only then
+opens the Workload API, so a workload never sees PERMISSION_DENIED merely because the agent
+had not synced yet. Server-facing tasks run in an inner nursery: if the server evicts
 the agent, that nursery ends, the agent re-attests when its attestor allows it, and the
 Workload API keeps serving the cache meanwhile.
 """
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from insignia.agent.cache.persisted import CachePersister, read_cache_file, restore_cache
 from insignia.agent.cache.store import Cache, Change
 from insignia.agent.cache.sync import run_sync
 from insignia.agent.config import AgentConfig
@@ -31,12 +33,12 @@ from insignia.agent.workloadapi.gate import (
 )
 from insignia.agent.workloadapi.reflection import reflection_handlers
 from insignia.agent.workloadapi.rpcs import WorkloadApi
-from insignia.attestors.interface import AttestationError, Caller, NodeAttestorAgent
+from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
 from insignia.daemon.config.loading import refused_for_key
 from insignia.daemon.files import check_owned_directory, ensure_data_dir, ensure_private_dir
-from insignia.daemon.http.health import serve_health
+from insignia.daemon.http.health import ReadyNote, serve_health
 from insignia.daemon.instance import claim_socket_path, lock_data_dir
 from insignia.daemon.logs import get_logger
 from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials, ProcessGone
@@ -46,6 +48,7 @@ from insignia.daemon.peercred.holders import connection_problem
 from insignia.daemon.runtime import open_trio_bridge
 from insignia.daemon.systemd_notify import sd_notify
 from insignia.selectors import Selector
+from insignia.spiffeid import SpiffeId
 from insignia.workload_wire import workload_api_handler
 
 log = get_logger("insignia.agent")
@@ -65,8 +68,7 @@ def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: floa
                 problem = await trio.to_thread.run_sync(connection_problem, creds)
                 if problem is not None:
                     raise ConnectionNotOwned(problem)
-                caller = Caller(creds.pid, creds.uid, creds.gid, creds.pidfd.fd)
-                return frozenset(await attest_workload(caller, attestors, timeout))
+                return frozenset(await attest_workload(creds, attestors, timeout))
             except AttestationError as exc:
                 raise WorkloadAttestationFailed(exc.plugin, str(exc)) from exc
             except (ProcessGone, ValueError) as exc:  # ValueError: its pidfd is closed
@@ -95,6 +97,12 @@ class AgentDaemon:
         self.backoff = config.sync.backoff()
         self.cache.add_listener(self._on_change)
         self._bundle_dirty = trio.Event()
+        self.persister = CachePersister(config.data_dir, self.cache, self._agent_id)
+        # Set while the cache came from disk and no server has answered since: /ready says so.
+        self.stale_since: str | None = None
+
+    def _agent_id(self) -> SpiffeId | None:
+        return self.keeper.identity.spiffe_id if self.keeper.identity else None
 
     def readiness(self) -> str | None:
         if self.keeper.identity is None:
@@ -103,11 +111,49 @@ class AgentDaemon:
             return "waiting for the first sync from the server"
         if not self.serving:
             return "the Workload API is not listening yet"
+        if self.stale_since is not None:
+            return ReadyNote(
+                f"stale: serving from the disk cache (revision {self.cache.revision}, saved "
+                f"{self.stale_since}); no server has answered since the agent started"
+            )
         return None
 
     def _on_change(self, change: Change) -> None:
+        self.persister.mark_dirty()
         if change.bundles:
             self._bundle_dirty.set()
+
+    def _on_sync_update(self) -> None:
+        if self.stale_since is not None:
+            log.info("agent.cache_fresh", detail="a server answered; no longer serving stale")
+            self.stale_since = None
+        self.synced.set()
+        self.persister.mark_dirty()  # the revision moved, even when no entry did
+
+    async def _restore_cache(self) -> None:
+        """After resuming a persisted identity: serve the cache it saved, until a server
+        answers, so a restart during a server outage does not leave workloads empty-handed."""
+        agent_id = self._agent_id()
+        if not self.keeper.resumed or agent_id is None:
+            return
+        data_dir = self.config.data_dir
+        found = await trio.to_thread.run_sync(read_cache_file, data_dir, self.cache)
+        if found is None:
+            return
+        payload, saved = found
+        svids = restore_cache(data_dir, self.cache, payload, agent_id)
+        if svids is None:
+            return
+        self.stale_since = saved
+        self.synced.set()
+        self.metrics.cached_entries.set(len(self.cache.entries))
+        log.info(
+            "agent.cache_restored",
+            entries=len(self.cache.entries),
+            svids=svids,
+            revision=self.cache.revision,
+            saved=saved,
+        )
 
     async def _follow_bundle(self, server: ServerClient) -> None:
         """Trust and persist every new bundle, so a restart survives CA rotation."""
@@ -130,7 +176,7 @@ class AgentDaemon:
             nursery.start_soon(self._follow_bundle, server)
             nursery.start_soon(
                 lambda: run_sync(
-                    server, self.cache, self.metrics, self.backoff, on_update=self.synced.set
+                    server, self.cache, self.metrics, self.backoff, on_update=self._on_sync_update
                 )
             )
 
@@ -171,9 +217,11 @@ class AgentDaemon:
         for path in (config.socket_path, config.admin_socket_path):
             claim_socket_path(path)
         server = await self.keeper.start(self.backoff)
+        await self._restore_cache()
         timeout = config.workload.attestation_timeout.total_seconds()
         async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
             nursery.start_soon(self._stay_attested, server)
+            nursery.start_soon(self.persister.run)
             await self.synced.wait()
             attest = make_attest(self.attestors, timeout)
             api = WorkloadApi(
@@ -239,5 +287,6 @@ class AgentDaemon:
                         continue
                     log.info("agent.stopping", signal="SIGTERM")
                     sd_notify("STOPPING=1")
+                    await self.persister.write_now()  # the latest SVIDs, for the next start
                     nursery.cancel_scope.cancel()
                     return

@@ -1,10 +1,14 @@
 """The contract between Insignia and its attestor plugins, built-in or third-party.
 
-A workload attestor turns a caller the kernel vouched for (pid, uid, gid, pidfd from
-SO_PEERCRED) into selectors. A node attestor is split in two: the agent side produces evidence
-and answers challenges; the server side is a small state machine (`begin` -> `answer`* ->
-result) that the agent API drives over a bidirectional stream of opaque bytes, so a plugin can
-ask any number of challenges without the transport knowing what they mean.
+A workload attestor turns a caller the kernel vouched for into selectors. It gets the caller
+as the Workload API's front read it at accept (`PeerCredentials`: pid and effective uid/gid
+from SO_PEERCRED, and a `PidFd` that pins the process, so `caller.pidfd.is_alive()` after a
+read of /proc proves the read described the process that connected, not a pid successor).
+
+A node attestor is split in two: the agent side produces evidence and answers challenges; the
+server side is a small state machine (`begin` -> `answer`* -> result) that the agent API drives
+over a bidirectional stream of opaque bytes, so a plugin can ask any number of challenges
+without the transport knowing what they mean.
 
 Plugins are found through entry points (see `insignia.attestors.registry`); each entry point names a
 `WorkloadAttestorPlugin` or `NodeAttestorPlugin` object.
@@ -18,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from insignia.daemon.config.loading import StrictModel
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import Selector
 from insignia.spiffeid import SpiffeId, TrustDomain
 
@@ -31,26 +36,12 @@ class AttestationError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """A Workload API peer as the kernel reported it when it connected.
-
-    `uid`/`gid` are the effective ids at connect time (SO_PEERCRED); `pidfd`, when present,
-    pins the process so a recycled pid cannot stand in for it.
-    """
-
-    pid: int
-    uid: int
-    gid: int
-    pidfd: int | None = None
-
-
 class PluginConfig(StrictModel, frozen=True, kw_only=True):
     """Base for plugin config sections: unknown keys are errors, values frozen."""
 
 
 class WorkloadAttestor(Protocol):
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         """Selectors describing `caller`, read from the kernel or a runtime, never the caller.
 
         Raises AttestationError when the facts cannot be established.
@@ -154,8 +145,3 @@ class NodeAttestorPlugin:
     #: Node selector types and their keys, as `WorkloadAttestorPlugin.selector_keys` (for node
     #: alias entries); None: undeclared.
     selector_keys: Mapping[str, frozenset[str]] | None = None
-
-
-def agent_id_path(plugin: str, *segments: str) -> tuple[str, ...]:
-    """SPIRE's agent ID layout: `/insignia/agent/<plugin>/<segments...>`."""
-    return ("insignia", "agent", plugin, *segments)

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from insignia.attestors.interface import AttestationError, Caller
+from insignia.attestors.interface import AttestationError
+from insignia.daemon.peercred.credentials import PeerCredentials
 
 PROC_ROOT = "/proc"
 #: /proc files we read are tiny; a longer one means something is wrong, not a bigger workload.
 MAX_PROC_FILE = 1 << 20
 
 
-def _failure(plugin: str, caller: Caller, what: str, exc: OSError) -> AttestationError:
+def _failure(plugin: str, caller: PeerCredentials, what: str, exc: OSError) -> AttestationError:
     if exc.errno in (errno.ESRCH, errno.ENOENT):
         return AttestationError(plugin, f"process {caller.pid} exited during attestation ({what})")
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -35,7 +35,7 @@ class ProcDir:
     """An open `/proc/<pid>` directory, checked to belong to the caller."""
 
     fd: int
-    caller: Caller
+    caller: PeerCredentials
     plugin: str
 
     def read(self, name: str) -> bytes:
@@ -79,29 +79,18 @@ class ProcDir:
         return os.stat("root" + path, dir_fd=self.fd, follow_symlinks=False)
 
 
-def check_alive(plugin: str, caller: Caller) -> None:
-    """AttestationError unless the caller's pidfd still refers to a live process."""
-    if caller.pidfd is None:
-        return
-    try:
-        signal.pidfd_send_signal(caller.pidfd, 0)
-    except ProcessLookupError as exc:
-        raise AttestationError(
-            plugin, f"process {caller.pid} exited; its pid may belong to another process now"
-        ) from exc
-    except OSError as exc:
-        raise AttestationError(plugin, f"pidfd of pid {caller.pid} unusable: {exc}") from exc
-
-
 @contextmanager
-def open_proc(plugin: str, caller: Caller) -> Iterator[ProcDir]:
+def open_proc(plugin: str, caller: PeerCredentials) -> Iterator[ProcDir]:
     """`/proc/<pid>` of the caller, pinned to it by the pidfd check (see module docstring)."""
     try:
         fd = os.open(f"{PROC_ROOT}/{caller.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise _failure(plugin, caller, f"{PROC_ROOT}/{caller.pid}", exc) from exc
     try:
-        check_alive(plugin, caller)
+        if not caller.pidfd.is_alive():
+            raise AttestationError(
+                plugin, f"process {caller.pid} exited; its pid may belong to another process now"
+            )
         yield ProcDir(fd, caller, plugin)
     finally:
         os.close(fd)

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import trio
 
-from insignia.attestors.interface import AttestationError, Caller
+from insignia.attestors.interface import AttestationError
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.daemon.logs import get_logger
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import Selector, canonical
 
 _log = get_logger(__name__)
@@ -37,7 +38,7 @@ def _checked(plugin: ConfiguredWorkloadAttestor, selectors: object) -> list[Sele
 
 
 async def _attest_one(
-    plugin: ConfiguredWorkloadAttestor, caller: Caller, attestor_timeout: float
+    plugin: ConfiguredWorkloadAttestor, caller: PeerCredentials, attestor_timeout: float
 ) -> list[Selector]:
     """One attestor's selectors, with every way it can fail turned into AttestationError."""
     with trio.move_on_after(attestor_timeout) as scope:
@@ -52,7 +53,9 @@ async def _attest_one(
 
 
 async def attest_workload(
-    caller: Caller, attestors: Sequence[ConfiguredWorkloadAttestor], attestor_timeout: float
+    caller: PeerCredentials,
+    attestors: Sequence[ConfiguredWorkloadAttestor],
+    attestor_timeout: float,
 ) -> tuple[Selector, ...]:
     """The caller's selectors from all `attestors`, run concurrently, each within
     `attestor_timeout` seconds.

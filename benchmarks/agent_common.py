@@ -20,9 +20,9 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 
 REFERENCE_SERVER = """
 import asyncio, sys, grpc, grpc.aio

@@ -26,12 +26,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from benchmarks.agent_common import deployment, percentiles
+from devtools.harness.agent_workloads import Relay
+from devtools.harness.waiting import wait_for
 from insignia.daemon.peercred.credentials import read_peer_credentials
 from insignia.daemon.peercred.holders import connection_problem
 from insignia.daemon.peercred.unix_diag import peer_inode
 from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
-from tests.integration.agent_workloads import Relay
-from tests.waiting import wait_for
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/usr/bin/sleep")
 

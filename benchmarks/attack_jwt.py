@@ -26,11 +26,11 @@ import grpc
 from insignia_proto import agent_pb2
 
 from benchmarks.agent_common import memory_mb, percentiles
-from tests.integration.agent_clients import UID_A, UID_B, register
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_agent_client import AttestedAgent, attest_join_token
-from tests.integration.server_fixtures import ServerProcess
-from tests.integration.workload_processes import python_as, read_line
+from devtools.harness.agent_api_client import AttestedAgent, attest_join_token
+from devtools.harness.agent_clients import UID_A, UID_B, register
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.other_uids import python_as, read_line
+from devtools.harness.server_process import ServerProcess
 
 WORKLOAD = Path(__file__).resolve().parents[1] / "tests" / "integration" / "jwt_workload.py"
 QUIET = {"log": {"level": "warning"}}

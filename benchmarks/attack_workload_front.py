@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.agent_common import REPO, deployment, memory_mb, percentiles
-from tests.integration.hostile_http2 import (
+from devtools.harness.hostile_http2 import (
     OPENING,
     IdleReader,
     connect,

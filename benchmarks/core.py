@@ -25,11 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from insignia.bundle import Bundle
-from insignia.jwtsvid import parse_and_validate, sign_jwt_svid
+from insignia.jwtsvid import parse_and_validate
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.jwt_signing import sign_jwt_svid
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import build_root_ca
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import build_root_ca
-from insignia.x509svid import build_leaf
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:

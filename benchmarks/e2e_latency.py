@@ -1,7 +1,7 @@
 """End to end: registration to SVID, and CA rotation to re-signed SVIDs on three agents.
 
 One server and three agents run as real processes on loopback. On each agent a workload
-(tests/integration/multinode_workload.py, Insignia's SDK in its own process) holds a
+(devtools/harness/multinode_workload.py, Insignia's SDK in its own process) holds a
 FetchX509SVID stream open and stamps every message it receives with time.monotonic(), one
 clock for all processes on the host. Figures:
 
@@ -37,9 +37,9 @@ import grpc
 from insignia_proto import admin_pb2, admin_pb2_grpc
 
 from benchmarks.agent_common import percentiles
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import SERVER_BIN, ServerProcess, server_env
-from tests.integration.workload_process import Record, follow, workload_argv
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import SERVER_BIN, ServerProcess, server_env
+from devtools.harness.workload_follower import Record, follow, workload_argv
 
 TRUST_DOMAIN = "example.org"
 QUIET = {"log": {"level": "warning"}}

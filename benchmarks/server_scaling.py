@@ -23,8 +23,8 @@ sys.path[:0] = [
 import psutil  # noqa: E402
 from insignia_proto import admin_pb2, agent_pb2  # noqa: E402
 
-from tests.integration.server_agent_client import attest_join_token  # noqa: E402
-from tests.integration.server_fixtures import ServerProcess  # noqa: E402
+from devtools.harness.agent_api_client import attest_join_token  # noqa: E402
+from devtools.harness.server_process import ServerProcess  # noqa: E402
 
 BATCH = 2000
 

@@ -22,13 +22,13 @@ sys.path[:0] = [
 
 from insignia_proto import agent_pb2  # noqa: E402
 
-from insignia.jwtsvid import sign_jwt_svid  # noqa: E402
+from devtools.harness.agent_api_client import attest_join_token, make_csr  # noqa: E402
+from devtools.harness.server_process import ServerProcess  # noqa: E402
 from insignia.keys import KeyType, generate_key  # noqa: E402
+from insignia.server.ca.jwt_signing import sign_jwt_svid  # noqa: E402
+from insignia.server.ca.x509_leaf import build_leaf, parse_csr  # noqa: E402
+from insignia.server.ca.x509ca import build_root_ca  # noqa: E402
 from insignia.spiffeid import SpiffeId, TrustDomain  # noqa: E402
-from insignia.x509ca import build_root_ca  # noqa: E402
-from insignia.x509svid import build_leaf, parse_csr  # noqa: E402
-from tests.integration.server_agent_client import attest_join_token, make_csr  # noqa: E402
-from tests.integration.server_fixtures import ServerProcess  # noqa: E402
 
 WORKLOAD = "spiffe://example.org/bench"
 

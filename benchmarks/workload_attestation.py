@@ -11,7 +11,6 @@ thread; the `*_sync` rows show the same work without the thread hop.
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -21,10 +20,11 @@ from collections.abc import Awaitable, Callable
 import psutil  # type: ignore[import-untyped]
 import trio
 
-from insignia.attestors.interface import Caller
+from devtools.callers import caller_of
 from insignia.attestors.registry import load_workload_attestors
 from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
 from insignia.attestors.workload_attestation import attest_workload
+from insignia.daemon.peercred.credentials import PeerCredentials
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -50,7 +50,7 @@ async def measure_async(fn: Callable[[], Awaitable[object]], n: int) -> list[flo
     return samples
 
 
-async def measure(caller: Caller, n: int) -> dict[str, list[float]]:
+async def measure(caller: PeerCredentials, n: int) -> dict[str, list[float]]:
     unix = UnixAttestor(UnixConfig(discover_workload_path=True))
     await unix.attest(caller)  # warm the hash cache: the benchmark is the cached path
     together = load_workload_attestors(
@@ -72,13 +72,13 @@ async def measure(caller: Caller, n: int) -> dict[str, list[float]]:
 
 def main(n: int) -> None:
     workload = subprocess.Popen(["sleep", "600"])
-    pidfd = os.pidfd_open(workload.pid)
+    caller = caller_of(workload.pid)
     try:
-        rows = trio.run(measure, Caller(workload.pid, os.geteuid(), os.getegid(), pidfd), n)
+        rows = trio.run(measure, caller, n)
     finally:
         workload.kill()
         workload.wait()
-        os.close(pidfd)
+        caller.pidfd.close()
     reference = statistics.median(rows["psutil.Process(pid) (reference)"])
     print(f"workload attestation of a sleeping child, {n} iterations each")
     print(f"{'':42} {'p50 ms':>8} {'p99 ms':>8} {'p50 / psutil':>13}")

@@ -10,6 +10,7 @@ A pure function over a frozen policy: the random draw is an argument, so tests a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _MAX_EXPONENT = 64  # past this the delay sits at the ceiling anyway; avoids float overflow
@@ -50,3 +51,22 @@ class Backoff:
             raise ValueError(f"draw {draw} must be in [0, 1)")
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt, _MAX_EXPONENT))
         return base * (1.0 - self.jitter * draw)
+
+
+@dataclass
+class Retries:
+    """One loop's run of consecutive failures: each failure earns the next delay of `backoff`,
+    and a success (or progress) starts the run over. `draw` gives the jitter's random number."""
+
+    backoff: Backoff
+    draw: Callable[[], float]
+    attempt: int = 0
+
+    def failed(self) -> float:
+        """Seconds to wait before the next try."""
+        delay = self.backoff.delay(self.attempt, self.draw())
+        self.attempt += 1
+        return delay
+
+    def succeeded(self) -> None:
+        self.attempt = 0

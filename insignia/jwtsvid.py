@@ -1,42 +1,38 @@
-"""JWT-SVIDs: signing them, and validating presented ones by the JWT-SVID specification.
+"""JWT-SVIDs: validating presented ones by the JWT-SVID specification (signing them is the
+server's, in `insignia.server.ca.jwt_signing`).
 
 Validation never trusts an unverified value beyond choosing the key: the `sub` claim only
 selects the bundle of its trust domain and the `kid` must be found in THAT bundle, so a key
 from another trust domain can never vouch for a subject it does not own. Only RS/ES/PS
 256/384/512 are accepted (no none, HS*, EdDSA).
 
-The JWS primitives (RFC 7518 §3: raw r||s ECDSA signatures, PSS with salt = hash length) are
-written against `cryptography` directly, with the per-key and per-header work cached, because
-they are the hot path of the agent and the server; the tests check every token against PyJWT,
-joserfc and py-spiffe.
+The JWS primitives (RFC 7518 §3: raw r||s ECDSA signatures, PSS with salt = hash length,
+`insignia._jws`) are written against `cryptography` directly, with the per-key and per-header
+work cached, because they are the hot path of the agent and the server; the tests check every
+token against PyJWT, joserfc and py-spiffe.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
     encode_dss_signature,
 )
 
 from insignia._bytecache import ByteLru
+from insignia._clock import utc_now
+from insignia._jws import EC_PARAMS, ECDSA, HASHES, PKCS1, PSS
 from insignia.bundle import BundleSource, JwtPublicKey, b64url_decode
-from insignia.durations import InvalidDuration
-from insignia.keys import PrivateKey, jwt_algorithm
 from insignia.spiffeid import MAX_ID_BYTES, InvalidSpiffeId, SpiffeId
-from insignia.x509ca import check_ttl, utc_now
 
 #: The JWT-SVID algorithm set (JWT-SVID spec §3.1 minus none/HMAC; EdDSA is refused too).
 ALGORITHMS: Final = frozenset(
@@ -49,26 +45,6 @@ DEFAULT_MAX_AUDIENCES: Final = 16
 DEFAULT_MAX_AUDIENCE_BYTES: Final = 256
 _MAX_SIGNATURE_BYTES: Final = 512  # RSA-4096, the largest key type (insignia.keys.KeyType)
 _MAX_KID_BYTES: Final = 64  # the server's kids are 32 hex digits
-# Encoded audience lists kept for reuse; a typical one is tens of bytes.
-_AUDIENCE_CACHE_BYTES: Final = 256 * 1024
-
-_HASHES: Final[Mapping[str, hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
-    "256": hashes.SHA256(),
-    "384": hashes.SHA384(),
-    "512": hashes.SHA512(),
-}
-# alg -> (curve name, coordinate bytes) for ECDSA (RFC 7518 §3.4)
-_EC_PARAMS: Final = {
-    "ES256": ("secp256r1", 32),
-    "ES384": ("secp384r1", 48),
-    "ES512": ("secp521r1", 66),
-}
-_ECDSA: Final = {alg: ec.ECDSA(_HASHES[alg[2:]]) for alg in _EC_PARAMS}
-_PKCS1: Final = padding.PKCS1v15()
-_PSS: Final = {
-    f"PS{n}": padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
-    for n, h in _HASHES.items()
-}
 
 
 class InvalidJwtSvid(ValueError):
@@ -196,43 +172,6 @@ class JwtSvid:
     hint: str = ""
 
 
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def _jws_sign(alg: str, key: PrivateKey) -> Callable[[bytes], bytes]:
-    """A signing function for `alg` and `key`, producing the JWS signature encoding."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        ecdsa, size = _ECDSA[alg], _EC_PARAMS[alg][1]
-
-        def sign_ec(msg: bytes) -> bytes:
-            r, s = decode_dss_signature(key.sign(msg, ecdsa))
-            return r.to_bytes(size, "big") + s.to_bytes(size, "big")
-
-        return sign_ec
-    pad = _PSS[alg] if alg.startswith("PS") else _PKCS1
-    digest = _HASHES[alg[2:]]
-    return lambda msg: key.sign(msg, pad, digest)
-
-
-@dataclass(frozen=True)
-class _Signer:
-    alg: str
-    header: bytes  # encoded header and the "." that follows it
-    sign: Callable[[bytes], bytes]
-
-
-@lru_cache(maxsize=16)
-def _signer(private_key: PrivateKey, kid: str, alg: str | None) -> _Signer:
-    """Per-key work done once: the algorithm, the encoded header and the signing function.
-    Keyed by the key object's identity; the server holds two JWT key slots at a time."""
-    if not kid:
-        raise ValueError("kid must be a non-empty string: verifiers select the key by it")
-    alg = jwt_algorithm(private_key, alg)
-    header = json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}, separators=(",", ":"))
-    return _Signer(alg, _b64(header.encode()) + b".", _jws_sign(alg, private_key))
-
-
 def check_token_fits(limits: AudienceLimits, issuer: str = "") -> None:
     """ValueError unless every token within `limits` fits MAX_TOKEN_BYTES (config checks)."""
     longest = max_token_bytes(limits, issuer)
@@ -242,57 +181,6 @@ def check_token_fits(limits: AudienceLimits, issuer: str = "") -> None:
             f"{limits.max_audience_bytes} allow tokens of up to {longest} bytes, over the "
             f"{MAX_TOKEN_BYTES} that validators accept: lower one of them"
         )
-
-
-_audience_cache: ByteLru[tuple[str, ...], str] = ByteLru(_AUDIENCE_CACHE_BYTES)
-
-
-def _encode_audience(audience: tuple[str, ...]) -> str:
-    if not audience or not all(isinstance(a, str) and a for a in audience):
-        raise ValueError(
-            f"audience {audience!r:.80}: expected a non-empty list of non-empty strings"
-        )
-    return json.dumps(list(audience), separators=(",", ":"), ensure_ascii=False)
-
-
-def _audience_json(audience: tuple[str, ...]) -> str:
-    """The `aud` claim, as UTF-8 JSON (non-ASCII is not expanded to \\u escapes).
-
-    Charged twice the audience's length: the key holds the same text again."""
-    size = 2 * sum(len(a) for a in audience if isinstance(a, str)) + 64
-    return _audience_cache.get_or_make(audience, _encode_audience, size)
-
-
-def sign_jwt_svid(
-    spiffe_id: SpiffeId,
-    audience: Sequence[str],
-    ttl: timedelta,
-    private_key: PrivateKey,
-    kid: str,
-    alg: str | None = None,
-    now: datetime | None = None,
-    issuer: str | None = None,
-) -> str:
-    """A compact JWT-SVID: header {alg, kid, typ}, claims sub, aud (always a list), exp, iat.
-
-    `alg` defaults to the key's natural algorithm (ES256/ES384/RS256); PS* may be chosen for
-    RSA keys. `issuer`, when given, becomes the `iss` claim (SPIRE's `jwt_issuer`).
-    """
-    if isinstance(audience, str):
-        raise ValueError(f"audience {audience!r}: expected a list of strings, not a string")
-    signer = _signer(private_key, kid, alg)
-    iat = int(time.time() if now is None else utc_now(now).timestamp())
-    seconds = int(check_ttl(ttl).total_seconds())
-    if seconds < 1:
-        raise InvalidDuration(ttl, "a JWT-SVID TTL must be at least 1s (exp has 1s resolution)")
-    exp = iat + seconds
-    # A SPIFFE ID never needs JSON escaping (its grammar has no quotes, backslashes or
-    # controls), so the claims are formatted directly; the audience is JSON-encoded.
-    iss = "" if issuer is None else f',"iss":{json.dumps(issuer)}'
-    aud = _audience_json(tuple(audience))
-    claims = f'{{"sub":"{spiffe_id}","aud":{aud},"exp":{exp},"iat":{iat}{iss}}}'
-    signing_input = signer.header + _b64(claims.encode())
-    return (signing_input + b"." + _b64(signer.sign(signing_input))).decode("ascii")
 
 
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
@@ -351,7 +239,7 @@ def _jws_verify(alg: str, key: JwtPublicKey, msg: bytes, sig: bytes) -> None:
     """Check `sig` over `msg`; UnsupportedAlgorithm if `alg` does not fit `key`."""
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
-            curve, size = _EC_PARAMS.get(alg, ("", 0))
+            curve, size = EC_PARAMS.get(alg, ("", 0))
             if key.curve.name != curve:
                 raise UnsupportedAlgorithm(f"alg {alg!r} does not fit a {key.curve.name} key")
             if len(sig) != 2 * size:
@@ -359,9 +247,9 @@ def _jws_verify(alg: str, key: JwtPublicKey, msg: bytes, sig: bytes) -> None:
             der = encode_dss_signature(
                 int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big")
             )
-            key.verify(der, msg, _ECDSA[alg])
+            key.verify(der, msg, ECDSA[alg])
         elif isinstance(key, rsa.RSAPublicKey) and alg[:2] in ("RS", "PS"):
-            key.verify(sig, msg, _PSS[alg] if alg[0] == "P" else _PKCS1, _HASHES[alg[2:]])
+            key.verify(sig, msg, PSS[alg] if alg[0] == "P" else PKCS1, HASHES[alg[2:]])
         else:
             raise UnsupportedAlgorithm(f"alg {alg!r} does not fit a {type(key).__name__}")
     except InvalidSignature:

@@ -10,7 +10,7 @@ import click
 from insignia_proto import admin_pb2
 
 from insignia import __version__
-from insignia.daemon.config.cli_options import log_level_option, option
+from insignia.daemon.config.cli_options import config_option, log_level_option
 from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
 from insignia.daemon.logs import LogLevel, configure_logging
 from insignia.daemon.runtime import run as run_trio
@@ -18,6 +18,7 @@ from insignia.daemon.startup import run_reporting_failures
 from insignia.server.admin.client import admin_options, call, emit
 from insignia.server.admin.commands import agent, authority, bundle, jwt, token, x509
 from insignia.server.admin.entry_commands import entry
+from insignia.server.admin.server_commands import server_group
 from insignia.server.config import load_server_config
 
 
@@ -28,14 +29,7 @@ def main() -> None:
 
 
 @main.command()
-@option(
-    "--config",
-    "-config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="Server config file (TOML); see server/server.sample.toml.",
-)
+@config_option("Server config file (TOML); see server/server.sample.toml.", required=True)
 @log_level_option
 def run(config_path: Path, log_level: str | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
@@ -52,14 +46,7 @@ def run(config_path: Path, log_level: str | None) -> None:
 
 
 @main.command()
-@option(
-    "--config",
-    "-config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="Server config file (TOML) to check.",
-)
+@config_option("Server config file (TOML) to check.", required=True)
 def validate(config_path: Path) -> None:
     """Check a config as `run` would, without starting anything: "config OK", or exit 2."""
     from insignia.server.validate import check_server_config
@@ -108,5 +95,5 @@ def log_level_set(socket_path: Path, as_json: bool, level: str) -> None:
     emit(as_json, response, lambda: f"log level is now {response.level}")
 
 
-for command in (entry, token, agent, bundle, x509, jwt, authority):
+for command in (entry, token, agent, bundle, x509, jwt, authority, server_group):
     main.add_command(command)

@@ -7,7 +7,6 @@ one-line error (exit code 2) instead of failing on the first agent that connects
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path, PosixPath
 from typing import Annotated, Any, Literal
 
@@ -30,6 +29,7 @@ from insignia.jwtsvid import (
     check_token_fits,
 )
 from insignia.keys import KeyType
+from insignia.server.ca.rotation import ttl_beyond_guarantee
 from insignia.spiffeid import TrustDomain
 
 DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
@@ -91,6 +91,22 @@ class DatabaseConfig(StrictModel, frozen=True, kw_only=True):
     url: DatabaseUrl = DatabaseUrl("")  # "" = sqlite in data_dir
 
 
+class ClusterConfig(StrictModel, frozen=True, kw_only=True):
+    """Several servers on one PostgreSQL database (docs/ha.md). Harmless for one server."""
+
+    # How often the change log is read even without a NOTIFY (a dropped LISTEN connection
+    # cannot lose a change, only delay it this long).
+    poll_interval: PositiveDuration = PositiveDuration(seconds=1)
+    # How often this server refreshes its row in the `servers` registry...
+    heartbeat_interval: PositiveDuration = PositiveDuration(seconds=5)
+    # ...and how long a row may go without one before `server list` calls it stale.
+    stale_after: PositiveDuration = PositiveDuration(seconds=30)
+
+    def __post_init__(self) -> None:
+        if self.stale_after <= self.heartbeat_interval:
+            raise ValueError("cluster.stale_after must be longer than cluster.heartbeat_interval")
+
+
 class UpstreamConfig(StrictModel, frozen=True, kw_only=True):
     """An existing CA (PEM cert, then its chain up to the root) the server CA is signed under."""
 
@@ -128,6 +144,7 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     agent_svid_ttl: PositiveDuration = PositiveDuration(hours=1)
     agent_api: AgentApiConfig = field(default_factory=AgentApiConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ca: CaConfig = field(default_factory=CaConfig)
     join_token_ttl: PositiveDuration = PositiveDuration(seconds=600)
     # [node_attestors.<plugin>] sections, validated by each plugin's own config model.
@@ -159,18 +176,14 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
         return self.ca.jwt_key_type or self.ca.key_type
 
     def ttl_warnings(self) -> list[str]:
-        """SPIRE's rule: the CA can only guarantee SVIDs up to min(ca_ttl/6, 7d) long."""
-        guaranteed = min(self.ca.ttl / 6, timedelta(days=7))
-        return [
-            f"{name} {ttl} exceeds {guaranteed}, the longest TTL a CA with ttl {self.ca.ttl} "
-            "guarantees; SVIDs will be cut short at the CA's expiry"
-            for name, ttl in (
-                ("default_x509_svid_ttl", self.default_x509_svid_ttl),
-                ("default_jwt_svid_ttl", self.default_jwt_svid_ttl),
-                ("agent_svid_ttl", self.agent_svid_ttl),
-            )
-            if ttl > guaranteed
-        ]
+        """The configured TTLs the CA cannot guarantee (rotation.guaranteed_svid_ttl)."""
+        configured = (
+            ("default_x509_svid_ttl", self.default_x509_svid_ttl),
+            ("default_jwt_svid_ttl", self.default_jwt_svid_ttl),
+            ("agent_svid_ttl", self.agent_svid_ttl),
+        )
+        warnings = (ttl_beyond_guarantee(name, ttl, self.ca.ttl) for name, ttl in configured)
+        return [warning for warning in warnings if warning is not None]
 
 
 def load_server_config(path: Path | str) -> ServerConfig:

@@ -8,7 +8,6 @@ process or another) into model updates and Sync wake-ups, usually within millise
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,15 +21,15 @@ from insignia.daemon.logs import get_logger
 from insignia.daemon.ratelimit import RateLimiter
 from insignia.daemon.runtime import TrioBridge
 from insignia.server.agentapi.authorization import EntryChange
-from insignia.server.agentapi.sync import Defaults
 from insignia.server.ca.authorities import Authorities
+from insignia.server.ca.bundle_publication import publication
 from insignia.server.ca.signer_pool import SignerPool, default_processes
 from insignia.server.ca.state import x509_authority_id
 from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
-from insignia.server.datastore.records import AgentRecord
+from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
 from insignia.server.datastore.store import Datastore
-from insignia.server.entries import EntryLimits, server_spiffe_id
+from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -69,6 +68,7 @@ class ServerCore:
     bridge: TrioBridge | None = None
     attestors: dict[str, NodeAttestorServer] = field(default_factory=dict)
     clock: Callable[[], datetime] = utc_now
+    instance_id: str = ""  # this server among those sharing the database (server/registry.py)
 
     def __post_init__(self) -> None:
         self.trust_domain: TrustDomain = self.config.td
@@ -83,9 +83,7 @@ class ServerCore:
             "x509": RateLimiter(api.x509_signing_rate),
             "jwt": RateLimiter(api.jwt_signing_rate),
         }
-        guaranteed = int(min(self.config.ca.ttl.total_seconds() / 6, 7 * 86400))
-        self.limits = EntryLimits(self.trust_domain, guaranteed * 6, guaranteed * 6)
-        self._bundle_sequence = 0
+        self.limits = EntryLimits.for_ca(self.trust_domain, self.config.ca.ttl)
         self.ca_lock = trio.Lock()
         self.attestations_in_flight = 0  # on the event loop thread only: no lock
         self.ready_reason: str | None = "starting"
@@ -110,6 +108,16 @@ class ServerCore:
             return "no active JWT signing key"
         return None
 
+    def active_key_ids(self) -> tuple[str, str]:
+        """The X.509 CA and JWT key this server signs with now ("" for none), for the
+        servers registry."""
+        state = self.authorities.state
+        x509_authority, jwt = state.active_x509(), state.active_jwt()
+        return (
+            x509_authority_id(x509_authority.certificate) if x509_authority else "",
+            jwt[0] if jwt else "",
+        )
+
     # --- running blocking work off the event loop ---------------------------------------
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -121,11 +129,28 @@ class ServerCore:
         a time, then republish the bundle and push the new bundle state to agents."""
         async with self.ca_lock:
             result = await trio.to_thread.run_sync(fn, *args)
-            await trio.to_thread.run_sync(self.publish_bundle)
-            self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
-            self.on_ca_change()
-            self._export_ca_expiry()
+            await self._after_ca_change()
         return result
+
+    async def adopt_journal(self) -> None:
+        """From trio: take in other servers' CA journal changes (their keys, taint or revoke
+        of ours), and republish only if something changed."""
+        async with self.ca_lock:
+            if await trio.to_thread.run_sync(self.authorities.adopt_journal):
+                await self._after_ca_change()
+
+    async def refresh_bundle(self) -> None:
+        """From trio: republish when time alone changed the bundle (a stale server's key
+        expired: nobody else will drop it)."""
+        async with self.ca_lock:
+            if await trio.to_thread.run_sync(self.publish_bundle):
+                self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
+
+    async def _after_ca_change(self) -> None:
+        await trio.to_thread.run_sync(self.publish_bundle)
+        self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
+        self.on_ca_change()
+        self._export_ca_expiry()
 
     def _export_ca_expiry(self) -> None:
         state = self.authorities.state
@@ -150,31 +175,30 @@ class ServerCore:
 
     # --- bundle publishing ------------------------------------------------------------------
 
-    def publish_bundle(self) -> None:
-        """Recompute the bundle state from the CA; store the local bundle if it changed.
+    def publish_bundle(self) -> bool:
+        """Recompute the local bundle from every server's keys in the CA journal; store it if
+        it changed (True then). One write transaction reads the journal and writes the
+        bundle, so two servers publishing at once cannot drop each other's new keys.
 
         Blocking (SQL): call from a worker thread. The model update happens via the follower
         (bundle and CA journal events), and directly here for this process.
         """
-        current = self.authorities.bundle(self._bundle_sequence)
-        document = current.to_spiffe().decode()
-        try:
-            stored = self.store.get_bundle(self.trust_domain)
-        except LookupError:
-            stored = None
-        if stored is None or _keys_of(stored.document) != _keys_of(document):
-            sequence = (stored.sequence if stored else 0) + 1
-            self._bundle_sequence = sequence
-            document = self.authorities.bundle(sequence).to_spiffe().decode()
-            self.store.put_bundle(self.trust_domain, document)
-        else:
-            self._bundle_sequence = stored.sequence
+
+        def compose(journal: list[CaKeyRecord], stored: BundleRecord | None) -> str | None:
+            first = stored.sequence if stored else 0
+            current = self.authorities.bundle(first, journal).to_spiffe().decode()
+            decided = publication(stored, current)
+            if not decided.store:
+                return None
+            return self.authorities.bundle(decided.sequence, journal).to_spiffe().decode()
+
+        return self.store.update_bundle(self.trust_domain, compose)
 
     def bundle_state(self) -> agent_pb2.BundleState:
         """Blocking read of the bundles table plus the in-memory taint lists."""
         state = agent_pb2.BundleState(
-            tainted_x509_authorities=self.authorities.state.tainted("x509"),
-            tainted_jwt_authorities=self.authorities.state.tainted("jwt"),
+            tainted_x509_authorities=self.authorities.tainted("x509"),
+            tainted_jwt_authorities=self.authorities.tainted("jwt"),
         )
         for record in self.store.list_bundles():
             if record.trust_domain == self.trust_domain:
@@ -186,6 +210,7 @@ class ServerCore:
     # --- following the change log --------------------------------------------------------------
 
     async def load_model(self) -> None:
+        self.model.store_id = await trio.to_thread.run_sync(self.store.store_id)
         snapshot = await trio.to_thread.run_sync(self.store.entries_snapshot)
         agents = await trio.to_thread.run_sync(self.store.list_agents)
         self.model.load(snapshot.entries, agents, snapshot.revision)
@@ -202,7 +227,8 @@ class ServerCore:
             return
         entry_ids = {e.subject for e in events if e.kind == "entry"}
         agent_ids = {e.subject for e in events if e.kind == "agent"}
-        bundle_changed = any(e.kind in ("bundle", "ca_key") for e in events)
+        bundle_changed = any(e.kind == "bundle" for e in events)
+        journal_changed = any(e.kind == "ca_key" for e in events)
         loaded = await trio.to_thread.run_sync(self.store.get_entries, entry_ids)
         changes = [
             EntryChange(self.model.index.get(i), loaded.get(i))
@@ -215,14 +241,9 @@ class ServerCore:
             record = await trio.to_thread.run_sync(self.store.find_agent, agent_id)
             self.model.apply_agent(agent_id, record)
         self.model.revision = events[-1].revision
-        if bundle_changed:
+        if journal_changed:
+            await self.adopt_journal()
+        if bundle_changed or journal_changed:
             # Under the CA lock: mid-operation, the journal and the bundles table disagree.
             async with self.ca_lock:
                 self.model.set_bundle_state(await trio.to_thread.run_sync(self.bundle_state))
-
-
-def _keys_of(document: str) -> str:
-    """A bundle document without its sequence, to tell a real change from a re-publish."""
-    doc = json.loads(document)
-    doc.pop("spiffe_sequence", None)
-    return json.dumps(doc, sort_keys=True)

@@ -6,8 +6,10 @@ nursery: listeners stop, in-flight RPCs get a short grace period, the datastore 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import random
 import signal
 import socket
 from collections.abc import Sequence
@@ -25,7 +27,7 @@ from insignia.attestors.registry import load_node_attestor_servers
 from insignia.daemon.config.loading import StartupRefused, refused_for_key
 from insignia.daemon.files import atomic_write, ensure_data_dir, ensure_private_dir
 from insignia.daemon.http.health import serve_health
-from insignia.daemon.instance import claim_socket_path, lock_data_dir
+from insignia.daemon.instance import DataDirLock, claim_socket_path, lock_data_dir, lock_path
 from insignia.daemon.keepalive import SERVER_OPTIONS
 from insignia.daemon.logs import get_logger
 from insignia.daemon.peercred.credentials import CallerTable
@@ -41,8 +43,11 @@ from insignia.server.ca.state import CaSettings, UpstreamError, load_upstream
 from insignia.server.config import ServerConfig
 from insignia.server.core import JoinTokens, ServerCore
 from insignia.server.datastore.errors import DatastoreUnavailable
+from insignia.server.datastore.listen import RECONNECT, ChangeListener
+from insignia.server.datastore.records import ServerRecord
 from insignia.server.datastore.store import Datastore
 from insignia.server.metrics import ServerMetrics
+from insignia.server.registry import load_or_create_server_id
 
 log = get_logger("insignia.server")
 ADDRESSES_FILE = "server.addresses.json"
@@ -85,9 +90,18 @@ def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     # Plugins first: a config error there must stop us before anything is opened or logged.
     attestors = load_node_attestor_servers(config.node_attestors, env, source=config_path)
     store = _open_datastore(config.database_url)
+    try:
+        _check_trust_domain(store, config)
+    except BaseException:
+        store.close()
+        raise
     tokens.store = store
-    authorities = Authorities(settings, key_manager(config.ca.key_manager, data_dir), store)
-    core = ServerCore(config, store, authorities, ServerMetrics(), attestors=attestors)
+    instance_id = load_or_create_server_id(data_dir)
+    keys = key_manager(config.ca.key_manager, data_dir)
+    authorities = Authorities(settings, keys, store, server_id=instance_id)
+    core = ServerCore(
+        config, store, authorities, ServerMetrics(), attestors=attestors, instance_id=instance_id
+    )
     for warning in config.ttl_warnings():
         log.warning("svid ttl exceeds ca guarantee", detail=warning)
     return core
@@ -98,9 +112,42 @@ def _open_datastore(url: str) -> Datastore:
     try:
         return Datastore.open(url)
     except DatastoreUnavailable as exc:
-        shown = make_url(url).render_as_string(hide_password=True)
         cause = " ".join(str(exc).splitlines()[0].split())
-        raise StartupRefused("database.url", f"{shown}: cannot connect: {cause}") from exc
+        raise StartupRefused("database.url", f"{_shown_url(url)}: cannot connect: {cause}") from exc
+
+
+def _shown_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _check_trust_domain(store: Datastore, config: ServerConfig) -> None:
+    """One database, one deployment: refuse a database another trust domain recorded."""
+    recorded = store.claim_trust_domain(config.td)
+    if recorded != config.td:
+        raise StartupRefused(
+            "trust_domain",
+            f"{config.td} differs from {recorded}, the trust domain of the database "
+            f"{_shown_url(config.database_url)}; one database serves one trust domain",
+        )
+
+
+def _lock_sqlite(url: str) -> DataDirLock | None:
+    """SQLite is the embedded single-server datastore: a second server on the same file
+    (another data_dir, the same database.url) refuses to start. PostgreSQL: no lock."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or not parsed.database:
+        return None
+    path = Path(parsed.database)
+    if not path.parent.is_dir():
+        return None  # Datastore.open names the missing directory
+    return lock_path(
+        path.with_name(path.name + ".lock"),
+        "database.url",
+        lambda holder: (
+            f"{path} is in use by another server (pid {holder}); SQLite serves one "
+            "server only: give this server its own database, or share PostgreSQL (docs/ha.md)"
+        ),
+    )
 
 
 class _ServerTls:
@@ -148,22 +195,77 @@ async def _rotate_forever(core: ServerCore) -> None:
 
 
 async def _follow_forever(core: ServerCore, wakeup: trio.MemoryReceiveChannel[int]) -> None:
-    async for _ in wakeup:
+    """Apply the change log on every wake-up (a write here, a NOTIFY from another server) and
+    at least every `cluster.poll_interval`. While the database is unreachable the server is
+    not ready, keeps serving agents from memory, and retries with backoff."""
+    poll = core.config.cluster.poll_interval.total_seconds()
+    failures = 0
+    while True:
+        with trio.move_on_after(poll):
+            await wakeup.receive()
         while True:  # drain: one catch-up covers every queued notification
             try:
                 wakeup.receive_nowait()
             except trio.WouldBlock:
                 break
-        await core.follow()
+        try:
+            await core.follow()
+        except DatastoreUnavailable as exc:
+            if failures == 0:
+                log.warning("datastore unavailable; serving agents from memory", error=str(exc))
+            core.ready_reason = f"datastore unavailable: {exc}"
+            await trio.sleep(RECONNECT.delay(failures, random.random()))
+            failures += 1
+            continue
+        if failures:
+            log.info("datastore reachable again", after_failures=failures)
+            failures = 0
+            core.ready_reason = await trio.to_thread.run_sync(core.readiness)
+
+
+async def _listen_forever(core: ServerCore, wake: trio.MemorySendChannel[int]) -> None:
+    """PostgreSQL only: wake the follower on every other server's commit (NOTIFY)."""
+    listener = ChangeListener(
+        core.store.url, core.store.notify_channel, f"insignia-server listen {core.instance_id}"
+    )
+    poll = core.config.cluster.poll_interval.total_seconds()
+    try:
+        while True:
+            if await trio.to_thread.run_sync(listener.wait, poll, abandon_on_cancel=True):
+                wake.send_nowait(0)
+    finally:
+        listener.close()
+
+
+async def _heartbeat_forever(core: ServerCore, addresses: dict[str, str]) -> None:
+    """Keep this server's row in the servers registry fresh (`server list`)."""
+    started_at = core.clock()
+    while True:
+        x509_key_id, jwt_key_id = core.active_key_ids()
+        record = ServerRecord(
+            core.instance_id, addresses, x509_key_id, jwt_key_id, started_at, core.clock()
+        )
+        try:
+            await trio.to_thread.run_sync(core.store.put_server, record)
+        except DatastoreUnavailable as exc:
+            log.debug("heartbeat not recorded", error=str(exc))
+        await trio.sleep(core.config.cluster.heartbeat_interval.total_seconds())
 
 
 async def _housekeeping_forever(core: ServerCore) -> None:
-    """Prune expired entries and join tokens, trim the change log, refresh readiness."""
+    """Prune expired entries and join tokens, trim the change log, refresh readiness, and
+    drop expired keys of servers that are gone from the bundle."""
     while True:
         core.ready_reason = await trio.to_thread.run_sync(core.readiness)
-        await trio.to_thread.run_sync(core.store.prune_expired_entries)
-        await trio.to_thread.run_sync(core.store.prune_join_tokens)
-        await trio.to_thread.run_sync(core.store.prune_events, core.clock() - timedelta(hours=1))
+        try:
+            await trio.to_thread.run_sync(core.store.prune_expired_entries)
+            await trio.to_thread.run_sync(core.store.prune_join_tokens)
+            await trio.to_thread.run_sync(
+                core.store.prune_events, core.clock() - timedelta(hours=1)
+            )
+            await core.refresh_bundle()
+        except DatastoreUnavailable as exc:
+            log.debug("housekeeping skipped", error=str(exc))
         await trio.sleep(5)
 
 
@@ -223,9 +325,12 @@ async def run_daemon(config: ServerConfig, config_path: Path) -> None:
     """The whole server, until SIGTERM/SIGINT, holding the data_dir lock all along."""
     with refused_for_key("data_dir"):
         ensure_data_dir(config.data_dir)
-    with lock_data_dir(config.data_dir):
+    with lock_data_dir(config.data_dir), contextlib.ExitStack() as locks:
         with refused_for_key("admin_socket"):  # refuse a live one before opening anything
             claim_socket_path(config.admin_socket)
+        sqlite_lock = _lock_sqlite(config.database_url)
+        if sqlite_lock is not None:
+            locks.enter_context(sqlite_lock)
         core = await trio.to_thread.run_sync(open_core, config, config_path)
         try:
             await _run(core, config)
@@ -275,9 +380,12 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         addresses["admin_socket"] = str(config.admin_socket)
         nursery.start_soon(_rotate_forever, core)
         nursery.start_soon(_follow_forever, core, receive)
+        if core.store.backend == "postgresql":
+            nursery.start_soon(_listen_forever, core, send)
         nursery.start_soon(tls.renew_forever)
         nursery.start_soon(_housekeeping_forever, core)
         await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
+        nursery.start_soon(_heartbeat_forever, core, {k: str(v) for k, v in addresses.items()})
         log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
         sd_notify("READY=1")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -11,20 +11,25 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from insignia._dns import MAX_DNS_NAME_LENGTH, is_dns_label
 from insignia._shown import shown
+from insignia.daemon.reserved_ids import (
+    AGENT_PREFIX,
+    RESERVED_REASON,
+    SERVER_PATH,
+    is_agent_id,
+    is_reserved,
+)
 from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.selectors import InvalidSelector, Selector, canonical
+from insignia.server.ca.rotation import longest_svid_ttl
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
-RESERVED_PREFIX: Final = "/insignia/"
-SERVER_PATH: Final = "/insignia/server"
-AGENT_PREFIX: Final = "/insignia/agent/"
 MAX_HINT_LENGTH: Final = 1024
 MAX_ENTRY_ID_LENGTH: Final = 255
-MAX_DNS_NAME_LENGTH: Final = 253
 # Selector values are indexed; PostgreSQL refuses btree rows above ~2.7 kB.
 MAX_SELECTOR_VALUE_BYTES: Final = 1024
 # Per entry: every one is matched, signed into SVIDs and sent to agents (10,000 selectors and
@@ -41,16 +46,11 @@ PATH_REQUIRED: Final = "expected a path after the trust domain (an SVID's ID nam
 MAX_EXPIRES_AT: Final = 253402300799
 
 _ENTRY_ID: Final = re.compile(r"[A-Za-z0-9._-]+")
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def server_spiffe_id(trust_domain: TrustDomain) -> SpiffeId:
     """The server's own ID; entries parented to it are node aliases."""
     return SpiffeId(trust_domain, SERVER_PATH)
-
-
-def is_agent_id(spiffe_id: SpiffeId) -> bool:
-    return spiffe_id.path.startswith(AGENT_PREFIX)
 
 
 class InvalidEntry(ValueError):
@@ -97,6 +97,32 @@ class EntryLimits:
     max_x509_svid_ttl: int
     max_jwt_svid_ttl: int
 
+    @classmethod
+    def for_ca(cls, trust_domain: TrustDomain, ca_ttl: timedelta) -> EntryLimits:
+        longest = int(longest_svid_ttl(ca_ttl).total_seconds())
+        return cls(trust_domain, longest, longest)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The server's default SVID TTLs, which a TTL of 0 (an entry's, a mint request's) means."""
+
+    x509_svid_ttl: timedelta
+    jwt_svid_ttl: timedelta
+
+    def x509(self, seconds: int) -> timedelta:
+        return ttl_or_default(seconds, self.x509_svid_ttl)
+
+    def jwt(self, seconds: int) -> timedelta:
+        return ttl_or_default(seconds, self.jwt_svid_ttl)
+
+
+def ttl_or_default(seconds: int, default: timedelta) -> timedelta:
+    """A TTL in whole seconds, 0 standing for `default`; the one place that rule lives."""
+    if seconds < 0:
+        raise ValueError(f"ttl {seconds}: expected a positive number of seconds")
+    return timedelta(seconds=seconds) if seconds else default
+
 
 def new_entry_id() -> str:
     return uuid.uuid4().hex
@@ -127,10 +153,10 @@ def validate_entry(
     now = now if now is not None else datetime.now(UTC)
     td = limits.trust_domain
     sid = _member_id("spiffe_id", spiffe_id, td)
-    if sid.path.startswith(RESERVED_PREFIX):
-        raise InvalidEntry("spiffe_id", str(sid), f"paths under {RESERVED_PREFIX} are reserved")
+    if is_reserved(sid):
+        raise InvalidEntry("spiffe_id", str(sid), RESERVED_REASON)
     pid = _member_id("parent_id", parent_id, td)
-    if pid.path.startswith(RESERVED_PREFIX) and not (pid.path == SERVER_PATH or is_agent_id(pid)):
+    if is_reserved(pid) and not (pid.path == SERVER_PATH or is_agent_id(pid)):
         raise InvalidEntry(
             "parent_id",
             str(pid),
@@ -209,7 +235,7 @@ def _ttl(name: str, value: int, maximum: int, minimum: int = 1) -> int:
     if value < 0:
         raise InvalidEntry(name, value, "expected 0 (server default) or a positive number")
     if value > maximum:
-        raise InvalidEntry(name, value, f"longer than the {maximum} s the CA can guarantee")
+        raise InvalidEntry(name, value, f"longer than {maximum} s, the longest the CA's ttl allows")
     if 0 < value < minimum:
         raise InvalidEntry(name, value, f"too short; expected at least {minimum} s")
     return value
@@ -228,7 +254,7 @@ def normalize_dns_name(value: str) -> str:
         raise InvalidEntry("dns_names", value, f"not a valid IDNA name: {exc}") from exc
     labels = ascii_name.split(".")
     for label in labels:
-        if not _DNS_LABEL.fullmatch(label):
+        if not is_dns_label(label):
             raise InvalidEntry(
                 "dns_names",
                 value,

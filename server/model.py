@@ -50,7 +50,8 @@ class AgentStatus:
 class ServerModel:
     def __init__(self, server_id: SpiffeId) -> None:
         self.server_id = server_id
-        self.store_id = secrets.token_hex(16)  # per process: see server/sync.py
+        # The datastore's (ServerCore.load_model): resume points hold across its servers.
+        self.store_id = secrets.token_hex(16)
         self.revision = 0
         self.index = EntryIndex(server_id)
         self.agents: dict[SpiffeId, AgentRecord] = {}

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devtools.harness.postgres import Backend, database_url
 from insignia.server.datastore import Datastore
-from tests.postgres import Backend, database_url
 
 
 class Clock:

@@ -17,7 +17,7 @@ from insignia.selectors import InvalidSelector, Selector, canonical, matches
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 
-class InvalidEntry(ValueError):
+class UnservableEntry(ValueError):
     """An entry from the server that the agent refuses to serve; names the entry and field."""
 
     def __init__(self, entry_id: str, reason: str) -> None:
@@ -62,17 +62,17 @@ class Entry:
     @classmethod
     def from_proto(cls, msg: agent_pb2.Entry) -> Entry:
         if not msg.id:
-            raise InvalidEntry(msg.id, "empty id")
+            raise UnservableEntry(msg.id, "empty id")
         try:
             spiffe_id = SpiffeId.parse(msg.spiffe_id)
             selectors = canonical(Selector.parse(s) for s in msg.selectors)
             federates = tuple(TrustDomain.parse(td) for td in msg.federates_with)
         except (InvalidSpiffeId, InvalidSelector) as exc:
-            raise InvalidEntry(msg.id, str(exc)) from exc
+            raise UnservableEntry(msg.id, str(exc)) from exc
         if not selectors:
-            raise InvalidEntry(msg.id, "no selectors; an entry must name at least one")
+            raise UnservableEntry(msg.id, "no selectors; an entry must name at least one")
         if msg.x509_svid_ttl <= 0 or msg.jwt_svid_ttl <= 0:
-            raise InvalidEntry(
+            raise UnservableEntry(
                 msg.id,
                 f"TTLs must be positive, got x509={msg.x509_svid_ttl} jwt={msg.jwt_svid_ttl}",
             )
@@ -91,6 +91,25 @@ class Entry:
             expires_at=msg.expires_at,
             revision=msg.revision,
             created_at=msg.created_at,
+        )
+
+    def to_proto(self) -> agent_pb2.Entry:
+        """The Sync form (the agent's cache file stores entries as the server sent them)."""
+        return agent_pb2.Entry(
+            id=self.id,
+            spiffe_id=str(self.spiffe_id),
+            parent_id=self.parent_id,
+            selectors=sorted(str(s) for s in self.selectors),
+            x509_svid_ttl=self.x509_svid_ttl,
+            jwt_svid_ttl=self.jwt_svid_ttl,
+            dns_names=list(self.dns_names),
+            federates_with=[str(td) for td in self.federates_with],
+            hint=self.hint,
+            admin=self.admin,
+            downstream=self.downstream,
+            expires_at=self.expires_at,
+            revision=self.revision,
+            created_at=self.created_at,
         )
 
 

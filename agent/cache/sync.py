@@ -1,9 +1,10 @@
 """Holding the server's Sync push stream: full state first, then changes, resumed after outages.
 
-The stream is resumed with (store_id, revision) so a reconnect after a blip costs one small
-delta, not the whole entry set. While the server is unreachable the loop backs off
-exponentially with jitter (a fleet of agents must not reconnect in lockstep after a server
-restart) and the cache keeps serving what it has.
+The stream is resumed with (store_id, revision) so a reconnect after a blip, or a move to
+another server on the same datastore, costs one small delta, not the whole entry set. When
+the stream breaks the agent moves at once to the next listed server; once every server has
+failed the loop backs off exponentially with jitter (a fleet of agents must not reconnect in
+lockstep after a server restart) and the cache keeps serving what it has.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import grpc.aio
 import trio
 from insignia_proto import agent_pb2
 
-from insignia.agent.cache.entries import Entry, InvalidEntry
+from insignia.agent.cache.entries import Entry, UnservableEntry
 from insignia.agent.cache.store import BundleView, Cache, SyncDelta
 from insignia.agent.identity.server_client import (
-    AgentEvicted,
     ServerClient,
     StreamClosed,
     next_message,
 )
 from insignia.agent.metrics import AgentMetrics
-from insignia.backoff import Backoff
+from insignia.backoff import Backoff, Retries
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.logs import get_logger
 from insignia.daemon.runtime import call_asyncio
@@ -64,7 +64,7 @@ def parse_update(update: agent_pb2.SyncUpdate, trust_domain: TrustDomain) -> Syn
     for msg in update.entries:
         try:
             entries.append(Entry.from_proto(msg))
-        except InvalidEntry as exc:
+        except UnservableEntry as exc:
             log.warning("sync.entry_refused", entry_id=exc.entry_id, error=exc.reason)
     bundles = parse_bundle_state(update.bundle, trust_domain) if update.HasField("bundle") else None
     if update.full and bundles is None:
@@ -89,12 +89,21 @@ async def _follow(
     request = agent_pb2.SyncRequest(store_id=cache.store_id, since_revision=cache.revision)
     call = server.sync(request)
     updates = aiter(call)
+    attached = False
     try:
         while True:
             update = await call_asyncio(next_message, updates)
             if update is None:
                 return
             metrics.server_contact()
+            if not attached:  # the first answer: this server holds our stream now
+                attached = True
+                log.info(
+                    "sync.attached",
+                    server=str(server.target),
+                    since_revision=request.since_revision,
+                    full=update.full,
+                )
             if update.heartbeat:  # the server is alive and nothing changed
                 continue
             delta = parse_update(update, cache.trust_domain)
@@ -115,30 +124,43 @@ async def run_sync(
     on_update: Callable[[], None] = lambda: None,
 ) -> None:
     """Hold the Sync stream forever, reconnecting with backoff; AgentEvicted ends it."""
-    rng = rng or random.Random()
-    attempt = 0
+    retries = Retries(backoff, (rng or random.Random()).random)
     while True:
         revision_before = (cache.store_id, cache.revision)
         generation = server.identity_generation
         try:
             await _follow(server, cache, metrics, on_update)
             error = "server closed the stream"
+            server_failed = True
         except grpc.aio.AioRpcError as exc:
-            if server.evicted(exc, generation):
-                raise AgentEvicted(exc.details() or exc.code().name) from exc
+            server.raise_if_evicted(exc, generation)
             error = f"{exc.code().name}: {exc.details()}"
-        except StreamClosed as exc:
+            server_failed = True
+        except StreamClosed as exc:  # our own channel swap (renewal): same server
             error = str(exc)
+            server_failed = False
         except InvalidSyncUpdate as exc:
             error = str(exc)
+            server_failed = False
             cache.store_id, cache.revision = "", 0  # ask for full state next time
         if (cache.store_id, cache.revision) != revision_before or (
             generation != server.identity_generation
         ):
-            attempt = 0  # the stream made progress before it broke
-        delay = backoff.delay(attempt, rng.random())
-        attempt += 1
+            retries.succeeded()  # the stream made progress before it broke
+        failed = server.target
+        delay = 0.0
+        if not server_failed or server.fail_over():  # same server, or every one tried
+            delay = retries.failed()
+            if server_failed:
+                await trio.to_thread.run_sync(server.resolve_targets)
         metrics.sync_reconnects.inc()
-        log.warning("sync.disconnected", error=error, retry_in=round(delay, 3), attempt=attempt)
+        log.warning(
+            "sync.disconnected",
+            server=str(failed),
+            next_server=str(server.target),
+            error=error,
+            retry_in=round(delay, 3),
+            attempt=retries.attempt,
+        )
         with trio.move_on_after(delay):  # or sooner: as soon as the server is reachable again
             await call_asyncio(server.back_after_outage)

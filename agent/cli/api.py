@@ -18,7 +18,7 @@ from typing import NoReturn, ParamSpec, TypeVar
 import click
 
 from insignia.agent.config import DEFAULT_SOCKET_PATH, load_agent_config
-from insignia.daemon.config.cli_options import option
+from insignia.daemon.config.cli_options import config_option, option
 from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
 from insignia.daemon.files import atomic_write
 from insignia.daemon.times import format_time
@@ -59,14 +59,7 @@ def _client_options(fn: Callable[P, R]) -> Callable[P, R]:
     fn = option(
         "--timeout", "-timeout", type=float, default=10.0, show_default=True, help="Seconds."
     )(fn)
-    fn = option(
-        "--config",
-        "-config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="Take the socket path from this agent config.",
-    )(fn)
+    fn = config_option("Take the socket path from this agent config.")(fn)
     return option(
         "--socket",
         "-socketPath",

@@ -24,7 +24,7 @@ from insignia.agent.config import (
     load_agent_config,
 )
 from insignia.bundle import Bundle, InvalidBundle
-from insignia.daemon.config.cli_options import log_level_option, option
+from insignia.daemon.config.cli_options import config_option, log_level_option, option
 from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
 from insignia.daemon.logs import LogLevel
 
@@ -110,15 +110,7 @@ def _plugins(
     return workload_attestors, node_attestor
 
 
-_config_option = option(
-    "--config",
-    "-config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG_PATH,
-    show_default=True,
-    help="Agent config file (TOML).",
-)
+_config_option = config_option("Agent config file (TOML).", default=DEFAULT_CONFIG_PATH)
 
 
 @main.command()
@@ -188,14 +180,7 @@ def _admin_socket_options(fn: F) -> F:
         default=None,
         help=f"Agent admin socket [default: from --config, else {DEFAULT_ADMIN_SOCKET_PATH}].",
     )(fn)
-    return option(
-        "--config",
-        "-config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="Read admin_socket_path from this config file.",
-    )(fn)
+    return config_option("Read admin_socket_path from this config file.")(fn)
 
 
 def _admin_request(

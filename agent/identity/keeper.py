@@ -26,6 +26,7 @@ from insignia.agent.identity.node_attestation import (
     renew,
     save_identity,
 )
+from insignia.agent.identity.server_answers import Answer, classify
 from insignia.agent.identity.server_client import (
     AgentEvicted,
     ServerClient,
@@ -35,21 +36,12 @@ from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.rotation import draw_jitter, half_life_renewal
 from insignia.agent.svids.signing import authority_ids
 from insignia.attestors.interface import NodeAttestorAgent
-from insignia.backoff import Backoff
+from insignia.backoff import Backoff, Retries
 from insignia.bundle import Bundle
 from insignia.daemon.logs import get_logger
 from insignia.daemon.runtime import call_asyncio
 
 log = get_logger(__name__)
-
-_RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 
 
 # grpc's details of a failed TLS handshake whose peer chain did not verify against our roots.
@@ -73,6 +65,7 @@ class IdentityKeeper:
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.identity: AgentIdentity | None = None
+        self.resumed = False  # the identity came from disk, not from a fresh attestation
         self._tainted: frozenset[str] = frozenset()
         self._taint_changed = trio.Event()
         self._roots_source = "the certificate the server presented"  # insecure_bootstrap
@@ -95,10 +88,8 @@ class IdentityKeeper:
             detail="trusting the server certificate as presented, without verification; "
             "configure trust_bundle_path outside development",
         )
-        server = config.server
-        return await trio.to_thread.run_sync(
-            fetch_server_certificate, server.address, server.attestation_port
-        )
+        target = config.server.targets[0].with_port(config.server.attestation_port)
+        return await trio.to_thread.run_sync(fetch_server_certificate, target.host, target.port)
 
     def _install(self, server: ServerClient, identity: AgentIdentity) -> None:
         self.identity = identity
@@ -109,13 +100,13 @@ class IdentityKeeper:
         """A client for the server, with an agent SVID from disk or from a fresh attestation."""
         config = self.config
         server = ServerClient(
-            config.server.address,
-            config.server.port,
+            config.server.targets,
             config.server.attestation_port,
             await self._bootstrap_roots(),
             config.sync.rpc_timeout.total_seconds(),
             ping_interval=config.sync.keepalive_interval,
         )
+        await trio.to_thread.run_sync(server.resolve_targets)
         identity = await trio.to_thread.run_sync(
             load_identity, config.data_dir, config.trust_domain_value, _now()
         )
@@ -124,6 +115,7 @@ class IdentityKeeper:
                 "agent.resumed", spiffe_id=str(identity.spiffe_id), expires=str(identity.not_after)
             )
             self._install(server, identity)
+            self.resumed = True
         else:
             await self.attest(server, backoff)
         return server
@@ -131,7 +123,7 @@ class IdentityKeeper:
     async def attest(self, server: ServerClient, backoff: Backoff) -> AgentIdentity:
         """Node attestation, retried while the server is unreachable or rate-limits us."""
         name = self.config.node_attestor_name
-        attempt = 0
+        retries = Retries(backoff, self.rng.random)
         told_untrusted = False
         while True:
             try:
@@ -145,10 +137,8 @@ class IdentityKeeper:
                 )
                 break
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE:
+                if classify(exc.code()) is not Answer.TRANSIENT:
                     raise
-                delay = backoff.delay(attempt, self.rng.random())
-                attempt += 1
                 if not told_untrusted and _CERTIFICATE_NOT_TRUSTED in (exc.details() or ""):
                     told_untrusted = True
                     log.error(
@@ -157,10 +147,16 @@ class IdentityKeeper:
                         "it is stale or belongs to another server. Replace it with the output of "
                         "`insignia-server bundle show --format pem` on the server host, then "
                         "restart the agent",
-                        server=f"{self.config.server.address}:{self.config.server.attestation_port}",
+                        server=str(server.attestation_target),
                     )
+                failed = server.attestation_target
+                delay = 0.0  # another server may answer: try it at once
+                if server.fail_over():  # every server tried: back off, then resolve again
+                    delay = retries.failed()
+                    await trio.to_thread.run_sync(server.resolve_targets)
                 log.warning(
                     "agent.attestation_retry",
+                    server=str(failed),
                     error=f"{exc.code().name}: {exc.details()}",
                     retry_in=round(delay, 3),
                 )
@@ -208,14 +204,14 @@ class IdentityKeeper:
     async def maintain(self, server: ServerClient) -> None:
         """Renew the agent SVID at half life (jittered), or at once when its issuer is tainted;
         AgentEvicted when the server says so."""
-        attempt = 0
+        retries = Retries(self.config.sync.backoff(), self.rng.random)
         assert self.identity is not None
         renew_at = half_life_renewal(
             self.identity.not_before, self.identity.not_after, draw_jitter(self.rng)
         )
         handled: frozenset[str] = frozenset()
         while True:
-            if await self._until_renewal(renew_at, handled if attempt == 0 else None):
+            if await self._until_renewal(renew_at, handled if retries.attempt == 0 else None):
                 handled = self._tainted
                 log.info("agent.issuer_tainted", detail="renewing the agent SVID now")
             identity = self.identity
@@ -224,26 +220,21 @@ class IdentityKeeper:
             try:
                 fresh = await renew(server, identity, self.config.workload.key_type, _now())
             except grpc.aio.AioRpcError as exc:
-                if server.evicted(exc, generation):
-                    raise AgentEvicted(exc.details() or exc.code().name) from exc
+                server.raise_if_evicted(exc, generation)
                 if _now() >= identity.not_after:
                     if not identity.reattestable:
                         raise NeedsNewJoinToken(
                             "the agent SVID expired while the server was unreachable"
                         ) from exc
                     raise AgentEvicted("agent SVID expired") from exc
-                delay = self.backoff_delay(attempt)
-                attempt += 1
+                delay = retries.failed()
                 log.warning("agent.renewal_retry", error=exc.code().name, retry_in=round(delay, 3))
                 renew_at = _now() + timedelta(seconds=delay)
                 continue
-            attempt = 0
+            retries.succeeded()
             self.metrics.server_contact()
             await trio.to_thread.run_sync(save_identity, self.config.data_dir, fresh)
             self._install(server, fresh)
             await call_asyncio(server.close_retired)
             log.info("agent.renewed", spiffe_id=str(fresh.spiffe_id), expires=str(fresh.not_after))
             renew_at = half_life_renewal(fresh.not_before, fresh.not_after, draw_jitter(self.rng))
-
-    def backoff_delay(self, attempt: int) -> float:
-        return self.config.sync.backoff().delay(attempt, self.rng.random())

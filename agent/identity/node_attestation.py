@@ -1,14 +1,15 @@
 """The agent's own identity: node attestation, its SVID on disk, and renewal.
 
 The agent SVID, its key and the latest trust bundle are kept in data_dir (0600, written
-atomically), so a restart while the SVID is valid resumes without a new join token. A join
-token is single use: once the server evicts such an agent, only an operator can let it back,
-and the agent says so instead of retrying forever.
+atomically, versioned and checksummed: insignia.daemon.sealed), so a restart while the SVID
+is valid resumes without a new join token: the agent does not attest again, and a used token
+left in `token_file` is never read. A join token is single use: once the server evicts such
+an agent, only an operator can let it back, and the agent says so instead of retrying
+forever.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,12 +21,14 @@ from cryptography import x509
 from insignia_proto import agent_pb2
 
 from insignia.agent.identity.csr import build_csr
+from insignia.agent.identity.server_answers import Answer, classify
 from insignia.agent.identity.server_client import ServerClient, next_message
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.bundle import Bundle, InvalidBundle
-from insignia.daemon.files import atomic_write, ensure_private_dir
+from insignia.daemon.files import ensure_private_dir
 from insignia.daemon.logs import get_logger
 from insignia.daemon.runtime import call_asyncio
+from insignia.daemon.sealed import discard, read_sealed, write_sealed
 from insignia.keys import (
     InvalidKey,
     KeyType,
@@ -45,22 +48,14 @@ from insignia.x509svid import (
 
 log = get_logger(__name__)
 
-# The agent SVID chain and its key, in ONE file (0600) replaced atomically: written as two
-# files, a crash between the writes would leave a key that does not match the certificate,
-# and a join_token agent would then need a new token.
-SVID_FILE: Final = "agent_svid.pem"
-BUNDLE_FILE: Final = "bundle.spiffe.json"
-STATE_FILE: Final = "agent_state.json"
-
-# Answers no retry can change: wrong evidence, a used token, an attestor the server lacks.
-_REFUSALS: Final = frozenset(
-    {
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    }
-)
+# The agent SVID chain, its key and its state in ONE sealed file (0600, checksummed) replaced
+# atomically: written as two files, a crash between the writes would leave a key that does
+# not match the certificate, and a join_token agent would then need a new token.
+IDENTITY_FILE: Final = "agent_identity.sealed"
+BUNDLE_FILE: Final = "bundle.sealed"
+_IDENTITY_KIND: Final = "agent_identity"
+_BUNDLE_KIND: Final = "bundle"
+_VERSION: Final = 1
 
 
 class AttestationRefused(Exception):
@@ -102,47 +97,57 @@ def save_identity(data_dir: Path, identity: AgentIdentity) -> None:
     """Persist SVID, key, bundle and state (blocking: call from a thread in trio)."""
     ensure_private_dir(data_dir)
     chain_pem, key_pem = identity.credentials_pem()
+    td = str(identity.spiffe_id.trust_domain)
     # The bundle first: it trusts both the old and the new issuer during a rotation, so a crash
     # before the SVID write leaves the previous, still verifiable SVID in place.
-    atomic_write(data_dir / BUNDLE_FILE, identity.bundle.to_spiffe())
-    state = {"spiffe_id": str(identity.spiffe_id), "reattestable": identity.reattestable}
-    atomic_write(data_dir / STATE_FILE, json.dumps(state).encode())
-    atomic_write(data_dir / SVID_FILE, chain_pem + key_pem)
+    bundle = {"spiffe_bundle": identity.bundle.to_spiffe().decode()}
+    write_sealed(data_dir / BUNDLE_FILE, _BUNDLE_KIND, _VERSION, td, bundle)
+    state = {
+        "spiffe_id": str(identity.spiffe_id),
+        "reattestable": identity.reattestable,
+        "svid_pem": (chain_pem + key_pem).decode(),
+    }
+    write_sealed(data_dir / IDENTITY_FILE, _IDENTITY_KIND, _VERSION, td, state)
 
 
 def forget_identity(data_dir: Path) -> None:
     """Drop the persisted SVID (after eviction); the bundle stays as the trust anchor."""
-    for name in (SVID_FILE, STATE_FILE):
-        (data_dir / name).unlink(missing_ok=True)
+    (data_dir / IDENTITY_FILE).unlink(missing_ok=True)
 
 
 def load_bundle(data_dir: Path, trust_domain: TrustDomain) -> Bundle | None:
     """The bundle from the last attestation or sync, if any (newer than the bootstrap file)."""
+    path = data_dir / BUNDLE_FILE
+    payload = read_sealed(path, _BUNDLE_KIND, _VERSION, str(trust_domain))
+    if payload is None:
+        return None
     try:
-        return Bundle.parse_spiffe(trust_domain, (data_dir / BUNDLE_FILE).read_bytes())
-    except FileNotFoundError:
+        return Bundle.parse_spiffe(trust_domain, str(payload["spiffe_bundle"]).encode())
+    except (KeyError, InvalidBundle) as exc:
+        discard(path, f"unusable bundle: {exc}")
         return None
 
 
 def load_identity(data_dir: Path, trust_domain: TrustDomain, now: datetime) -> AgentIdentity | None:
     """The persisted identity if it is complete, consistent and still valid; else None."""
-    try:
-        pem = (data_dir / SVID_FILE).read_bytes()
-        chain = tuple(x509.load_pem_x509_certificates(pem))  # skips the key's PEM block
-        key = private_key_from_pem(pem)  # and this skips the certificates
-        state = json.loads((data_dir / STATE_FILE).read_text())
-        bundle = load_bundle(data_dir, trust_domain)
-    except FileNotFoundError:
+    path = data_dir / IDENTITY_FILE
+    state = read_sealed(path, _IDENTITY_KIND, _VERSION, str(trust_domain))
+    if state is None:
         return None
-    except (ValueError, InvalidKey, InvalidX509Svid, InvalidBundle) as exc:
-        log.warning("agent.persisted_svid_unusable", data_dir=str(data_dir), error=str(exc))
-        return None
+    bundle = load_bundle(data_dir, trust_domain)
     if bundle is None:
         return None
     try:
+        pem = str(state["svid_pem"]).encode()
+        chain = tuple(x509.load_pem_x509_certificates(pem))  # skips the key's PEM block
+        key = private_key_from_pem(pem)  # and this skips the certificates
         svid = X509Svid(leaf_spiffe_id(chain[0]), chain, key)
+    except (KeyError, ValueError, InvalidKey, InvalidX509Svid) as exc:
+        discard(path, f"unusable agent SVID: {exc}")
+        return None
+    try:
         verify_chain(chain, bundle, now)
-    except (InvalidX509Svid, InvalidKey) as exc:
+    except InvalidX509Svid as exc:  # expired, or its CA left the bundle: attest anew
         log.info("agent.persisted_svid_invalid", error=str(exc))
         return None
     return AgentIdentity(svid, bundle, bool(state.get("reattestable", False)))
@@ -177,7 +182,7 @@ async def attest(
             answer = await attestor.answer(response.challenge)
             await call_asyncio(call.write, agent_pb2.AttestRequest(challenge_response=answer))
     except grpc.aio.AioRpcError as exc:
-        if exc.code() not in _REFUSALS:
+        if classify(exc.code()) is not Answer.REFUSED:
             raise  # transient: the caller retries with backoff
         detail = f"the server refused node attestation: {exc.details()}"
         if plugin_name == "join_token" and exc.code() == grpc.StatusCode.PERMISSION_DENIED:

@@ -21,14 +21,15 @@ import grpc.aio
 from insignia_proto import agent_pb2
 from insignia_proto.agent_pb2_grpc import AgentAPIStub
 
+from insignia.agent.identity.server_answers import refuses_identity
+from insignia.agent.identity.targets import Resolver, ServerTarget, expand, system_resolver
 from insignia.daemon.keepalive import AGENT_PING_INTERVAL, agent_channel_options
+from insignia.daemon.logs import get_logger
 from insignia.daemon.server_name import SERVER_TLS_NAME
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
-_EVICTION_CODES: Final = frozenset(
-    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
-)
 # grpc's own reconnect backoff (1 s growing to 120 s by default) decides when a channel sees a
 # returned server, whatever the agent's retry loop does: after a long outage it waited up to
 # 27 s. Capped at 1 s, the channel is READY within about a second of the server's return; a
@@ -46,10 +47,6 @@ class AgentEvicted(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the server refused this agent's identity: {detail}")
         self.detail = detail
-
-
-def is_eviction(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() in _EVICTION_CODES
 
 
 def fetch_server_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
@@ -93,18 +90,28 @@ async def next_message(stream: AsyncIterator[T]) -> T | None:
 
 
 class ServerClient:
+    """Channels to the one server the agent is attached to, out of `targets`.
+
+    `fail_over` moves to the next server; every RPC (Sync, renewals, signing) then goes there,
+    so the agent talks to one server at a time and its renewals follow its stream.
+    """
+
     def __init__(
         self,
-        address: str,
-        port: int,
+        targets: Sequence[ServerTarget],
         attestation_port: int,
         roots_pem: bytes,
         rpc_timeout: float,
         tls_name: str = SERVER_TLS_NAME,
         ping_interval: timedelta = AGENT_PING_INTERVAL,
+        resolve: Resolver = system_resolver,
     ) -> None:
-        self.address = address
-        self.port = port
+        if not targets:
+            raise ValueError("no server to connect to")
+        self._configured = tuple(targets)
+        self._targets = self._configured
+        self._index = 0
+        self._resolve = resolve
         self.attestation_port = attestation_port
         self.rpc_timeout = rpc_timeout
         self._tls_name = tls_name
@@ -115,6 +122,36 @@ class ServerClient:
         self.identity_generation = 0
         self._channel: grpc.aio.Channel | None = None
         self._retired: list[grpc.aio.Channel] = []
+
+    @property
+    def target(self) -> ServerTarget:
+        """The server this client is attached to."""
+        return self._targets[self._index]
+
+    @property
+    def attestation_target(self) -> ServerTarget:
+        return self.target.with_port(self.attestation_port)
+
+    @property
+    def target_count(self) -> int:
+        return len(self._targets)
+
+    def resolve_targets(self) -> None:
+        """Resolve the configured names again (blocking: run in a thread); starts over at
+        the first server of the fresh list."""
+        targets, problems = expand(self._configured, self._resolve)
+        for problem in problems:
+            log.warning("agent.server_name_unresolved", detail=problem)
+        self._targets, self._index = targets, 0
+        self._retire()
+
+    def fail_over(self) -> bool:
+        """Attach to the next server; True when the list has wrapped around (the caller
+        then backs off and resolves the names again)."""
+        if len(self._targets) > 1:
+            self._retire()
+        self._index = (self._index + 1) % len(self._targets)
+        return self._index == 0
 
     def _options(self) -> Sequence[tuple[str, Any]]:
         return (("grpc.ssl_target_name_override", self._tls_name), *self._keepalive, *_RECONNECT)
@@ -136,7 +173,13 @@ class ServerClient:
         """Whether a refusal means this agent is evicted. Once a renewed SVID is in use the
         server refuses the old one, so a call still riding the old SVID (a Sync stream opened
         before the renewal) is refused without the agent being evicted: it just reconnects."""
-        return is_eviction(exc) and generation == self.identity_generation
+        return refuses_identity(exc.code()) and generation == self.identity_generation
+
+    def raise_if_evicted(self, exc: grpc.aio.AioRpcError, generation: int) -> None:
+        """AgentEvicted from `exc` when it means eviction (`evicted`); the loops' common first
+        step on a failed call, before they back off and retry."""
+        if self.evicted(exc, generation):
+            raise AgentEvicted(exc.details() or exc.code().name) from exc
 
     def _retire(self) -> None:
         if self._channel is not None:
@@ -149,7 +192,7 @@ class ServerClient:
         if self._channel is None:
             chain, key = self._identity
             creds = grpc.ssl_channel_credentials(self._roots, key, chain)
-            target = f"{self.address}:{self.port}"
+            target = str(self.target)
             self._channel = grpc.aio.secure_channel(target, creds, options=self._options())
         return self._channel
 
@@ -180,7 +223,7 @@ class ServerClient:
         """An Attest stream on the attestation port (server TLS only). Close the returned
         channel-owning call with `cancel()`; its one-off channel closes with the client."""
         creds = grpc.ssl_channel_credentials(self._roots)
-        target = f"{self.address}:{self.attestation_port}"
+        target = str(self.attestation_target)
         # No keepalive: the channel is one-off, and the attestation port (open to anyone)
         # keeps gRPC's strict ping policy.
         options = (("grpc.ssl_target_name_override", self._tls_name),)

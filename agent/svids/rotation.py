@@ -4,7 +4,9 @@ X.509-SVIDs renew at half their lifetime, jittered by up to 10% of that half lif
 of agents that synced together does not hit the server in one burst. A tainted signing
 authority (the server is retiring a compromised CA) means "now", whatever the schedule says.
 JWT-SVIDs renew at half life too, without jitter: they are minted on demand, so they do not
-arrive in bursts.
+arrive in bursts; and when a fresh one cannot be had, a cached one past half life is still
+served until it expires (half life yields to availability; expiry and taint never do). An
+entry the server refused to sign is retried on its own backoff, apart from the others.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from insignia.agent.cache.entries import SigningFields
+from insignia.backoff import Backoff
 
 MAX_JITTER: Final = 0.1
 
@@ -90,6 +93,35 @@ def jwt_needs_renewal(
 ) -> bool:
     """A cached JWT-SVID is reused until half its life has passed or its key is tainted."""
     return kid in tainted_kids or now >= half_life_renewal(issued_at, expires_at)
+
+
+def jwt_servable(
+    expires_at: datetime, now: datetime, kid: str, tainted_kids: frozenset[str]
+) -> bool:
+    """Whether a cached JWT-SVID may be served when no fresh one can be had (the caller's mint
+    budget is spent, or the server is unreachable): unexpired and its key not tainted."""
+    return expires_at > now and kid not in tainted_kids
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRetry:
+    """When an entry the server refused to sign is tried again, after how many refusals."""
+
+    at: datetime
+    refusals: int
+
+
+def retry_after_refusal(
+    previous: EntryRetry | None, now: datetime, backoff: Backoff, draw: float
+) -> EntryRetry:
+    """The next try of a refused entry: each refusal in a row backs off one step further."""
+    refusals = (previous.refusals if previous else 0) + 1
+    return EntryRetry(now + timedelta(seconds=backoff.delay(refusals, draw)), refusals)
+
+
+def backing_off(retry: EntryRetry | None, now: datetime) -> bool:
+    """Whether a refused entry waits still, whatever rotation asks for it."""
+    return retry is not None and now < retry.at
 
 
 def next_wakeup(renew_times: Iterable[datetime], now: datetime, idle: timedelta) -> datetime:

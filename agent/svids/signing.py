@@ -24,19 +24,23 @@ from insignia_proto import agent_pb2
 from insignia.agent.cache.entries import Entry
 from insignia.agent.cache.store import Cache, Change, JwtSvidRecord, X509SvidRecord
 from insignia.agent.identity.csr import build_csr
-from insignia.agent.identity.server_client import AgentEvicted, ServerClient
+from insignia.agent.identity.server_client import ServerClient
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.rotation import (
+    EntryRetry,
     RenewReason,
     SvidTiming,
+    backing_off,
     draw_jitter,
     half_life_renewal,
     jwt_needs_renewal,
+    jwt_servable,
     next_wakeup,
+    retry_after_refusal,
     x509_renew_reason,
 )
 from insignia.agent.workloadapi.rpcs import JwtRateLimited, JwtUnavailable
-from insignia.backoff import Backoff
+from insignia.backoff import Backoff, Retries
 from insignia.bundle import b64url_decode
 from insignia.daemon.logs import get_logger
 from insignia.daemon.ratelimit import RateLimiter
@@ -97,7 +101,7 @@ class X509Signer:
         self._clock = clock
         self._event = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
-        self._retry_at: dict[str, tuple[datetime, int]] = {}
+        self._retry_at: dict[str, EntryRetry] = {}
         cache.add_listener(self._on_change)
 
     def _on_change(self, change: Change) -> None:
@@ -113,14 +117,13 @@ class X509Signer:
             record = self._cache.x509_svid(entry.id)
             timing = record.timing if record is not None else None
             reason = x509_renew_reason(timing, entry.signing_fields, now, tainted)
-            retry = self._retry_at.get(entry.id)
-            if reason is not None and (retry is None or retry[0] <= now):
+            if reason is not None and not backing_off(self._retry_at.get(entry.id), now):
                 result.append((entry, reason))
         return result
 
     async def run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        attempt = 0
+        retries = Retries(self._backoff, self._rng.random)
         while True:
             self._event = trio.Event()
             now = self._clock()
@@ -130,13 +133,11 @@ class X509Signer:
                 try:
                     for start in range(0, len(due), BATCH_SIZE):
                         await self.sign(due[start : start + BATCH_SIZE])
-                    attempt = 0
+                    retries.succeeded()
                     continue
                 except grpc.aio.AioRpcError as exc:
-                    if self._server.evicted(exc, generation):
-                        raise AgentEvicted(exc.details() or exc.code().name) from exc
-                    delay = self._backoff.delay(attempt, self._rng.random())
-                    attempt += 1
+                    self._server.raise_if_evicted(exc, generation)
+                    delay = retries.failed()
                     log.warning(
                         "signer.unavailable", error=exc.code().name, retry_in=round(delay, 3)
                     )
@@ -144,7 +145,7 @@ class X509Signer:
                         await self._event.wait()
                     continue
             renew_times = [r.timing.renew_at for r in self._cache.x509_svids().values()]
-            renew_times += [t for t, _ in self._retry_at.values()]
+            renew_times += [retry.at for retry in self._retry_at.values()]
             wake_at = next_wakeup(renew_times, now, IDLE_RECHECK)
             with trio.move_on_after(max(0.0, (wake_at - self._clock()).total_seconds())):
                 await self._event.wait()
@@ -170,9 +171,9 @@ class X509Signer:
                 self._retry_at.pop(entry.id, None)
                 self._metrics.rotations.labels(reasons[entry.id].value).inc()
             except (ValueError, InvalidX509Svid) as exc:
-                failures = self._retry_at.get(entry.id, (now, 0))[1] + 1
-                delay = self._backoff.delay(failures, self._rng.random())
-                self._retry_at[entry.id] = (now + timedelta(seconds=delay), failures)
+                previous = self._retry_at.get(entry.id)
+                retry = retry_after_refusal(previous, now, self._backoff, self._rng.random())
+                self._retry_at[entry.id] = retry
                 log.warning("signer.entry_refused", entry_id=entry.id, error=str(exc))
         self._cache.put_x509(records)
 
@@ -244,7 +245,7 @@ class JwtMinter:
         now = self._clock()
         cached = self._cache.jwt_svid(entry.id, audience)
         tainted = self._cache.bundles.tainted_jwt if self._cache.bundles else frozenset()
-        usable = cached is not None and cached.expires_at > now and cached.kid not in tainted
+        usable = cached is not None and jwt_servable(cached.expires_at, now, cached.kid, tainted)
         if cached is not None and not jwt_needs_renewal(
             cached.issued_at, cached.expires_at, now, cached.kid, tainted
         ):
@@ -255,7 +256,7 @@ class JwtMinter:
             refusal = self._budget.refusal(uid, entry.spiffe_id, time.monotonic())
             if refusal is not None:
                 if cached is not None and usable:
-                    return cached  # renewal can wait for the caller's budget
+                    return cached  # renewal can wait for the caller's budget (jwt_servable)
                 raise JwtRateLimited(refusal)
             future = asyncio.ensure_future(self._mint(entry, audience))
             self._inflight[key] = future

@@ -23,10 +23,10 @@ from insignia.attestors.interface import (
     PluginConfig,
     ServerEnvironment,
     Step,
-    agent_id_path,
 )
 from insignia.attestors.node.messages import Message, decode, encode
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.daemon.reserved_ids import agent_spiffe_id
+from insignia.spiffeid import TrustDomain
 
 NAME: Final = "join_token"
 #: Tokens become a path segment of the agent ID, so they use the SPIFFE path alphabet.
@@ -90,7 +90,7 @@ class JoinTokenSession:
         token = decode(NAME, payload, JoinTokenPayload).token
         if not await self._store.consume_token(token, self._env.clock()):
             raise AttestationError(NAME, "join token is unknown, already used or expired")
-        agent_id = SpiffeId.from_segments(self._env.trust_domain, *agent_id_path(NAME, token))
+        agent_id = agent_spiffe_id(self._env.trust_domain, NAME, token)
         return AgentAttestation(agent_id=agent_id, selectors=(), can_reattest=False)
 
     async def answer(self, response: bytes) -> Step:

@@ -30,7 +30,6 @@ from insignia.attestors.interface import (
     NodeAttestorPlugin,
     PluginConfig,
     ServerEnvironment,
-    agent_id_path,
 )
 from insignia.attestors.node.messages import Message, decode, encode
 from insignia.attestors.node.pop import (
@@ -40,8 +39,8 @@ from insignia.attestors.node.pop import (
     PopSession,
     node_public_key,
 )
+from insignia.daemon.reserved_ids import agent_spiffe_id
 from insignia.selectors import InvalidSelector, Selector
-from insignia.spiffeid import SpiffeId
 
 NAME: Final = "sshpop"
 
@@ -176,7 +175,7 @@ class SshPopSession(PopSession):
     def attested(self) -> AgentAttestation:
         assert self._cert is not None  # set by verify_evidence before any challenge
         td = self._env.trust_domain
-        agent_id = SpiffeId.from_segments(td, *agent_id_path(NAME, fingerprint(self._cert)))
+        agent_id = agent_spiffe_id(td, NAME, fingerprint(self._cert))
         return AgentAttestation(agent_id, principal_selectors(self._cert), can_reattest=True)
 
 

@@ -41,7 +41,6 @@ from insignia.attestors.interface import (
     NodeAttestorPlugin,
     PluginConfig,
     ServerEnvironment,
-    agent_id_path,
 )
 from insignia.attestors.node.messages import Message, b64decode, b64encode, decode, encode
 from insignia.attestors.node.pop import (
@@ -51,10 +50,10 @@ from insignia.attestors.node.pop import (
     PopSession,
     node_public_key,
 )
+from insignia.daemon.reserved_ids import agent_spiffe_id
 from insignia.keys import public_key_to_der
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId
-from insignia.x509ca import is_ca
+from insignia.x509svid import is_ca
 
 NAME: Final = "x509pop"
 MAX_CHAIN: Final = 8
@@ -224,7 +223,7 @@ class X509PopSession(PopSession):
         if self._env.clock() > leaf.not_valid_after_utc:
             raise AttestationError(NAME, "node certificate expired during attestation")
         td = self._env.trust_domain
-        agent_id = SpiffeId.from_segments(td, *agent_id_path(NAME, fingerprint(leaf)))
+        agent_id = agent_spiffe_id(td, NAME, fingerprint(leaf))
         return AgentAttestation(agent_id, node_selectors(self._path), can_reattest=True)
 
 

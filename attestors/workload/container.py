@@ -37,11 +37,11 @@ import trio
 from insignia.attestors.cgroup import CgroupEntry, MalformedCgroup, parse_cgroup_file
 from insignia.attestors.interface import (
     AttestationError,
-    Caller,
     PluginConfig,
     WorkloadAttestorPlugin,
 )
 from insignia.attestors.procfs import open_proc
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import Selector
 
 NAME: Final = "container"
@@ -165,7 +165,9 @@ def container_from_text(
         raise AttestationError(plugin, f"pid {pid}: {exc}") from exc
 
 
-def read_container(plugin: str, caller: Caller, trust_nested: bool) -> ContainerInfo | None:
+def read_container(
+    plugin: str, caller: PeerCredentials, trust_nested: bool
+) -> ContainerInfo | None:
     """The caller's container from its own /proc/<pid>/cgroup (blocking: run in a thread)."""
     with open_proc(plugin, caller) as proc:
         text = proc.read_text("cgroup")
@@ -180,7 +182,7 @@ class ContainerAttestor:
     def __init__(self, config: ContainerConfig) -> None:
         self._trust_nested = config.trust_nested_containers
 
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         info = await trio.to_thread.run_sync(
             read_container, NAME, caller, self._trust_nested, abandon_on_cancel=True
         )

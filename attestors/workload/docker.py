@@ -22,13 +22,13 @@ from msgspec import Meta, field
 
 from insignia.attestors.interface import (
     AttestationError,
-    Caller,
     PluginConfig,
     WorkloadAttestorPlugin,
 )
 from insignia.attestors.workload.container import read_container
 from insignia.daemon.config.loading import PositiveDuration, describe
 from insignia.daemon.logs import get_logger
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import InvalidSelector, Selector
 
 NAME: Final = "docker"
@@ -111,7 +111,7 @@ class DockerAttestor:
         self._socket = config.socket_path.removeprefix("unix://")
         self._allow = frozenset(config.env_allowlist)
 
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         info = await trio.to_thread.run_sync(
             read_container, NAME, caller, False, abandon_on_cancel=True
         )

@@ -24,11 +24,11 @@ import trio
 from insignia.attestors.cgroup import CgroupEntry, MalformedCgroup, parse_cgroup_file
 from insignia.attestors.interface import (
     AttestationError,
-    Caller,
     PluginConfig,
     WorkloadAttestorPlugin,
 )
 from insignia.attestors.procfs import open_proc
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import Selector
 
 NAME: Final = "systemd"
@@ -98,10 +98,10 @@ class SystemdAttestor:
     def __init__(self, config: SystemdConfig) -> None:
         self._unit_dirs = config.unit_dirs
 
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         return await trio.to_thread.run_sync(self.attest_sync, caller, abandon_on_cancel=True)
 
-    def attest_sync(self, caller: Caller) -> list[Selector]:
+    def attest_sync(self, caller: PeerCredentials) -> list[Selector]:
         with open_proc(NAME, caller) as proc:
             text = proc.read_text("cgroup")
         try:

@@ -19,7 +19,6 @@ import os
 import pwd
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Annotated, Final
 
 import trio
@@ -27,41 +26,16 @@ from msgspec import Meta
 
 from insignia.attestors.interface import (
     AttestationError,
-    Caller,
     PluginConfig,
     WorkloadAttestorPlugin,
 )
 from insignia.attestors.procfs import ProcDir, open_proc
 from insignia.daemon.logs import get_logger
+from insignia.daemon.peercred.credentials import PeerCredentials, ProcessIds, parse_status
 from insignia.selectors import Selector
 
 NAME: Final = "unix"
 _log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessIds:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
-def parse_status(text: str) -> ProcessIds:
-    """Effective uid, gid and supplementary groups from `/proc/<pid>/status` text."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key in ("Uid", "Gid", "Groups"):
-            fields[key] = value
-    try:
-        uids = [int(v) for v in fields["Uid"].split()]
-        gids = [int(v) for v in fields["Gid"].split()]
-        groups = tuple(int(v) for v in fields.get("Groups", "").split())
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"status has no valid Uid/Gid/Groups lines ({exc})") from exc
-    if len(uids) != 4 or len(gids) != 4:
-        raise ValueError("status Uid/Gid lines do not have 4 fields (real effective saved fs)")
-    return ProcessIds(uid=uids[1], gid=gids[1], groups=groups)
 
 
 def _user_name(uid: int) -> str | None:
@@ -153,13 +127,13 @@ class UnixAttestor:
         self.hash_cache = HashCache(config.hash_cache_size)
         self.hash_limiter = trio.CapacityLimiter(config.hash_concurrency)
 
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         limiter = self.hash_limiter if self._config.discover_workload_path else None
         return await trio.to_thread.run_sync(
             self.attest_sync, caller, abandon_on_cancel=True, limiter=limiter
         )
 
-    def attest_sync(self, caller: Caller) -> list[Selector]:
+    def attest_sync(self, caller: PeerCredentials) -> list[Selector]:
         """The blocking part: every read goes through the caller's pinned /proc directory."""
         with open_proc(NAME, caller) as proc:
             try:

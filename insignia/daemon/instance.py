@@ -14,6 +14,7 @@ import fcntl
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from insignia._closing import Closing
@@ -33,7 +34,8 @@ class InstanceConflict(StartupRefused):
 
 
 class DataDirLock(Closing):
-    """An flock on ``<data_dir>/insignia.lock``; the kernel drops it when the process dies."""
+    """An flock on ``<data_dir>/insignia.lock`` (or another lock file, see `lock_path`); the
+    kernel drops it when the process dies."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
@@ -45,24 +47,30 @@ class DataDirLock(Closing):
 
 
 def lock_data_dir(data_dir: Path) -> DataDirLock:
-    """Lock ``data_dir`` for this process, or raise InstanceConflict naming the holder's pid.
+    """Lock ``data_dir`` for this process, or raise InstanceConflict naming the holder's pid."""
+    return lock_path(
+        data_dir / LOCK_FILE,
+        "data_dir",
+        lambda holder: (
+            f"{data_dir} is in use by another instance (pid {holder}); stop it or "
+            "give this one another data_dir"
+        ),
+    )
+
+
+def lock_path(path: Path, key: str, problem: Callable[[str], str]) -> DataDirLock:
+    """An flock on the file ``path`` for this process, or InstanceConflict(problem(holder pid)).
 
     The lock file holds the pid of the process that has the lock, for that message only: the
     flock, not the file's content, is what excludes a second instance.
     """
-    path = data_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise InstanceConflict(
-            f"{data_dir} is in use by another instance (pid {holder}); stop it or give this "
-            "one another data_dir",
-            key="data_dir",
-            holder=holder,
-        ) from None
+        raise InstanceConflict(problem(holder), key=key, holder=holder) from None
     except BaseException:
         os.close(fd)
         raise

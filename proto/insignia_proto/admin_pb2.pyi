@@ -659,3 +659,90 @@ class HealthResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["ready", b"ready", "reason", b"reason"]) -> None: ...
 
 Global___HealthResponse: typing_extensions.TypeAlias = HealthResponse
+
+@typing.final
+class ListServersRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___ListServersRequest: typing_extensions.TypeAlias = ListServersRequest
+
+@typing.final
+class Server(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class AddressesEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    ID_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    HEARTBEAT_AT_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
+    ADDRESSES_FIELD_NUMBER: builtins.int
+    X509_AUTHORITY_ID_FIELD_NUMBER: builtins.int
+    JWT_AUTHORITY_ID_FIELD_NUMBER: builtins.int
+    ANSWERING_FIELD_NUMBER: builtins.int
+    id: builtins.str
+    state: builtins.str
+    """"alive" or "stale" (no heartbeat for longer than cluster.stale_after)"""
+    heartbeat_at: builtins.int
+    """unix seconds"""
+    started_at: builtins.int
+    """unix seconds"""
+    x509_authority_id: builtins.str
+    """the CA it signs X.509-SVIDs with ("" = none active)"""
+    jwt_authority_id: builtins.str
+    """the key it signs JWT-SVIDs with"""
+    answering: builtins.bool
+    """true for the server that answered this call"""
+    @property
+    def addresses(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """listener name -> address, as the server bound it"""
+
+    def __init__(
+        self,
+        *,
+        id: builtins.str = ...,
+        state: builtins.str = ...,
+        heartbeat_at: builtins.int = ...,
+        started_at: builtins.int = ...,
+        addresses: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        x509_authority_id: builtins.str = ...,
+        jwt_authority_id: builtins.str = ...,
+        answering: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["addresses", b"addresses", "answering", b"answering", "heartbeat_at", b"heartbeat_at", "id", b"id", "jwt_authority_id", b"jwt_authority_id", "started_at", b"started_at", "state", b"state", "x509_authority_id", b"x509_authority_id"]) -> None: ...
+
+Global___Server: typing_extensions.TypeAlias = Server
+
+@typing.final
+class ListServersResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SERVERS_FIELD_NUMBER: builtins.int
+    @property
+    def servers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Server]: ...
+    def __init__(
+        self,
+        *,
+        servers: collections.abc.Iterable[Global___Server] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["servers", b"servers"]) -> None: ...
+
+Global___ListServersResponse: typing_extensions.TypeAlias = ListServersResponse

@@ -144,6 +144,11 @@ class AdminAPIStub:
                 request_serializer=insignia__proto_dot_admin__pb2.HealthRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.ListServers = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/ListServers',
+                request_serializer=insignia__proto_dot_admin__pb2.ListServersRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.ListServersResponse.FromString,
+                _registered_method=True)
         self.GetLogLevel = channel.unary_unary(
                 '/insignia.admin.v1.AdminAPI/GetLogLevel',
                 request_serializer=insignia__proto_dot_admin__pb2.GetLogLevelRequest.SerializeToString,
@@ -298,6 +303,13 @@ class AdminAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListServers(self, request, context):
+        """Every server sharing this server's database, from the servers registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLogLevel(self, request, context):
         """The server's log level, readable and changeable while it runs (not saved to the config).
         """
@@ -423,6 +435,11 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=insignia__proto_dot_admin__pb2.HealthRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.HealthResponse.SerializeToString,
+            ),
+            'ListServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServers,
+                    request_deserializer=insignia__proto_dot_admin__pb2.ListServersRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.ListServersResponse.SerializeToString,
             ),
             'GetLogLevel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLogLevel,
@@ -1029,6 +1046,33 @@ class AdminAPI:
             '/insignia.admin.v1.AdminAPI/Health',
             insignia__proto_dot_admin__pb2.HealthRequest.SerializeToString,
             insignia__proto_dot_admin__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/ListServers',
+            insignia__proto_dot_admin__pb2.ListServersRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.ListServersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -383,6 +383,22 @@ _AdminAPIHealthType = typing_extensions.TypeVar(
     ],
 )
 
+_AdminAPIListServersType = typing_extensions.TypeVar(
+    '_AdminAPIListServersType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListServersRequest,
+        insignia_proto.admin_pb2.ListServersResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListServersRequest,
+        insignia_proto.admin_pb2.ListServersResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListServersRequest,
+        insignia_proto.admin_pb2.ListServersResponse,
+    ],
+)
+
 _AdminAPIGetLogLevelType = typing_extensions.TypeVar(
     '_AdminAPIGetLogLevelType',
     grpc.UnaryUnaryMultiCallable[
@@ -415,7 +431,7 @@ _AdminAPISetLogLevelType = typing_extensions.TypeVar(
     ],
 )
 
-class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType]):
+class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIListServersType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType]):
     @typing.overload
     def __init__(self: AdminAPIStub[
         grpc.UnaryUnaryMultiCallable[
@@ -505,6 +521,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.HealthRequest,
             insignia_proto.admin_pb2.HealthResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.ListServersRequest,
+            insignia_proto.admin_pb2.ListServersResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.GetLogLevelRequest,
@@ -607,6 +627,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.HealthResponse,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.ListServersRequest,
+            insignia_proto.admin_pb2.ListServersResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.GetLogLevelRequest,
             insignia_proto.admin_pb2.LogLevel,
         ],
@@ -666,6 +690,9 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
     RevokeAuthority: _AdminAPIRevokeAuthorityType
 
     Health: _AdminAPIHealthType
+
+    ListServers: _AdminAPIListServersType
+    """Every server sharing this server's database, from the servers registry."""
 
     GetLogLevel: _AdminAPIGetLogLevelType
     """The server's log level, readable and changeable while it runs (not saved to the config)."""
@@ -760,6 +787,10 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.HealthRequest,
         insignia_proto.admin_pb2.HealthResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListServersRequest,
+        insignia_proto.admin_pb2.ListServersResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.GetLogLevelRequest,
@@ -932,6 +963,14 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.admin_pb2.HealthRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.admin_pb2.HealthResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.HealthResponse]]: ...
+
+    @abc.abstractmethod
+    def ListServers(
+        self,
+        request: insignia_proto.admin_pb2.ListServersRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.ListServersResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.ListServersResponse]]:
+        """Every server sharing this server's database, from the servers registry."""
 
     @abc.abstractmethod
     def GetLogLevel(

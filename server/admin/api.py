@@ -18,20 +18,21 @@ from insignia_proto import admin_pb2, admin_pb2_grpc
 from insignia.bundle import Bundle
 from insignia.daemon.logs import change_log_level, current_log_level, get_logger
 from insignia.daemon.peercred.credentials import CallerTable
+from insignia.daemon.reserved_ids import RESERVED_REASON, agent_spiffe_id, is_reserved
 from insignia.selectors import InvalidSelector, Selector
 from insignia.server.admin.authority import Action, authority_action, list_authorities
+from insignia.server.admin.client import DATASTORE_UNAVAILABLE_PREFIX
 from insignia.server.admin.convert import agent_to_proto, entry_from_proto, entry_to_proto
 from insignia.server.ca.rotation import AuthorityError
 from insignia.server.ca.signing import NoActiveAuthority, SigningRefused, sign_jwt, sign_x509_svid
 from insignia.server.core import ServerCore
 from insignia.server.datastore import errors as ds
 from insignia.server.entries import (
-    AGENT_PREFIX,
-    RESERVED_PREFIX,
     InvalidEntry,
     normalize_dns_name,
     validate_entry,
 )
+from insignia.server.registry import server_state
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId
 
 T = TypeVar("T")
@@ -94,7 +95,10 @@ class AdminApi:
             audit.info(
                 "admin call", **who, method=method, what=what, result=code.name, error=str(exc)
             )
-            await context.abort(code, str(exc))
+            detail = str(exc)
+            if isinstance(exc, ds.DatastoreUnavailable):  # tell it apart from "no server"
+                detail = f"{DATASTORE_UNAVAILABLE_PREFIX}{detail}"
+            await context.abort(code, detail)
         (audit.debug if routine else audit.info)(
             "admin call", **who, method=method, what=what, result="OK"
         )
@@ -179,9 +183,7 @@ class AdminApi:
                 raise ValueError(f"ttl {request.ttl}: expected a positive number of seconds")
             ttl = timedelta(seconds=request.ttl) if request.ttl else self.core.config.join_token_ttl
             token = str(uuid.uuid4())
-            agent_id = SpiffeId.parse(
-                f"{self.core.trust_domain.id_string()}{AGENT_PREFIX}join_token/{token}"
-            )
+            agent_id = agent_spiffe_id(self.core.trust_domain, "join_token", token)
             alias = None
             if request.spiffe_id:
                 alias = validate_entry(
@@ -279,7 +281,7 @@ class AdminApi:
     ) -> admin_pb2.MintX509SVIDResponse:
         async def run() -> admin_pb2.MintX509SVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
-            ttl = self._ttl(request.ttl, self.core.config.default_x509_svid_ttl)
+            ttl = self.core.defaults.x509(request.ttl)
             dns = [normalize_dns_name(name) for name in request.dns_names]
             state = self.core.authorities.state
             signed = sign_x509_svid(
@@ -300,7 +302,7 @@ class AdminApi:
     ) -> admin_pb2.MintJWTSVIDResponse:
         async def run() -> admin_pb2.MintJWTSVIDResponse:
             spiffe_id = self._member(request.spiffe_id)
-            ttl = self._ttl(request.ttl, self.core.config.default_jwt_svid_ttl)
+            ttl = self.core.defaults.jwt(request.ttl)
             state = self.core.authorities.state
             signed = sign_jwt(
                 state.active_jwt(),
@@ -322,17 +324,9 @@ class AdminApi:
         spiffe_id = SpiffeId.parse(text)
         if not spiffe_id.member_of(self.core.trust_domain):
             raise SigningRefused(f"{spiffe_id} is not in trust domain {self.core.trust_domain}")
-        if spiffe_id.path.startswith(RESERVED_PREFIX):
-            raise SigningRefused(
-                f"{spiffe_id}: paths under {RESERVED_PREFIX} belong to the server and its agents"
-            )
+        if is_reserved(spiffe_id):
+            raise SigningRefused(f"{spiffe_id}: {RESERVED_REASON}")
         return spiffe_id
-
-    @staticmethod
-    def _ttl(seconds: int, default: timedelta) -> timedelta:
-        if seconds < 0:
-            raise ValueError(f"ttl {seconds}: expected a positive number of seconds")
-        return timedelta(seconds=seconds) if seconds else default
 
     # --- authorities and health -----------------------------------------------------------------
 
@@ -381,6 +375,31 @@ class AdminApi:
             return admin_pb2.HealthResponse(ready=reason is None, reason=reason or "")
 
         return await self._run(context, "Health", "", run, routine=True)
+
+    async def ListServers(
+        self, request: admin_pb2.ListServersRequest, context: Context
+    ) -> admin_pb2.ListServersResponse:
+        async def run() -> admin_pb2.ListServersResponse:
+            core = self.core
+            records = await core.blocking(core.store.list_servers)
+            now, stale_after = core.clock(), core.config.cluster.stale_after
+            return admin_pb2.ListServersResponse(
+                servers=[
+                    admin_pb2.Server(
+                        id=r.id,
+                        state=server_state(r, now, stale_after),
+                        heartbeat_at=int(r.heartbeat_at.timestamp()),
+                        started_at=int(r.started_at.timestamp()),
+                        addresses=r.addresses,
+                        x509_authority_id=r.x509_key_id,
+                        jwt_authority_id=r.jwt_key_id,
+                        answering=r.id == core.instance_id,
+                    )
+                    for r in records
+                ]
+            )
+
+        return await self._run(context, "ListServers", "", run)
 
     # --- logging ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 import grpc
@@ -61,6 +61,10 @@ def _json_or_spire_output(ctx: click.Context, _param: click.Parameter, value: bo
     return value or ctx.meta.get(_OUTPUT) == "json"
 
 
+# Starts the detail of an UNAVAILABLE the server itself sent: it answered, its database did not.
+DATASTORE_UNAVAILABLE_PREFIX: Final = "the server's datastore is unavailable: "
+
+
 @contextmanager
 def admin_stub(socket_path: Path) -> Iterator[admin_pb2_grpc.AdminAPIStub]:
     try:
@@ -80,7 +84,11 @@ def call(socket_path: Path, method: str, request: Message) -> Any:
             return getattr(stub, method)(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
+            details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+            if code == grpc.StatusCode.UNAVAILABLE and details.startswith(
+                DATASTORE_UNAVAILABLE_PREFIX
+            ):
+                fail(f"UNAVAILABLE: {details} (nothing was changed; retry later)")
             if code == grpc.StatusCode.UNAVAILABLE:
                 fail(f"cannot reach the server at {socket_path}: {details}")
             fail(f"{code.name if code else 'failed'}: {details}")

@@ -13,6 +13,7 @@ from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
 from insignia.daemon.config.cli_options import TimeParam, id_argument, option
+from insignia.daemon.reserved_ids import SERVER_PATH
 from insignia.daemon.times import format_time
 from insignia.selectors import InvalidSelector
 from insignia.server.admin.client import (
@@ -26,7 +27,6 @@ from insignia.server.admin.client import (
     fail,
     to_dict,
 )
-from insignia.server.entries import SERVER_PATH
 from insignia.spiffeid import SpiffeId
 
 

@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from datetime import timedelta
 
 import grpc
 from insignia_proto import agent_pb2
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.daemon.rpc_refusal import refuse
 from insignia.jwtsvid import InvalidAudience
 from insignia.server.agentapi.node_attestation import attest_agent
 from insignia.server.agentapi.rpc_errors import hide_internal_errors
-from insignia.server.agentapi.sync import delta_update, full_update, split_update
+from insignia.server.agentapi.sync import (
+    SentView,
+    delta_update,
+    full_update,
+    log_resumable,
+    log_resume_update,
+    split_update,
+)
 from insignia.server.agentapi.tls import peer_certificate
 from insignia.server.ca.signer_pool import SignOutcome, SignRequest
 from insignia.server.ca.signing import (
@@ -30,7 +37,7 @@ from insignia.server.ca.signing import (
     svid_fingerprint,
 )
 from insignia.server.core import ServerCore, log
-from insignia.server.entries import is_agent_id
+from insignia.server.datastore.errors import RevisionPruned
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 
@@ -153,29 +160,7 @@ class AgentApi:
         core, model = self.core, self.core.model
         history = model.history(agent_id)
         with model.watch(agent_id) as changed:
-            previous = (
-                history.find(request.since_revision) if request.store_id == model.store_id else None
-            )
-            if previous is not None:
-                update, view = delta_update(
-                    model.store_id,
-                    model.revision,
-                    previous,
-                    model.authorized(agent_id, core.clock()).values(),
-                    model.bundle_state,
-                    core.defaults,
-                )
-                update = update or agent_pb2.SyncUpdate(
-                    store_id=model.store_id, revision=model.revision
-                )
-            else:
-                update, view = full_update(
-                    model.store_id,
-                    model.revision,
-                    model.authorized(agent_id, core.clock()).values(),
-                    model.bundle_state,
-                    core.defaults,
-                )
+            update, view = await self._first_update(agent_id, request)
             history.remember(view)
             for part in split_update(update):
                 await context.write(part)
@@ -206,6 +191,69 @@ class AgentApi:
                     for part in split_update(maybe):
                         await context.write(part)
 
+    async def _first_update(
+        self, agent_id: SpiffeId, request: agent_pb2.SyncRequest
+    ) -> tuple[agent_pb2.SyncUpdate, SentView]:
+        """What a new Sync stream starts with: the difference from a view this server sent,
+        else from the change log since the agent's revision, else full state."""
+        core, model = self.core, self.core.model
+        same_store = request.store_id == model.store_id
+        previous = model.history(agent_id).find(request.since_revision) if same_store else None
+        if previous is not None:
+            update, view = delta_update(
+                model.store_id,
+                model.revision,
+                previous,
+                model.authorized(agent_id, core.clock()).values(),
+                model.bundle_state,
+                core.defaults,
+            )
+            return update or agent_pb2.SyncUpdate(
+                store_id=model.store_id, revision=model.revision
+            ), view
+        changed = (
+            await self._changed_since(agent_id, request.since_revision) if same_store else None
+        )
+        if changed is not None:
+            log.info(
+                "sync resumed from the change log",
+                agent_id=str(agent_id),
+                since_revision=request.since_revision,
+                changed=len(changed),
+            )
+            return log_resume_update(
+                model.store_id,
+                model.revision,
+                changed,
+                model.authorized(agent_id, core.clock()),
+                model.bundle_state,
+                core.defaults,
+            )
+        return full_update(
+            model.store_id,
+            model.revision,
+            model.authorized(agent_id, core.clock()).values(),
+            model.bundle_state,
+            core.defaults,
+        )
+
+    async def _changed_since(self, agent_id: SpiffeId, revision: int) -> frozenset[str] | None:
+        """`log_resumable` over the change log after `revision`, up to the model's revision;
+        None when the log was pruned past it, or the model is not exactly there."""
+        model = self.core.model
+        if not 0 < revision <= model.revision:
+            return None
+        try:
+            events = await self.core.blocking(self.core.store.events_since, revision)
+        except RevisionPruned:
+            return None
+        reached = events[-1].revision if events else revision
+        if model.revision > reached:  # the model moved past what we read: be safe
+            return None
+        return log_resumable(
+            [e for e in events if e.revision <= model.revision], agent_id, model.index
+        )
+
     @hide_internal_errors
     async def BatchNewX509SVID(
         self, request: agent_pb2.BatchNewX509SVIDRequest, context: Context
@@ -222,7 +270,7 @@ class AgentApi:
                     error = self._unauthorized("x509", params.entry_id, agent_id)
                     results.append(agent_pb2.X509SVIDResult(entry_id=params.entry_id, error=error))
                     continue
-                ttl = entry.x509_svid_ttl or self.core.config.default_x509_svid_ttl.total_seconds()
+                ttl = self.core.defaults.x509(entry.x509_svid_ttl).total_seconds()
                 requests.append(SignRequest(params.csr, str(entry.spiffe_id), ttl, entry.dns_names))
                 results.append(None)  # filled in below, in request order
             try:
@@ -271,14 +319,13 @@ class AgentApi:
                     error = self._unauthorized("jwt", params.entry_id, agent_id)
                     results.append(agent_pb2.JWTSVIDResult(entry_id=params.entry_id, error=error))
                     continue
-                ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl else None
                 try:
                     signed = sign_jwt(
                         active,
                         key_not_after,
                         entry.spiffe_id,
                         list(params.audience),
-                        ttl or self.core.config.default_jwt_svid_ttl,
+                        self.core.defaults.jwt(entry.jwt_svid_ttl),
                         now,
                         limits,
                         self.core.config.jwt_issuer,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.selectors import Selector, matches
 from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId
@@ -93,6 +94,20 @@ class EntryIndex:
             self.remove(change.old.id)
         else:
             self.upsert(change.new)
+
+    def has_children(self, spiffe_id: SpiffeId) -> bool:
+        """Whether some entry is parented to `spiffe_id` (its authorization hangs on it)."""
+        return spiffe_id in self._by_parent
+
+    def has_orphans(self) -> bool:
+        """Whether some entry's parent is neither the server, an agent, nor an entry: the
+        trace an entry leaves when it was deleted, or renamed, under its children."""
+        return any(
+            parent != self.server_id
+            and not is_agent_id(parent)
+            and parent not in self._by_spiffe_id
+            for parent in self._by_parent
+        )
 
     def _is_alias(self, entry: RegistrationEntry) -> bool:
         return entry.parent_id == self.server_id and bool(entry.selectors)

@@ -2,37 +2,35 @@
 
 The server remembers, per agent, the few views it sent last (entry id -> entry revision, and a
 digest of the bundle state), keyed by the revision each update reached. An agent reconnecting
-with the store id and a revision the server still remembers gets only the difference;
-anything else (new server process, pruned view) gets the full state. Nothing here does I/O.
+with the store id and a revision the server still remembers gets only the difference. The
+store id names the datastore, not the process, so an agent that moves to another server of
+the same datastore (or returns to a restarted one) resumes from the change log when it still
+reaches back to its revision (`log_resumable`); anything else gets the full state. Nothing
+here does I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from insignia_proto import agent_pb2
 
-from insignia.server.entries import RegistrationEntry
+from insignia.server.agentapi.authorization import EntryIndex
+from insignia.server.datastore.records import ChangeEvent
+from insignia.server.entries import Defaults, RegistrationEntry
+from insignia.spiffeid import SpiffeId
 
 MAX_REMEMBERED_VIEWS = 4
 MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB: far below gRPC's default 4 MiB receive limit
 
 
-@dataclass(frozen=True, slots=True)
-class Defaults:
-    """Server defaults that entry TTLs of 0 resolve to before they reach an agent."""
-
-    x509_svid_ttl: timedelta
-    jwt_svid_ttl: timedelta
-
-
 def resolved_ttls(entry: RegistrationEntry, defaults: Defaults) -> tuple[int, int]:
-    x509 = entry.x509_svid_ttl or int(defaults.x509_svid_ttl.total_seconds())
-    jwt = entry.jwt_svid_ttl or int(defaults.jwt_svid_ttl.total_seconds())
-    return x509, jwt
+    """An agent gets TTLs resolved: it never sees the server's 0 = default."""
+    x509 = defaults.x509(entry.x509_svid_ttl)
+    jwt = defaults.jwt(entry.jwt_svid_ttl)
+    return int(x509.total_seconds()), int(jwt.total_seconds())
 
 
 def entry_to_proto(entry: RegistrationEntry, defaults: Defaults) -> agent_pb2.Entry:
@@ -124,6 +122,55 @@ def delta_update(
     )
     if digest != previous.bundle_digest:
         update.bundle.CopyFrom(bundle)
+    return update, view
+
+
+def log_resumable(
+    changes: Sequence[ChangeEvent], agent_id: SpiffeId, index: EntryIndex
+) -> frozenset[str] | None:
+    """The ids of the entries changed since an agent's revision, when those alone can have
+    changed what it may have; None when only full state is safe.
+
+    An unchanged entry changes authorization only through its parent chain (an ancestor
+    entry changed, was deleted or renamed) or the agent's own record (its node selectors):
+    then the agent gets full state. Otherwise sending the changed entries it may have now,
+    and the others as deletions, leaves it exactly where full state would.
+    """
+    if any(e.kind == "agent" and e.subject == str(agent_id) for e in changes):
+        return None
+    changed = frozenset(e.subject for e in changes if e.kind == "entry")
+    for entry_id in changed:
+        entry = index.get(entry_id)
+        if entry is not None and index.has_children(entry.spiffe_id):
+            return None
+    if changed and index.has_orphans():
+        return None
+    return changed
+
+
+def log_resume_update(
+    store_id: str,
+    revision: int,
+    changed: Iterable[str],
+    authorized: Mapping[str, RegistrationEntry],
+    bundle: agent_pb2.BundleState,
+    defaults: Defaults,
+) -> tuple[agent_pb2.SyncUpdate, SentView]:
+    """The update for an agent resuming on a server that has no memory of it (another
+    server's agent, or this one restarted): the changed entries it may have, the rest of the
+    changed ids as deletions (the agent ignores ids it never held), and the bundle."""
+    ids = sorted(changed)
+    update = agent_pb2.SyncUpdate(
+        store_id=store_id,
+        revision=revision,
+        full=False,
+        entries=[entry_to_proto(authorized[i], defaults) for i in ids if i in authorized],
+        deleted_entry_ids=[i for i in ids if i not in authorized],
+        bundle=bundle,
+    )
+    view = SentView(
+        revision, {e.id: e.revision for e in authorized.values()}, bundle_digest(bundle)
+    )
     return update, view
 
 

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 
 from insignia.daemon.server_name import SERVER_TLS_NAME
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority
 from insignia.server.entries import server_spiffe_id
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority
-from insignia.x509svid import build_leaf
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,33 @@ def activate_threshold(lifetime: timedelta) -> timedelta:
     return min(lifetime / 6, MAX_ACTIVATE_THRESHOLD)
 
 
+def guaranteed_svid_ttl(ca_ttl: timedelta) -> timedelta:
+    """The longest SVID a CA of `ca_ttl` always signs in full (SPIRE's min(ca_ttl/6, 7d)): a
+    CA stays active until that much of its life remains, and no SVID outlives its signer."""
+    return activate_threshold(ca_ttl)
+
+
+def longest_svid_ttl(ca_ttl: timedelta) -> timedelta:
+    """The longest TTL an entry may ask for: six guaranteed spans, the CA's ttl capped at 42 d;
+    past the guarantee an SVID is cut short at its CA's expiry (the startup warning says so)."""
+    return guaranteed_svid_ttl(ca_ttl) * 6
+
+
+def ttl_beyond_guarantee(name: str, ttl: timedelta, ca_ttl: timedelta) -> str | None:
+    """The startup warning for a configured TTL the CA cannot guarantee, or None."""
+    guaranteed = guaranteed_svid_ttl(ca_ttl)
+    if ttl <= guaranteed:
+        return None
+    return (
+        f"{name} {_seconds(ttl)} s exceeds {_seconds(guaranteed)} s, the longest TTL a CA with "
+        f"ttl {_seconds(ca_ttl)} s guarantees; SVIDs will be cut short at the CA's expiry"
+    )
+
+
+def _seconds(value: timedelta) -> int:
+    return int(value.total_seconds())
+
+
 def find(records: Iterable[AuthorityRecord], state: AuthorityState) -> AuthorityRecord | None:
     return next((r for r in records if r.state is state), None)
 

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 
 from insignia.keys import private_key_from_pem, private_key_to_pem
 from insignia.server.ca.signing import SignedX509, SigningRefused, sign_x509_svid
+from insignia.server.ca.x509ca import SigningAuthority
 from insignia.spiffeid import SpiffeId
-from insignia.x509ca import SigningAuthority
 
 MIN_CHUNK = 25
 

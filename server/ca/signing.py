@@ -14,13 +14,15 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from insignia.daemon.reserved_ids import AGENT_PREFIX, is_agent_id
 from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
-from insignia.jwtsvid import AudienceLimits, sign_jwt_svid
+from insignia.jwtsvid import AudienceLimits
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
-from insignia.server.entries import AGENT_PREFIX, MIN_JWT_SVID_TTL, PATH_REQUIRED, is_agent_id
+from insignia.server.ca.jwt_signing import sign_jwt_svid
+from insignia.server.ca.x509_leaf import CsrRequest, InvalidCsr, build_leaf, parse_csr
+from insignia.server.ca.x509ca import SigningAuthority
+from insignia.server.entries import MIN_JWT_SVID_TTL, PATH_REQUIRED
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
-from insignia.x509ca import SigningAuthority
-from insignia.x509svid import CsrRequest, InvalidCsr, build_leaf, parse_csr
 
 
 class SigningRefused(ValueError):

@@ -28,9 +28,9 @@ from insignia.keys import (
 )
 from insignia.server.ca.keymanager import KeyManager
 from insignia.server.ca.rotation import AuthorityRecord, AuthorityState
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 from insignia.server.datastore.records import AuthorityKind, CaKeyRecord
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 
 
 class UpstreamError(ValueError):
@@ -172,7 +172,7 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def to_records(state: CaState) -> list[CaKeyRecord]:
+def to_records(state: CaState, server_id: str) -> list[CaKeyRecord]:
     out = []
     for s in state.x509:
         out.append(
@@ -186,6 +186,7 @@ def to_records(state: CaState) -> list[CaKeyRecord]:
                 not_before=s.record.not_before,
                 certificate=b"".join(_der(c) for c in (s.chain or (s.certificate,))),
                 tainted=s.record.tainted,
+                server_id=server_id,
             )
         )
     for j in state.jwt:
@@ -199,6 +200,7 @@ def to_records(state: CaState) -> list[CaKeyRecord]:
                 not_after=j.record.not_after,
                 not_before=j.record.not_before,
                 tainted=j.record.tainted,
+                server_id=server_id,
             )
         )
     return out
@@ -213,9 +215,7 @@ def from_records(records: Sequence[CaKeyRecord], keys: KeyManager) -> CaState:
     for rec in records:
         if rec.revoked:
             continue
-        record = AuthorityRecord(
-            rec.key_id, AuthorityState(rec.status), rec.not_before, rec.not_after, rec.tainted
-        )
+        record = authority_record(rec)
         if rec.kind == "x509":
             assert rec.certificate is not None
             certs = load_der_certificates(rec.certificate)
@@ -233,6 +233,19 @@ def from_records(records: Sequence[CaKeyRecord], keys: KeyManager) -> CaState:
             if jslot.record.state is not AuthorityState.PREPARED or key is not None:
                 jwt_slots.append(jslot)
     return CaState(tuple(x509_slots), tuple(jwt_slots))
+
+
+def authority_record(rec: CaKeyRecord) -> AuthorityRecord:
+    """What the rotation rules see of a journal row (whoever's it is)."""
+    return AuthorityRecord(
+        rec.key_id, AuthorityState(rec.status), rec.not_before, rec.not_after, rec.tainted
+    )
+
+
+def x509_certificate(rec: CaKeyRecord) -> x509.Certificate:
+    """The CA certificate of an X.509 journal row (its chain follows it in the DER)."""
+    assert rec.certificate is not None
+    return load_der_certificates(rec.certificate)[0]
 
 
 def _without_key(record: AuthorityRecord, key: PrivateKey | None) -> AuthorityRecord:

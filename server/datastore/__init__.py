@@ -7,6 +7,8 @@ agents, bundles or CA keys append change events in that same transaction.
     store = Datastore.open(url)        # sqlite:///PATH | postgresql[+psycopg]://...; upgrades
     store.close() / with Datastore.open(url) as store: ...
     store.backend -> "sqlite" | "postgresql";  store.ping()  (for /ready)
+    store.datastore_id, store.notify_channel (PostgreSQL NOTIFY on every commit)
+    claim_trust_domain(td) -> the td the database belongs to (recorded on first use)
 
 Entries (build them with `insignia.server.entries.validate_entry`):
     create_entry(e) / create_entries([e, ...]) -> stored (all or none; DuplicateEntry)
@@ -28,9 +30,13 @@ Join tokens (stored as SHA-256 only):
 Bundles (SPIFFE bundle JSON text, opaque here):
     put_bundle(td, document) -> BundleRecord (sequence + 1);  get_bundle(td) (BundleNotFound)
     list_bundles();  count_bundles();  delete_bundle(td)
+    update_bundle(td, compose(journal, stored) -> document | None) -> stored?  (atomic)
 CA journal:
     put_ca_keys([CaKeyRecord, ...]) (upsert by (kind, key_id), one transaction)
     load_ca_keys(kind=None);  delete_ca_key(kind, key_id) (CaKeyNotFound)
+    (every server's keys; `server_id` says whose; taint and revoked never clear)
+Server registry:
+    put_server(ServerRecord) (upsert);  list_servers()
 Change log (resume "after revision N"):
     head_revision();  events_since(revision, limit=None) -> [ChangeEvent] (RevisionPruned)
     prune_events(before) -> count;  add_listener(fn(head_revision)) / remove_listener(fn)
@@ -69,6 +75,7 @@ from insignia.server.datastore.records import (
     ChangeKind,
     ChangeOp,
     EntrySnapshot,
+    ServerRecord,
 )
 from insignia.server.datastore.store import Datastore, Listener
 
@@ -102,6 +109,7 @@ __all__ = [
     "Listener",
     "RevisionPruned",
     "SchemaTooNew",
+    "ServerRecord",
     "UnsupportedDatabaseUrl",
     "normalize_url",
     "sqlite_url",

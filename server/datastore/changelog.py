@@ -3,6 +3,7 @@ from a revision and fetch only what changed since."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Final, cast
@@ -12,10 +13,12 @@ from sqlalchemy.engine import Connection
 
 from insignia.server.datastore.bulk import insert_rows
 from insignia.server.datastore.errors import RevisionPruned
+from insignia.server.datastore.meta import claim, get_meta, set_meta
 from insignia.server.datastore.records import ChangeEvent, ChangeKind, ChangeOp
-from insignia.server.datastore.schema import change_events, datastore_meta
+from insignia.server.datastore.schema import change_events
 
 PRUNED_THROUGH: Final = "events_pruned_through"
+STORE_ID: Final = "store_id"
 
 
 def append(
@@ -32,9 +35,7 @@ def head_revision(conn: Connection) -> int:
 
 
 def pruned_through(conn: Connection) -> int:
-    value = conn.execute(
-        sa.select(datastore_meta.c.value).where(datastore_meta.c.key == PRUNED_THROUGH)
-    ).scalar_one_or_none()
+    value = get_meta(conn, PRUNED_THROUGH)
     return int(value) if value is not None else 0
 
 
@@ -74,13 +75,11 @@ def prune(conn: Connection, before: datetime) -> int:
     if cut is None:
         return 0
     deleted = conn.execute(change_events.delete().where(change_events.c.revision <= cut))
-    _set_meta(conn, PRUNED_THROUGH, str(max(int(cut), pruned_through(conn))))
+    set_meta(conn, PRUNED_THROUGH, str(max(int(cut), pruned_through(conn))))
     return deleted.rowcount
 
 
-def _set_meta(conn: Connection, key: str, value: str) -> None:
-    updated = conn.execute(
-        datastore_meta.update().where(datastore_meta.c.key == key).values(value=value)
-    )
-    if updated.rowcount == 0:
-        conn.execute(datastore_meta.insert().values(key=key, value=value))
+def store_id(conn: Connection) -> str:
+    """This database's name for Sync resume points, made on first use: every server sharing
+    the database reports it, so an agent resumes its revision on any of them."""
+    return claim(conn, STORE_ID, secrets.token_hex(16))

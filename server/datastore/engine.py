@@ -25,6 +25,7 @@ from insignia.server.datastore.errors import (
 # the order they are numbered and a reader resuming "after revision N" never skips one.
 PG_WRITE_LOCK: Final = 0x1D5_16_4A
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+PG_CONNECT_TIMEOUT_S: Final = 5
 WRITE_OPTION: Final = "insignia_write"
 
 
@@ -56,7 +57,14 @@ def sqlite_url(path: str) -> str:
 def create_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    # connect_timeout: an unreachable database fails a call (UNAVAILABLE) instead of hanging it.
+    engine = sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=8,
+        max_overflow=8,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+    )
     sa.event.listen(engine, "begin", _pg_begin)
     return engine
 

@@ -72,6 +72,8 @@ class BundleRecord:
 class CaKeyRecord:
     """One signing authority in the CA journal. The private key lives in the key manager.
 
+    Taint and revocation are one-way: a write never clears them, so a server that has not yet
+    seen another server's `authority ... taint` of its key cannot undo it by saving its slots.
     `public_key` is SubjectPublicKeyInfo DER. `certificate` is the CA certificate DER for
     X.509 authorities (chain to an upstream root appended, concatenated DER) and None for JWT.
     """
@@ -87,6 +89,7 @@ class CaKeyRecord:
     tainted: bool = False
     revoked: bool = False
     created_at: datetime = field(default_factory=_now)
+    server_id: str = ""  # the server holding the private key ("" = before schema 0003)
 
     def __post_init__(self) -> None:
         if self.kind not in AUTHORITY_KINDS:
@@ -98,6 +101,24 @@ class CaKeyRecord:
         if self.kind == "x509" and not self.certificate:
             raise InvalidRecord("certificate", self.certificate, "an X.509 authority needs one")
         for name in ("not_after", "not_before", "created_at"):
+            require_aware(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """One server sharing the database, as it last reported itself."""
+
+    id: str
+    addresses: dict[str, str]
+    x509_key_id: str
+    jwt_key_id: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise InvalidRecord("server id", self.id, "is empty")
+        for name in ("started_at", "heartbeat_at"):
             require_aware(name, getattr(self, name))
 
 

@@ -157,6 +157,8 @@ ca_keys = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # Which server holds the private key ("" = written before schema 0003, not yet adopted).
+    sa.Column("server_id", sa.String(64), nullable=False, server_default=""),
     sa.CheckConstraint("kind IN ('x509', 'jwt')", name="ck_ca_keys_kind"),
     sa.CheckConstraint("status IN ('prepared', 'active', 'old')", name="ck_ca_keys_status"),
 )
@@ -170,6 +172,19 @@ change_events = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False, index=True),
     sqlite_autoincrement=True,
+)
+
+# One row per server sharing the database: who it is, where it listens, which keys it signs
+# with, and when it last said it was alive (`insignia-server server list`).
+servers = sa.Table(
+    "servers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("addresses", sa.Text, nullable=False),  # JSON object: listener name -> address
+    sa.Column("x509_key_id", sa.String(255), nullable=False),
+    sa.Column("jwt_key_id", sa.String(255), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime, nullable=False),
 )
 
 # Small key/value facts about the store itself, e.g. how far the change log was pruned.

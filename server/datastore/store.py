@@ -11,6 +11,7 @@ listeners with the new head revision after the commit.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,12 +21,19 @@ from typing import Literal
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from insignia._closing import Closing
 from insignia.selectors import Selector
-from insignia.server.datastore import agent_queries, changelog, entry_queries, trust_queries
+from insignia.server.datastore import (
+    agent_queries,
+    changelog,
+    entry_queries,
+    meta,
+    server_queries,
+    trust_queries,
+)
 from insignia.server.datastore.engine import (
     WRITE_OPTION,
     create_engine,
@@ -45,13 +53,19 @@ from insignia.server.datastore.records import (
     CaKeyRecord,
     ChangeEvent,
     EntrySnapshot,
+    ServerRecord,
 )
 from insignia.server.datastore.schema import agents, bundles, entries
 from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId, TrustDomain
 
 Listener = Callable[[int], None]
+# Builds the new local bundle document from the whole CA journal and the stored bundle (None:
+# no change). Runs inside the write transaction, so no other server's key can slip past it.
+BundleComposer = Callable[[list[CaKeyRecord], BundleRecord | None], str | None]
 log = structlog.get_logger(__name__)
+DATASTORE_ID = "datastore_id"
+TRUST_DOMAIN = "trust_domain"
 
 
 def _utcnow() -> datetime:
@@ -64,6 +78,7 @@ class Datastore(Closing):
         self._clock = clock
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
+        self.datastore_id = ""
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = _utcnow) -> Datastore:
@@ -72,10 +87,27 @@ class Datastore(Closing):
         try:
             with store._write(notify=False) as conn:
                 upgrade_schema(conn)
+                store.datastore_id = meta.claim(conn, DATASTORE_ID, secrets.token_hex(8))
         except BaseException:
             store.close()
             raise
         return store
+
+    @property
+    def url(self) -> URL:
+        return self._engine.url
+
+    @property
+    def notify_channel(self) -> str:
+        """The PostgreSQL NOTIFY channel every commit on this database signals (per database
+        id, so stores sharing one PostgreSQL database in different schemas stay apart)."""
+        return f"insignia_changes_{self.datastore_id}"
+
+    def claim_trust_domain(self, trust_domain: TrustDomain) -> TrustDomain:
+        """The trust domain the database belongs to, recording `trust_domain` if it is new:
+        one database serves one deployment."""
+        with self._write(notify=False) as conn:
+            return TrustDomain(meta.claim(conn, TRUST_DOMAIN, str(trust_domain)))
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
@@ -111,6 +143,15 @@ class Datastore(Closing):
         longer reaches back that far: the reader then reloads a full snapshot."""
         with self._read() as conn:
             return changelog.events_since(conn, revision, limit)
+
+    def store_id(self) -> str:
+        """The database's resume-point name (changelog.store_id); the same on every server."""
+        try:
+            with self._write(notify=False) as conn:
+                return changelog.store_id(conn)
+        except ConstraintViolation:  # another server named it at the same moment
+            with self._read() as conn:
+                return changelog.store_id(conn)
 
     def prune_events(self, before: datetime) -> int:
         """Drop events older than `before` (always keeping the newest); returns how many."""
@@ -300,6 +341,22 @@ class Datastore(Closing):
             trust_queries.delete_bundle(conn, trust_domain)
             changelog.append(conn, "bundle", "deleted", [str(trust_domain)], now)
 
+    def update_bundle(self, trust_domain: TrustDomain, compose: BundleComposer) -> bool:
+        """Recompute the local bundle from the whole CA journal under the write lock; store
+        it if `compose` returns a document. True when it did."""
+        now = self._clock()
+        with self._write() as conn:
+            journal = trust_queries.load_ca_keys(conn)
+            stored = trust_queries.load_bundles(conn)
+            current = next((b for b in stored if b.trust_domain == trust_domain), None)
+            document = compose(journal, current)
+            if document is None:
+                return False
+            _record, created = trust_queries.put_bundle(conn, trust_domain, document, now)
+            op: Literal["created", "updated"] = "created" if created else "updated"
+            changelog.append(conn, "bundle", op, [str(trust_domain)], now)
+        return True
+
     # -- CA journal ------------------------------------------------------------------------
 
     def put_ca_keys(self, records: Sequence[CaKeyRecord]) -> None:
@@ -320,6 +377,17 @@ class Datastore(Closing):
         with self._write() as conn:
             trust_queries.delete_ca_key(conn, kind, key_id)
             changelog.append(conn, "ca_key", "deleted", [f"{kind}:{key_id}"], now)
+
+    # -- server registry -------------------------------------------------------------------
+
+    def put_server(self, record: ServerRecord) -> None:
+        """Insert or refresh this server's registry row (start and every heartbeat)."""
+        with self._write(notify=False) as conn:
+            server_queries.put_server(conn, record)
+
+    def list_servers(self) -> list[ServerRecord]:
+        with self._read() as conn:
+            return server_queries.load_servers(conn)
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -342,6 +410,9 @@ class Datastore(Closing):
             with conn.begin():
                 yield conn
                 head = changelog.head_revision(conn) if notify else 0
+                if notify and self.backend == "postgresql":
+                    # Delivered at commit to every server LISTENing (server/datastore/listen.py).
+                    conn.execute(sa.select(sa.func.pg_notify(self.notify_channel, str(head))))
         if notify:
             with self._listeners_lock:
                 listeners = list(self._listeners)

@@ -119,14 +119,18 @@ def put_ca_keys(
     result = []
     for record in records:
         where = sa.and_(ca_keys.c.kind == record.kind, ca_keys.c.key_id == record.key_id)
-        exists = conn.execute(sa.select(ca_keys.c.key_id).where(where)).first() is not None
+        existing = conn.execute(
+            sa.select(ca_keys.c.tainted, ca_keys.c.revoked).where(where)
+        ).first()
         row = _ca_row(record, now)
-        if exists:
+        if existing is not None:
             del row["created_at"]
+            row["tainted"] = record.tainted or existing.tainted  # one-way: see CaKeyRecord
+            row["revoked"] = record.revoked or existing.revoked
             conn.execute(ca_keys.update().where(where).values(**row))
         else:
             conn.execute(ca_keys.insert().values(**row))
-        result.append((record, not exists))
+        result.append((record, existing is None))
     return result
 
 
@@ -147,6 +151,7 @@ def load_ca_keys(conn: Connection, kind: AuthorityKind | None = None) -> list[Ca
             tainted=r.tainted,
             revoked=r.revoked,
             created_at=r.created_at,
+            server_id=r.server_id,
         )
         for r in conn.execute(query)
     ]
@@ -174,4 +179,5 @@ def _ca_row(record: CaKeyRecord, now: datetime) -> dict[str, Any]:
         "revoked": record.revoked,
         "created_at": record.created_at,
         "updated_at": now,
+        "server_id": record.server_id,
     }

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.postgres import BACKEND_PARAMS, Backend, database_url
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.postgres import BACKEND_PARAMS, Backend, database_url
+from devtools.harness.server_process import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]
 AgentFactory = Callable[..., AgentProcess]

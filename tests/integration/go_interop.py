@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.workload_processes import REPO, as_user, read_line
+from devtools.harness.other_uids import REPO, as_user, read_line
 
 GO_MODULE = REPO / "tests" / "interop" / "go"
 CACHE = REPO / "build" / "interop-go"

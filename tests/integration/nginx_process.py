@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from tests.integration.workload_processes import as_user
-from tests.waiting import wait_for
+from devtools.harness.other_uids import as_user
+from devtools.harness.waiting import wait_for
 
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from insignia_proto import admin_pb2
 
-from tests.integration.server_fixtures import ServerProcess
+from devtools.harness.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration
 

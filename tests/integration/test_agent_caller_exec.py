@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.agent_workloads import Relay, connect_from_child, exec_in_child
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.agent_workloads import Relay, connect_from_child, exec_in_child
+from devtools.harness.server_process import ServerProcess
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
 from tests.integration.conftest import AgentFactory
-from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     agent_cli,
     register,
 )
-from tests.integration.agent_fixtures import to_toml
+from devtools.harness.agent_process import to_toml
+from devtools.harness.server_process import ServerProcess
 from tests.integration.conftest import AgentFactory
-from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = [pytest.mark.integration]
 

@@ -12,16 +12,16 @@ import grpc
 import pytest
 from insignia_proto import workload_pb2 as pb
 
-from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
-from insignia.workloadapi import WorkloadApiClient
-from tests.integration import hostile_http2
-from tests.integration.agent_clients import (
+from devtools.harness import hostile_http2
+from devtools.harness.agent_clients import (
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
+from insignia.workloadapi import WorkloadApiClient
 from tests.integration.conftest import AgentFactory
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -11,18 +11,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from insignia.keys import KeyType, generate_key
-from insignia.spiffeid import TrustDomain
-from insignia.x509ca import build_root_ca
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     agent_cli,
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+from insignia.agent.identity.node_attestation import IDENTITY_FILE
+from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509ca import build_root_ca
+from insignia.spiffeid import TrustDomain
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import ServerProcess
 from tests.integration.test_server_x509pop import node_cert
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -54,7 +55,7 @@ def test_an_evicted_join_token_agent_asks_for_a_new_token(
     assert running_agent.wait_exit(60) == 1
     assert "create a new join token" in running_agent.logs()
     assert "Traceback" not in running_agent.logs()  # one clear line, not a crash
-    assert not (running_agent.data_dir / "agent_svid.pem").exists()
+    assert not (running_agent.data_dir / IDENTITY_FILE).exists()
 
     running_agent.start(running_server.join_token())
     assert running_agent.agent_id != old_id
@@ -123,7 +124,7 @@ def test_the_agent_renews_its_own_svid_and_keeps_working(
 
 
 def _agent_serial(agent: AgentProcess) -> int:
-    pem = (agent.data_dir / "agent_svid.pem").read_bytes()
+    pem = str(agent.persisted_identity()["svid_pem"]).encode()
     return x509.load_pem_x509_certificates(pem)[0].serial_number
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

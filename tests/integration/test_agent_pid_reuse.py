@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.agent_gate_plugin import install_gate_plugin, make_fifos
-from tests.integration.agent_workloads import (
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.agent_workloads import (
     Relay,
     connect_from_child,
     end,
@@ -28,8 +26,10 @@ from tests.integration.agent_workloads import (
     spawn_with_pid,
     write_fifo_line,
 )
+from devtools.harness.server_process import REPO, ServerProcess
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError
+from tests.integration.agent_gate_plugin import install_gate_plugin, make_fifos
 from tests.integration.conftest import AgentFactory
-from tests.integration.server_fixtures import REPO, ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -12,10 +12,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from devtools.harness.agent_clients import register
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
 from insignia.workload_wire import SECURITY_HEADER
-from tests.integration.agent_clients import register
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from insignia_proto import admin_pb2
 
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     UID_A,
     pyspiffe,
     register,
 )
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
 

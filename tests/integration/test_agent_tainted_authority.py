@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from devtools.harness.agent_clients import (
+    register,
+)
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 from insignia.agent.identity.node_attestation import load_identity
 from insignia.spiffeid import TrustDomain
 from insignia.workloadapi import WorkloadApiClient
-from tests.integration.agent_clients import (
-    register,
-)
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -15,19 +15,19 @@ from insignia_proto import workload_pb2 as pb
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from insignia.spiffeid import TrustDomain
-from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
-from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context, grpc_target
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     UID_A,
     UID_B,
     agent_cli,
     pyspiffe,
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+from insignia.spiffeid import TrustDomain
+from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context, grpc_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

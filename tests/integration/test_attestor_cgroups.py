@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from insignia.attestors.interface import AttestationError, Caller
+from insignia.attestors.interface import AttestationError
 from insignia.attestors.workload.container import ContainerAttestor, ContainerConfig
 from insignia.attestors.workload.systemd import SystemdAttestor, SystemdConfig
+from insignia.daemon.peercred.credentials import PeerCredentials
 from tests.unit.attestors.processes import sleeper
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -75,7 +76,7 @@ def pod_uid(sep: str) -> str:
     return sep.join([raw[:8], raw[8:12], raw[12:16], raw[16:20], raw[20:]])
 
 
-async def attest_in(caller: Caller, *placements: tuple[str, str]) -> set[str]:
+async def attest_in(caller: PeerCredentials, *placements: tuple[str, str]) -> set[str]:
     with ExitStack() as stack:
         for hierarchy, path in placements:
             stack.enter_context(placed_in(caller.pid, hierarchy, path))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from insignia.attestors.interface import Caller
+from devtools.callers import caller_of
+from devtools.harness.waiting import wait_for
 from insignia.attestors.registry import load_workload_attestors
 from insignia.attestors.workload_attestation import attest_workload
-from tests.waiting import wait_for
 
 IMAGE = "localhost/insignia-test-busybox:1"
 # This machine refuses to raise RLIMIT_NPROC/NOFILE (no CAP_SYS_RESOURCE); pinning them to
@@ -118,11 +118,11 @@ async def test_container_process_gets_runtime_facts_from_podman(engine_socket: P
                 "docker": {"socket_path": f"unix://{engine_socket}", "env_allowlist": ["APP_ENV"]},
             }
         )
-        pidfd = os.pidfd_open(pid)
+        caller = caller_of(pid, 0, 0)
         try:
-            selectors = await attest_workload(Caller(pid, 0, 0, pidfd), attestors, 10)
+            selectors = await attest_workload(caller, attestors, 10)
         finally:
-            os.close(pidfd)
+            caller.pidfd.close()
     finally:
         podman("rm", "-f", "-t", "0", cid)
     assert {str(s) for s in selectors} == {
@@ -136,9 +136,8 @@ async def test_container_process_gets_runtime_facts_from_podman(engine_socket: P
 
 async def test_a_host_process_gets_no_docker_selectors(engine_socket: Path) -> None:
     attestors = load_workload_attestors({"docker": {"socket_path": str(engine_socket)}})
-    pidfd = os.pidfd_open(os.getpid())
+    caller = caller_of(os.getpid())
     try:
-        caller = Caller(os.getpid(), os.geteuid(), os.getegid(), pidfd)
         assert await attest_workload(caller, attestors, 10) == ()
     finally:
-        os.close(pidfd)
+        caller.pidfd.close()

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_MODULE = """
 import socket
 
-from insignia.attestors.interface import Caller, PluginConfig, WorkloadAttestorPlugin
+from insignia.attestors.interface import PluginConfig, WorkloadAttestorPlugin
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import Selector
 
 
@@ -29,7 +30,7 @@ class HostnameAttestor:
     def __init__(self, config: HostnameConfig) -> None:
         self.prefix = config.prefix
 
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         return [Selector("hostname", f"{self.prefix}:{socket.gethostname()}")]
 
 
@@ -40,7 +41,7 @@ PLUGIN = WorkloadAttestorPlugin(
 
 AGENT_SIDE = """
 import json, os, sys, trio
-from insignia.attestors.interface import Caller
+from devtools.callers import caller_of
 from insignia.attestors.registry import load_workload_attestors
 from insignia.attestors.workload_attestation import attest_workload
 from insignia.daemon.config.loading import ConfigError
@@ -50,7 +51,7 @@ try:
 except ConfigError as exc:
     print(exc)
     raise SystemExit(2)
-caller = Caller(os.getpid(), os.geteuid(), os.getegid(), os.pidfd_open(os.getpid()))
+caller = caller_of(os.getpid())
 for selector in trio.run(attest_workload, caller, attestors, 5):
     print(selector)
 """

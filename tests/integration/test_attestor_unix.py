@@ -8,17 +8,19 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
-from insignia.attestors.interface import AttestationError, Caller
+from devtools.harness.waiting import wait_for
+from insignia.attestors.interface import AttestationError
 from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
 from insignia.daemon.config.loading import validate_config
+from insignia.daemon.peercred.credentials import PidFd
 from insignia.selectors import Selector
 from tests.unit.attestors.processes import running, sleeper
-from tests.waiting import wait_for
 
 SLEEP = os.path.realpath(shutil.which("sleep") or "/usr/bin/sleep")
 PYTHON = os.path.realpath(sys.executable)
@@ -88,7 +90,7 @@ async def test_a_caller_whose_uid_changed_after_connecting_gets_no_identity() ->
         assert proc.stdout.readline() == "dropped\n"
         with pytest.raises(AttestationError, match="credentials changed since it connected"):
             await unix().attest(caller)  # connected as root, now nobody: neither identity
-        now_nobody = Caller(caller.pid, NOBODY, NOGROUP, caller.pidfd)
+        now_nobody = replace(caller, uid=NOBODY, gid=NOGROUP)
         assert "unix:uid:65534" in values(await unix().attest(now_nobody))
 
 
@@ -112,16 +114,16 @@ async def test_attestor_reads_the_executable_running_at_attestation_time() -> No
 
 async def test_a_process_that_exited_is_not_confused_with_its_pid_successor() -> None:
     with sleeper() as (dead, dead_caller):
-        pidfd = os.dup(dead_caller.pidfd or -1)
+        pidfd = PidFd(os.dup(dead_caller.pidfd.fd))
     try:
         with sleeper() as (_, successor):
             # The successor holds the pid now; the pidfd still names the dead process.
-            recycled = Caller(successor.pid, successor.uid, successor.gid, pidfd)
+            recycled = replace(successor, pidfd=pidfd)
             with pytest.raises(AttestationError, match="exited; its pid may belong to another"):
                 await unix().attest(recycled)
     finally:
-        os.close(pidfd)
-    gone = Caller(dead.pid, dead_caller.uid, dead_caller.gid, None)
+        pidfd.close()
+    gone = dead_caller  # its pidfd closed with its connection
     if not pid_exists(dead.pid):  # unless already reused by someone else
         with pytest.raises(AttestationError, match=f"process {dead.pid} exited"):
             await unix().attest(gone)
@@ -173,11 +175,12 @@ def test_unreadable_proc_entries_are_a_clear_error() -> None:
     script = textwrap.dedent(
         f"""
         import sys, trio
-        from insignia.attestors.interface import AttestationError, Caller
+        from devtools.callers import caller_of
+        from insignia.attestors.interface import AttestationError
         from insignia.attestors.workload.unix import UnixAttestor, UnixConfig
         attestor = UnixAttestor(UnixConfig(discover_workload_path=True))
         try:
-            print(trio.run(attestor.attest, Caller(int(sys.argv[1]), {NOBODY}, {NOGROUP})))
+            print(trio.run(attestor.attest, caller_of(int(sys.argv[1]), {NOBODY}, {NOGROUP})))
         except AttestationError as exc:
             print(exc)
         """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
 
 RAW_EPOCH = re.compile(r"(?<![\w.])1\d{9}(?![\w.])")
 RFC3339_RELATIVE = r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ \((in \w+|\w+ ago|now)\)"

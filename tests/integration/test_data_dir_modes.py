@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.harness.server_process import ServerProcess
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import ServerProcess
 
 
 def mode(path: Path) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server_fixtures import ServerProcess
+from devtools.harness.server_process import ServerProcess
 
 PARENT = "spiffe://example.org/node"
 

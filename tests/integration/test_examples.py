@@ -2,7 +2,7 @@
 
 A (uid A) allows only B's SPIFFE ID. B (uid B) calls A over mTLS and over HTTP with a
 JWT-SVID; the same client program run by the rogue uid has another identity and is refused.
-How the examples reach an interpreter under other uids: see workload_processes.py.
+How the examples reach an interpreter under other uids: see devtools/harness/other_uids.py.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     UID_A,
     UID_B,
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import REPO, ServerProcess
-from tests.integration.workload_processes import read_line, run_workload, workload_argv
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.other_uids import read_line, run_workload, workload_argv
+from devtools.harness.server_process import REPO, ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

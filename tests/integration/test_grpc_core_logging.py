@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.waiting import wait_for
 
 
 def _raw_lines(text: str) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from devtools.harness.server_process import ServerProcess
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_fixtures import ServerProcess
 
 
 def _health_records(server: ServerProcess) -> list[dict[str, Any]]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.agent_clients import agent_cli, register
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_clients import agent_cli, register
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import SERVER_BIN, ServerProcess, server_env
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import SERVER_BIN, ServerProcess, server_env
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
+from devtools.harness.agent_clients import UID_A, UID_B, register
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
 from insignia.authorize import Authorizer, any_member_of, one_of
 from insignia.spiffetls import TlsHandshakeError, TlsStream, client_context, server_context
 from insignia.workloadapi import WorkloadX509Source, open_x509_source
-from tests.integration.agent_clients import UID_A, UID_B, register
-from tests.integration.agent_fixtures import AgentProcess
 from tests.integration.go_interop import GoClient, GoFailed, finish, go_client, next_json
-from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
-from insignia.authorize import one_of
-from insignia.jwtsvid import parse_and_validate
-from insignia.spiffetls import TlsStream, client_context, server_context
-from insignia.workloadapi import TrioWorkloadApiClient, WorkloadX509Source, open_x509_source
-from tests.integration.agent_clients import (
+from devtools.harness.agent_clients import (
     UID_A,
     UID_B,
     register,
 )
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import REPO, ServerProcess
-from tests.integration.workload_processes import read_line, run_workload, workload_argv
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.other_uids import read_line, run_workload, workload_argv
+from devtools.harness.server_process import REPO, ServerProcess
+from insignia.authorize import one_of
+from insignia.jwtsvid import parse_and_validate
+from insignia.spiffetls import TlsStream, client_context, server_context
+from insignia.workloadapi import TrioWorkloadApiClient, WorkloadX509Source, open_x509_source
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tests.integration.agent_clients import agent_cli
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_clients import agent_cli
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
 
 
 def _events(agent: AgentProcess, name: str) -> int:

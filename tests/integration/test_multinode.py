@@ -24,14 +24,14 @@ from typing import Any
 
 import pytest
 
+from devtools.harness.agent_clients import pyspiffe, register
+from devtools.harness.agent_process import AgentProcess, to_toml
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+from devtools.harness.workload_follower import Follower, Record, workload_argv, workload_env
 from insignia.keys import KeyType, generate_key
-from tests.integration.agent_clients import pyspiffe, register
-from tests.integration.agent_fixtures import AgentProcess, to_toml
 from tests.integration.netns import NetworkLab, network_lab
-from tests.integration.server_fixtures import ServerProcess
-from tests.integration.workload_process import Follower, Record, workload_argv, workload_env
 from tests.unit.attestors.pki import node_cert, pem, root_ca, write_node_files
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.integration]
 

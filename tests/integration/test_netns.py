@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from devtools.harness.waiting import wait_for
 from tests.integration.netns import (
     LAB_NETWORK,
     NetworkLab,
@@ -17,7 +18,6 @@ from tests.integration.netns import (
     network_lab,
     sweep_abandoned_labs,
 )
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

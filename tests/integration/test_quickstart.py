@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.waiting import wait_for
+from devtools.harness.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 

@@ -7,9 +7,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.integration.agent_clients import agent_cli, register
+from devtools.harness.agent_clients import agent_cli, register
+from devtools.harness.server_process import REPO, ServerProcess
 from tests.integration.conftest import AgentFactory
-from tests.integration.server_fixtures import REPO, ServerProcess
 
 
 def test_readme_unix_path_example_with_the_sample_config(

@@ -11,17 +11,17 @@ import grpc
 import pytest
 from insignia_proto import admin_pb2, agent_pb2, agent_pb2_grpc
 
-from insignia.attestors.node.join_token import JoinTokenPayload
-from insignia.attestors.node.messages import encode
-from insignia.keys import KeyType, generate_key
-from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import (
+from devtools.harness.agent_api_client import (
     attest_join_token,
     attestation_channel,
     der_chain_to_pem,
     make_csr,
 )
-from tests.integration.server_fixtures import ServerProcess
+from devtools.harness.server_process import ServerProcess
+from insignia.attestors.node.join_token import JoinTokenPayload
+from insignia.attestors.node.messages import encode
+from insignia.keys import KeyType, generate_key
+from tests.integration.conftest import ServerFactory
 
 pytestmark = pytest.mark.integration
 

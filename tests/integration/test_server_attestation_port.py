@@ -11,10 +11,10 @@ import grpc
 import pytest
 from insignia_proto import agent_pb2, agent_pb2_grpc
 
+from devtools.harness.agent_api_client import attest_join_token, attestation_channel
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import attest_join_token, attestation_channel
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import pytest
 from insignia_proto import agent_pb2
 
+from devtools.harness.agent_api_client import attest_join_token
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 from insignia.bundle import Bundle
 from insignia.server.ca.state import x509_authority_id
 from insignia.spiffeid import TrustDomain
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import attest_join_token
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 TD = TrustDomain.parse("example.org")

@@ -14,10 +14,10 @@ import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from devtools.harness.other_uids import as_user, workload_python
+from devtools.harness.postgres import Backend
+from devtools.harness.server_process import SERVER_BIN, ServerProcess, server_env
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_fixtures import SERVER_BIN, ServerProcess, server_env
-from tests.integration.workload_processes import as_user, workload_python
-from tests.postgres import Backend
 
 pytestmark = pytest.mark.integration
 

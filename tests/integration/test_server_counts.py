@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tests.integration.agent_fixtures import AgentProcess
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.postgres import Backend
+from devtools.harness.server_process import ServerProcess
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_fixtures import ServerProcess
-from tests.postgres import Backend
 
 
 def test_counts_on_each_backend(server_factory: ServerFactory, backend: Backend) -> None:

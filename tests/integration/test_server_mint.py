@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.server_fixtures import ServerProcess
+from devtools.harness.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from insignia_proto import agent_pb2
 
+from devtools.harness.agent_api_client import attest_join_token, make_csr
+from devtools.harness.postgres import Backend
+from devtools.harness.server_process import SERVER_BIN, server_env
 from insignia.keys import KeyType, generate_key
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import attest_join_token, make_csr
-from tests.integration.server_fixtures import SERVER_BIN, server_env
-from tests.postgres import Backend
 
 pytestmark = pytest.mark.integration
 

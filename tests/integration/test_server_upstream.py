@@ -12,13 +12,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from insignia_proto import agent_pb2
 
+from devtools.harness.agent_api_client import attest_join_token
 from insignia.bundle import load_der_certificates
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
-from insignia.x509svid import build_leaf
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import attest_join_token
 
 pytestmark = pytest.mark.integration
 

@@ -13,14 +13,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from insignia_proto import agent_pb2
 
+from devtools.harness.agent_api_client import attest
+from devtools.harness.server_process import ServerProcess
 from insignia.attestors.node.pop import answer_challenge
 from insignia.attestors.node.x509pop import X509PopAgent, X509PopAgentConfig, fingerprint
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.ca.x509ca import SigningAuthority, build_root_ca
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_root_ca
 from tests.integration.conftest import ServerFactory
-from tests.integration.server_agent_client import attest
-from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = pytest.mark.integration
 TD = TrustDomain.parse("example.org")

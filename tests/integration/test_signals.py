@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.waiting import wait_for
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

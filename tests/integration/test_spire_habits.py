@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.integration.agent_clients import agent_cli
-from tests.integration.agent_fixtures import AgentProcess
-from tests.integration.server_fixtures import SERVER_BIN, ServerProcess, server_env
+from devtools.harness.agent_clients import agent_cli
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.server_process import SERVER_BIN, ServerProcess, server_env
 
 
 def spire_style(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

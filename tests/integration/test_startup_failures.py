@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.agent_clients import agent_cli
-from tests.integration.agent_fixtures import to_toml
+from devtools.harness.agent_clients import agent_cli
+from devtools.harness.agent_process import to_toml
+from devtools.harness.server_process import SERVER_BIN, ServerProcess, server_env
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import SERVER_BIN, ServerProcess, server_env
 from tests.integration.test_instances import one_line, run_server
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from devtools.harness.agent_clients import register
+from devtools.harness.agent_process import AGENT_BIN, AgentProcess
+from devtools.harness.server_process import ServerProcess
 from insignia.keys import private_key_from_pem
-from tests.integration.agent_clients import register
-from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess
-from tests.integration.server_fixtures import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -38,7 +38,8 @@ def snapshot(directory: Path) -> set[str]:
 
 def await_first_write(proc: subprocess.Popen[bytes], out: Path, before: set[str]) -> None:
     """Return as soon as the helper creates anything under `out` (or exits). A tight poll
-    with a deadline: `tests.waiting.wait_for` backs off to 100 ms and would miss the write."""
+    with a deadline: `devtools.harness.waiting.wait_for` backs off to 100 ms and would miss the
+    write."""
     deadline = time.monotonic() + 60
     while proc.poll() is None and snapshot(out) == before:
         if time.monotonic() > deadline:

@@ -25,16 +25,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from devtools.harness.agent_clients import UID_A, UID_B, agent_cli, register
+from devtools.harness.agent_process import AGENT_BIN, AgentProcess
+from devtools.harness.other_uids import as_user
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 from insignia.keys import KeyType, generate_key, private_key_to_pem
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import build_root_ca
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import build_root_ca
-from insignia.x509svid import build_leaf
-from tests.integration.agent_clients import UID_A, UID_B, agent_cli, register
-from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess
 from tests.integration.nginx_process import NGINX_BIN, NginxProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.integration.workload_processes import as_user
-from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

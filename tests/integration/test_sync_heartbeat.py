@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.waiting import wait_for
 
 HEARTBEAT = 1.0
 MARGIN = 1.5

@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.integration.agent_fixtures import AGENT_BIN, to_toml
+from devtools.harness.agent_process import AGENT_BIN, to_toml
+from devtools.harness.server_process import SERVER_BIN, server_env
 from tests.integration.conftest import AgentFactory, ServerFactory
-from tests.integration.server_fixtures import SERVER_BIN, server_env
 
 
 def _validate(binary: Path, config: Path) -> subprocess.CompletedProcess[str]:

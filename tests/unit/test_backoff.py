@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from insignia.backoff import Backoff, InvalidBackoff
+from insignia.backoff import Backoff, InvalidBackoff, Retries
 
 policies = st.builds(
     Backoff,
@@ -67,3 +67,19 @@ def test_half_jitter_draws_between_half_and_all_of_the_step() -> None:
     assert policy.delay(2, 0.0) == pytest.approx(0.8)
     assert policy.delay(2, 0.999999) == pytest.approx(0.4, abs=1e-6)
     assert policy.delay(40, 0.5) == pytest.approx(22.5)
+
+
+def test_retries_grow_with_each_failure_and_start_over_on_success() -> None:
+    retries = Retries(Backoff(initial=1.0, maximum=8.0, jitter=0.5), lambda: 0.0)
+    assert [retries.failed() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert retries.attempt == 5
+    retries.succeeded()
+    assert retries.attempt == 0
+    assert retries.failed() == 1.0
+
+
+def test_retries_take_the_jitter_from_their_draw() -> None:
+    draws = iter([0.5, 0.0])
+    retries = Retries(Backoff(initial=2.0, maximum=8.0, jitter=0.5), lambda: next(draws))
+    assert retries.failed() == 1.5  # 2 s shortened by half the jitter
+    assert retries.failed() == 4.0

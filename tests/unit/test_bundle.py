@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -26,15 +26,13 @@ from insignia.bundle import (
 )
 from insignia.keys import KeyType, generate_key
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import build_root_ca
+from tests.unit.common import TD, WALL_NOW, make_ca
 
-TD = TrustDomain("example.org")
 OTHER = TrustDomain("other.test")
-NOW = datetime.now(UTC)
 
 
 def _root(kt: KeyType = KeyType.EC_P256) -> Any:
-    return build_root_ca(TD, generate_key(kt), timedelta(hours=1), NOW).certificate
+    return make_ca(now=WALL_NOW, ttl=timedelta(hours=1), key_type=kt).certificate
 
 
 ROOT_EC = _root()

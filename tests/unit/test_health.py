@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
 from insignia.daemon.http.endpoint import Limits, serve_http
-from insignia.daemon.http.health import HealthApp, serve_health
+from insignia.daemon.http.health import HealthApp, ReadyNote, serve_health
 
 
 async def get(address: str, path: str) -> tuple[int, bytes]:
@@ -182,6 +182,8 @@ def test_respond_decides_without_a_server() -> None:
     assert app.respond("HEAD", "/ready")[::2] == (503, b"not ready: CA not loaded\n")
     assert app.respond("PUT", "/live")[0] == 405
     assert app.respond("GET", "/")[0] == 404
+    noted = HealthApp(things_registry(), lambda: ReadyNote("serving from the disk cache"))
+    assert noted.respond("GET", "/ready")[::2] == (200, b"ready: serving from the disk cache\n")
 
 
 async def test_unix_socket_bind_replaces_a_stale_socket(tmp_path: Path, clients: Clients) -> None:

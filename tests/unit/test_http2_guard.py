@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from insignia.daemon.peercred.http2_guard import (
-    HTTP2_PREFACE,
-    ClientFrameGuard,
-    ControlFrameBudget,
-    GuardLimits,
-)
-from tests.integration.hostile_http2 import (
+from devtools.harness.hostile_http2 import (
     ACK,
     CONTINUATION,
     END_HEADERS,
@@ -16,6 +10,12 @@ from tests.integration.hostile_http2 import (
     PING,
     SETTINGS,
     frame,
+)
+from insignia.daemon.peercred.http2_guard import (
+    HTTP2_PREFACE,
+    ClientFrameGuard,
+    ControlFrameBudget,
+    GuardLimits,
 )
 
 LIMITS = GuardLimits(

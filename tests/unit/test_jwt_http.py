@@ -15,18 +15,13 @@ from insignia.jwt_http import (
     bearer_token,
     validate_authorization,
 )
-from insignia.jwtsvid import (
-    AudienceMismatch,
-    BadSignature,
-    TokenExpired,
-    UnknownKeyId,
-    sign_jwt_svid,
-)
+from insignia.jwtsvid import AudienceMismatch, BadSignature, TokenExpired, UnknownKeyId
 from insignia.keys import KeyType, PrivateKey, generate_key
+from insignia.server.ca.jwt_signing import sign_jwt_svid
 from insignia.sources import StaticSource
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import TD
 
-TD = TrustDomain("example.org")
 CALLER = SpiffeId.parse("spiffe://example.org/service/b")
 AUDIENCE = "spiffe://example.org/service/a"
 

@@ -44,15 +44,14 @@ from insignia.jwtsvid import (
     check_token_fits,
     max_token_bytes,
     parse_and_validate,
-    sign_jwt_svid,
 )
 from insignia.keys import InvalidKey, KeyType, PrivateKey, generate_key
+from insignia.server.ca.jwt_signing import sign_jwt_svid
 from insignia.spiffeid import MAX_ID_BYTES, SpiffeId, TrustDomain
+from tests.unit.common import TD, WALL_NOW
 
-TD = TrustDomain("example.org")
 OTHER_TD = TrustDomain("other.test")
 SID = SpiffeId.parse("spiffe://example.org/ns/prod/sa/web")
-NOW = datetime.now(UTC).replace(microsecond=0)
 TTL = timedelta(minutes=5)
 
 KEYS: dict[KeyType, PrivateKey] = {
@@ -89,7 +88,7 @@ def segments(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def sign(kt: KeyType = KeyType.EC_P256, alg: str | None = None, **kw: Any) -> str:
-    args: dict[str, Any] = {"now": NOW, **kw}
+    args: dict[str, Any] = {"now": WALL_NOW, **kw}
     return sign_jwt_svid(SID, ["aud1", "aud2"], TTL, KEYS[kt], kt.value, alg, **args)
 
 
@@ -97,8 +96,8 @@ def claims(**changes: Any) -> dict[str, Any]:
     base = {
         "sub": str(SID),
         "aud": ["aud1"],
-        "exp": int(NOW.timestamp()) + 300,
-        "iat": int(NOW.timestamp()),
+        "exp": int(WALL_NOW.timestamp()) + 300,
+        "iat": int(WALL_NOW.timestamp()),
     }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
@@ -125,7 +124,7 @@ def forged(
 
 
 def validate(token: str, audience: str | list[str] = "aud1", **kw: Any) -> Any:
-    return parse_and_validate(token, BUNDLES, audience, now=kw.pop("now", NOW), **kw)
+    return parse_and_validate(token, BUNDLES, audience, now=kw.pop("now", WALL_NOW), **kw)
 
 
 # ----------------------------------------------------------------------------- signing
@@ -138,11 +137,11 @@ def test_signed_token_shape_and_round_trip(kt: KeyType, asked: str | None, alg: 
     assert header == {"alg": alg, "kid": kt.value, "typ": "JWT"}
     assert set(body) == {"sub", "aud", "exp", "iat"}
     assert body["sub"] == str(SID) and body["aud"] == ["aud1", "aud2"]
-    assert body["iat"] == int(NOW.timestamp()) and body["exp"] - body["iat"] == 300
+    assert body["iat"] == int(WALL_NOW.timestamp()) and body["exp"] - body["iat"] == 300
     svid = validate(token, "aud2")
     assert svid.spiffe_id == SID
     assert svid.audience == ("aud1", "aud2")
-    assert svid.expiry == NOW + TTL
+    assert svid.expiry == WALL_NOW + TTL
     assert svid.claims["sub"] == str(SID) and svid.token == token
     # PyJWT agrees on the signature and the claims.
     decoded = pyjwt.decode(
@@ -157,7 +156,7 @@ def test_signed_token_shape_and_round_trip(kt: KeyType, asked: str | None, alg: 
 
 def test_single_audience_is_still_a_list_and_issuer_is_optional() -> None:
     token = sign_jwt_svid(
-        SID, ["only"], TTL, EC, "ec-p256", now=NOW, issuer="https://issuer.example"
+        SID, ["only"], TTL, EC, "ec-p256", now=WALL_NOW, issuer="https://issuer.example"
     )
     _, body = segments(token)
     assert body["aud"] == ["only"] and body["iss"] == "https://issuer.example"
@@ -186,7 +185,7 @@ def test_sign_refuses_bad_requests(
     audience: Any, ttl: timedelta, kid: str, alg: str | None, error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=message):
-        sign_jwt_svid(SID, audience, ttl, EC, kid, alg, now=NOW)
+        sign_jwt_svid(SID, audience, ttl, EC, kid, alg, now=WALL_NOW)
 
 
 # ----------------------------------------------------------------------------- rejections
@@ -200,7 +199,7 @@ def _hs256(msg: bytes) -> bytes:
 
 
 _ED = ed25519.Ed25519PrivateKey.generate()
-_EXP = int(NOW.timestamp()) + 300
+_EXP = int(WALL_NOW.timestamp()) + 300
 
 
 def _tamper(token: str) -> str:
@@ -262,19 +261,19 @@ REJECTIONS: list[tuple[str, Callable[[], str], type[InvalidJwtSvid], str]] = [
     ),
     (
         "expired",
-        lambda: pyjwt_token(claims(exp=int(NOW.timestamp()) - 1)),
+        lambda: pyjwt_token(claims(exp=int(WALL_NOW.timestamp()) - 1)),
         TokenExpired,
         "expired at",
     ),
     (
         "not before in the future",
-        lambda: pyjwt_token(claims(nbf=int(NOW.timestamp()) + 60)),
+        lambda: pyjwt_token(claims(nbf=int(WALL_NOW.timestamp()) + 60)),
         TokenNotYetValid,
         "'nbf'",
     ),
     (
         "issued in the future",
-        lambda: pyjwt_token(claims(iat=int(NOW.timestamp()) + 60)),
+        lambda: pyjwt_token(claims(iat=int(WALL_NOW.timestamp()) + 60)),
         TokenNotYetValid,
         "'iat'",
     ),
@@ -410,11 +409,13 @@ def test_validate_rejects(
 
 
 def test_leeway_accepts_small_skew_only() -> None:
-    token = pyjwt_token(claims(exp=int(NOW.timestamp()) - 10, iat=int(NOW.timestamp()) - 300))
+    token = pyjwt_token(
+        claims(exp=int(WALL_NOW.timestamp()) - 10, iat=int(WALL_NOW.timestamp()) - 300)
+    )
     with pytest.raises(TokenExpired):
         validate(token)
     assert validate(token, leeway=timedelta(seconds=30)).spiffe_id == SID
-    future = pyjwt_token(claims(iat=int(NOW.timestamp()) + 20))
+    future = pyjwt_token(claims(iat=int(WALL_NOW.timestamp()) + 20))
     assert validate(future, leeway=timedelta(seconds=25)).spiffe_id == SID
     with pytest.raises(ValueError, match="leeway"):
         validate(token, leeway=timedelta(seconds=31))
@@ -449,8 +450,8 @@ def test_every_rejection_is_an_invalid_jwt_svid_value_error() -> None:
 @settings(max_examples=60, deadline=None)
 def test_any_id_and_audience_round_trip(path: list[str], audience: list[str]) -> None:
     sid = SpiffeId.from_segments(TD, *path)
-    token = sign_jwt_svid(sid, audience, TTL, EC, "ec-p256", now=NOW)
-    svid = parse_and_validate(token, BUNDLE, audience[-1], now=NOW)
+    token = sign_jwt_svid(sid, audience, TTL, EC, "ec-p256", now=WALL_NOW)
+    svid = parse_and_validate(token, BUNDLE, audience[-1], now=WALL_NOW)
     assert svid.spiffe_id == sid and svid.audience == tuple(audience)
 
 
@@ -465,7 +466,7 @@ def test_joserfc_verifies_our_tokens_with_our_jwks(
     token = josejwt.decode(sign(kt, asked), keyset, algorithms=[alg])
     assert token.header["kid"] == kt.value
     registry = josejwt.JWTClaimsRegistry(
-        now=int(NOW.timestamp()),
+        now=int(WALL_NOW.timestamp()),
         aud={"essential": True, "value": "aud1"},
         sub={"essential": True, "value": str(SID)},
     )
@@ -567,11 +568,11 @@ def test_a_maximal_token_fits_what_validators_accept() -> None:
     limits = AudienceLimits()
     check_token_fits(limits, issuer)
     token = sign_jwt_svid(
-        sub, limits.check(audience), TTL, key, "k" * 64, "PS512", now=NOW, issuer=issuer
+        sub, limits.check(audience), TTL, key, "k" * 64, "PS512", now=WALL_NOW, issuer=issuer
     )
     assert len(token) <= max_token_bytes(limits, issuer) <= MAX_TOKEN_BYTES
     bundle = BundleSet.of([Bundle(TD, jwt_authorities={"k" * 64: key.public_key()})])
-    assert parse_and_validate(token, bundle, audience[7], now=NOW).audience == tuple(audience)
+    assert parse_and_validate(token, bundle, audience[7], now=WALL_NOW).audience == tuple(audience)
 
 
 def test_limits_whose_tokens_would_not_fit_are_refused() -> None:
@@ -582,7 +583,7 @@ def test_limits_whose_tokens_would_not_fit_are_refused() -> None:
 
 
 def test_non_ascii_audiences_are_sent_as_utf8_not_escapes() -> None:
-    token = sign_jwt_svid(SID, ["ünïcode"], TTL, EC, "ec-p256", now=NOW)
+    token = sign_jwt_svid(SID, ["ünïcode"], TTL, EC, "ec-p256", now=WALL_NOW)
     claims = base64.urlsafe_b64decode(token.split(".")[1] + "==")
     assert '"aud":["ünïcode"]'.encode() in claims
     assert validate(token, "ünïcode").audience == ("ünïcode",)

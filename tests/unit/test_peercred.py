@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from devtools.harness.waiting import wait_for
 from insignia.daemon.peercred.credentials import (
     CallerTable,
     PeerCredentials,
     PidFd,
     ProcessGone,
     UnknownPeer,
-    parse_effective_ids,
     parse_start_time,
+    parse_status,
     process_executable,
     process_start_time,
     read_peer_credentials,
     still_same_process,
 )
-from tests.waiting import wait_for
 
 
 def _stat_line(comm: str, start_time: int) -> str:
@@ -46,11 +46,12 @@ def test_parse_start_time_rejects_non_stat_lines(line: str) -> None:
         parse_start_time(line)
 
 
-def test_parse_effective_ids_uses_the_effective_column() -> None:
+def test_parse_status_uses_the_effective_column() -> None:
     status = "Name:\tx\nUid:\t1000\t65534\t1000\t65534\nGid:\t100\t200\t100\t200\n"
-    assert parse_effective_ids(status) == (65534, 200)
-    with pytest.raises(ValueError, match="no Uid/Gid"):
-        parse_effective_ids("Name:\tx\n")
+    ids = parse_status(status)
+    assert (ids.uid, ids.gid, ids.groups) == (65534, 200, ())
+    with pytest.raises(ValueError, match="no valid Uid/Gid"):
+        parse_status("Name:\tx\n")
 
 
 def test_own_start_time_matches_proc() -> None:

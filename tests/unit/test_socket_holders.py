@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.harness.waiting import wait_for
 from insignia.daemon.peercred.credentials import PeerCredentials, read_peer_credentials
 from insignia.daemon.peercred.holders import Holder, connection_problem, holder_problem
 from insignia.daemon.peercred.unix_diag import PeerGone, peer_inode, probe
-from tests.waiting import wait_for
 
 
 def test_peer_inode_of_a_socketpair_is_the_other_end() -> None:

@@ -19,6 +19,8 @@ from OpenSSL import SSL
 from insignia.authorize import NotAuthorized, any_id, any_member_of, one_of
 from insignia.bundle import Bundle
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_pem
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 from insignia.sources import StaticSource
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.spiffetls import (
@@ -29,17 +31,15 @@ from insignia.spiffetls import (
     client_context,
     server_context,
 )
-from insignia.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
 from insignia.x509svid import (
     ChainVerificationFailed,
     ExpiredCertificate,
     InvalidUriSan,
     UntrustedTrustDomain,
     X509Svid,
-    build_leaf,
 )
+from tests.unit.common import TD
 
-TD = TrustDomain("example.org")
 SERVER_ID = SpiffeId.parse("spiffe://example.org/service/a")
 CLIENT_ID = SpiffeId.parse("spiffe://example.org/service/b")
 PEER_SCRIPT = Path(__file__).with_name("spiffetls_peer.py")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.waiting import wait_for
+from devtools.harness.waiting import wait_for
 
 
 def test_returns_the_first_truthy_value() -> None:

@@ -5,6 +5,7 @@ from cryptography.hazmat.primitives import serialization
 from insignia_proto import workload_pb2 as pb
 
 from insignia.keys import KeyType, generate_key, private_key_to_der
+from insignia.server.ca.x509_leaf import build_leaf
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workloadapi._client import (
     WorkloadApiError,
@@ -12,14 +13,11 @@ from insignia.workloadapi._client import (
     _x509_bundles,
     x509_context_from_response,
 )
-from insignia.x509ca import build_root_ca
-from insignia.x509svid import build_leaf
-
-TD = TrustDomain.parse("example.org")
+from tests.unit.common import TD, WALL_NOW, make_ca
 
 
 def svid_message(spiffe_id="spiffe://example.org/web", claimed=None, hint=""):
-    ca = build_root_ca(TD, generate_key(KeyType.EC_P256), timedelta(hours=1))
+    ca = make_ca(now=WALL_NOW, ttl=timedelta(hours=1))
     key = generate_key(KeyType.EC_P256)
     leaf = build_leaf(key.public_key(), SpiffeId.parse(spiffe_id), timedelta(minutes=5), ca)
     return ca, pb.X509SVID(
@@ -33,9 +31,7 @@ def svid_message(spiffe_id="spiffe://example.org/web", claimed=None, hint=""):
 
 def test_decodes_svids_and_bundles():
     ca, msg = svid_message(hint="web")
-    fed_ca = build_root_ca(
-        TrustDomain.parse("partner.org"), generate_key(KeyType.EC_P256), timedelta(hours=1)
-    )
+    fed_ca = make_ca(TrustDomain.parse("partner.org"), WALL_NOW, timedelta(hours=1))
     response = pb.X509SVIDResponse(
         svids=[msg],
         federated_bundles={
@@ -53,7 +49,7 @@ def test_decodes_svids_and_bundles():
 def test_bundle_maps_are_keyed_by_trust_domain_id_or_name(key):
     """SPIRE (and our agent) key bundles by `spiffe://partner.org`; older agents by the name."""
     partner = TrustDomain.parse("partner.org")
-    fed_ca = build_root_ca(partner, generate_key(KeyType.EC_P256), timedelta(hours=1))
+    fed_ca = make_ca(partner, WALL_NOW, timedelta(hours=1))
     der = fed_ca.certificate.public_bytes(serialization.Encoding.DER)
     _, msg = svid_message()
     context = x509_context_from_response(

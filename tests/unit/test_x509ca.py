@@ -14,18 +14,14 @@ from cryptography.x509.oid import NameOID
 
 from insignia.durations import InvalidDuration
 from insignia.keys import KeyType, generate_key
-from insignia.spiffeid import TrustDomain
-from insignia.x509ca import (
+from insignia.server.ca.x509ca import (
     BACKDATE,
     InvalidAuthority,
     SigningAuthority,
     build_intermediate_ca,
     build_root_ca,
 )
-
-TD = TrustDomain("example.org")
-NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
+from tests.unit.common import NOW, TD
 
 E = TypeVar("E", bound=x509.ExtensionType)
 

@@ -22,19 +22,18 @@ from hypothesis import strategies as st
 
 from insignia.bundle import Bundle, BundleSet
 from insignia.keys import InvalidKey, KeyType, PrivateKey, generate_key, private_key_to_der
-from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import (
+from insignia.server.ca.x509_leaf import InvalidCsr, InvalidDnsName, build_leaf, parse_csr
+from insignia.server.ca.x509ca import (
     BACKDATE,
     InvalidAuthority,
     SigningAuthority,
     build_intermediate_ca,
     build_root_ca,
 )
+from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.x509svid import (
     ChainVerificationFailed,
     ExpiredCertificate,
-    InvalidCsr,
-    InvalidDnsName,
     InvalidLeafKeyUsage,
     InvalidUriSan,
     InvalidX509Svid,
@@ -43,16 +42,13 @@ from insignia.x509svid import (
     NotYetValidCertificate,
     UntrustedTrustDomain,
     X509Svid,
-    build_leaf,
     parse_chain_der,
-    parse_csr,
     verify_chain,
 )
+from tests.unit.common import TD, WALL_NOW, make_ca
 
-TD = TrustDomain("example.org")
 OTHER_TD = TrustDomain("other.test")
 SID = SpiffeId.parse("spiffe://example.org/ns/prod/sa/web")
-NOW = datetime.now(UTC).replace(microsecond=0)
 HOUR = timedelta(hours=1)
 DER = serialization.Encoding.DER
 PEM = serialization.Encoding.PEM
@@ -66,9 +62,9 @@ class Pki:
 
 
 def make_pki(td: TrustDomain = TD, kt: KeyType = KeyType.EC_P256) -> Pki:
-    root = build_root_ca(td, generate_key(kt), 24 * HOUR, NOW)
+    root = make_ca(td, WALL_NOW, 24 * HOUR, kt)
     key = generate_key(kt)
-    cert = build_intermediate_ca(root, key.public_key(), td, 12 * HOUR, NOW)
+    cert = build_intermediate_ca(root, key.public_key(), td, 12 * HOUR, WALL_NOW)
     return Pki(
         root, SigningAuthority(cert, key, (cert, *root.chain)), Bundle(td, (root.certificate,))
     )
@@ -87,7 +83,7 @@ def leaf_key() -> PrivateKey:
 def leaf_for(
     authority: SigningAuthority, key: PrivateKey, **kw: object
 ) -> tuple[x509.Certificate, ...]:
-    leaf = build_leaf(key.public_key(), SID, HOUR, authority, now=NOW, **kw)  # type: ignore[arg-type]
+    leaf = build_leaf(key.public_key(), SID, HOUR, authority, now=WALL_NOW, **kw)  # type: ignore[arg-type]
     return (leaf, *authority.chain)
 
 
@@ -101,7 +97,7 @@ def ext_value(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.Ext
 @pytest.mark.parametrize("kt", list(KeyType))
 def test_leaf_profile(pki: Pki, kt: KeyType) -> None:
     key = generate_key(kt) if kt.value.startswith("ec") else generate_key(KeyType.RSA_2048)
-    leaf = build_leaf(key.public_key(), SID, HOUR, pki.inter, now=NOW)
+    leaf = build_leaf(key.public_key(), SID, HOUR, pki.inter, now=WALL_NOW)
     san = ext_value(leaf, x509.SubjectAlternativeName)
     assert isinstance(san, x509.SubjectAlternativeName)
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [str(SID)]
@@ -122,14 +118,14 @@ def test_leaf_profile(pki: Pki, kt: KeyType) -> None:
     assert isinstance(aki, x509.AuthorityKeyIdentifier)
     assert isinstance(inter_ski, x509.SubjectKeyIdentifier)
     assert aki.key_identifier == inter_ski.digest
-    assert leaf.not_valid_before_utc == NOW - BACKDATE
-    assert leaf.not_valid_after_utc == NOW + HOUR
+    assert leaf.not_valid_before_utc == WALL_NOW - BACKDATE
+    assert leaf.not_valid_after_utc == WALL_NOW + HOUR
     leaf.verify_directly_issued_by(pki.inter.certificate)
 
 
 def test_leaf_never_outlives_its_authority(pki: Pki, leaf_key: PrivateKey) -> None:
-    leaf = build_leaf(leaf_key.public_key(), SID, timedelta(days=7), pki.inter, now=NOW)
-    assert leaf.not_valid_after_utc == pki.inter.not_after == NOW + 12 * HOUR
+    leaf = build_leaf(leaf_key.public_key(), SID, timedelta(days=7), pki.inter, now=WALL_NOW)
+    assert leaf.not_valid_after_utc == pki.inter.not_after == WALL_NOW + 12 * HOUR
 
 
 def test_leaf_dns_names_and_custom_subject(pki: Pki, leaf_key: PrivateKey) -> None:
@@ -140,7 +136,7 @@ def test_leaf_dns_names_and_custom_subject(pki: Pki, leaf_key: PrivateKey) -> No
         HOUR,
         pki.inter,
         dns_names=["web.example.org", "*.svc.local"],
-        now=NOW,
+        now=WALL_NOW,
         serial=1234,
         subject=subject,
     )
@@ -148,24 +144,24 @@ def test_leaf_dns_names_and_custom_subject(pki: Pki, leaf_key: PrivateKey) -> No
     assert isinstance(san, x509.SubjectAlternativeName)
     assert san.get_values_for_type(x509.DNSName) == ["web.example.org", "*.svc.local"]
     assert leaf.serial_number == 1234 and leaf.subject == subject
-    assert verify_chain((leaf, *pki.inter.chain), pki.bundle, NOW) == SID
+    assert verify_chain((leaf, *pki.inter.chain), pki.bundle, WALL_NOW) == SID
 
 
 @pytest.mark.parametrize("name", ["", "-bad.example", "a..b", "sp ace.example", "x" * 64, "é.fr"])
 def test_invalid_dns_name_is_refused(pki: Pki, leaf_key: PrivateKey, name: str) -> None:
     with pytest.raises(InvalidDnsName):
-        build_leaf(leaf_key.public_key(), SID, HOUR, pki.inter, dns_names=[name], now=NOW)
+        build_leaf(leaf_key.public_key(), SID, HOUR, pki.inter, dns_names=[name], now=WALL_NOW)
 
 
 def test_authority_refuses_another_trust_domain(pki: Pki, leaf_key: PrivateKey) -> None:
     foreign = SpiffeId.parse("spiffe://other.test/w")
     with pytest.raises(InvalidAuthority, match=re.escape("not for spiffe://other.test/w")):
-        build_leaf(leaf_key.public_key(), foreign, HOUR, pki.inter, now=NOW)
+        build_leaf(leaf_key.public_key(), foreign, HOUR, pki.inter, now=WALL_NOW)
 
 
 def test_expired_authority_cannot_sign(pki: Pki, leaf_key: PrivateKey) -> None:
     with pytest.raises(InvalidAuthority, match="expired"):
-        build_leaf(leaf_key.public_key(), SID, HOUR, pki.inter, now=NOW + 13 * HOUR)
+        build_leaf(leaf_key.public_key(), SID, HOUR, pki.inter, now=WALL_NOW + 13 * HOUR)
 
 
 # ----------------------------------------------------------------------------- verifying
@@ -175,14 +171,14 @@ def test_expired_authority_cannot_sign(pki: Pki, leaf_key: PrivateKey) -> None:
 def test_verify_accepts_root_and_intermediate_chains(kt: KeyType) -> None:
     p = make_pki(kt=kt)
     key = generate_key(kt)
-    assert verify_chain(leaf_for(p.root, key), p.bundle, NOW) == SID
-    assert verify_chain(leaf_for(p.inter, key), p.bundle, NOW) == SID
+    assert verify_chain(leaf_for(p.root, key), p.bundle, WALL_NOW) == SID
+    assert verify_chain(leaf_for(p.inter, key), p.bundle, WALL_NOW) == SID
     # The bundle may hold several roots (rotation); a BundleSet finds the right one.
     other = make_pki(OTHER_TD)
     bundles = BundleSet.of(
         [Bundle(TD, (make_pki().root.certificate, p.root.certificate)), other.bundle]
     )
-    assert verify_chain(leaf_for(p.inter, key), bundles, NOW) == SID
+    assert verify_chain(leaf_for(p.inter, key), bundles, WALL_NOW) == SID
 
 
 def test_verify_uses_current_time_by_default(pki: Pki, leaf_key: PrivateKey) -> None:
@@ -204,8 +200,8 @@ def custom_leaf(
     uris: Sequence[str] = (str(SID),),
     ca: bool | None = False,
     ku: dict[str, bool] | None = None,
-    not_before: datetime = NOW - HOUR,
-    not_after: datetime = NOW + HOUR,
+    not_before: datetime = WALL_NOW - HOUR,
+    not_after: datetime = WALL_NOW + HOUR,
     signer: PrivateKey | None = None,
     critical_extra: x509.ExtensionType | None = None,
 ) -> x509.Certificate:
@@ -249,7 +245,7 @@ def custom_ca(
     *,
     ca: bool = True,
     key_cert_sign: bool = True,
-    not_after: datetime = NOW + HOUR,
+    not_after: datetime = WALL_NOW + HOUR,
 ) -> Issuer:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"custom ca {ca} {key_cert_sign}")])
     cert = (
@@ -258,7 +254,7 @@ def custom_ca(
         .issuer_name(parent.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - HOUR)
+        .not_valid_before(WALL_NOW - HOUR)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
@@ -320,20 +316,22 @@ def _wrong_td(p: Pki, k: PrivateKey) -> tuple[Sequence[x509.Certificate], Bundle
 
 
 def _expired_leaf(p: Pki, k: PrivateKey) -> tuple[Sequence[x509.Certificate], Bundle]:
-    return (custom_leaf(p.root, k, not_after=NOW - timedelta(seconds=1)),), p.bundle
+    return (custom_leaf(p.root, k, not_after=WALL_NOW - timedelta(seconds=1)),), p.bundle
 
 
 def _future_leaf(p: Pki, k: PrivateKey) -> tuple[Sequence[x509.Certificate], Bundle]:
-    return (custom_leaf(p.root, k, not_before=NOW + timedelta(minutes=5)),), p.bundle
+    return (custom_leaf(p.root, k, not_before=WALL_NOW + timedelta(minutes=5)),), p.bundle
 
 
 def _expired_intermediate(p: Pki, k: PrivateKey) -> tuple[Sequence[x509.Certificate], Bundle]:
-    inter = custom_ca(p.root, generate_key(KeyType.EC_P256), not_after=NOW - timedelta(seconds=1))
+    inter = custom_ca(
+        p.root, generate_key(KeyType.EC_P256), not_after=WALL_NOW - timedelta(seconds=1)
+    )
     return (custom_leaf(inter, k), inter.certificate), p.bundle
 
 
 def _expired_root(p: Pki, k: PrivateKey) -> tuple[Sequence[x509.Certificate], Bundle]:
-    old = build_root_ca(TD, generate_key(KeyType.EC_P256), HOUR, NOW - 2 * HOUR)
+    old = build_root_ca(TD, generate_key(KeyType.EC_P256), HOUR, WALL_NOW - 2 * HOUR)
     return (custom_leaf(old, k),), Bundle(TD, (old.certificate,))
 
 
@@ -421,7 +419,7 @@ def test_verify_rejects(
 ) -> None:
     chain, source = case(pki, leaf_key)
     with pytest.raises(expected, match=message) as info:
-        verify_chain(chain, source, NOW)
+        verify_chain(chain, source, WALL_NOW)
     assert type(info.value) is expected
 
 
@@ -440,8 +438,8 @@ def test_verify_rejects(
 def test_any_valid_spiffe_id_round_trips_through_a_leaf(segments: list[str]) -> None:
     p = _PROPERTY_PKI
     sid = SpiffeId.from_segments(TD, *segments)
-    leaf = build_leaf(_PROPERTY_KEY.public_key(), sid, HOUR, p.inter, now=NOW)
-    assert verify_chain((leaf, *p.inter.chain), p.bundle, NOW) == sid
+    leaf = build_leaf(_PROPERTY_KEY.public_key(), sid, HOUR, p.inter, now=WALL_NOW)
+    assert verify_chain((leaf, *p.inter.chain), p.bundle, WALL_NOW) == sid
 
 
 _PROPERTY_PKI = make_pki()
@@ -457,7 +455,7 @@ def test_chain_der_round_trip_and_svid(pki: Pki, leaf_key: PrivateKey) -> None:
     assert parse_chain_der(svid.chain_der()) == chain
     again = X509Svid.parse_der(svid.chain_der(), svid.key_der(), "internal")
     assert again.spiffe_id == SID and again.chain == chain and again.hint == "internal"
-    assert again.expires_at == NOW + HOUR
+    assert again.expires_at == WALL_NOW + HOUR
     assert svid.leaf is chain[0]
     assert svid.chain_pem().count(b"BEGIN CERTIFICATE") == 2
 

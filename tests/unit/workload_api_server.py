@@ -25,15 +25,17 @@ from google.protobuf import struct_pb2
 from insignia_proto import workload_pb2 as pb
 
 from insignia.bundle import Bundle
-from insignia.jwtsvid import InvalidJwtSvid, parse_and_validate, sign_jwt_svid
+from insignia.jwtsvid import InvalidJwtSvid, parse_and_validate
 from insignia.keys import KeyType, PrivateKey, generate_key
+from insignia.server.ca.jwt_signing import sign_jwt_svid
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority, build_root_ca
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workload_wire import SECURITY_HEADER_KEY, workload_api_handler
-from insignia.x509ca import SigningAuthority, build_root_ca
-from insignia.x509svid import X509Svid, build_leaf
+from insignia.x509svid import X509Svid
+from tests.unit.common import TD
 
 T = TypeVar("T")
-TD = TrustDomain("example.org")
 
 
 @dataclass

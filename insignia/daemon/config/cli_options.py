@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import click
@@ -45,6 +46,23 @@ class SpireAliasOption(click.Option):
 def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     """`click.option` whose single-dash camelCase names are hidden SPIRE aliases."""
     return click.option(*decls, cls=SpireAliasOption, **attrs)
+
+
+def config_option(
+    help: str, default: Path | None = None, required: bool = False
+) -> Callable[[F], F]:
+    """`--config PATH` (SPIRE: `-config`), passed as `config_path`; each command says what it
+    reads from the file and whether it needs one."""
+    return option(
+        "--config",
+        "-config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=default,
+        show_default=default is not None,
+        required=required,
+        help=help,
+    )
 
 
 def id_argument(name: str, spire_flag: str) -> Callable[[F], F]:

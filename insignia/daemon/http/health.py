@@ -22,8 +22,15 @@ from insignia.daemon.logs import change_log_level, current_log_level
 
 LOG_LEVEL_PATH = "/log-level"
 
+
+class ReadyNote(str):
+    """A readiness answer meaning "ready, but": 200 with the note (the agent serving from
+    its disk cache while no server answers is ready for workloads, and says so)."""
+
+
 ReadinessCheck = Callable[[], str | None]
-"""Returns None when ready, else a short reason why not (sent in the 503 body)."""
+"""Returns None when ready, a `ReadyNote` when ready with a caveat, else a short reason why
+not (sent in the 503 body)."""
 
 
 class HealthApp:
@@ -61,6 +68,8 @@ class HealthApp:
             reason = self.readiness()
             if reason is None:
                 return 200, text, b"ready\n"
+            if isinstance(reason, ReadyNote):
+                return 200, text, f"ready: {reason}\n".encode()
             return 503, text, f"not ready: {reason}\n".encode()
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)

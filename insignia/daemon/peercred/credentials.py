@@ -134,16 +134,30 @@ def parse_start_time(stat_line: str) -> int:
     return int(fields[19])
 
 
-def parse_effective_ids(status_text: str) -> tuple[int, int]:
-    """Effective (uid, gid) from /proc/<pid>/status ("Uid:\\treal\\teffective\\tsaved\\tfs")."""
-    ids: dict[str, int] = {}
-    for line in status_text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("Uid", "Gid"):
-            ids[key] = int(value.split()[1])
-    if set(ids) != {"Uid", "Gid"}:
-        raise ValueError(f"no Uid/Gid lines in /proc/<pid>/status: {status_text[:120]!r}")
-    return ids["Uid"], ids["Gid"]
+@dataclass(frozen=True, slots=True)
+class ProcessIds:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def parse_status(text: str) -> ProcessIds:
+    """Effective uid, gid and supplementary groups from `/proc/<pid>/status` text
+    ("Uid:\\treal\\teffective\\tsaved\\tfs"); the one parser for the front and the attestors."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key in ("Uid", "Gid", "Groups"):
+            fields[key] = value
+    try:
+        uids = [int(v) for v in fields["Uid"].split()]
+        gids = [int(v) for v in fields["Gid"].split()]
+        groups = tuple(int(v) for v in fields.get("Groups", "").split())
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"status has no valid Uid/Gid/Groups lines ({exc})") from exc
+    if len(uids) != 4 or len(gids) != 4:
+        raise ValueError("status Uid/Gid lines do not have 4 fields (real effective saved fs)")
+    return ProcessIds(uid=uids[1], gid=gids[1], groups=groups)
 
 
 def _read_proc(pid: int, name: str) -> str:
@@ -244,7 +258,7 @@ def still_same_process(creds: PeerCredentials) -> bool:
         return False
     try:
         start_time = process_start_time(creds.pid)
-        uid, gid = parse_effective_ids(_read_proc(creds.pid, "status"))
+        ids = parse_status(_read_proc(creds.pid, "status"))
         executable = process_executable(creds.pid)
     except (ProcessGone, ValueError):
         return False
@@ -252,7 +266,7 @@ def still_same_process(creds: PeerCredentials) -> bool:
     # about the same process the pidfd names.
     return (
         start_time == creds.start_time
-        and (uid, gid) == (creds.uid, creds.gid)
+        and (ids.uid, ids.gid) == (creds.uid, creds.gid)
         and executable == creds.executable
         and creds.pidfd.is_alive()
     )

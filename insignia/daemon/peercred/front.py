@@ -35,6 +35,7 @@ from insignia.daemon.instance import claim_socket_path
 from insignia.daemon.log_throttle import LogThrottle
 from insignia.daemon.logs import get_logger
 from insignia.daemon.memory_release import MemoryReleaser
+from insignia.daemon.peercred.admission import Admission, Verdict
 from insignia.daemon.peercred.credentials import (
     NAME_PREFIX,
     CallerTable,
@@ -439,26 +440,17 @@ async def serve_peercred_front(
     Signals ``task_status.started()`` once listening. Removes ``public_path`` on exit.
     """
     warnings = LogThrottle(burst=10, refill=1.0)
-    limit = fit_to_fd_limit(max_connections)
-    per_uid_limit = min(max_connections_per_uid, limit)
+    admission = Admission(fit_to_fd_limit(max_connections), max_connections_per_uid)
     sock = await _bind_public(public_path, mode, gid)
     bound_inode = os.stat(public_path).st_ino
     listener = trio.SocketListener(sock)
-    active = 0
-    per_uid: dict[int, int] = {}
-    saturated = False
-    saturated_uids: set[int] = set()
     releaser = MemoryReleaser()
 
     async def serve_one(client: socket.socket, uid: int) -> None:
-        nonlocal active
         try:
             await _proxy_connection(client, upstream_path, table, warnings, limits)
         finally:
-            active -= 1
-            per_uid[uid] -= 1
-            if not per_uid[uid]:
-                del per_uid[uid]
+            admission.release(uid)
             releaser.released()
 
     try:
@@ -468,30 +460,24 @@ async def serve_peercred_front(
             while True:
                 stream = await accept_retrying(listener, "peercred_front.accept_backoff")
                 client = socket.socket(fileno=stream.socket.detach())
-                if active >= limit:
-                    client.close()
-                    if not saturated:  # once per episode, not once per refused connection
-                        log.warning("peercred_front.connections_refused", limit=limit)
-                    saturated = True
-                    continue
-                saturated = False
                 try:
                     _pid, uid, _gid = peer_ids(client)  # getsockopt: cheap, never blocks
                 except OSError:
                     client.close()
                     continue
-                if per_uid.get(uid, 0) >= per_uid_limit:
-                    client.close()
-                    if uid not in saturated_uids:  # once per episode and uid
-                        log.warning(
-                            "peercred_front.uid_connections_refused", uid=uid, limit=per_uid_limit
-                        )
-                        saturated_uids.add(uid)
+                decision = admission.admit(uid)
+                if decision.verdict is Verdict.ADMITTED:
+                    nursery.start_soon(serve_one, client, uid)
                     continue
-                saturated_uids.discard(uid)
-                active += 1
-                per_uid[uid] = per_uid.get(uid, 0) + 1
-                nursery.start_soon(serve_one, client, uid)
+                client.close()
+                if decision.verdict is Verdict.FULL and decision.warn:
+                    log.warning("peercred_front.connections_refused", limit=admission.limit)
+                elif decision.warn:
+                    log.warning(
+                        "peercred_front.uid_connections_refused",
+                        uid=uid,
+                        limit=admission.per_uid_limit,
+                    )
     finally:
         sock.close()
         with contextlib.suppress(FileNotFoundError):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.harness.postgres import BACKEND_PARAMS, database_url
 from insignia.server.datastore import Datastore
 from tests.datastores import Clock
-from tests.postgres import BACKEND_PARAMS, database_url
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.harness.postgres import BACKEND_PARAMS, Backend, database_url
 from insignia.server.datastore import Datastore
 from tests.integration.datastore.datastore_crash_writer import batch_size, expected
-from tests.postgres import BACKEND_PARAMS, Backend, database_url
 
 ROOT = Path(__file__).resolve().parents[3]
 ROUNDS = 3

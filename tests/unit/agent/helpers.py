@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
@@ -13,12 +13,10 @@ from insignia.agent.svids.signing import authority_ids
 from insignia.bundle import Bundle
 from insignia.keys import KeyType, generate_key, private_key_to_der
 from insignia.selectors import Selector
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority
 from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import SigningAuthority, build_root_ca
-from insignia.x509svid import build_leaf
-
-TD = TrustDomain.parse("example.org")
-NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+from tests.unit.common import NOW, TD
 
 
 def sels(*texts: str) -> frozenset[Selector]:
@@ -51,10 +49,6 @@ def make_entry(
         revision=1,
         created_at=created_at,
     )
-
-
-def make_ca(td: TrustDomain = TD, now: datetime = NOW) -> SigningAuthority:
-    return build_root_ca(td, generate_key(KeyType.EC_P256), timedelta(days=1), now=now)
 
 
 def bundle_view(ca: SigningAuthority, **federated: SigningAuthority) -> BundleView:

@@ -7,7 +7,8 @@ from insignia.agent.cache.store import (
     SyncDelta,
 )
 from insignia.jwtsvid import MAX_TOKEN_BYTES
-from tests.unit.agent.helpers import NOW, TD, bundle_view, issue, make_ca, make_entry, sels
+from tests.unit.agent.helpers import bundle_view, issue, make_entry, sels
+from tests.unit.common import NOW, TD, make_ca
 
 HOUR = timedelta(hours=1)
 

@@ -8,7 +8,8 @@ from insignia.bundle import Bundle, BundleSet
 from insignia.keys import private_key_from_der
 from insignia.workloadapi import X509Context
 from insignia.x509svid import X509Svid, parse_chain_der
-from tests.unit.agent.helpers import TD, issue, make_ca, make_entry
+from tests.unit.agent.helpers import issue, make_entry
+from tests.unit.common import TD, make_ca
 
 
 def test_write_lays_out_files_like_spire_with_private_keys(tmp_path):

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from insignia.agent.config import AgentConfig, load_agent_config
+from insignia.agent.identity.targets import ServerTarget
 from insignia.daemon.config.loading import ConfigError
 from insignia.keys import KeyType
 
@@ -23,7 +24,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_minimal_config_gets_operator_defaults(tmp_path):
     config = load_agent_config(write(tmp_path, MINIMAL))
-    assert config.server.port == 8081 and config.server.attestation_port == 8082
+    assert config.server.targets == (ServerTarget("10.0.0.1", 8081),)
+    assert config.server.attestation_port == 8082
     assert config.node_attestor_name == "join_token"
     assert config.workload_attestors == {"unix": {}}
     assert config.workload.key_type is KeyType.EC_P256
@@ -47,6 +49,21 @@ def test_the_sample_config_loads():
         (('"example.org"', '"Example.org"'), "trust_domain", "upper"),
         (("[server]", "[server]\nport = 0"), "server.port", "expected integer >= 1 (got 0)"),
         (('trust_bundle_path = "/etc/insignia/bundle.pem"', ""), "", "set trust_bundle_path"),
+        (('address = "10.0.0.1"', ""), "server", "set address"),
+        (
+            ('address = "10.0.0.1"', 'address = "a"\naddresses = ["b:1"]'),
+            "server",
+            "not both",
+        ),
+        (
+            ('address = "10.0.0.1"', 'addresses = ["b:1"]\nport = 9'),
+            "server",
+            "give each of addresses its port",
+        ),
+        (('address = "10.0.0.1"', 'addresses = ["b"]'), "server", "'b': expected host:port"),
+        (('address = "10.0.0.1"', 'addresses = ["b:0"]'), "server", "from 1 to 65535"),
+        (('address = "10.0.0.1"', 'addresses = ["::1:80"]'), "server", "expected host:port"),
+        (('address = "10.0.0.1"', 'addresses = ["b:1", "b:1"]'), "server", "twice"),
         (
             ('trust_bundle_path = "/etc/insignia/bundle.pem"', 'trust_bundle_path = "rel.pem"'),
             "trust_bundle_path",
@@ -85,3 +102,16 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, edit, key, fragment):
     assert "\n" not in message
     assert info.value.key == key
     assert fragment.lower() in message.lower()
+
+
+def test_addresses_list_every_server_in_order(tmp_path):
+    text = MINIMAL.replace(
+        'address = "10.0.0.1"', 'addresses = ["s1.example.org:8081", "[::1]:9081", "10.0.0.3:81"]'
+    )
+    config = load_agent_config(write(tmp_path, text))
+    assert config.server.targets == (
+        ServerTarget("s1.example.org", 8081),
+        ServerTarget("::1", 9081),
+        ServerTarget("10.0.0.3", 81),
+    )
+    assert [str(t) for t in config.server.targets][1] == "[::1]:9081"

@@ -1,7 +1,7 @@
 import pytest
 from insignia_proto import agent_pb2
 
-from insignia.agent.cache.entries import Entry, InvalidEntry, entitled
+from insignia.agent.cache.entries import Entry, UnservableEntry, entitled
 from tests.unit.agent.helpers import make_entry, sels
 
 CALLER = sels("unix:uid:1000", "unix:gid:1000")
@@ -42,7 +42,7 @@ def test_from_proto_parses_every_field():
     ],
 )
 def test_from_proto_refuses_bad_entries(overrides, fragment):
-    with pytest.raises(InvalidEntry, match=fragment):
+    with pytest.raises(UnservableEntry, match=fragment):
         Entry.from_proto(proto(**overrides))
 
 

@@ -4,10 +4,11 @@ import pytest
 
 from insignia.agent.workloadapi.jwt_validation import JwtValidator, cost
 from insignia.bundle import Bundle, BundleSet
-from insignia.jwtsvid import AudienceMismatch, TokenExpired, UnknownKeyId, sign_jwt_svid
+from insignia.jwtsvid import AudienceMismatch, TokenExpired, UnknownKeyId
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.jwt_signing import sign_jwt_svid
 from insignia.spiffeid import SpiffeId
-from tests.unit.agent.helpers import NOW, TD
+from tests.unit.common import NOW, TD
 
 SUB = SpiffeId.parse("spiffe://example.org/api")
 

@@ -14,7 +14,8 @@ from insignia.agent.svids.rotation import (
     next_wakeup,
     x509_renew_reason,
 )
-from tests.unit.agent.helpers import NOW, make_entry
+from tests.unit.agent.helpers import make_entry
+from tests.unit.common import NOW
 
 HOUR = timedelta(hours=1)
 

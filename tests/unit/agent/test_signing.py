@@ -4,10 +4,11 @@ from cryptography import x509
 
 from insignia.agent.svids.signing import MintBudget, authority_ids
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca
 from insignia.spiffeid import SpiffeId
-from insignia.x509ca import SigningAuthority, build_intermediate_ca
-from insignia.x509svid import build_leaf
-from tests.unit.agent.helpers import NOW, TD, make_ca, make_entry
+from tests.unit.agent.helpers import make_entry
+from tests.unit.common import NOW, TD, make_ca
 
 
 def ski(cert: x509.Certificate) -> str:

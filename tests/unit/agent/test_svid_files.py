@@ -33,11 +33,12 @@ from insignia.agent.helper.svid_files import (
 )
 from insignia.bundle import Bundle, BundleSet
 from insignia.keys import KeyType, generate_key, private_key_from_pem
+from insignia.server.ca.x509_leaf import build_leaf
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca
 from insignia.spiffeid import SpiffeId, TrustDomain
 from insignia.workloadapi import X509Context
-from insignia.x509ca import SigningAuthority, build_intermediate_ca
-from insignia.x509svid import X509Svid, build_leaf
-from tests.unit.agent.helpers import NOW, TD, make_ca
+from insignia.x509svid import X509Svid
+from tests.unit.common import NOW, TD, make_ca
 
 FED = TrustDomain.parse("partner.test")
 PY = sys.executable

@@ -3,7 +3,7 @@ from insignia_proto import agent_pb2
 
 from insignia.agent.cache.sync import InvalidSyncUpdate, parse_update
 from insignia.bundle import Bundle
-from tests.unit.agent.helpers import TD, make_ca
+from tests.unit.common import TD, make_ca
 
 
 def state(ca, **kw):

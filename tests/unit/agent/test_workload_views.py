@@ -13,7 +13,8 @@ from insignia.agent.workloadapi.views import (
 )
 from insignia.bundle import Bundle
 from insignia.x509svid import X509Svid
-from tests.unit.agent.helpers import NOW, TD, filled_cache, issue, make_ca, make_entry, sels
+from tests.unit.agent.helpers import filled_cache, issue, make_entry, sels
+from tests.unit.common import NOW, TD, make_ca
 
 CALLER = sels("unix:uid:1000")
 

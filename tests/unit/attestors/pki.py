@@ -1,8 +1,8 @@
-"""Node PKIs for x509pop tests: CAs from insignia.x509ca, node certificates built here."""
+"""Node PKIs for x509pop tests: CAs from insignia.server.ca.x509ca, node certificates built here."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -11,22 +11,24 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from insignia.keys import KeyType, generate_key
+from insignia.server.ca.x509ca import SigningAuthority, build_intermediate_ca
 from insignia.spiffeid import TrustDomain
-from insignia.x509ca import SigningAuthority, build_intermediate_ca, build_root_ca
+from tests.unit.common import WALL_NOW, make_ca
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 NODE_TD = TrustDomain("nodes.example")
 
 NodeKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def root_ca() -> SigningAuthority:
-    return build_root_ca(NODE_TD, generate_key(KeyType.EC_P256), timedelta(days=30), now=NOW)
+    return make_ca(NODE_TD, WALL_NOW, timedelta(days=30))
 
 
 def intermediate_ca(parent: SigningAuthority) -> SigningAuthority:
     key = generate_key(KeyType.EC_P256)
-    cert = build_intermediate_ca(parent, key.public_key(), NODE_TD, timedelta(days=20), now=NOW)
+    cert = build_intermediate_ca(
+        parent, key.public_key(), NODE_TD, timedelta(days=20), now=WALL_NOW
+    )
     return SigningAuthority(cert, key, (cert, *parent.chain))
 
 
@@ -57,8 +59,8 @@ def node_cert(
         .issuer_name(issuer.certificate.subject)
         .public_key(key.public_key())
         .serial_number(serial)
-        .not_valid_before(NOW - timedelta(minutes=1))
-        .not_valid_after(not_after or NOW + timedelta(days=1))
+        .not_valid_before(WALL_NOW - timedelta(minutes=1))
+        .not_valid_after(not_after or WALL_NOW + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(usage, critical=True)
     )

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from insignia.attestors.interface import Caller
+from devtools.callers import caller_of
+from insignia.daemon.peercred.credentials import PeerCredentials
 
 
 @contextmanager
 def running(
     argv: list[str], uid: int | None = None, gid: int | None = None, **popen: Any
-) -> Iterator[tuple[subprocess.Popen[str], Caller]]:
-    """Start `argv` (as `uid`/`gid` if given) and yield it with its Caller, as SO_PEERCRED
-    would describe it; kill and reap it afterwards."""
+) -> Iterator[tuple[subprocess.Popen[str], PeerCredentials]]:
+    """Start `argv` (as `uid`/`gid` if given) and yield it with its credentials, as the front
+    would record them; kill and reap it afterwards."""
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -26,19 +26,13 @@ def running(
         group=gid,
         **popen,
     )
-    pidfd = os.pidfd_open(proc.pid)
-    caller = Caller(
-        proc.pid,
-        os.geteuid() if uid is None else uid,
-        os.getegid() if gid is None else gid,
-        pidfd,
-    )
+    caller = caller_of(proc.pid, uid, gid)
     try:
         yield proc, caller
     finally:
         proc.kill()
         proc.wait()
-        os.close(pidfd)
+        caller.pidfd.close()
 
 
 def sleeper(uid: int | None = None, gid: int | None = None, **popen: Any) -> Any:

@@ -13,9 +13,9 @@ from insignia.attestors.node.join_token import (
     JoinTokenServer,
     JoinTokenServerConfig,
 )
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import TD
 
-TD = TrustDomain("example.org")
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 

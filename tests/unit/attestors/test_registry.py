@@ -17,9 +17,7 @@ from insignia.attestors.registry import (
 )
 from insignia.attestors.workload.unix import UnixAttestor
 from insignia.daemon.config.loading import ConfigError
-from insignia.spiffeid import TrustDomain
-
-TD = TrustDomain("example.org")
+from tests.unit.common import TD
 
 
 def test_built_ins_are_registered_as_entry_points() -> None:

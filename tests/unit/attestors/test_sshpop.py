@@ -23,9 +23,8 @@ from insignia.attestors.node.sshpop import (
     SshPopServerConfig,
 )
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
-
-TD = TrustDomain("example.org")
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import TD
 
 
 def keygen(*args: str, cwd: Path) -> None:

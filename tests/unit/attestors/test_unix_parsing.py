@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from insignia.attestors.workload.unix import HashCache, ProcessIds, id_selectors, parse_status
+from insignia.attestors.workload.unix import HashCache, id_selectors
+from insignia.daemon.peercred.credentials import ProcessIds, parse_status
 from insignia.selectors import Selector
 
 STATUS = """\

@@ -12,12 +12,14 @@ from typing import cast
 import pytest
 import trio
 
-from insignia.attestors.interface import AttestationError, Caller, WorkloadAttestor
+from devtools.callers import caller_of
+from insignia.attestors.interface import AttestationError, WorkloadAttestor
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.selectors import Selector
 
-CALLER = Caller(pid=os.getpid(), uid=os.geteuid(), gid=os.getegid())
+CALLER = caller_of(os.getpid())
 
 
 class Fixed:
@@ -26,7 +28,7 @@ class Fixed:
         self.delay = delay
         self.cancelled = False
 
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         try:
             await trio.sleep(self.delay)
         except trio.Cancelled:
@@ -36,12 +38,12 @@ class Fixed:
 
 
 class Failing:
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         raise AttestationError("broken", "cannot see the process")
 
 
 class Crashing:
-    async def attest(self, caller: Caller) -> list[Selector]:
+    async def attest(self, caller: PeerCredentials) -> list[Selector]:
         raise KeyError("missing")
 
 
@@ -145,7 +147,7 @@ async def test_a_plugin_cannot_emit_another_plugins_selector_types() -> None:
 
 async def test_a_plugin_returning_strings_is_refused() -> None:
     class Sloppy:
-        async def attest(self, caller: Caller) -> list[str]:
+        async def attest(self, caller: PeerCredentials) -> list[str]:
             return ["sloppy:x"]
 
     with pytest.raises(AttestationError, match="other than selectors"):

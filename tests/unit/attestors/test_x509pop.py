@@ -26,25 +26,23 @@ from insignia.attestors.node.x509pop import (
     X509PopSession,
 )
 from insignia.selectors import Selector
-from insignia.spiffeid import SpiffeId, TrustDomain
-from insignia.x509ca import SigningAuthority
+from insignia.server.ca.x509ca import SigningAuthority
+from insignia.spiffeid import SpiffeId
 from tests.unit.attestors.pki import (
-    NOW,
     intermediate_ca,
     node_cert,
     pem,
     root_ca,
     write_node_files,
 )
-
-TD = TrustDomain("example.org")
+from tests.unit.common import TD, WALL_NOW
 
 
 def sha1(cert: x509.Certificate) -> str:
     return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def server_for(tmp_path: Path, *cas: x509.Certificate, now: datetime = NOW) -> X509PopServer:
+def server_for(tmp_path: Path, *cas: x509.Certificate, now: datetime = WALL_NOW) -> X509PopServer:
     bundle = tmp_path / "node-cas.pem"
     bundle.write_bytes(pem(*cas))
     config = X509PopServerConfig(ca_bundle_paths=(bundle,))
@@ -130,7 +128,9 @@ async def test_certificate_from_another_ca_is_not_trusted(
 
 
 @pytest.mark.parametrize(
-    "now", [NOW + timedelta(days=2), NOW - timedelta(hours=1)], ids=["expired", "not-yet-valid"]
+    "now",
+    [WALL_NOW + timedelta(days=2), WALL_NOW - timedelta(hours=1)],
+    ids=["expired", "not-yet-valid"],
 )
 async def test_validity_period_is_checked(
     tmp_path: Path, pki: tuple[SigningAuthority, SigningAuthority], now: datetime

@@ -8,10 +8,9 @@ from insignia.server.ca.authorities import Authorities
 from insignia.server.ca.keymanager import DiskKeyManager, MemoryKeyManager
 from insignia.server.ca.rotation import AuthorityState
 from insignia.server.ca.state import CaSettings, new_jwt_slot, x509_authority_id
-from insignia.spiffeid import TrustDomain
 from tests.datastores import Clock, fresh_store
+from tests.unit.common import TD
 
-TD = TrustDomain.parse("example.org")
 SETTINGS = CaSettings(TD, KeyType.EC_P256, KeyType.EC_P256, timedelta(hours=24))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -13,11 +13,10 @@ from hypothesis import strategies as st
 from insignia.selectors import Selector, canonical
 from insignia.server.agentapi.authorization import EntryChange, EntryIndex, authorized_entries
 from insignia.server.entries import RegistrationEntry, server_spiffe_id
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import NOW, TD
 
-TD = TrustDomain("example.org")
 SERVER = server_spiffe_id(TD)
-NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def sid(path: str) -> SpiffeId:

@@ -7,20 +7,19 @@ from typing import Any
 
 import pytest
 
+from insignia.daemon.reserved_ids import is_agent_id
 from insignia.selectors import Selector
 from insignia.server.entries import (
     EntryLimits,
     InvalidEntry,
-    is_agent_id,
     normalize_dns_name,
     server_spiffe_id,
     validate_entry,
 )
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import NOW, TD
 
-TD = TrustDomain("example.org")
 LIMITS = EntryLimits(TD, max_x509_svid_ttl=14400, max_jwt_svid_ttl=3600)
-NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def entry(**overrides: Any) -> Any:
@@ -154,8 +153,8 @@ def test_dns_names_accept_idna_and_wildcards() -> None:
 
 
 def test_expiry_is_kept_in_utc() -> None:
-    later = datetime(2025, 6, 1, 12, tzinfo=timezone(timedelta(hours=2)))
-    assert entry(expires_at=later).expires_at == datetime(2025, 6, 1, 10, tzinfo=UTC)
+    later = datetime(2030, 6, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    assert entry(expires_at=later).expires_at == datetime(2030, 6, 1, 10, tzinfo=UTC)
     assert entry(expires_at=later).expires_at.tzinfo is UTC
     assert entry(expires_at=later).expired(later)
     assert not entry(expires_at=later).expired(later - timedelta(seconds=1))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from insignia.selectors import Selector
 from insignia.server.datastore.records import AgentRecord
 from insignia.server.entries import RegistrationEntry, server_spiffe_id
 from insignia.server.model import ServerModel
-from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import NOW, TD
 
-TD = TrustDomain.parse("example.org")
 AGENT = SpiffeId.parse("spiffe://example.org/insignia/agent/join_token/t")
-NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def entry(entry_id: str, expires_at: datetime | None) -> RegistrationEntry:

@@ -1,23 +1,25 @@
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from insignia_proto import agent_pb2
 
+from insignia.server.agentapi.authorization import EntryIndex
 from insignia.server.agentapi.sync import (
     AgentHistory,
-    Defaults,
     SentView,
     delta_update,
     full_update,
+    log_resumable,
+    log_resume_update,
     split_update,
 )
-from insignia.server.entries import EntryLimits, RegistrationEntry, validate_entry
-from insignia.spiffeid import TrustDomain
+from insignia.server.datastore.records import ChangeEvent, ChangeKind
+from insignia.server.entries import Defaults, EntryLimits, RegistrationEntry, validate_entry
+from insignia.spiffeid import SpiffeId
+from tests.unit.common import NOW, TD
 
-TD = TrustDomain.parse("example.org")
 LIMITS = EntryLimits(TD, 86400, 86400)
 DEFAULTS = Defaults(timedelta(hours=1), timedelta(minutes=5))
-NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def entry(name: str, revision: int = 0, ttl: int = 0) -> RegistrationEntry:
@@ -77,3 +79,58 @@ def test_large_updates_are_sent_in_parts() -> None:
     assert list(parts[0].deleted_entry_ids) == ["gone"] and not parts[2].deleted_entry_ids
     assert [e.id for p in parts for e in p.entries] == [f"e{i}" for i in range(5)]
     assert split_update(parts[2], max_entries=2) == [parts[2]]
+
+
+AGENT = SpiffeId.parse("spiffe://example.org/insignia/agent/join_token/a")
+SERVER = SpiffeId.parse("spiffe://example.org/insignia/server")
+
+
+def _entry(name: str, parent: str, revision: int = 1) -> RegistrationEntry:
+    e = validate_entry(
+        spiffe_id=f"spiffe://example.org/{name}",
+        parent_id=parent,
+        selectors=["unix:uid:1"],
+        limits=LIMITS,
+        entry_id=name,
+        now=NOW,
+    )
+    return replace(e, revision=revision)
+
+
+def _event(revision: int, kind: ChangeKind, subject: str) -> ChangeEvent:
+    return ChangeEvent(revision, kind, "updated", subject, NOW)
+
+
+def test_a_resume_from_the_log_sends_changed_entries_and_deletions_only() -> None:
+    a, b = _entry("a", str(AGENT)), _entry("b", str(AGENT), revision=7)
+    index = EntryIndex(SERVER, [a, b])
+    changes = [_event(6, "entry", "b"), _event(7, "entry", "gone"), _event(7, "bundle", "x")]
+    changed = log_resumable(changes, AGENT, index)
+    assert changed == {"b", "gone"}
+    bundle = agent_pb2.BundleState(spiffe_bundle=b"{}")
+    authorized = {e.id: e for e in index.authorized_entries(AGENT, ())}
+    update, view = log_resume_update("s", 7, changed, authorized, bundle, DEFAULTS)
+    assert not update.full and update.HasField("bundle")
+    assert [e.id for e in update.entries] == ["b"]
+    assert list(update.deleted_entry_ids) == ["gone"]
+    assert view.entries == {"a": 1, "b": 7}
+
+
+def test_only_full_state_is_safe_when_authorization_may_have_moved_under_unchanged_entries() -> (
+    None
+):
+    parent = _entry("parent", str(AGENT))
+    child = _entry("child", "spiffe://example.org/parent")
+    index = EntryIndex(SERVER, [parent, child])
+    # The agent's own record changed (its node selectors decide node aliases).
+    assert log_resumable([_event(2, "agent", str(AGENT))], AGENT, index) is None
+    # An entry with children changed: the children's authorization hangs on it.
+    assert log_resumable([_event(2, "entry", "parent")], AGENT, index) is None
+    # Its leaf child changed alone: fine.
+    assert log_resumable([_event(2, "entry", "child")], AGENT, index) == {"child"}
+    # The parent is gone and its child left orphaned: a deletion under children.
+    orphaned = EntryIndex(SERVER, [child])
+    assert log_resumable([_event(2, "entry", "parent")], AGENT, orphaned) is None
+    # Another agent's record changing does not matter to this one.
+    other = "spiffe://example.org/insignia/agent/join_token/b"
+    assert log_resumable([_event(2, "agent", other)], AGENT, index) == frozenset()

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tests.waiting import wait_for
+from devtools.harness.waiting import wait_for
+from insignia.agent.identity.node_attestation import IDENTITY_FILE
+from insignia.daemon.sealed import unseal
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_BIN = Path(sys.executable).with_name("insignia-agent")
@@ -87,8 +89,11 @@ class AgentProcess:
         self.public_dir = Path(tempfile.mkdtemp(prefix="insignia-agent-"))
         self.public_dir.chmod(0o755)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(to_toml(self.config()))
+        self.write_config()
         self._log: BinaryIO | None = None
+
+    def write_config(self) -> None:
+        self.config_path.write_text(to_toml(self.config()))
 
     @property
     def socket_path(self) -> Path:
@@ -133,6 +138,8 @@ class AgentProcess:
             "metrics": {"address": "127.0.0.1:0"},
             "log": {"level": "info", "format": "json"},
         }
+        if "addresses" in self.extra_config.get("server", {}):  # several servers: no address
+            base["server"] = {"attestation_port": self.attestation_port}
         if "node_attestor" in self.extra_config:  # exactly one attestor: replace, not merge
             base["node_attestor"] = self.extra_config["node_attestor"]
         return merge(base, {k: v for k, v in self.extra_config.items() if k != "node_attestor"})
@@ -218,8 +225,12 @@ class AgentProcess:
     @property
     def agent_id(self) -> str:
         """The agent's SPIFFE ID, from the state it persisted after attestation."""
-        state = json.loads((self.data_dir / "agent_state.json").read_text())
-        return str(state["spiffe_id"])
+        return str(self.persisted_identity()["spiffe_id"])
+
+    def persisted_identity(self) -> dict[str, Any]:
+        """The sealed identity file's content: spiffe_id, reattestable, svid_pem."""
+        data = (self.data_dir / IDENTITY_FILE).read_bytes()
+        return unseal(data, "agent_identity", 1, self.trust_domain)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

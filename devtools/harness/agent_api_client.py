@@ -17,12 +17,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from insignia_proto import agent_pb2, agent_pb2_grpc
 
+from devtools.harness.server_process import ServerProcess
 from insignia.attestors.node.join_token import JoinTokenPayload
 from insignia.attestors.node.messages import encode
 from insignia.bundle import load_der_certificates
 from insignia.daemon.server_name import SERVER_TLS_NAME
 from insignia.keys import KeyType, PrivateKey, generate_key, private_key_to_pem, x509_signature_hash
-from tests.integration.server_fixtures import ServerProcess
 
 
 def make_csr(
@@ -72,7 +72,10 @@ class AttestedAgent:
         request = agent_pb2.BatchNewX509SVIDRequest(
             params=[agent_pb2.X509SVIDParams(entry_id=entry_id, csr=csr)]
         )
-        return self.stub(channel).BatchNewX509SVID(request, timeout=30).results[0]
+        result: agent_pb2.X509SVIDResult = (
+            self.stub(channel).BatchNewX509SVID(request, timeout=30).results[0]
+        )
+        return result
 
 
 def attestation_channel(server: ServerProcess) -> grpc.Channel:

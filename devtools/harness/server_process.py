@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from insignia_proto import admin_pb2_grpc
 
-from tests.integration.agent_fixtures import merge, to_toml
-from tests.waiting import wait_for
+from devtools.harness.agent_process import merge, to_toml
+from devtools.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(sys.executable).with_name("insignia-server")
@@ -136,6 +136,23 @@ class ServerProcess:
         if wait:
             self.wait_ready(timeout)
 
+    def ready_status(self) -> int | None:
+        """The HTTP status of /ready, None if the health listener does not answer."""
+        host, port = self.health_address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=2)
+        try:
+            conn.request("GET", "/ready")
+            return conn.getresponse().status
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+    @property
+    def instance_id(self) -> str:
+        """This server's id in the servers registry (data_dir/server.id)."""
+        return (self.data_dir / "server.id").read_text().strip()
+
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise ServerFailed(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
@@ -143,15 +160,7 @@ class ServerProcess:
             self.addresses = json.loads((self.data_dir / "server.addresses.json").read_text())
         except (OSError, ValueError):
             return False
-        host, port = self.health_address.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=2)
-        try:
-            conn.request("GET", "/ready")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
+        return self.ready_status() == 200
 
     def wait_ready(self, timeout: float = 60) -> None:
         try:

@@ -1,6 +1,6 @@
 """Hostile HTTP/2 clients for the Workload API socket, written byte by byte (issue 12).
 
-Shared by tests/integration/test_agent_hostile_clients.py and
+Shared by tests/integration/test_agent_hostile_clients.py, tests/unit/test_http2_guard.py and
 benchmarks/attack_workload_front.py. None of them reads what the agent sends: whether the
 agent hung up is seen with poll(2) (POLLHUP), which consumes nothing. The one exception is
 ``IdleReader``: the idle client a real one is, for contrast.

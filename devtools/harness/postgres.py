@@ -55,6 +55,23 @@ def temporary_schema(dsn: str) -> Iterator[str]:
 
 
 @contextmanager
+def temporary_database(dsn: str) -> Iterator[tuple[str, str]]:
+    """Create database `insignia_<random>`; yield (its name, a URL for it); drop it after.
+    For tests that must cut a server off its database (ALTER DATABASE ... ALLOW_CONNECTIONS)
+    without touching anyone else's."""
+    name = f"insignia_{secrets.token_hex(6)}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base, _, _query = dsn.partition("?")
+    try:
+        yield name, f"{base.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@contextmanager
 def database_url(backend: Backend, directory: Path) -> Iterator[str]:
     """A fresh, empty database of the given backend for one test."""
     if backend == "sqlite":

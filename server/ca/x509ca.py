@@ -9,15 +9,17 @@ rotation) never share a subject name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from insignia._clock import utc_now
 from insignia.durations import InvalidDuration
 from insignia.keys import PrivateKey, PublicKey, x509_signature_hash
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
+from insignia.x509svid import is_ca
 
 #: NotBefore is set this far in the past so peers with slightly slow clocks accept new certs.
 BACKDATE = timedelta(seconds=10)
@@ -32,28 +34,11 @@ class InvalidAuthority(ValueError):
         self.reason = reason
 
 
-def utc_now(now: datetime | None) -> datetime:
-    """`now`, checked to be timezone-aware, or the current UTC time."""
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError(f"time {now.isoformat()} has no timezone; expected an aware UTC datetime")
-    return now
-
-
 def check_ttl(ttl: timedelta) -> timedelta:
     """`ttl` if positive; a zero TTL would mint a document that is born expired."""
     if ttl <= timedelta(0):
         raise InvalidDuration(ttl, "a TTL must be positive")
     return ttl
-
-
-def is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        bc = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return bc.ca
 
 
 def can_sign_certificates(certificate: x509.Certificate) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.integration.workload_processes import python_as
+from devtools.harness.other_uids import python_as
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = Path(__file__).with_name("multinode_workload.py")

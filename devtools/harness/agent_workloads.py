@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.integration.workload_processes import python_as, read_fd_line
-from tests.waiting import wait_for
+from devtools.harness.other_uids import python_as, read_fd_line
+from devtools.harness.waiting import wait_for
 
 # Connects to the agent socket (so the kernel records THIS process as the peer), hands the
 # connected fd to the test over an inherited socketpair, then lives until stdin closes; or,

@@ -16,28 +16,32 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from spiffe import WorkloadApiClient, X509Source
 from spiffe.svid.jwt_svid import JwtSvid
+from spiffe.workloadapi.x509_context import X509Context
 
 _OUTPUT = threading.Lock()
 
 
-def emit(document: dict) -> None:
+def emit(document: dict[str, Any]) -> None:
     """One JSON line; py-spiffe's stream thread and the main thread both write."""
     with _OUTPUT:
         sys.stdout.write(json.dumps(document) + "\n")
         sys.stdout.flush()
 
 
-def pem(cert) -> str:
+def pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def describe_context(context) -> dict:
+def describe_context(context: X509Context) -> dict[str, Any]:
     svid = context.default_svid
     bundle = context.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    assert bundle is not None, "no X.509 bundle for the SVID's trust domain"
     return {
         "ids": [str(s.spiffe_id) for s in context.x509_svids],
         "serial": str(svid.leaf.serial_number),
@@ -47,7 +51,7 @@ def describe_context(context) -> dict:
     }
 
 
-def main(socket: str, command: str, *args: str) -> dict:
+def main(socket: str, command: str, *args: str) -> dict[str, Any]:
     client = WorkloadApiClient(socket_path=f"unix://{socket}")
     if command == "x509":
         context = client.fetch_x509_context(timeout=10)
@@ -67,9 +71,11 @@ def main(socket: str, command: str, *args: str) -> dict:
     if command == "jwt":
         audience = set(args)
         svid = client.fetch_jwt_svid(audience=audience, timeout=10)
-        bundles = client.fetch_jwt_bundles(timeout=10)
-        bundle = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
-        validated = JwtSvid.parse_and_validate(svid.token, bundle, audience)  # independent check
+        jwt_bundles = client.fetch_jwt_bundles(timeout=10)
+        jwt_bundle = jwt_bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        assert jwt_bundle is not None, "no JWT bundle for the SVID's trust domain"
+        # py-spiffe's own check of the token, independent of the agent's
+        validated = JwtSvid.parse_and_validate(svid.token, jwt_bundle, audience)
         agent_says = client.validate_jwt_svid(svid.token, sorted(audience)[0])
         return {
             "token": svid.token,
@@ -83,7 +89,7 @@ def main(socket: str, command: str, *args: str) -> dict:
         done = threading.Event()
         errors: list[str] = []
 
-        def on_success(context) -> None:
+        def on_success(context: X509Context) -> None:
             serial = str(context.default_svid.leaf.serial_number)
             if serial not in serials:
                 serials.append(serial)

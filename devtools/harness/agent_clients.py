@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.integration.agent_fixtures import AGENT_BIN, AgentProcess
-from tests.integration.server_fixtures import ServerProcess
-from tests.integration.workload_processes import as_user, python_as
-from tests.waiting import wait_for
+from devtools.harness.agent_process import AGENT_BIN, AgentProcess
+from devtools.harness.other_uids import as_user, python_as
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
 
 PYSPIFFE_CLIENT = Path(__file__).with_name("agent_pyspiffe_client.py")
 
