@@ -26,7 +26,7 @@ from insignia.daemon.config.loading import (
     load_toml,
 )
 from insignia.daemon.keepalive import AGENT_MIN_PING_INTERVAL, AGENT_PING_INTERVAL
-from insignia.daemon.peercred.front import DEFAULT_MAX_CONNECTIONS_PER_UID
+from insignia.daemon.peercred.front import DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_STALL_TIMEOUT
 from insignia.jwtsvid import (
     DEFAULT_MAX_AUDIENCE_BYTES,
     DEFAULT_MAX_AUDIENCES,
@@ -82,6 +82,9 @@ class WorkloadSection(StrictModel, frozen=True, kw_only=True):
     max_message_bytes: Annotated[int, Meta(ge=4096)] = 4 * 1024 * 1024
     #: Connections one uid may hold open on the Workload API socket (see peercred_front).
     max_connections_per_uid: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_CONNECTIONS_PER_UID
+    #: A Workload API connection whose caller (or grpc) leaves bytes unread this long is
+    #: closed, so a client that stops reading cannot hold memory and descriptors.
+    stall_timeout: PositiveDuration = PositiveDuration(seconds=DEFAULT_STALL_TIMEOUT)
     #: What one FetchJWTSVID may ask for (insignia.jwtsvid.AudienceLimits).
     jwt_max_audiences: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCES
     jwt_max_audience_bytes: Annotated[int, Meta(ge=1)] = DEFAULT_MAX_AUDIENCE_BYTES

@@ -42,7 +42,7 @@ from insignia.daemon.http.health import ReadyNote, serve_health
 from insignia.daemon.instance import claim_socket_path, lock_data_dir
 from insignia.daemon.logs import get_logger
 from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials, ProcessGone
-from insignia.daemon.peercred.front import DEFAULT_MAX_CONNECTIONS
+from insignia.daemon.peercred.front import DEFAULT_MAX_CONNECTIONS, FrontLimits
 from insignia.daemon.peercred.grpc_server import serve_grpc_with_peercred
 from insignia.daemon.peercred.holders import connection_problem
 from insignia.daemon.runtime import open_trio_bridge
@@ -248,6 +248,7 @@ class AgentDaemon:
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
                     max_connections_per_uid=config.workload.max_connections_per_uid,
+                    limits=FrontLimits(stall_timeout=config.workload.stall_timeout.total_seconds()),
                     server_options=(
                         ("grpc.max_receive_message_length", max_bytes),
                         ("grpc.max_send_message_length", max_bytes),

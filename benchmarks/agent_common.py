@@ -85,9 +85,15 @@ def reference_server() -> Iterator[Path]:
 
 @contextlib.contextmanager
 def deployment(
-    workdir: Path, x509_ttl: int = 3600, agent_config: dict[str, object] | None = None
+    workdir: Path,
+    x509_ttl: int = 3600,
+    agent_config: dict[str, object] | None = None,
+    agent_code: Path | None = None,
 ) -> Iterator[tuple[ServerProcess, AgentProcess, str]]:
-    """Server + agent + one entry for this uid; yields (server, agent, entry id)."""
+    """Server + agent + one entry for this uid; yields (server, agent, entry id).
+
+    ``agent_code``: run the agent from that checkout instead (a reference, e.g. main's).
+    """
     server = ServerProcess(workdir / "server", extra_config={"log": {"level": "warning"}})
     agent: AgentProcess | None = None
     try:
@@ -100,6 +106,7 @@ def deployment(
             server.attestation_port,
             server.bundle_path,
             extra_config={"log": {"level": "warning"}, **(agent_config or {})},
+            env={} if agent_code is None else {"PYTHONPATH": f"{agent_code}:{agent_code}/proto"},
         )
         agent.start(server.join_token())
         entry_id = server.create_entry(

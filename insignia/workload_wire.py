@@ -9,7 +9,7 @@ generated ``add_SpiffeWorkloadAPIServicer_to_server`` or ``SpiffeWorkloadAPIStub
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
 
 import grpc
@@ -31,19 +31,23 @@ SECURITY_HEADER: tuple[tuple[str, str]] = ((SECURITY_HEADER_KEY, "true"),)
 
 
 class WorkloadApiServicer(Protocol):
-    """The five Workload API methods as grpc.aio handlers (PascalCase, as the RPC names)."""
+    """The five Workload API methods as grpc.aio handlers (PascalCase, as the RPC names).
+
+    A stream method is an async generator of messages, or a coroutine that sends them with
+    ``context.write`` (the agent's: see insignia.agent.workloadapi.rpcs for why).
+    """
 
     def FetchX509SVID(
         self,
         request: pb.X509SVIDRequest,
         context: grpc.aio.ServicerContext[pb.X509SVIDRequest, pb.X509SVIDResponse],
-    ) -> AsyncIterator[pb.X509SVIDResponse]: ...
+    ) -> AsyncIterator[pb.X509SVIDResponse] | Coroutine[Any, Any, None]: ...
 
     def FetchX509Bundles(
         self,
         request: pb.X509BundlesRequest,
         context: grpc.aio.ServicerContext[pb.X509BundlesRequest, pb.X509BundlesResponse],
-    ) -> AsyncIterator[pb.X509BundlesResponse]: ...
+    ) -> AsyncIterator[pb.X509BundlesResponse] | Coroutine[Any, Any, None]: ...
 
     async def FetchJWTSVID(
         self,
@@ -55,7 +59,7 @@ class WorkloadApiServicer(Protocol):
         self,
         request: pb.JWTBundlesRequest,
         context: grpc.aio.ServicerContext[pb.JWTBundlesRequest, pb.JWTBundlesResponse],
-    ) -> AsyncIterator[pb.JWTBundlesResponse]: ...
+    ) -> AsyncIterator[pb.JWTBundlesResponse] | Coroutine[Any, Any, None]: ...
 
     async def ValidateJWTSVID(
         self,

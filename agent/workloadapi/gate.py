@@ -26,10 +26,10 @@ from insignia.daemon.peercred.credentials import (
 )
 from insignia.selectors import Selector
 
-# How long a connection's attestation is reused for its next calls, and for how many
-# connections at most. Short: the cache only spares a busy client's back-to-back calls.
+# How long a connection's attestation is reused for its next calls. Short: the cache only
+# spares a busy client's back-to-back calls. A connection's entry goes when the connection
+# does (CallerTable.on_remove), so there are never more entries than open connections.
 RECENT_ATTESTATION_TTL = 1.0
-RECENT_ATTESTATIONS_MAX = 4096
 
 
 class WorkloadAttestationFailed(Exception):
@@ -92,6 +92,7 @@ class WorkloadGate:
         self._attest = attest
         self._clock = clock
         self._recent: dict[PeerCredentials, tuple[float, frozenset[Selector]]] = {}
+        callers.on_remove(self._forget)
 
     async def admit(self, peer: str) -> Admitted:
         """The caller behind gRPC peer `peer` and its selectors, or Refused."""
@@ -124,7 +125,8 @@ class WorkloadGate:
                 caller,
             ) from exc
         self.confirm(caller, "during attestation")
-        self._remember(caller, selectors, now)
+        if peer in self._callers:  # not when the connection closed while it was attested
+            self._recent[caller] = (now + RECENT_ATTESTATION_TTL, selectors)
         return Admitted(caller, selectors, fresh=True)
 
     def confirm(self, caller: PeerCredentials, when: str) -> None:
@@ -140,10 +142,5 @@ class WorkloadGate:
                 caller,
             )
 
-    def _remember(
-        self, caller: PeerCredentials, selectors: frozenset[Selector], now: float
-    ) -> None:
-        if len(self._recent) >= RECENT_ATTESTATIONS_MAX:
-            self._recent = {c: v for c, v in self._recent.items() if v[0] > now}
-        if len(self._recent) < RECENT_ATTESTATIONS_MAX:
-            self._recent[caller] = (now + RECENT_ATTESTATION_TTL, selectors)
+    def _forget(self, caller: PeerCredentials) -> None:
+        self._recent.pop(caller, None)

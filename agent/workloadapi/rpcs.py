@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -152,13 +152,19 @@ class WorkloadApi:
         context: Context,
         method: str,
         build: Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]],
-    ) -> AsyncIterator[M]:
+        on_send: Callable[[M], None] = lambda _message: None,
+    ) -> None:
         """Send `build(...)` at once and after every relevant change, until cancelled.
 
         `build` returns the message (None: nothing to send yet) and when it goes stale by
         itself (an SVID expiring), so the stream re-checks then even without a change.
         Attested once, so every later send first re-checks that the attested process still
         holds the stream: otherwise rotated SVIDs would flow to whoever inherited the fd.
+
+        A coroutine writing with ``context.write``, not an async generator: trio (guest mode)
+        keeps the id of every async generator first iterated on the asyncio side and
+        forgets it only if the generator is garbage-collected unfinished, so each stream
+        that ended (cancelled by its client) would leave an id behind for good.
         """
         started = time.perf_counter()
         creds, selectors = await self._authenticate(context, method)
@@ -181,7 +187,8 @@ class WorkloadApi:
                     if last is None:
                         self._observe(method, started, grpc.StatusCode.OK)
                     last = message
-                    yield message
+                    on_send(message)
+                    await context.write(message)
                 timeout = None
                 if stale_at is not None:
                     timeout = max(0.0, (stale_at - _now()).total_seconds()) + 0.001
@@ -200,36 +207,29 @@ class WorkloadApi:
             return None, stale_at  # identities exist but are still being signed
         return view.response, stale_at
 
-    async def FetchX509SVID(
-        self, request: pb.X509SVIDRequest, context: Context
-    ) -> AsyncIterator[pb.X509SVIDResponse]:
-        async for message in self._stream(context, "FetchX509SVID", self._x509_message):
+    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> None:
+        def served(message: pb.X509SVIDResponse) -> None:
             self._metrics.served("x509", len(message.svids))
-            yield message
 
-    async def FetchX509Bundles(
-        self, request: pb.X509BundlesRequest, context: Context
-    ) -> AsyncIterator[pb.X509BundlesResponse]:
+        await self._stream(context, "FetchX509SVID", self._x509_message, served)
+
+    async def FetchX509Bundles(self, request: pb.X509BundlesRequest, context: Context) -> None:
         def build(
             selectors: frozenset[Selector], now: datetime
         ) -> tuple[pb.X509BundlesResponse | None, None]:
             bundles = x509_bundles(self._cache, selectors, now)
             return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
 
-        async for message in self._stream(context, "FetchX509Bundles", build):
-            yield message
+        await self._stream(context, "FetchX509Bundles", build)
 
-    async def FetchJWTBundles(
-        self, request: pb.JWTBundlesRequest, context: Context
-    ) -> AsyncIterator[pb.JWTBundlesResponse]:
+    async def FetchJWTBundles(self, request: pb.JWTBundlesRequest, context: Context) -> None:
         def build(
             selectors: frozenset[Selector], now: datetime
         ) -> tuple[pb.JWTBundlesResponse | None, None]:
             bundles = jwt_bundles(self._cache, selectors, now)
             return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
 
-        async for message in self._stream(context, "FetchJWTBundles", build):
-            yield message
+        await self._stream(context, "FetchJWTBundles", build)
 
     # --- unary ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from insignia_proto import workload_pb2 as pb
 
+from devtools.harness import hostile_http2
 from devtools.harness.agent_clients import (
     register,
 )
@@ -155,3 +156,116 @@ def test_a_thousand_connect_and_drop_clients_leave_open_streams_working(
     assert got_second.wait(60), f"no update on the open stream; got {updates}"
     client.close()
     assert agent.ready_status() == (200, "ready\n")
+
+
+# --- issue 12 item 2: connections that never close, and what they hold ----------------
+
+STALL_TIMEOUT = 1.0
+
+
+@pytest.fixture
+def strict_agent(running_server: ServerProcess, agent_factory: AgentFactory) -> AgentProcess:
+    """An agent whose stall deadline is short, so stalled clients are cut quickly."""
+    agent = agent_factory(workload={"stall_timeout": f"{STALL_TIMEOUT:g}s"})
+    register(running_server, agent, "/steady", f"unix:uid:{os.getuid()}")
+    return agent
+
+
+def fd_count(agent: AgentProcess) -> int:
+    assert agent.process is not None
+    return len(os.listdir(f"/proc/{agent.process.pid}/fd"))
+
+
+def settled_fds(agent: AgentProcess) -> int:
+    assert still_serving(agent) == "spiffe://example.org/steady"  # its channel is closed now
+    return wait_for(lambda: fd_count(agent) or None, 5, "the agent's fd count")
+
+
+def wait_fds_back(agent: AgentProcess, baseline: int) -> None:
+    wait_for(lambda: fd_count(agent) <= baseline + 5, 10, f"agent fds back to {baseline} + 5")
+
+
+def test_a_ping_flood_that_never_reads_is_cut_and_released(strict_agent: AgentProcess) -> None:
+    baseline = settled_fds(strict_agent)
+    assert hostile_http2.ping_flood(strict_agent.socket_path, 10.0)
+    wait_fds_back(strict_agent, baseline)
+    assert still_serving(strict_agent) == "spiffe://example.org/steady"
+
+
+def test_a_stalled_reader_is_cut_after_the_deadline(strict_agent: AgentProcess) -> None:
+    baseline = settled_fds(strict_agent)
+    started = time.monotonic()
+    assert hostile_http2.stall(strict_agent.socket_path, 10, 10.0)
+    assert time.monotonic() - started >= STALL_TIMEOUT * 0.9
+    wait_fds_back(strict_agent, baseline)
+
+
+def test_a_continuation_flood_is_cut_and_released(strict_agent: AgentProcess) -> None:
+    baseline = settled_fds(strict_agent)
+    assert hostile_http2.continuation_flood(strict_agent.socket_path, 10.0)
+    wait_fds_back(strict_agent, baseline)
+
+    def dropped_for_continuation() -> bool:
+        return any(
+            e.get("event") == "peercred_front.connection_dropped"
+            and "CONTINUATION" in str(e["cause"])
+            for e in strict_agent.log_events()
+        )
+
+    wait_for(dropped_for_continuation, 10, "a connection_dropped line naming CONTINUATION")
+
+
+def test_an_idle_client_is_kept_and_one_that_never_reads_is_cut(
+    strict_agent: AgentProcess,
+) -> None:
+    """Idle connections of real clients are legitimate (grpc-go and SPIRE keep them): one
+    that reads what the agent sends stays open however long it idles. One that leaves even
+    grpc's SETTINGS unread is stuck, and goes at the stall deadline."""
+    baseline = settled_fds(strict_agent)
+    reader = hostile_http2.IdleReader(strict_agent.socket_path)
+    silent = hostile_http2.connect(strict_agent.socket_path)
+    try:
+        silent.send(hostile_http2.OPENING)
+
+        def silent_cut() -> bool:
+            assert reader.drain(), "the agent closed an idle client that reads"
+            return hostile_http2.hung_up(silent)
+
+        wait_for(silent_cut, STALL_TIMEOUT + 5, "the agent to cut the client that never reads")
+        kept_until = time.monotonic() + 3 * STALL_TIMEOUT
+        while time.monotonic() < kept_until:  # idle three more deadlines, reading
+            assert reader.drain(), "the agent closed an idle client that reads"
+            time.sleep(0.1)
+    finally:
+        reader.close()
+        silent.close()
+    wait_fds_back(strict_agent, baseline)
+
+
+def test_stuck_connections_give_back_their_uid_slots_and_fds(
+    running_server: ServerProcess, agent_factory: AgentFactory
+) -> None:
+    """A uid's stuck connections count against its cap only until the stall deadline cuts
+    them: then the slots and every descriptor (the front's and grpc's) come back."""
+    cap, stall = 4, 5.0  # the deadline leaves time to see the cap full
+    agent = agent_factory(workload={"stall_timeout": f"{stall:g}s", "max_connections_per_uid": cap})
+    register(running_server, agent, "/steady", f"unix:uid:{os.getuid()}")
+    baseline = settled_fds(agent)
+    stuck = [hostile_http2.connect(agent.socket_path) for _ in range(cap)]
+    try:
+        for sock in stuck:
+            sock.send(hostile_http2.OPENING + hostile_http2.fetch_x509_request(1))
+        # Each is proxied (grpc's answer is waiting, unread), so each holds a slot.
+        wait_for(lambda: all(map(hostile_http2.readable, stuck)), 10, "grpc answering all four")
+        with hostile_http2.connect(agent.socket_path) as one_too_many:
+            assert hostile_http2.wait_hung_up(one_too_many, 2), "the uid's cap did not hold"
+        wait_for(
+            lambda: all(map(hostile_http2.hung_up, stuck)),
+            stall + 5,
+            "the stall deadline to cut the stuck connections",
+        )
+    finally:
+        for sock in stuck:
+            sock.close()
+    wait_fds_back(agent, baseline)
+    assert still_serving(agent) == "spiffe://example.org/steady"

@@ -19,12 +19,12 @@ process still holds the connection and shares it only with copies of itself.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,11 +279,14 @@ class CallerTable:
     """Maps grpc ``context.peer()`` strings to the credentials of the connection behind them.
 
     Written by the front (one entry per proxied connection), read by gRPC handlers. Both run
-    on the same thread (runtime.py), so no locking.
+    on the same thread (runtime.py), so no locking. Whoever keeps something per connection
+    registers ``on_remove`` to drop it when the connection ends, so a closed connection
+    costs nothing.
     """
 
     def __init__(self) -> None:
         self._entries: dict[str, PeerCredentials] = {}
+        self._on_remove: list[Callable[[PeerCredentials], None]] = []
 
     def lookup(self, peer: str) -> PeerCredentials:
         """The credentials for ``peer`` (``context.peer()``); raises UnknownPeer if none."""
@@ -310,8 +313,14 @@ class CallerTable:
 
     def remove(self, peer: str) -> None:
         """Forget ``peer``: done BEFORE its upstream socket closes, so the name is never stale."""
-        with contextlib.suppress(KeyError):
-            del self._entries[peer]
+        creds = self._entries.pop(peer, None)
+        if creds is not None:
+            for forget in self._on_remove:
+                forget(creds)
+
+    def on_remove(self, forget: Callable[[PeerCredentials], None]) -> None:
+        """Call ``forget(creds)`` whenever a connection's entry is removed."""
+        self._on_remove.append(forget)
 
     def __len__(self) -> int:
         return len(self._entries)

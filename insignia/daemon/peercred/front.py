@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import resource
 import secrets
 import socket
 import stat
+import termios
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +34,7 @@ from insignia.daemon.accepting import accept_retrying
 from insignia.daemon.instance import claim_socket_path
 from insignia.daemon.log_throttle import LogThrottle
 from insignia.daemon.logs import get_logger
+from insignia.daemon.memory_release import MemoryReleaser
 from insignia.daemon.peercred.admission import Admission, Verdict
 from insignia.daemon.peercred.credentials import (
     NAME_PREFIX,
@@ -40,16 +44,20 @@ from insignia.daemon.peercred.credentials import (
     peer_ids,
     read_peer_credentials,
 )
+from insignia.daemon.peercred.http2_guard import ClientFrameGuard, GuardLimits
 from insignia.daemon.peercred.unix_diag import ForeignNamespace
 from insignia.daemon.runtime import call_asyncio
 
 DEFAULT_MAX_CONNECTIONS = 10_000
+# Bytes a side leaves unread for this long end the connection (FrontLimits.stall_timeout).
+DEFAULT_STALL_TIMEOUT = 10.0
+# The most one read takes from a socket, so the most a side buffers for its peer.
+CHUNK_BYTES = 64 * 1024
 # One uid may hold at most this many connections, so a hostile or leaky workload cannot take
 # every slot from the others: at least ten uids are needed to fill the global limit, while a
 # uid that runs many processes (all containers as root, a pre-fork server with a stream per
 # worker) still has room for hundreds.
 DEFAULT_MAX_CONNECTIONS_PER_UID = 1024
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # client socket + upstream socket + pidfd here, plus grpc's end of the upstream connection.
 FDS_PER_CONNECTION = 4
 _FD_RESERVE = 256
@@ -142,47 +150,129 @@ async def _connect_upstream(upstream_path: Path) -> tuple[trio.socket.SocketType
     return sock, name
 
 
-class _Half(asyncio.Protocol):
-    """One side of a proxied connection: forwards what it reads to its peer's transport."""
+@dataclass(frozen=True)
+class FrontLimits:
+    """What one proxied connection may cost, and how long it may sit without progress.
 
-    def __init__(self, done: asyncio.Future[None], upstream: bool) -> None:
-        self._done = done
-        self._upstream = upstream
-        self.head = b""  # the first bytes read, up to the length of the HTTP/2 preface
+    ``stall_timeout``: bytes sent to a side that reads none of them within this time end
+    the connection (both sides), as does a close that cannot flush within it.
+    Without it a client that stops reading holds its sockets, grpc's buffers and the
+    front's forever (issue 12: PING floods and stalled readers, ~1 MB each).
+    """
+
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    guard: GuardLimits = field(default_factory=GuardLimits)
+
+
+DEFAULT_LIMITS = FrontLimits()
+
+# One read buffer for every connection: all halves run on the one asyncio thread, and each
+# chunk is copied out before the next read, so idle connections cost no buffer of their own.
+_READ_BUFFER = memoryview(bytearray(CHUNK_BYTES))
+
+
+def _unread_by_peer(sock: socket.socket) -> int:
+    """Bytes sent on ``sock`` that its peer has not read yet (SIOCOUTQ); 0 once closed."""
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), "little")
+    except (OSError, ValueError):
+        return 0
+
+
+class _Half(asyncio.BufferedProtocol):
+    """One side of a proxied connection: forwards what it reads to its peer's transport.
+
+    Backpressure: a side's transport buffers at most one chunk that the kernel did not
+    take (high-water mark 0); the moment it holds any, the other side stops reading.
+
+    Stall watch: bytes written to a side start a timer. When it fires, bytes still pending
+    (in our buffer or unread in the kernel's, which is where a non-reading peer leaves
+    them long before our buffer fills) and none consumed since it started end the
+    connection; some consumed re-arm it; none pending stops it until the next write. One
+    timer per side per ``stall_timeout`` at most, whatever the traffic.
+    """
+
+    def __init__(self, splice: _Splice, name: str, guard: ClientFrameGuard | None) -> None:
+        self._splice = splice
+        self.name = name
+        self._guard = guard  # only on the client's side: it parses client->server frames
         self.peer: _Half
         self.transport: asyncio.Transport
+        self._sock: socket.socket
+        self.closed = asyncio.get_running_loop().create_future()  # set by connection_lost
+        self._stall: asyncio.TimerHandle | None = None
+        self._written = 0  # bytes written to this side, ever
+        self._mark = (0, 0)  # (written, pending) when the stall timer was armed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # a stream socket's transport
+        self._sock = self.transport.get_extra_info("socket")
         self.transport.pause_reading()  # until the other side exists; see _Splice.run
+        self.transport.set_write_buffer_limits(high=0, low=0)
 
-    def data_received(self, data: bytes) -> None:
-        if len(self.head) < len(HTTP2_PREFACE):
-            self.head += data[: len(HTTP2_PREFACE) - len(self.head)]
-        self.peer.transport.write(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = bytes(_READ_BUFFER[:nbytes])
+        if self._guard is not None:
+            problem = self._guard.feed(data, time.monotonic())
+            if problem is not None:
+                self._splice.abort(problem)
+                return
+        self.peer.send(data)
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+        self._written += len(data)
+        if self._stall is None:
+            self._arm_stall()
 
     def eof_received(self) -> bool:
-        if self._upstream:
+        if self._guard is None:
             # grpc never half-closes: it is done with this connection (for example a client
             # that never sent a preface hit the handshake timeout). Waiting for the client
             # to close as well would let a silent client hold its slot forever.
-            self._finish()
+            self._splice.finish()
             return False
-        self.peer.transport.write_eof()  # the client half-closed; let grpc answer, then close
+        if self.peer.transport.can_write_eof():
+            self.peer.transport.write_eof()  # the client half-closed; let grpc answer
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._splice.finish()
 
     def pause_writing(self) -> None:
-        self.peer.transport.pause_reading()  # our buffer is full: stop reading what feeds it
+        self.peer.transport.pause_reading()  # our buffer holds bytes: stop reading more
 
     def resume_writing(self) -> None:
-        self.peer.transport.resume_reading()
+        if not self.peer.transport.is_closing():
+            self.peer.transport.resume_reading()
 
-    def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
+    def _pending(self) -> int:
+        return self.transport.get_write_buffer_size() + _unread_by_peer(self._sock)
+
+    def _arm_stall(self) -> None:
+        self._mark = (self._written, self._pending())
+        loop = asyncio.get_running_loop()
+        self._stall = loop.call_later(self._splice.limits.stall_timeout, self._stall_check)
+
+    def _stall_check(self) -> None:
+        self._stall = None
+        pending = self._pending()
+        if not pending:
+            return  # all read: the next write re-arms
+        written, was_pending = self._mark
+        if was_pending + (self._written - written) > pending:  # it read some: slow, not stuck
+            self._arm_stall()
+            return
+        timeout = self._splice.limits.stall_timeout
+        self._splice.abort(f"the {self.name} read nothing for {timeout:g}s")
 
 
 class _Splice:
@@ -193,49 +283,72 @@ class _Splice:
     this cut the front's cost from ~475 to ~70 us of server CPU per unary call). Both loops
     share one thread either way. Once ``run`` has started it owns and closes both sockets;
     until then ``close_unstarted`` does (a task cancelled before its first step never runs).
+    ``run`` returns only once both sockets are closed, so the caller can release the rest.
     """
 
     def __init__(
-        self, client: socket.socket, upstream: socket.socket, before_close: Callable[[], None]
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        before_close: Callable[[], None],
+        limits: FrontLimits,
     ) -> None:
         self._sockets: tuple[socket.socket, ...] = (client, upstream)
         self._before_close = before_close
-        self.client_head = b""
+        self.limits = limits
+        self.guard = ClientFrameGuard(limits.guard, time.monotonic())
+        self.dropped: str | None = None  # why the front cut the connection, if it did
+        self._done: asyncio.Future[None] | None = None
+        self._halves: tuple[_Half, ...] = ()
 
-    def preface_problem(self) -> str | None:
-        """Why the client's first bytes were not an HTTP/2 preface; None if they were.
+    def finish(self) -> None:
+        """Either side ended: close both, after flushing what is queued (bounded in time)."""
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
-        Meaningful once ``run`` returned. grpc drops such a connection without a word, so
-        this is the only trace an operator gets of a misconfigured or hostile client.
-        """
-        head = self.client_head
-        if head == HTTP2_PREFACE:
-            return None
-        if HTTP2_PREFACE.startswith(head):
-            return f"closed after {len(head)} of the {len(HTTP2_PREFACE)} HTTP/2 preface bytes"
-        return f"not an HTTP/2 preface: first bytes {head[:16]!r}"
+    def abort(self, reason: str) -> None:
+        """Cut both sides now, discarding what is queued: the client broke a limit."""
+        if self.dropped is None:
+            self.dropped = reason
+        for half in self._halves:
+            half.transport.abort()
+        self.finish()
 
     async def run(self) -> None:
         client, upstream = self._sockets
         self._sockets = ()
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        down, up = _Half(done, upstream=False), _Half(done, upstream=True)
+        self._done = loop.create_future()
+        down = _Half(self, "client", self.guard)
+        up = _Half(self, "grpc server", None)
         down.peer, up.peer = up, down
         try:
             await loop.connect_accepted_socket(lambda: down, sock=client)
+            self._halves = (down,)
             await loop.connect_accepted_socket(lambda: up, sock=upstream)
+            self._halves = (down, up)
             down.transport.resume_reading()
             up.transport.resume_reading()
-            await done
-        finally:
-            self.client_head = down.head
+            await self._done
+        except BaseException:  # cancelled (shutting down) or a socket refused: no flushing
             self._before_close()
-            for half, sock in ((down, client), (up, upstream)):
-                if hasattr(half, "transport"):
-                    half.transport.close()  # flushes what is buffered, then closes the socket
-                else:
-                    sock.close()
+            for half in self._halves:
+                half.transport.abort()
+            for sock in (client, upstream)[len(self._halves) :]:
+                sock.close()
+            raise
+        self._before_close()
+        for half in self._halves:
+            half.transport.close()  # flushes what is buffered, then closes the socket
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(down.closed, up.closed), self.limits.stall_timeout
+            )
+        except TimeoutError:
+            pass  # a side that would not take its last bytes: cut below
+        finally:
+            for half in self._halves:
+                half.transport.abort()  # a no-op for a side already closed
 
     def close_unstarted(self) -> None:
         for sock in self._sockets:
@@ -243,7 +356,11 @@ class _Splice:
 
 
 async def _proxy_connection(
-    client: socket.socket, upstream_path: Path, table: CallerTable, warnings: LogThrottle
+    client: socket.socket,
+    upstream_path: Path,
+    table: CallerTable,
+    warnings: LogThrottle,
+    limits: FrontLimits,
 ) -> None:
     """Record the caller, connect upstream under a fresh name, splice until either side ends.
 
@@ -265,19 +382,21 @@ async def _proxy_connection(
             client,
             socket.socket(fileno=upstream.detach()),
             lambda: None if peer is None else table.remove(peer),
+            limits,
         )
         peer = table.register(name, creds)
         await call_asyncio(splice.run)
-        problem = splice.preface_problem()
-        held_back = None if problem is None else warnings.admit(creds.uid, time.monotonic())
-        if held_back is not None:
-            log.warning(
-                "peercred_front.bad_preface",
-                pid=creds.pid,
-                uid=creds.uid,
-                cause=problem,
-                held_back=held_back,
+        # grpc drops a non-HTTP/2 client without a word, and the front drops a hostile one:
+        # these lines are the only trace an operator gets.
+        for event, cause in (
+            ("peercred_front.bad_preface", splice.guard.preface_problem()),
+            ("peercred_front.connection_dropped", splice.dropped),
+        ):
+            held_back = (
+                None if cause is None else warnings.admit((event, creds.uid), time.monotonic())
             )
+            if held_back is not None:
+                log.warning(event, pid=creds.pid, uid=creds.uid, cause=cause, held_back=held_back)
     except ForeignNamespace as exc:
         # An operator problem (the daemon lacks CAP_SYS_ADMIN for callers in other network
         # namespaces), not a caller's: said at warning level, rate-limited.
@@ -306,6 +425,7 @@ async def serve_peercred_front(
     gid: int | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID,
+    limits: FrontLimits = DEFAULT_LIMITS,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on ``public_path`` and proxy each caller to ``unix:upstream_path`` until cancelled.
@@ -314,24 +434,28 @@ async def serve_peercred_front(
     creates the parent directory. Connections beyond ``max_connections`` (lowered to fit
     RLIMIT_NOFILE), or beyond ``max_connections_per_uid`` for the connecting uid (counted from
     SO_PEERCRED at accept), are closed at once; resource exhaustion on accept backs off
-    100 ms. A client that is not speaking HTTP/2 is logged, at most ten lines per uid at once
-    and one a second after that. Signals ``task_status.started()`` once listening. Removes
-    ``public_path`` on exit.
+    100 ms. Each connection is held to ``limits`` (stalls, PING/SETTINGS budget, header block
+    size) and dropped when it breaks one. A client that is not speaking HTTP/2, or that was
+    dropped, is logged, at most ten lines per uid and kind at once and one a second after.
+    Signals ``task_status.started()`` once listening. Removes ``public_path`` on exit.
     """
-    preface_warnings = LogThrottle(burst=10, refill=1.0)
+    warnings = LogThrottle(burst=10, refill=1.0)
     admission = Admission(fit_to_fd_limit(max_connections), max_connections_per_uid)
     sock = await _bind_public(public_path, mode, gid)
     bound_inode = os.stat(public_path).st_ino
     listener = trio.SocketListener(sock)
+    releaser = MemoryReleaser()
 
     async def serve_one(client: socket.socket, uid: int) -> None:
         try:
-            await _proxy_connection(client, upstream_path, table, preface_warnings)
+            await _proxy_connection(client, upstream_path, table, warnings, limits)
         finally:
             admission.release(uid)
+            releaser.released()
 
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(releaser.run)
             task_status.started()
             while True:
                 stream = await accept_retrying(listener, "peercred_front.accept_backoff")

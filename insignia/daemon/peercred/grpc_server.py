@@ -22,8 +22,10 @@ from insignia.daemon.files import ensure_private_dir
 from insignia.daemon.instance import claim_socket_path
 from insignia.daemon.peercred.credentials import CallerTable
 from insignia.daemon.peercred.front import (
+    DEFAULT_LIMITS,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_UID,
+    FrontLimits,
     serve_peercred_front,
 )
 from insignia.daemon.runtime import call_asyncio
@@ -32,9 +34,9 @@ _SELF_TEST_TIMEOUT = 10.0
 
 # A connection that has not sent the HTTP/2 preface within 10 s is dropped (grpc's default is
 # 120 s): every connection holds a slot in the front, so silent clients must not keep theirs.
-# No SO_REUSEPORT (grpc's default): a second process must fail to bind, not share the address.
 DEFAULT_SERVER_OPTIONS: dict[str, Any] = {
     "grpc.server_handshake_timeout_ms": 10_000,
+    "grpc.max_concurrent_streams": 100,
     "grpc.so_reuseport": 0,
 }
 
@@ -123,6 +125,7 @@ async def _shielded_front(
     gid: int | None,
     max_connections: int,
     max_connections_per_uid: int,
+    limits: FrontLimits,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with scope:
@@ -134,6 +137,7 @@ async def _shielded_front(
             gid=gid,
             max_connections=max_connections,
             max_connections_per_uid=max_connections_per_uid,
+            limits=limits,
             task_status=task_status,
         )
 
@@ -148,6 +152,7 @@ async def serve_grpc_with_peercred(
     gid: int | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID,
+    limits: FrontLimits = DEFAULT_LIMITS,
     grace: float = 2.0,
     server_options: Sequence[tuple[str, Any]] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -178,6 +183,7 @@ async def serve_grpc_with_peercred(
                 gid,
                 max_connections,
                 max_connections_per_uid,
+                limits,
             )
             try:
                 await self_test(public_path)

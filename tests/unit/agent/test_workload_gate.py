@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -126,3 +128,35 @@ def test_a_failed_attestation_is_not_remembered(me: PeerCredentials) -> None:
         with pytest.raises(Refused):
             asyncio.run(gate.admit(peer))
     assert attest.calls == 2
+
+
+def test_a_closed_connection_leaves_nothing_in_the_gate(me: PeerCredentials) -> None:
+    table = CallerTable()
+    gate = WorkloadGate(table, Attestor(), Clock())
+    caller = replace(me)  # this test's own object: only the table and the gate may hold it
+    peer = table.register(NAME, caller)
+    assert asyncio.run(gate.admit(peer)).fresh
+    table.remove(peer)  # what the front does when the connection ends
+    ref = weakref.ref(caller)
+    del caller
+    gc.collect()
+    assert ref() is None, "the gate still holds a closed connection's caller"
+
+
+def test_a_connection_closed_during_its_attestation_is_not_remembered(
+    me: PeerCredentials,
+) -> None:
+    table = CallerTable()
+    caller = replace(me)
+    peer = table.register(NAME, caller)
+
+    async def attest_then_close(_caller: PeerCredentials) -> frozenset[Selector]:
+        table.remove(peer)
+        return SELECTORS
+
+    gate = WorkloadGate(table, attest_then_close, Clock())
+    assert asyncio.run(gate.admit(peer)).selectors == SELECTORS
+    ref = weakref.ref(caller)
+    del caller
+    gc.collect()
+    assert ref() is None, "the gate remembered a connection that had already closed"
