@@ -27,8 +27,7 @@ sys.path[:0] = [
 
 from insignia_proto import admin_pb2  # noqa: E402
 
-from benchmarks.server_push import Listener, entry, percentile  # noqa: E402
-from devtools.harness.agent_api_client import AttestedAgent, attest_join_token  # noqa: E402
+from benchmarks.server_push import Listener, attest_many, entry, load_entries, percentile  # noqa: E402
 from devtools.harness.postgres import postgres_dsn, temporary_schema  # noqa: E402
 from devtools.harness.server_process import ServerProcess  # noqa: E402
 
@@ -36,28 +35,6 @@ SERVER_CONFIG = {
     "agent_api": {"x509_signing_rate": 1e9, "jwt_signing_rate": 1e9, "signing_processes": 0},
     "log": {"level": "warning"},
 }
-
-
-def attest_many(server: ServerProcess, count: int) -> list[AttestedAgent]:
-    with server.admin() as admin:
-        tokens = [
-            admin.CreateJoinToken(admin_pb2.CreateJoinTokenRequest()).token for _ in range(count)
-        ]
-    return [attest_join_token(server, t) for t in tokens]
-
-
-def load_entries(server: ServerProcess, agents: list[AttestedAgent], total: int) -> None:
-    per_agent = max(1, total // len(agents))
-    with server.admin() as admin:
-        batch: list[admin_pb2.Entry] = []
-        for a, agent in enumerate(agents):
-            for i in range(per_agent):
-                batch.append(entry(f"spiffe://example.org/a{a}/w{i}", agent.agent_id))
-                if len(batch) == 1000:
-                    admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
-                    batch = []
-        if batch:
-            admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
 
 
 def summary(name: str, seconds: list[float]) -> str:

@@ -69,6 +69,28 @@ def entry(spiffe: str, parent: str) -> admin_pb2.Entry:
     return admin_pb2.Entry(spiffe_id=spiffe, parent_id=parent, selectors=["unix:uid:1000"])
 
 
+def attest_many(server: ServerProcess, count: int) -> list[AttestedAgent]:
+    with server.admin() as admin:
+        tokens = [
+            admin.CreateJoinToken(admin_pb2.CreateJoinTokenRequest()).token for _ in range(count)
+        ]
+    return [attest_join_token(server, t) for t in tokens]
+
+
+def load_entries(server: ServerProcess, agents: list[AttestedAgent], total: int) -> None:
+    per_agent = max(1, total // len(agents))
+    with server.admin() as admin:
+        batch: list[admin_pb2.Entry] = []
+        for a, agent in enumerate(agents):
+            for i in range(per_agent):
+                batch.append(entry(f"spiffe://example.org/a{a}/w{i}", agent.agent_id))
+                if len(batch) == 1000:
+                    admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
+                    batch = []
+        if batch:
+            admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -99,23 +121,8 @@ def main() -> None:
         )
         server.start()
         try:
-            with server.admin() as admin:
-                tokens = [
-                    admin.CreateJoinToken(admin_pb2.CreateJoinTokenRequest()).token
-                    for _ in range(args.agents)
-                ]
-            agents = [attest_join_token(server, t) for t in tokens]
-            per_agent = max(1, args.entries // args.agents)
-            with server.admin() as admin:
-                batch: list[admin_pb2.Entry] = []
-                for a, agent in enumerate(agents):
-                    for i in range(per_agent):
-                        batch.append(entry(f"spiffe://example.org/a{a}/w{i}", agent.agent_id))
-                        if len(batch) == 1000:
-                            admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
-                            batch = []
-                if batch:
-                    admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
+            agents = attest_many(server, args.agents)
+            load_entries(server, agents, args.entries)
             listeners = [Listener(agent) for agent in agents]
             for listener in listeners:
                 listener.ready.wait(60)

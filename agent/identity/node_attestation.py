@@ -21,6 +21,7 @@ from cryptography import x509
 from insignia_proto import agent_pb2
 
 from insignia.agent.identity.csr import build_csr
+from insignia.agent.identity.legacy_files import read_legacy_identity, remove_legacy_files
 from insignia.agent.identity.server_answers import Answer, classify
 from insignia.agent.identity.server_client import ServerClient, next_message
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
@@ -95,18 +96,26 @@ class AgentIdentity:
 
 def save_identity(data_dir: Path, identity: AgentIdentity) -> None:
     """Persist SVID, key, bundle and state (blocking: call from a thread in trio)."""
-    ensure_private_dir(data_dir)
     chain_pem, key_pem = identity.credentials_pem()
-    td = str(identity.spiffe_id.trust_domain)
+    _write_identity(
+        data_dir,
+        str(identity.spiffe_id),
+        identity.reattestable,
+        chain_pem + key_pem,
+        identity.bundle,
+    )
+
+
+def _write_identity(
+    data_dir: Path, spiffe_id: str, reattestable: bool, svid_pem: bytes, bundle: Bundle
+) -> None:
+    ensure_private_dir(data_dir)
+    td = str(SpiffeId.parse(spiffe_id).trust_domain)
     # The bundle first: it trusts both the old and the new issuer during a rotation, so a crash
     # before the SVID write leaves the previous, still verifiable SVID in place.
-    bundle = {"spiffe_bundle": identity.bundle.to_spiffe().decode()}
-    write_sealed(data_dir / BUNDLE_FILE, _BUNDLE_KIND, _VERSION, td, bundle)
-    state = {
-        "spiffe_id": str(identity.spiffe_id),
-        "reattestable": identity.reattestable,
-        "svid_pem": (chain_pem + key_pem).decode(),
-    }
+    payload = {"spiffe_bundle": bundle.to_spiffe().decode()}
+    write_sealed(data_dir / BUNDLE_FILE, _BUNDLE_KIND, _VERSION, td, payload)
+    state = {"spiffe_id": spiffe_id, "reattestable": reattestable, "svid_pem": svid_pem.decode()}
     write_sealed(data_dir / IDENTITY_FILE, _IDENTITY_KIND, _VERSION, td, state)
 
 
@@ -131,6 +140,8 @@ def load_bundle(data_dir: Path, trust_domain: TrustDomain) -> Bundle | None:
 def load_identity(data_dir: Path, trust_domain: TrustDomain, now: datetime) -> AgentIdentity | None:
     """The persisted identity if it is complete, consistent and still valid; else None."""
     path = data_dir / IDENTITY_FILE
+    if not path.exists():
+        _adopt_legacy_identity(data_dir, trust_domain)
     state = read_sealed(path, _IDENTITY_KIND, _VERSION, str(trust_domain))
     if state is None:
         return None
@@ -151,6 +162,15 @@ def load_identity(data_dir: Path, trust_domain: TrustDomain, now: datetime) -> A
         log.info("agent.persisted_svid_invalid", error=str(exc))
         return None
     return AgentIdentity(svid, bundle, bool(state.get("reattestable", False)))
+
+
+def _adopt_legacy_identity(data_dir: Path, trust_domain: TrustDomain) -> None:
+    """Re-write a pre-upgrade agent's identity files as the sealed ones (legacy_files)."""
+    legacy = read_legacy_identity(data_dir, trust_domain)
+    if legacy is None:
+        return
+    _write_identity(data_dir, legacy.spiffe_id, legacy.reattestable, legacy.svid_pem, legacy.bundle)
+    remove_legacy_files(data_dir)
 
 
 async def attest(

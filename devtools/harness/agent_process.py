@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from devtools.harness.waiting import wait_for
-from insignia.agent.identity.node_attestation import IDENTITY_FILE
+from insignia.agent.identity.node_attestation import BUNDLE_FILE, IDENTITY_FILE
 from insignia.daemon.sealed import unseal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,6 +231,11 @@ class AgentProcess:
         """The sealed identity file's content: spiffe_id, reattestable, svid_pem."""
         data = (self.data_dir / IDENTITY_FILE).read_bytes()
         return unseal(data, "agent_identity", 1, self.trust_domain)
+
+    def persisted_bundle(self) -> str:
+        """The sealed bundle file's SPIFFE bundle JSON."""
+        data = (self.data_dir / BUNDLE_FILE).read_bytes()
+        return str(unseal(data, "bundle", 1, self.trust_domain)["spiffe_bundle"])
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

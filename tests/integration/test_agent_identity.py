@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from datetime import timedelta
@@ -18,7 +19,8 @@ from devtools.harness.agent_clients import (
 from devtools.harness.agent_process import AgentProcess
 from devtools.harness.server_process import ServerProcess
 from devtools.harness.waiting import wait_for
-from insignia.agent.identity.node_attestation import IDENTITY_FILE
+from insignia.agent.cache.persisted import CACHE_FILE
+from insignia.agent.identity.node_attestation import BUNDLE_FILE, IDENTITY_FILE
 from insignia.keys import KeyType, generate_key
 from insignia.server.ca.x509ca import build_root_ca
 from insignia.spiffeid import TrustDomain
@@ -45,6 +47,35 @@ def test_restart_with_a_valid_svid_needs_no_new_token(running_agent: AgentProces
     assert running_agent.agent_id == agent_id
     assert _events(running_agent, "agent.resumed")
     assert len(_events(running_agent, "agent.attested")) == 1  # only the first run attested
+
+
+def test_an_upgraded_join_token_agent_adopts_its_pre_upgrade_files(
+    running_agent: AgentProcess,
+) -> None:
+    """Agents released before the sealed files kept agent_svid.pem, agent_state.json and
+    bundle.spiffe.json: after the upgrade the agent resumes from them instead of needing a
+    new join token, and they are re-written as sealed files."""
+    agent_id = running_agent.agent_id
+    identity = running_agent.persisted_identity()
+    assert running_agent.stop() == 0
+    data_dir = running_agent.data_dir
+    bundle = running_agent.persisted_bundle()
+    for name in (IDENTITY_FILE, BUNDLE_FILE, CACHE_FILE):
+        (data_dir / name).unlink(missing_ok=True)
+    (data_dir / "agent_svid.pem").write_text(str(identity["svid_pem"]))
+    (data_dir / "agent_state.json").write_text(
+        json.dumps({"spiffe_id": agent_id, "reattestable": False})
+    )
+    (data_dir / "bundle.spiffe.json").write_text(bundle)
+
+    (running_agent.workdir / "join-token").write_text("")  # the used token is gone
+    running_agent.start()
+    assert running_agent.agent_id == agent_id
+    assert _events(running_agent, "agent.identity_files_upgraded")
+    assert _events(running_agent, "agent.resumed")
+    assert len(_events(running_agent, "agent.attested")) == 1  # only the first run attested
+    assert not (data_dir / "agent_svid.pem").exists()
+    assert running_agent.persisted_identity()["svid_pem"] == identity["svid_pem"]
 
 
 def test_an_evicted_join_token_agent_asks_for_a_new_token(
