@@ -90,6 +90,8 @@ def main(socket: str, command: str, *args: str) -> dict[str, Any]:
         errors: list[str] = []
 
         def on_success(context: X509Context) -> None:
+            if done.is_set():  # later rotations may arrive before the answer is printed
+                return
             serial = str(context.default_svid.leaf.serial_number)
             if serial not in serials:
                 serials.append(serial)
