@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import grpc.aio
@@ -33,14 +33,17 @@ log = get_logger(__name__)
 SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Req = TypeVar("Req", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
+# What context.read() returns once the client has half-closed (absent from grpc-stubs).
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
-class _Stream(Protocol[Req]):
+class _Stream(Protocol):
+    """SotwStream or DeltaStream (insignia.agent.workloadapi.sds_protocol)."""
+
     @property
     def requested(self) -> tuple[str, ...] | None: ...
 
-    def hear(self, request: Req) -> Heard: ...
+    def hear(self, request: Any) -> Heard: ...
 
     def respond(self, secrets: tuple[Any, ...]) -> Any: ...
 
@@ -120,7 +123,7 @@ class SecretDiscovery:
     async def DeltaSecrets(self, request_iterator: object, context: Context) -> None:
         await self._serve(context, "DeltaSecrets", DeltaStream())
 
-    async def _serve(self, context: Context, method: str, stream: _Stream[Any]) -> None:
+    async def _serve(self, context: Context, method: str, stream: _Stream) -> None:
         """Answer requests and push changes until the client goes. A coroutine using
         ``context.read``/``write`` (see rpcs.WorkloadApi._stream for why not a generator)."""
         started = time.perf_counter()
@@ -133,7 +136,7 @@ class SecretDiscovery:
                 request = await context.read()
                 await requests.put(request)
                 subscriber.wake()
-                if request is grpc.aio.EOF:
+                if request is _EOF:
                     return
 
         self._cache.subscribe(subscriber)
@@ -146,7 +149,7 @@ class SecretDiscovery:
                 subscriber.event.clear()
                 while not requests.empty():
                     request = requests.get_nowait()
-                    if request is grpc.aio.EOF:
+                    if request is _EOF:
                         return
                     try:
                         heard = stream.hear(request)

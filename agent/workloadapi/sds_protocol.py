@@ -137,8 +137,8 @@ class DeltaStream:
     @property
     def requested(self) -> tuple[str, ...] | None:
         """The names to resolve: () for the wildcard, else the subscribed ones; None before
-        the first request."""
-        if not self.started:
+        the first request or when subscribed to nothing."""
+        if not self.started or not (self.wildcard or self.names):
             return None
         return () if self.wildcard else tuple(sorted(self.names))
 
