@@ -8,6 +8,7 @@ entry and reaches the agent through a pipe address to the Workload API socket.
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 import time
 import urllib.error
@@ -15,7 +16,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from devtools.harness.agent_clients import UID_A, UID_B, register
 from devtools.harness.agent_process import AgentProcess
@@ -114,8 +118,7 @@ def mesh(
 def test_two_envoys_speak_mtls_with_sds_certificates_and_refuse_a_third(mesh: Mesh) -> None:
     assert get(mesh.a_port) == (200, "backend\n")
     status, body = get(mesh.c_port)  # C's SVID is /intruder: B's SAN match refuses it
-    print(body)
-    assert status == 503
+    assert status == 503 and "remote connection failure" in body
 
 
 def test_a_taint_reaches_every_envoy_and_requests_keep_succeeding(
@@ -156,3 +159,24 @@ def test_a_taint_reaches_every_envoy_and_requests_keep_succeeding(
     print(f"taint -> both Envoys hold new certificates: {took:.2f}s")
     assert failures == []
     assert get(mesh.a_port) == (200, "backend\n")
+
+
+def test_fetch_secrets_answers_only_the_callers_own_identities(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(running_server, running_agent, "/mine", f"unix:uid:{os.getuid()}")
+    register(running_server, running_agent, "/front", f"unix:uid:{UID_A}")
+    with grpc.insecure_channel(f"unix:{running_agent.socket_path}") as channel:
+        fetch = channel.unary_unary(
+            "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets",
+            discovery_pb2.DiscoveryRequest.SerializeToString,
+            discovery_pb2.DiscoveryResponse.FromString,
+        )
+        names = ["default", FRONT, "spiffe://example.org/mine", "nonsense"]
+        response = fetch(discovery_pb2.DiscoveryRequest(resource_names=names), timeout=30)
+    secrets = []
+    for packed in response.resources:
+        secret = secret_pb2.Secret()
+        assert packed.Unpack(secret)
+        secrets.append(secret.name)
+    assert secrets == ["default", "spiffe://example.org/mine"]  # not UID_A's /front
