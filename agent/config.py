@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, field
 
 from insignia.agent.identity.targets import DEFAULT_SERVER_PORT, ServerTarget
+from insignia.agent.workloadapi.sds_secrets import SdsNames
 from insignia.backoff import Backoff
 from insignia.daemon.config.loading import (
     AbsolutePath,
@@ -43,6 +44,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/insignia-agent")
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PositiveRate = Annotated[float, Meta(gt=0)]
+NonEmptyName = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
 class ServerSection(StrictModel, frozen=True, kw_only=True):
@@ -129,6 +131,35 @@ class SyncSection(StrictModel, frozen=True, kw_only=True):
         )
 
 
+class SdsSection(StrictModel, frozen=True, kw_only=True):
+    """Envoy SDS on the Workload API socket: the resource names, as SPIRE's agent has them
+    (insignia.agent.workloadapi.sds_secrets)."""
+
+    default_svid_name: NonEmptyName = "default"
+    default_bundle_name: NonEmptyName = "ROOTCA"
+    default_all_bundles_name: NonEmptyName = "ALL"
+    #: Send "ALL" as plain CAs instead of Envoy's SPIFFE validator configuration.
+    disable_spiffe_cert_validation: bool = False
+
+    def __post_init__(self) -> None:
+        names = (self.default_svid_name, self.default_bundle_name, self.default_all_bundles_name)
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "default_svid_name, default_bundle_name and default_all_bundles_name must differ"
+            )
+        if any(name.startswith("spiffe://") for name in names):
+            raise ValueError("a default resource name must not be a SPIFFE ID")
+
+    @property
+    def names(self) -> SdsNames:
+        return SdsNames(
+            self.default_svid_name,
+            self.default_bundle_name,
+            self.default_all_bundles_name,
+            self.disable_spiffe_cert_validation,
+        )
+
+
 class HealthSection(StrictModel, frozen=True, kw_only=True):
     """HTTP /live and /ready (and /metrics). The admin socket serves the same, always."""
 
@@ -160,6 +191,7 @@ class AgentConfig(StrictModel, frozen=True, kw_only=True):
     )
     workload: WorkloadSection = field(default_factory=WorkloadSection)
     sync: SyncSection = field(default_factory=SyncSection)
+    sds: SdsSection = field(default_factory=SdsSection)
     health: HealthSection = field(default_factory=HealthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)

@@ -33,6 +33,7 @@ from insignia.agent.workloadapi.gate import (
 )
 from insignia.agent.workloadapi.reflection import reflection_handlers
 from insignia.agent.workloadapi.rpcs import WorkloadApi
+from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
@@ -239,11 +240,12 @@ class AgentDaemon:
                 self.metrics,
                 config.workload.audience_limits,
             )
+            sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
             max_bytes = config.workload.max_message_bytes
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api), *reflection_handlers()],
+                    [workload_api_handler(api), sds_handler(sds), *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,

@@ -65,7 +65,7 @@ class JwtRateLimited(Exception):
     """The caller spent its own mint budget (per uid or SPIFFE ID); others are unaffected."""
 
 
-class _StreamSubscriber:
+class StreamSubscriber:
     """A cache subscriber that wakes one open stream (asyncio side, same thread as trio)."""
 
     def __init__(self, selectors: frozenset[Selector]) -> None:
@@ -98,13 +98,15 @@ class WorkloadApi:
         self._metrics = metrics
         self._validator = JwtValidator()
 
-    # --- the gate (agent.workload_gate), at the gRPC edge ---------------------------------
+    # --- the gate (agent.workload_gate), at the gRPC edge; SDS (.sds) passes it too -------
 
-    async def _authenticate(
-        self, context: Context, method: str
+    async def authenticate(
+        self, context: Context, method: str, *, header: bool = True
     ) -> tuple[PeerCredentials, frozenset[Selector]]:
+        """The caller and its selectors, or the call aborted. `header=False` for SDS: Envoy
+        sends no Workload API security header, and SPIRE's SDS does not ask for one."""
         metadata = context.invocation_metadata() or ()
-        if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
+        if header and not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             log.info("workload.header_missing", method=method, peer=context.peer())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
         try:
@@ -115,7 +117,7 @@ class WorkloadApi:
             self._metrics.workloads_attested.inc()
         return admitted.caller, admitted.selectors
 
-    async def _require_same_process(
+    async def require_same_process(
         self, context: Context, method: str, creds: PeerCredentials, when: str
     ) -> None:
         try:
@@ -138,11 +140,11 @@ class WorkloadApi:
         await context.abort(refused.code, refused.message)
         raise AssertionError("context.abort() returned")  # it always raises
 
-    async def _denied(self, context: Context, method: str, exc: NoIdentity) -> NoReturn:
+    async def denied(self, context: Context, method: str, exc: NoIdentity) -> NoReturn:
         log.info("workload.no_identity", method=method, selectors=sorted(map(str, exc.selectors)))
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
 
-    def _observe(self, method: str, started: float, code: grpc.StatusCode) -> None:
+    def observe(self, method: str, started: float, code: grpc.StatusCode) -> None:
         self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
 
     # --- streams --------------------------------------------------------------------
@@ -167,8 +169,8 @@ class WorkloadApi:
         that ended (cancelled by its client) would leave an id behind for good.
         """
         started = time.perf_counter()
-        creds, selectors = await self._authenticate(context, method)
-        subscriber = _StreamSubscriber(selectors)
+        creds, selectors = await self.authenticate(context, method)
+        subscriber = StreamSubscriber(selectors)
         self._cache.subscribe(subscriber)
         self._metrics.open_streams.inc()
         last: M | None = None
@@ -178,14 +180,14 @@ class WorkloadApi:
                 try:
                     message, stale_at = build(selectors, _now())
                 except NoIdentity as exc:
-                    await self._denied(context, method, exc)
+                    await self.denied(context, method, exc)
                 except SvidsExpired as exc:
                     log.warning("workload.svids_expired", method=method, pid=creds.pid)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if message is not None and message != last:
-                    await self._require_same_process(context, method, creds, "while streaming")
+                    await self.require_same_process(context, method, creds, "while streaming")
                     if last is None:
-                        self._observe(method, started, grpc.StatusCode.OK)
+                        self.observe(method, started, grpc.StatusCode.OK)
                     last = message
                     on_send(message)
                     await context.write(message)
@@ -237,7 +239,7 @@ class WorkloadApi:
         self, request: pb.JWTSVIDRequest, context: Context
     ) -> pb.JWTSVIDResponse:
         started = time.perf_counter()
-        creds, selectors = await self._authenticate(context, "FetchJWTSVID")
+        creds, selectors = await self.authenticate(context, "FetchJWTSVID")
         try:
             audience = frozenset(self._audience_limits.check(request.audience))
         except InvalidAudience as exc:
@@ -246,7 +248,7 @@ class WorkloadApi:
         try:
             targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
         except NoIdentity as exc:
-            await self._denied(context, "FetchJWTSVID", exc)
+            await self.denied(context, "FetchJWTSVID", exc)
         svids = []
         for entry in targets:
             try:
@@ -260,14 +262,14 @@ class WorkloadApi:
                 pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=record.token, hint=entry.hint)
             )
         self._metrics.served("jwt", len(svids))
-        self._observe("FetchJWTSVID", started, grpc.StatusCode.OK)
+        self.observe("FetchJWTSVID", started, grpc.StatusCode.OK)
         return pb.JWTSVIDResponse(svids=svids)
 
     async def ValidateJWTSVID(
         self, request: pb.ValidateJWTSVIDRequest, context: Context
     ) -> pb.ValidateJWTSVIDResponse:
         started = time.perf_counter()
-        _, selectors = await self._authenticate(context, "ValidateJWTSVID")
+        _, selectors = await self.authenticate(context, "ValidateJWTSVID")
         if not request.audience:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
@@ -277,11 +279,11 @@ class WorkloadApi:
                 request.svid, self._trusted_bundles(selectors), request.audience, _now()
             )
         except InvalidJwtSvid as exc:
-            self._observe("ValidateJWTSVID", started, grpc.StatusCode.INVALID_ARGUMENT)
+            self.observe("ValidateJWTSVID", started, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         claims = Struct()
         claims.update(dict(jwt.claims))
-        self._observe("ValidateJWTSVID", started, grpc.StatusCode.OK)
+        self.observe("ValidateJWTSVID", started, grpc.StatusCode.OK)
         return pb.ValidateJWTSVIDResponse(spiffe_id=str(jwt.spiffe_id), claims=claims)
 
     def _trusted_bundles(self, selectors: frozenset[Selector]) -> BundleSet:

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from devtools.harness.other_uids import as_user
+from devtools.harness.ports import free_port
 from devtools.harness.waiting import wait_for
 
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -47,12 +48,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -3,7 +3,6 @@ server is back, rotation resumes."""
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -15,16 +14,11 @@ from devtools.harness.agent_clients import (
     pyspiffe,
     register,
 )
+from devtools.harness.ports import free_port
 from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_svids_survive_a_server_outage_and_rotation_resumes(

@@ -4,6 +4,7 @@ import pytest
 
 from insignia.agent.config import AgentConfig, load_agent_config
 from insignia.agent.identity.targets import ServerTarget
+from insignia.agent.workloadapi.sds_secrets import SdsNames
 from insignia.daemon.config.loading import ConfigError
 from insignia.keys import KeyType
 
@@ -29,6 +30,7 @@ def test_minimal_config_gets_operator_defaults(tmp_path):
     assert config.node_attestor_name == "join_token"
     assert config.workload_attestors == {"unix": {}}
     assert config.workload.key_type is KeyType.EC_P256
+    assert config.sds.names == SdsNames("default", "ROOTCA", "ALL", False)
     assert str(config.socket_path) == "/run/insignia-agent/public/api.sock"
 
 
@@ -90,6 +92,13 @@ def test_the_sample_config_loads():
             ("[server]", '[sync]\nkeepalive_interval = "1s"\n[server]'),
             "sync",
             "keepalive_interval must be at least 5s",
+        ),
+        (("[server]", '[sds]\ndefault_bundle_name = "ALL"\n[server]'), "sds", "must differ"),
+        (("[server]", '[sds]\ndefault_svid_name = ""\n[server]'), "sds.default_svid_name", ""),
+        (
+            ("[server]", '[sds]\ndefault_svid_name = "spiffe://example.org/x"\n[server]'),
+            "sds",
+            "must not be a SPIFFE ID",
         ),
     ],
 )

@@ -1,0 +1,182 @@
+"""Real Envoys taking their certificates and validation context from the agent over SDS.
+
+curl-like client -> Envoy A (plain HTTP in, mTLS out) -> Envoy B (mTLS in, SPIFFE validator,
+only A's SPIFFE ID) -> a small HTTP backend. Each Envoy runs under its own uid with its own
+entry and reaches the agent through a pipe address to the Workload API socket.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from devtools.harness.agent_clients import UID_A, UID_B, register
+from devtools.harness.agent_process import AgentProcess
+from devtools.harness.envoy_process import (
+    ApiType,
+    EnvoyProcess,
+    client_bootstrap,
+    server_bootstrap,
+)
+from devtools.harness.ports import free_port
+from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
+
+UID_C = 41003
+FRONT = "spiffe://example.org/front"
+BACK = "spiffe://example.org/back"
+DAY = ("--x509-svid-ttl", "86400")  # only a taint, not the schedule, rotates them here
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"backend\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def backend() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+def get(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class Mesh:
+    def __init__(self, tmp_path: Path, agent: AgentProcess, backend: int, api: ApiType) -> None:
+        sock = agent.socket_path
+        self.b_port, self.a_port, self.c_port = free_port(), free_port(), free_port()
+        self.b = EnvoyProcess(
+            tmp_path / "envoy-b",
+            server_bootstrap(sock, self.b_port, free_port(), FRONT, backend, api),
+            uid=UID_B,
+        )
+        self.a = EnvoyProcess(
+            tmp_path / "envoy-a",
+            client_bootstrap(sock, self.a_port, free_port(), self.b_port, BACK, api),
+            uid=UID_A,
+        )
+        self.c = EnvoyProcess(
+            tmp_path / "envoy-c",
+            client_bootstrap(sock, self.c_port, free_port(), self.b_port, BACK, api),
+            uid=UID_C,
+        )
+        self.all = (self.b, self.a, self.c)
+
+    def stop(self) -> None:
+        for envoy in self.all:
+            envoy.stop()
+
+
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"])
+def mesh(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    running_server: ServerProcess,
+    running_agent: AgentProcess,
+    backend: int,
+) -> Iterator[Mesh]:
+    for path, uid in (("/front", UID_A), ("/back", UID_B), ("/intruder", UID_C)):
+        register(running_server, running_agent, path, f"unix:uid:{uid}", extra=DAY)
+    mesh = Mesh(tmp_path, running_agent, backend, request.param)
+    try:
+        for envoy in mesh.all:
+            envoy.start()
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_two_envoys_speak_mtls_with_sds_certificates_and_refuse_a_third(mesh: Mesh) -> None:
+    assert get(mesh.a_port) == (200, "backend\n")
+    status, body = get(mesh.c_port)  # C's SVID is /intruder: B's SAN match refuses it
+    assert status == 503 and "remote connection failure" in body
+
+
+def test_a_taint_reaches_every_envoy_and_requests_keep_succeeding(
+    mesh: Mesh, running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    before = [(envoy, envoy.cert_serials()) for envoy in (mesh.a, mesh.b)]
+    assert all(serials for _, serials in before)
+    failures: list[object] = []
+    done = threading.Event()
+    sent = 0
+
+    def keep_asking() -> None:
+        nonlocal sent
+        while not done.is_set():
+            answer = get(mesh.a_port)
+            sent += 1
+            if answer != (200, "backend\n"):
+                failures.append(answer)
+
+    thread = threading.Thread(target=keep_asking, daemon=True)
+    thread.start()
+    old = running_server.cli_json("authority", "x509", "show")
+    old_id = next(a for a in old["authorities"] if a["state"] == "active")["authority_id"]
+    running_server.cli("authority", "x509", "prepare")
+    running_server.cli("authority", "x509", "activate")
+    tainted_at = time.monotonic()
+    running_server.cli("authority", "x509", "taint", old_id)
+    for envoy, serials in before:
+        wait_for(
+            lambda: not (envoy.cert_serials() & serials),  # noqa: B023 (waited for at once)
+            30,
+            f"envoy on admin port {envoy.admin_port} to hold a new certificate",
+        )
+    took = time.monotonic() - tainted_at
+    wait_for(lambda: sent >= 5, 30, "requests during the rotation")
+    done.set()
+    thread.join(30)
+    print(f"taint -> both Envoys hold new certificates: {took:.2f}s")
+    assert failures == []
+    assert get(mesh.a_port) == (200, "backend\n")
+
+
+def test_fetch_secrets_answers_only_the_callers_own_identities(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(running_server, running_agent, "/mine", f"unix:uid:{os.getuid()}")
+    register(running_server, running_agent, "/front", f"unix:uid:{UID_A}")
+    with grpc.insecure_channel(f"unix:{running_agent.socket_path}") as channel:
+        fetch = channel.unary_unary(
+            "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets",
+            discovery_pb2.DiscoveryRequest.SerializeToString,
+            discovery_pb2.DiscoveryResponse.FromString,
+        )
+        names = ["default", FRONT, "spiffe://example.org/mine", "nonsense"]
+        response = fetch(discovery_pb2.DiscoveryRequest(resource_names=names), timeout=30)
+    secrets = []
+    for packed in response.resources:
+        secret = secret_pb2.Secret()
+        assert packed.Unpack(secret)
+        secrets.append(secret.name)
+    assert secrets == ["default", "spiffe://example.org/mine"]  # not UID_A's /front
