@@ -49,6 +49,8 @@ from insignia.server.datastore.listen import RECONNECT, ChangeListener
 from insignia.server.datastore.records import ServerRecord
 from insignia.server.datastore.store import Datastore
 from insignia.server.federation.endpoint import BundleDocument, WebCertificate, pem_server_context
+from insignia.server.federation.refresher import run_refreshers
+from insignia.server.federation.relationship import configured_relationships
 from insignia.server.metrics import ServerMetrics
 from insignia.server.registry import load_or_create_server_id
 
@@ -395,6 +397,9 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
             )
         )
         addresses["admin_socket"] = str(config.admin_socket)
+        relationships = configured_relationships(config.federation.federates_with)
+        core.federation = {r.trust_domain: r for r in relationships}
+        nursery.start_soon(run_refreshers, core, relationships)
         nursery.start_soon(_rotate_forever, core)
         nursery.start_soon(_follow_forever, core, receive)
         if core.store.backend == "postgresql":

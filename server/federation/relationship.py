@@ -7,13 +7,18 @@ Pure: the config, the admin API and the refresher all build and check relationsh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from insignia.bundle import Bundle, InvalidBundle
+from insignia.daemon.config.loading import StartupRefused
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
+
+if TYPE_CHECKING:  # the config imports this module's checks
+    from insignia.server.config import FederationRelationshipConfig
 
 Profile = Literal["https_spiffe", "https_web"]
 PROFILES: tuple[Profile, ...] = ("https_spiffe", "https_web")
@@ -91,3 +96,33 @@ def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -
     if not bundle.x509_authorities and not bundle.jwt_authorities:
         raise ValueError(f"{where}: the bundle has no keys")
     return bundle
+
+
+def configured_relationships(configs: Sequence[FederationRelationshipConfig]) -> list[Relationship]:
+    """The config file's relationships, bootstrap bundles read; StartupRefused naming the
+    key of a bundle file that cannot be used."""
+    relationships = []
+    for i, config in enumerate(configs):
+        td, endpoint_id = check_relationship(
+            config.trust_domain,
+            config.bundle_endpoint_url,
+            config.profile,
+            config.endpoint_spiffe_id,
+        )
+        bootstrap = None
+        if config.trust_domain_bundle is not None:
+            bundle_td = endpoint_id.trust_domain if endpoint_id is not None else td
+            try:
+                bootstrap = load_bootstrap(
+                    bundle_td, config.trust_domain_bundle, config.trust_domain_bundle_format
+                )
+            except ValueError as exc:
+                raise StartupRefused(
+                    f"federation.federates_with.{i}.trust_domain_bundle", str(exc)
+                ) from exc
+        relationships.append(
+            Relationship(
+                td, config.bundle_endpoint_url, config.profile, endpoint_id, bootstrap, True
+            )
+        )
+    return relationships
