@@ -30,6 +30,7 @@ from insignia.jwtsvid import (
 )
 from insignia.keys import KeyType
 from insignia.server.ca.rotation import ttl_beyond_guarantee
+from insignia.server.federation.relationship import check_relationship
 from insignia.spiffeid import TrustDomain
 
 DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
@@ -130,6 +131,60 @@ class MetricsConfig(StrictModel, frozen=True, kw_only=True):
     address: ListenAddress = ListenAddress("127.0.0.1:8080")
 
 
+BundleProfile = Literal["https_spiffe", "https_web"]
+BundleFormat = Literal["spiffe", "pem"]
+
+
+class BundleEndpointConfig(StrictModel, frozen=True, kw_only=True):
+    """`[federation.bundle_endpoint]`: serve our bundle to federated peers ("" = off)."""
+
+    address: ListenAddress = ListenAddress("")
+    profile: BundleProfile = "https_spiffe"
+    cert_file: Path | None = None  # https_web only; re-read when the files change
+    key_file: Path | None = None
+    refresh_hint: PositiveDuration = PositiveDuration(minutes=5)
+
+    def __post_init__(self) -> None:
+        web = self.profile == "https_web"
+        if web and self.address and (self.cert_file is None or self.key_file is None):
+            raise ValueError("federation.bundle_endpoint: https_web needs cert_file and key_file")
+        if not web and (self.cert_file is not None or self.key_file is not None):
+            raise ValueError(
+                "federation.bundle_endpoint: cert_file and key_file are for https_web only; "
+                "https_spiffe serves the server's own X509-SVID"
+            )
+
+
+class FederationRelationshipConfig(StrictModel, frozen=True, kw_only=True):
+    """One `[[federation.federates_with]]`: a peer trust domain and where its bundle is."""
+
+    trust_domain: TrustDomainName
+    bundle_endpoint_url: str
+    profile: BundleProfile = "https_spiffe"
+    endpoint_spiffe_id: str = ""  # https_spiffe only
+    trust_domain_bundle: Path | None = None  # https_spiffe bootstrap bundle
+    trust_domain_bundle_format: BundleFormat = "spiffe"
+
+    def __post_init__(self) -> None:
+        check_relationship(
+            self.trust_domain, self.bundle_endpoint_url, self.profile, self.endpoint_spiffe_id
+        )
+
+
+class FederationConfig(StrictModel, frozen=True, kw_only=True):
+    bundle_endpoint: BundleEndpointConfig = field(default_factory=BundleEndpointConfig)
+    federates_with: list[FederationRelationshipConfig] = []
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for relationship in self.federates_with:
+            if relationship.trust_domain in seen:
+                raise ValueError(
+                    f"federation.federates_with: {relationship.trust_domain} appears twice"
+                )
+            seen.add(relationship.trust_domain)
+
+
 class ServerConfig(StrictModel, frozen=True, kw_only=True):
     trust_domain: TrustDomainName
     data_dir: Path = DEFAULT_DATA_DIR
@@ -152,8 +207,15 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogSection = field(default_factory=LogSection)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def __post_init__(self) -> None:
+        for relationship in self.federation.federates_with:
+            if relationship.trust_domain == self.trust_domain:
+                raise ValueError(
+                    f"federation.federates_with: {self.trust_domain} is this server's own "
+                    "trust domain"
+                )
         api = self.agent_api
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")

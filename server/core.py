@@ -30,6 +30,7 @@ from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenErro
 from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
 from insignia.server.datastore.store import Datastore
 from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
+from insignia.server.federation.relationship import Relationship
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -90,6 +91,7 @@ class ServerCore:
         processes = api.signing_processes
         self.signer = SignerPool(default_processes() if processes < 0 else processes)
         self.on_ca_change: Callable[[], None] = lambda: None
+        self.federation: dict[TrustDomain, Relationship] = {}  # by peer trust domain
 
     @property
     def settings_upstream_id(self) -> str:

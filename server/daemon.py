@@ -12,6 +12,7 @@ import math
 import random
 import signal
 import socket
+import ssl
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from insignia.attestors.interface import ServerEnvironment
 from insignia.attestors.registry import load_node_attestor_servers
 from insignia.daemon.config.loading import StartupRefused, refused_for_key
 from insignia.daemon.files import atomic_write, ensure_data_dir, ensure_private_dir
+from insignia.daemon.http.endpoint import TlsContext, serve_http
 from insignia.daemon.http.health import serve_health
 from insignia.daemon.instance import DataDirLock, claim_socket_path, lock_data_dir, lock_path
 from insignia.daemon.keepalive import SERVER_OPTIONS
@@ -46,6 +48,9 @@ from insignia.server.datastore.errors import DatastoreUnavailable
 from insignia.server.datastore.listen import RECONNECT, ChangeListener
 from insignia.server.datastore.records import ServerRecord
 from insignia.server.datastore.store import Datastore
+from insignia.server.federation.endpoint import BundleDocument, WebCertificate, pem_server_context
+from insignia.server.federation.refresher import run_refreshers
+from insignia.server.federation.relationship import configured_relationships
 from insignia.server.metrics import ServerMetrics
 from insignia.server.registry import load_or_create_server_id
 
@@ -156,6 +161,7 @@ class _ServerTls:
     def __init__(self, core: ServerCore) -> None:
         self.core = core
         self.identity = self._issue()
+        self._endpoint: tuple[ServerIdentity, ssl.SSLContext] | None = None
         roots = self._roots()
         self.attestation = DynamicCredentials(self.identity, None)
         self.agent_api = DynamicCredentials(self.identity, roots)
@@ -167,6 +173,13 @@ class _ServerTls:
         return issue_server_identity(
             authority, self.core.trust_domain, SERVER_SVID_TTL, self.core.clock()
         )
+
+    def endpoint_context(self) -> ssl.SSLContext:
+        """The bundle endpoint's https_spiffe context: the current server SVID."""
+        identity = self.identity
+        if self._endpoint is None or self._endpoint[0] is not identity:
+            self._endpoint = (identity, pem_server_context(identity.chain_pem, identity.key_pem))
+        return self._endpoint[1]
 
     def _roots(self) -> bytes:
         return self.core.authorities.bundle().x509_pem()
@@ -362,6 +375,12 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                 addresses[name] = await nursery.start(
                     serve_health, bind, core.metrics.registry, lambda: core.ready_reason
                 )
+        endpoint = config.federation.bundle_endpoint
+        if endpoint.address:
+            with refused_for_key("federation.bundle_endpoint.address"):
+                addresses["bundle_endpoint"] = await nursery.start(
+                    _serve_bundle_endpoint, core, tls
+                )
         admin = AdminApi(core, callers := CallerTable(), set(config.admin_uids))
         with refused_for_key("admin_socket"):
             socket_dir = await trio.to_thread.run_sync(
@@ -378,6 +397,9 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
             )
         )
         addresses["admin_socket"] = str(config.admin_socket)
+        relationships = configured_relationships(config.federation.federates_with)
+        core.federation = {r.trust_domain: r for r in relationships}
+        nursery.start_soon(run_refreshers, core, relationships)
         nursery.start_soon(_rotate_forever, core)
         nursery.start_soon(_follow_forever, core, receive)
         if core.store.backend == "postgresql":
@@ -397,6 +419,26 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                 sd_notify("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _serve_bundle_endpoint(
+    core: ServerCore, tls: _ServerTls, task_status: trio.TaskStatus[str]
+) -> None:
+    endpoint = core.config.federation.bundle_endpoint
+    context: TlsContext = tls.endpoint_context
+    if endpoint.profile == "https_web":
+        assert endpoint.cert_file is not None and endpoint.key_file is not None  # config checked
+        try:
+            web = WebCertificate(endpoint.cert_file, endpoint.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupRefused("federation.bundle_endpoint.cert_file", str(exc)) from exc
+        context = web.context
+    document = BundleDocument(
+        core.trust_domain,
+        lambda: core.model.bundle_state.spiffe_bundle,
+        int(endpoint.refresh_hint.total_seconds()),
+    )
+    await serve_http(endpoint.address, document.handle, tls=context, task_status=task_status)
 
 
 def admin_socket_dir(admin_socket: Path, admin_uids: Sequence[int]) -> Path:

@@ -42,6 +42,24 @@ class ServerMetrics:
             ["kind"],
             registry=r,
         )
+        self.federation_last_success = Gauge(
+            "insignia_server_federation_last_success_timestamp_seconds",
+            "When a peer's bundle endpoint last gave an acceptable bundle, by trust domain",
+            ["trust_domain"],
+            registry=r,
+        )
+        self.federation_last_failure = Gauge(
+            "insignia_server_federation_last_failure_timestamp_seconds",
+            "When fetching a peer's bundle last failed or was refused, by trust domain",
+            ["trust_domain"],
+            registry=r,
+        )
+        self.federation_failures = Counter(
+            "insignia_server_federation_refresh_failures",
+            "Failed or refused bundle fetches, by trust domain",
+            ["trust_domain"],
+            registry=r,
+        )
         self.rpc_latency = Histogram(
             "insignia_server_rpc_duration_seconds",
             "Unary RPC latency, by service, method and status code",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from devtools.harness.metrics_text import sample
 from devtools.harness.waiting import wait_for
 from insignia.agent.identity.node_attestation import BUNDLE_FILE, IDENTITY_FILE
 from insignia.daemon.sealed import unseal
@@ -46,6 +47,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table, as in an array of tables
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -261,13 +264,7 @@ class AgentProcess:
             text = conn.getresponse().read().decode()
         finally:
             conn.close()
-        want = ",".join(f'{k}="{v}"' for k, v in (labels or {}).items())
-        target = f"{name}{{{want}}}" if want else name
-        for line in text.splitlines():
-            head, _, value = line.rpartition(" ")
-            if head == target:
-                return float(value)
-        return None
+        return sample(text, name, labels)
 
     def close(self) -> None:
         self.stop()

@@ -7,6 +7,7 @@ ours, and a real workload is its own process anyway), often under another uid. U
     python agent_pyspiffe_client.py SOCKET source
     python agent_pyspiffe_client.py SOCKET jwt AUDIENCE [AUDIENCE...]
     python agent_pyspiffe_client.py SOCKET watch COUNT TIMEOUT
+    python agent_pyspiffe_client.py SOCKET bundles
 
 Errors print {"error": <grpc status name or exception type>, "detail": ...} and exit 3.
 """
@@ -82,6 +83,21 @@ def main(socket: str, command: str, *args: str) -> dict[str, Any]:
             "spiffe_id": str(validated.spiffe_id),
             "aud": sorted(validated.audience),
             "agent_validated": str(agent_says.spiffe_id),
+        }
+    if command == "bundles":  # every trust domain's bundle the workload receives
+        context = client.fetch_x509_context(timeout=10)
+        x509_bundles = client.fetch_x509_bundles(timeout=10)
+        jwt_bundles = client.fetch_jwt_bundles(timeout=10)
+        return {
+            "svid_bundles": {
+                str(b.trust_domain): [pem(c) for c in b.x509_authorities]
+                for b in context.x509_bundle_set.bundles
+            },
+            "x509": {
+                str(b.trust_domain): [pem(c) for c in b.x509_authorities]
+                for b in x509_bundles.bundles
+            },
+            "jwt": {str(b.trust_domain): sorted(b.jwt_authorities) for b in jwt_bundles.bundles},
         }
     if command == "watch":
         want, timeout = int(args[0]), float(args[1])

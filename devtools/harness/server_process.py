@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import grpc
 from insignia_proto import admin_pb2_grpc
 
 from devtools.harness.agent_process import merge, to_toml
+from devtools.harness.metrics_text import sample
 from devtools.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,6 +207,13 @@ class ServerProcess:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample from the server's /metrics (None when absent)."""
+        address = self.addresses.get("metrics") or self.addresses["health"]
+        url = f"http://{address}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return sample(answer.read().decode(), name, labels)
 
     # --- the admin API in-process (benchmarks: no CLI start-up per call) -----------------------
 

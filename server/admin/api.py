@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from insignia.server.core import ServerCore
 from insignia.server.datastore import errors as ds
 from insignia.server.entries import (
     InvalidEntry,
+    RegistrationEntry,
     normalize_dns_name,
     validate_entry,
 )
@@ -116,11 +117,32 @@ class AdminApi:
                     batch.append(entry_from_proto(message, self.core.limits, keep_id=True))
                 except InvalidEntry as exc:
                     raise InvalidEntry(f"entries[{i}].{exc.field}", exc.value, exc.reason) from exc
+            await self._check_federates_with(batch)
             stored = await self.core.blocking(self.core.store.create_entries, batch)
             return admin_pb2.CreateEntriesResponse(entries=[entry_to_proto(e) for e in stored])
 
         ids = ",".join(e.spiffe_id for e in request.entries[:5])
         return await self._run(context, "CreateEntries", f"{len(request.entries)}: {ids}", run)
+
+    async def _check_federates_with(self, batch: Sequence[RegistrationEntry]) -> None:
+        """An entry may federate only with a trust domain this server holds a bundle of or a
+        relationship with: any other name would silently give its workloads nothing."""
+        wanted = {td for e in batch for td in e.federates_with}
+        if not wanted:
+            return
+        stored = await self.core.blocking(self.core.store.list_bundles)
+        known = set(self.core.federation) | {r.trust_domain for r in stored}
+        known.discard(self.core.trust_domain)
+        for i, e in enumerate(batch):
+            for td in e.federates_with:
+                if td not in known:
+                    where = f"entries[{i}].federates_with" if len(batch) > 1 else "federates_with"
+                    raise InvalidEntry(
+                        where,
+                        str(td),
+                        "unknown trust domain: no federation relationship or stored bundle "
+                        "(federation create, bundle set)",
+                    )
 
     async def ListEntries(
         self, request: admin_pb2.ListEntriesRequest, context: Context
@@ -157,6 +179,7 @@ class AdminApi:
             if not request.entry.id:
                 raise InvalidEntry("id", "", "the id of the entry to update is required")
             entry = entry_from_proto(request.entry, self.core.limits, keep_id=True)
+            await self._check_federates_with([entry])
             stored = await self.core.blocking(
                 self.core.store.update_entry, entry, request.expected_revision
             )

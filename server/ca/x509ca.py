@@ -89,14 +89,14 @@ class SigningAuthority:
         except x509.ExtensionNotFound:
             aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key())
         object.__setattr__(self, "authority_key_identifier", aki)
-        object.__setattr__(self, "trust_domain", _uri_trust_domain(cert))
+        object.__setattr__(self, "trust_domain", uri_trust_domain(cert))
 
     @property
     def not_after(self) -> datetime:
         return self.certificate.not_valid_after_utc
 
 
-def _uri_trust_domain(cert: x509.Certificate) -> TrustDomain | None:
+def uri_trust_domain(cert: x509.Certificate) -> TrustDomain | None:
     """The trust domain named by a CA's single URI SAN, if it has one (upstream CAs may not)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

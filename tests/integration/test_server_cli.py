@@ -92,7 +92,7 @@ def test_entry_lifecycle(server_factory: ServerFactory, backend: Backend, tmp_pa
     shown = server.cli_json("entry", "show", "--id", entry_id)["entries"][0]
     assert shown["selectors"] == ["unix:gid:2", "unix:uid:1"]
     assert (shown["x509_svid_ttl"], shown["hint"], shown["admin"]) == (600, "web", True)
-    assert shown["federates_with"] == []  # refused until federation exists: test_entry_checks
+    assert shown["federates_with"] == []  # an unknown trust domain is refused: test_entry_checks
     by_selector = server.cli_json("entry", "show", "--selector", "unix:uid:1")["entries"]
     assert [e["id"] for e in by_selector] == [entry_id]
     assert server.cli_json("entry", "show", "--parent-id", "spiffe://example.org/nope") == {

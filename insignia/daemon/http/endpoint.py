@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ class Response:
     body: bytes
     headers: Sequence[tuple[str, str]] = ()
 
+
+TlsContext = Callable[[], ssl.SSLContext]
+"""The server-side TLS context for the next connection (so a renewed certificate applies at
+once); the handshake runs within the first request's `Limits.idle_timeout`."""
 
 Handler = Callable[[str, str], Response]
 """(method, path without the query string) -> the response. Runs in the trio thread: keep it
@@ -82,9 +87,10 @@ async def serve_http(
     handler: Handler,
     *,
     limits: Limits = DEFAULT_LIMITS,
+    tls: TlsContext | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `handler` on `bind` until cancelled.
+    """Serve `handler` on `bind` until cancelled (HTTPS when `tls` is given).
 
     `bind` is "host:port" (an IP address, "[v6]:port" or "localhost"; port 0 picks a free
     one) or "unix:/path" (a stale socket at that path is replaced, a live one refused with
@@ -97,7 +103,7 @@ async def serve_http(
     path = Path(address.removeprefix("unix:")) if address.startswith("unix:") else None
     bound_inode = os.stat(path).st_ino if path else None
     try:
-        await _accept_forever(sock, address, handler, limits, task_status)
+        await _accept_forever(sock, address, handler, limits, tls, task_status)
     finally:
         if path is not None:  # ours only: another process may have replaced it since
             with contextlib.suppress(FileNotFoundError):
@@ -110,6 +116,7 @@ async def _accept_forever(
     address: str,
     handler: Handler,
     limits: Limits,
+    tls: TlsContext | None,
     task_status: trio.TaskStatus[str],
 ) -> None:
     listener = trio.SocketListener(sock)
@@ -119,7 +126,15 @@ async def _accept_forever(
     async def serve_one(stream: trio.SocketStream) -> None:
         nonlocal active
         try:
-            await _serve_connection(stream, handler, limits)
+            if tls is None:
+                await _serve_connection(stream, handler, limits)
+            else:
+                context = tls()
+                await _serve_connection(
+                    trio.SSLStream(stream, context, server_side=True, https_compatible=True),
+                    handler,
+                    limits,
+                )
         finally:
             active -= 1
 
@@ -171,7 +186,7 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     return sock, f"{name[0]}:{name[1]}"
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits: Limits) -> None:
+async def _serve_connection(stream: trio.abc.Stream, handler: Handler, limits: Limits) -> None:
     """Answer requests on one connection until it closes, errs or runs out of time."""
     conn = h11.Connection(h11.SERVER)
     try:
@@ -189,7 +204,7 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, limits:
 
 
 async def _exchange(
-    stream: trio.SocketStream, conn: h11.Connection, handler: Handler, limits: Limits
+    stream: trio.abc.Stream, conn: h11.Connection, handler: Handler, limits: Limits
 ) -> None:
     """Read one request and send its response."""
     request: h11.Request | None = None
@@ -222,7 +237,7 @@ def _respond(handler: Handler, request: h11.Request) -> Response:
     return response
 
 
-async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> object:
+async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
     """h11's next event, receiving more bytes as it needs them (b"" at end of stream)."""
     while True:
         event = conn.next_event()
@@ -232,11 +247,11 @@ async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> object
             data = await stream.receive_some(_RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _Close from None
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
 
 async def _drain_body(
-    stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, limit: int
+    stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, limit: int
 ) -> bool:
     """Read and drop the request's body; False (body left unread) when it exceeds `limit`."""
     for name, value in request.headers:
@@ -263,7 +278,7 @@ def _head(response: Response, *, close: bool) -> h11.Response:
 
 
 async def _send(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     conn: h11.Connection,
     request: h11.Request | None,
     response: Response,

@@ -1,0 +1,128 @@
+"""A federation relationship: a peer trust domain, where its bundle endpoint is and how that
+endpoint proves itself (SPIFFE Federation §5: https_web by Web PKI, https_spiffe by an
+X509-SVID of `endpoint_id` chaining to the peer's bundle, bootstrapped by a configured one).
+
+Pure: the config, the admin API and the refresher all build and check relationships here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+from insignia.bundle import Bundle, InvalidBundle
+from insignia.daemon.config.loading import StartupRefused
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
+
+if TYPE_CHECKING:  # the config imports this module's checks
+    from insignia.server.config import FederationRelationshipConfig
+
+Profile = Literal["https_spiffe", "https_web"]
+PROFILES: tuple[Profile, ...] = ("https_spiffe", "https_web")
+
+
+@dataclass(frozen=True)
+class Relationship:
+    trust_domain: TrustDomain
+    url: str
+    profile: Profile
+    endpoint_id: SpiffeId | None = None  # https_spiffe only
+    bootstrap: Bundle | None = None  # https_spiffe: trusted until the first fetch succeeds
+    from_config: bool = False  # declared in the config file: the config wins on restart
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        assert parts.hostname is not None  # check_relationship refused a URL without one
+        return parts.hostname, parts.port or 443
+
+    @property
+    def target(self) -> str:
+        """The request target: the URL's path and query ("/" when empty)."""
+        parts = urlsplit(self.url)
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def check_relationship(
+    trust_domain: str, url: str, profile: str, endpoint_spiffe_id: str
+) -> tuple[TrustDomain, SpiffeId | None]:
+    """The parsed trust domain and endpoint ID, or ValueError naming the bad field."""
+    td = TrustDomain.parse(trust_domain)
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r}: expected https_spiffe or https_web")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"bundle endpoint URL {url!r}: {exc}") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"bundle endpoint URL {url!r}: expected https://host[:port]/path")
+    if parts.username or parts.password or parts.fragment:
+        raise ValueError(f"bundle endpoint URL {url!r}: no user info or fragment allowed")
+    if profile == "https_web":
+        if endpoint_spiffe_id:
+            raise ValueError("endpoint SPIFFE ID is for https_spiffe only")
+        return td, None
+    if not endpoint_spiffe_id:
+        raise ValueError("https_spiffe needs the endpoint's SPIFFE ID (endpoint_spiffe_id)")
+    try:
+        return td, SpiffeId.parse(endpoint_spiffe_id)
+    except InvalidSpiffeId as exc:
+        raise ValueError(f"endpoint SPIFFE ID: {exc}") from None
+
+
+def load_bootstrap(trust_domain: TrustDomain, path: Path, fmt: str) -> Bundle:
+    """A bootstrap bundle file (SPIFFE JSON or PEM); ValueError naming the file and cause."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    return parse_bundle(trust_domain, data, fmt, str(path))
+
+
+def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -> Bundle:
+    """A bundle in `fmt` ("spiffe" or "pem") with at least one key; ValueError otherwise."""
+    try:
+        bundle = (
+            Bundle.parse_pem(trust_domain, data)
+            if fmt == "pem"
+            else Bundle.parse_spiffe(trust_domain, data)
+        )
+    except InvalidBundle as exc:
+        raise ValueError(f"{where}: {exc.reason}") from None
+    if not bundle.x509_authorities and not bundle.jwt_authorities:
+        raise ValueError(f"{where}: the bundle has no keys")
+    return bundle
+
+
+def configured_relationships(configs: Sequence[FederationRelationshipConfig]) -> list[Relationship]:
+    """The config file's relationships, bootstrap bundles read; StartupRefused naming the
+    key of a bundle file that cannot be used."""
+    relationships = []
+    for i, config in enumerate(configs):
+        td, endpoint_id = check_relationship(
+            config.trust_domain,
+            config.bundle_endpoint_url,
+            config.profile,
+            config.endpoint_spiffe_id,
+        )
+        bootstrap = None
+        if config.trust_domain_bundle is not None:
+            bundle_td = endpoint_id.trust_domain if endpoint_id is not None else td
+            try:
+                bootstrap = load_bootstrap(
+                    bundle_td, config.trust_domain_bundle, config.trust_domain_bundle_format
+                )
+            except ValueError as exc:
+                raise StartupRefused(
+                    f"federation.federates_with.{i}.trust_domain_bundle", str(exc)
+                ) from exc
+        relationships.append(
+            Relationship(
+                td, config.bundle_endpoint_url, config.profile, endpoint_id, bootstrap, True
+            )
+        )
+    return relationships
