@@ -75,6 +75,15 @@ class StreamSubscriber:
     def wake(self) -> None:
         self.event.set()
 
+    async def woken_or_stale(self, stale_at: datetime | None) -> None:
+        """Until the cache wakes this stream, or (when given) just past `stale_at`, when the
+        view must be rebuilt even though nothing changed (an SVID expired or rotated)."""
+        timeout = None
+        if stale_at is not None:
+            timeout = max(0.0, (stale_at - _now()).total_seconds()) + 0.001
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -191,11 +200,7 @@ class WorkloadApi:
                     last = message
                     on_send(message)
                     await context.write(message)
-                timeout = None
-                if stale_at is not None:
-                    timeout = max(0.0, (stale_at - _now()).total_seconds()) + 0.001
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscriber.event.wait(), timeout)
+                await subscriber.woken_or_stale(stale_at)
         finally:
             self._metrics.open_streams.dec()
             self._cache.unsubscribe(subscriber)

@@ -10,7 +10,6 @@ entries, bundles), following the xDS rules kept in `sds_protocol`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
@@ -175,11 +174,7 @@ class SecretDiscovery:
                             first = False
                         self._metrics.served("sds", len(resolved.secrets))
                         await context.write(response)
-                timeout = None
-                if stale_at is not None:
-                    timeout = max(0.0, (stale_at - _now()).total_seconds()) + 0.001
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscriber.event.wait(), timeout)
+                await subscriber.woken_or_stale(stale_at)
         finally:
             reader.cancel()
             self._metrics.open_streams.dec()
