@@ -19,7 +19,7 @@ from insignia.server.admin.client import admin_options, call, emit
 from insignia.server.admin.commands import agent, authority, bundle, jwt, token, x509
 from insignia.server.admin.entry_commands import entry
 from insignia.server.admin.server_commands import server_group
-from insignia.server.config import load_server_config
+from insignia.server.config import ServerConfig, load_server_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,16 +33,38 @@ def main() -> None:
 @log_level_option
 def run(config_path: Path, log_level: str | None) -> None:
     """Run the server until SIGTERM or SIGINT."""
-    try:
-        config = load_server_config(config_path)
-        configure_logging(log_level or config.log.level, config.log.format)
-    except (ConfigError, ValueError) as exc:
-        _config_failure(exc)
+    config = _config_for_running(config_path, log_level)
     from insignia.server.daemon import run_daemon  # heavy imports only when running
 
     run_reporting_failures(
         "error: ", config_path, lambda: run_trio(run_daemon, config, config_path)
     )
+
+
+@main.group()
+def oidc() -> None:
+    """OIDC discovery of the JWT-SVID keys, as a process of its own."""
+
+
+@oidc.command("serve")
+@config_option("Server config file (TOML) with [oidc_discovery]; see docs/oidc.md.", required=True)
+@log_level_option
+def oidc_serve(config_path: Path, log_level: str | None) -> None:
+    """Serve [oidc_discovery] from the datastore's keys (no CA keys) until SIGTERM or SIGINT."""
+    config = _config_for_running(config_path, log_level)
+    from insignia.server.oidc.provider import run_provider
+
+    run_reporting_failures("error: ", config_path, lambda: run_trio(run_provider, config))
+
+
+def _config_for_running(config_path: Path, log_level: str | None) -> ServerConfig:
+    """The loaded config with logging set up, or exit 2 with the one-line error."""
+    try:
+        config = load_server_config(config_path)
+        configure_logging(log_level or config.log.level, config.log.format)
+    except (ConfigError, ValueError) as exc:
+        _config_failure(exc)
+    return config
 
 
 @main.command()

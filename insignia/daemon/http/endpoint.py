@@ -23,6 +23,7 @@ keep-alive, HEAD responses); this module only moves bytes between it and a socke
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import ssl
@@ -61,6 +62,12 @@ Handler = Callable[[str, str], Response]
 """(method, path without the query string) -> the response. Runs in the trio thread: keep it
 quick. An exception becomes a logged 500."""
 
+HostCheck = Callable[[str | None], Response | None]
+"""The request's Host header as sent (None when absent) -> a refusal, or None to let the
+handler answer: for a listener that answers only some names. Runs as the handler does."""
+
+_Responder = Callable[[h11.Request], Response]
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -88,9 +95,11 @@ async def serve_http(
     *,
     limits: Limits = DEFAULT_LIMITS,
     tls: TlsContext | None = None,
+    host_check: HostCheck | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `handler` on `bind` until cancelled (HTTPS when `tls` is given).
+    """Serve `handler` on `bind` until cancelled (HTTPS when `tls` is given; each request
+    passes `host_check` first when one is given).
 
     `bind` is "host:port" (an IP address, "[v6]:port" or "localhost"; port 0 picks a free
     one) or "unix:/path" (a stale socket at that path is replaced, a live one refused with
@@ -103,7 +112,8 @@ async def serve_http(
     path = Path(address.removeprefix("unix:")) if address.startswith("unix:") else None
     bound_inode = os.stat(path).st_ino if path else None
     try:
-        await _accept_forever(sock, address, handler, limits, tls, task_status)
+        respond = functools.partial(_respond, handler, host_check)
+        await _accept_forever(sock, address, respond, limits, tls, task_status)
     finally:
         if path is not None:  # ours only: another process may have replaced it since
             with contextlib.suppress(FileNotFoundError):
@@ -114,7 +124,7 @@ async def serve_http(
 async def _accept_forever(
     sock: trio.socket.SocketType,
     address: str,
-    handler: Handler,
+    respond: _Responder,
     limits: Limits,
     tls: TlsContext | None,
     task_status: trio.TaskStatus[str],
@@ -127,12 +137,12 @@ async def _accept_forever(
         nonlocal active
         try:
             if tls is None:
-                await _serve_connection(stream, handler, limits)
+                await _serve_connection(stream, respond, limits)
             else:
                 context = tls()
                 await _serve_connection(
                     trio.SSLStream(stream, context, server_side=True, https_compatible=True),
-                    handler,
+                    respond,
                     limits,
                 )
         finally:
@@ -186,13 +196,13 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     return sock, f"{name[0]}:{name[1]}"
 
 
-async def _serve_connection(stream: trio.abc.Stream, handler: Handler, limits: Limits) -> None:
+async def _serve_connection(stream: trio.abc.Stream, respond: _Responder, limits: Limits) -> None:
     """Answer requests on one connection until it closes, errs or runs out of time."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
             with trio.move_on_after(limits.idle_timeout):
-                await _exchange(stream, conn, handler, limits)
+                await _exchange(stream, conn, respond, limits)
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()
                     continue
@@ -204,7 +214,7 @@ async def _serve_connection(stream: trio.abc.Stream, handler: Handler, limits: L
 
 
 async def _exchange(
-    stream: trio.abc.Stream, conn: h11.Connection, handler: Handler, limits: Limits
+    stream: trio.abc.Stream, conn: h11.Connection, respond: _Responder, limits: Limits
 ) -> None:
     """Read one request and send its response."""
     request: h11.Request | None = None
@@ -221,20 +231,30 @@ async def _exchange(
             answer = Response(exc.error_status_hint, f"bad request: {exc}\n".encode())
             await _send(stream, conn, request, answer, True)
         raise _Close from None
-    await _send(stream, conn, request, _respond(handler, request), False)
+    await _send(stream, conn, request, respond(request), False)
 
 
-def _respond(handler: Handler, request: h11.Request) -> Response:
-    """The handler's response, or a logged 500 when it raises or answers something unsendable."""
+def _respond(handler: Handler, host_check: HostCheck | None, request: h11.Request) -> Response:
+    """The host check's refusal or the handler's response, or a logged 500 when either raises
+    or answers something unsendable."""
     method = request.method.decode("ascii")
     path = request.target.decode("ascii").partition("?")[0]
     try:
-        response = handler(method, path)
+        refusal = None if host_check is None else host_check(_host_header(request))
+        response = refusal or handler(method, path)
         _head(response, close=False)  # a bad status or header fails here, not mid-send
     except Exception:
         log.exception("http.handler_failed", method=method, path=path)
         return Response(500, b"internal server error\n")
     return response
+
+
+def _host_header(request: h11.Request) -> str | None:
+    """The Host header's value (h11 has checked there is at most one, and one in HTTP/1.1)."""
+    for name, value in request.headers:
+        if name == b"host":
+            return value.decode("ascii", "replace")
+    return None
 
 
 async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
