@@ -15,7 +15,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from insignia.daemon.config.loading import StartupRefused
-from insignia.daemon.http.endpoint import Response, TlsContext, serve_http
+from insignia.daemon.http.endpoint import Handler, HostCheck, Response, TlsContext, serve_http
 from insignia.daemon.logs import get_logger
 from insignia.server.config import OidcDiscoveryConfig
 from insignia.server.federation.endpoint import WebCertificate
@@ -39,9 +39,7 @@ class OidcMetrics:
             f"{prefix}_oidc_discovery_keys", "JWT signing keys served on /keys", registry=registry
         )
 
-    def observe(
-        self, app: OidcDiscovery
-    ) -> tuple[Callable[[str, str], Response], Callable[[str | None], Response | None]]:
+    def observe(self, app: OidcDiscovery) -> tuple[Handler, HostCheck]:
         """`app`'s handler and host check, counting what they answer."""
         self.keys.set_function(lambda: float(docs.key_count) if (docs := app.current()) else 0.0)
 
