@@ -57,6 +57,20 @@ class OidcMetrics:
         return handle, check_host
 
 
+def load_certificate(settings: OidcDiscoveryConfig) -> WebCertificate | None:
+    """The HTTPS certificate, None for plain HTTP; StartupRefused when it cannot be used."""
+    if settings.cert_file is None or settings.key_file is None:
+        return None
+    try:
+        return WebCertificate(settings.cert_file, settings.key_file, "oidc_discovery")
+    except (OSError, ssl.SSLError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupRefused(
+            "oidc_discovery.cert_file",
+            f"{settings.cert_file} with key_file {settings.key_file}: cannot load: {detail}",
+        ) from exc
+
+
 async def serve_oidc_discovery(
     settings: OidcDiscoveryConfig,
     issuer: str,
@@ -67,12 +81,8 @@ async def serve_oidc_discovery(
 ) -> None:
     """Serve the discovery documents on `settings.address` until cancelled; reports the
     bound address like `serve_http`."""
-    tls: TlsContext | None = None
-    if settings.cert_file is not None and settings.key_file is not None:
-        try:
-            tls = WebCertificate(settings.cert_file, settings.key_file, "oidc_discovery").context
-        except (OSError, ssl.SSLError) as exc:
-            raise StartupRefused("oidc_discovery.cert_file", str(exc)) from exc
+    certificate = load_certificate(settings)
+    tls: TlsContext | None = None if certificate is None else certificate.context
     app = OidcDiscovery(issuer, trust_domain, published, settings.domains)
     handle, check_host = metrics.observe(app)
     if tls is None:

@@ -309,3 +309,108 @@ def test_oidc_serve_follows_a_jwt_key_rotation_from_the_datastore(
     assert new_kid not in before
     assert verify(rotated, provider.issuer, "aud")["sub"] == "spiffe://example.org/job"
     provider.stop()
+
+
+def test_behind_a_proxy_on_a_unix_socket_the_issuer_comes_from_the_config(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A TLS proxy in front forwards whatever Host it was sent: the documents still name the
+    configured issuer, and the Host check still applies."""
+    sock = tmp_path / "oidc.sock"
+    server = server_factory(
+        jwt_issuer="https://oidc.example.org/insignia",
+        oidc_discovery={"address": f"unix:{sock}", "domains": ["oidc.example.org"]},
+    )
+    assert server.addresses["oidc_discovery"] == f"unix:{sock}"
+
+    def curl(path: str, host: str) -> tuple[str, str]:
+        answer = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--unix-socket", str(sock), "-H", f"Host: {host}",
+             "-w", "\n%{http_code}", f"http://proxied{path}"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        body, _, code = answer.stdout.rpartition("\n")
+        return code, body
+
+    code, body = curl("/insignia" + WELL_KNOWN, "oidc.example.org")
+    assert code == "200"
+    assert json.loads(body)["jwks_uri"] == "https://oidc.example.org/insignia/keys"
+    code, body = curl("/insignia/keys", "oidc.example.org")
+    assert code == "200" and {k["kid"] for k in json.loads(body)["keys"]} == bundle_kids(server)
+    assert curl(WELL_KNOWN, "oidc.example.org")[0] == "404"  # outside the issuer's path
+    assert curl("/insignia/keys", "attacker.example")[0] == "421"
+
+    def requests(route: str, code: str) -> float | None:
+        return server.metric(
+            "insignia_server_oidc_discovery_requests_total", {"code": code, "route": route}
+        )
+
+    assert requests("discovery", "200") == 1
+    assert requests("keys", "200") == 1
+    assert requests("other", "404") == 1
+    assert requests("host", "421") == 1
+    assert server.metric("insignia_server_oidc_discovery_keys") == len(bundle_kids(server))
+
+
+def one_line_refusal(*args: str) -> str:
+    result = subprocess.run(
+        [str(SERVER_BIN), *args], capture_output=True, text=True, timeout=60, env=server_env()
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_bad_settings_stop_run_validate_and_oidc_serve_with_one_line(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = server_factory(
+        start=False,
+        log={"level": "error"},  # stderr then holds only what the operator must read
+        jwt_issuer="https://oidc.example.org",
+        oidc_discovery={"address": "0.0.0.0:0"},
+    )
+    config = str(server.config_path)
+    for command in ("run", "validate"):
+        assert "would serve plain HTTP beyond this host" in one_line_refusal(
+            command, "--config", config
+        )
+    assert "would serve plain HTTP" in one_line_refusal("oidc", "serve", "--config", config)
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    server.extra_config = merge(
+        dict(server.extra_config),
+        {"oidc_discovery": {"cert_file": str(garbage), "key_file": str(garbage)}},
+    )
+    server.write_config()
+    for command in ("validate", "run"):
+        line = one_line_refusal(command, "--config", config)
+        assert f"oidc_discovery.cert_file: {garbage} with key_file {garbage}: cannot load" in line
+
+    # oidc serve without an address, and without the server's database.
+    server.extra_config = {"log": {"level": "error"}, "jwt_issuer": "https://oidc.example.org"}
+    server.write_config()
+    line = one_line_refusal("oidc", "serve", "--config", config)
+    assert 'oidc_discovery.address: is "": oidc serve needs an address' in line
+    absent = tmp_path / "absent.sqlite3"
+    server.extra_config = merge(
+        dict(server.extra_config),
+        {"oidc_discovery": {"address": "127.0.0.1:0"}, "database": {"url": f"sqlite:///{absent}"}},
+    )
+    server.write_config()
+    line = one_line_refusal("oidc", "serve", "--config", config)
+    assert f"database.url: no SQLite database at {absent}" in line
+    assert not absent.exists()
+
+    # The database the failed `run` above created belongs to example.org.
+    server.extra_config = merge(
+        dict(server.extra_config),
+        {"database": {"url": f"sqlite:///{server.data_dir / 'datastore.sqlite3'}"}},
+    )
+    server.trust_domain = "other.org"
+    server.write_config()
+    line = one_line_refusal("oidc", "serve", "--config", config)
+    assert "trust_domain: other.org differs from example.org" in line
