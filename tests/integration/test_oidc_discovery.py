@@ -308,6 +308,16 @@ def test_oidc_serve_follows_a_jwt_key_rotation_from_the_datastore(
     new_kid = jwt.get_unverified_header(rotated)["kid"]
     assert new_kid not in before
     assert verify(rotated, provider.issuer, "aud")["sub"] == "spiffe://example.org/job"
+
+    # As the bundle does: a tainted key is still served, a revoked one is gone.
+    (old_kid,) = before
+    server.cli("authority", "jwt", "taint", old_kid)
+    assert old_kid in bundle_kids(server) and old_kid in served_kids(provider.issuer)
+    server.cli("authority", "jwt", "revoke", old_kid)
+    wait_for(lambda: old_kid not in served_kids(provider.issuer), 15, "the revoked key to go")
+    assert served_kids(provider.issuer) == bundle_kids(server) == {new_kid}
+    with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
+        verify(token, provider.issuer, "aud")
     provider.stop()
 
 
