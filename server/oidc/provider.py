@@ -139,7 +139,7 @@ async def run_provider(config: ServerConfig) -> None:
         published = PublishedBundle(store, config.td)
         await trio.to_thread.run_sync(published.reload)
         registry = CollectorRegistry()
-        metrics = OidcMetrics(registry, "insignia_oidc")
+        metrics = OidcMetrics(registry, "insignia")
         async with trio.open_nursery() as nursery:
             addresses: dict[str, str] = {}
             with refused_for_key("oidc_discovery.address"):

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devtools.harness.agent_clients import agent_cli, register
 from devtools.harness.agent_process import AgentProcess, merge, to_toml
+from devtools.harness.metrics_text import sample
 from devtools.harness.ports import free_port
 from devtools.harness.server_process import SERVER_BIN, ServerProcess, server_env
 from devtools.harness.waiting import wait_for
@@ -30,6 +31,7 @@ from tests.integration.conftest import ServerFactory
 pytestmark = pytest.mark.integration
 
 WELL_KNOWN = "/.well-known/openid-configuration"
+KEYS_OK = {"code": "200", "route": "keys"}
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -318,6 +320,9 @@ def test_oidc_serve_follows_a_jwt_key_rotation_from_the_datastore(
     assert served_kids(provider.issuer) == bundle_kids(server) == {new_kid}
     with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
         verify(token, provider.issuer, "aud")
+    metrics = get(f"http://127.0.0.1:{provider.health_port}/metrics")[2].decode()
+    assert sample(metrics, "insignia_oidc_discovery_keys") == 1
+    assert (sample(metrics, "insignia_oidc_discovery_requests_total", KEYS_OK) or 0) >= 5
     provider.stop()
 
 

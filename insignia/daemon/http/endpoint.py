@@ -66,7 +66,7 @@ HostCheck = Callable[[str | None], Response | None]
 """The request's Host header as sent (None when absent) -> a refusal, or None to let the
 handler answer: for a listener that answers only some names. Runs as the handler does."""
 
-_Responder = Callable[[h11.Request], Response]
+_Responder = Callable[[h11.Request], Response]  # a request -> its answer (`_respond`, bound)
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def _respond(handler: Handler, host_check: HostCheck | None, request: h11.Reques
     path = request.target.decode("ascii").partition("?")[0]
     try:
         refusal = None if host_check is None else host_check(_host_header(request))
-        response = refusal or handler(method, path)
+        response = handler(method, path) if refusal is None else refusal
         _head(response, close=False)  # a bad status or header fails here, not mid-send
     except Exception:
         log.exception("http.handler_failed", method=method, path=path)
