@@ -10,8 +10,9 @@ import json
 import os
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -274,8 +275,12 @@ class OidcProvider:
         assert self.process.wait(20) == 0, self.log_path.read_text()
 
 
+ProviderFor = Callable[[ServerProcess, int], OidcProvider]
+
+
 @pytest.fixture
-def provider_for(tmp_path: Path) -> Iterator[Any]:
+def provider_for(tmp_path: Path) -> Iterator[ProviderFor]:
+    """`start(server, port)` -> `oidc serve` for `server`'s datastore on 127.0.0.1:port."""
     started: list[OidcProvider] = []
 
     def start(server: ServerProcess, port: int) -> OidcProvider:
@@ -290,7 +295,7 @@ def provider_for(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_oidc_serve_follows_a_jwt_key_rotation_from_the_datastore(
-    server_factory: ServerFactory, provider_for: Any, backend: str, tmp_path: Path
+    server_factory: ServerFactory, provider_for: ProviderFor, backend: str, tmp_path: Path
 ) -> None:
     port = free_port()
     server = server_factory(backend=backend, jwt_issuer=f"http://127.0.0.1:{port}")
