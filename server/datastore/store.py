@@ -377,7 +377,9 @@ class Datastore(Closing):
             if ids and mode == "restrict":
                 raise BundleInUse(
                     str(trust_domain),
-                    f"{len(ids)} entr{'y' if len(ids) == 1 else 'ies'} federate with it "
+                    f"{len(ids)} "
+                    + ("entry federates" if len(ids) == 1 else "entries federate")
+                    + f" with it "
                     f"(first {ids[0]}); --mode delete or dissociate",
                 )
             trust_queries.delete_bundle(conn, trust_domain)

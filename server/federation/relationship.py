@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.config.loading import StartupRefused
 from insignia.server.datastore.records import FederationRecord
+from insignia.server.federation.acceptance import foreign_authority
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 if TYPE_CHECKING:  # the config imports this module's checks
@@ -102,6 +103,11 @@ def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -
         raise ValueError(f"{where}: {exc.reason}") from None
     if not bundle.x509_authorities and not bundle.jwt_authorities:
         raise ValueError(f"{where}: the bundle has no keys")
+    named = foreign_authority(bundle)
+    if named is not None:
+        raise ValueError(
+            f"{where}: an X.509 authority is for trust domain {named}, not {trust_domain}"
+        )
     return bundle
 
 
