@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 
 from devtools.harness.agent_clients import UID_A, pyspiffe, register
+from devtools.harness.postgres import require_postgres, temporary_schema
 from devtools.harness.server_process import ServerProcess
 from devtools.harness.waiting import wait_for
 from tests.integration.conftest import AgentFactory, ServerFactory
 
 pytestmark = pytest.mark.integration
 SERVER_ID = "spiffe://a.test/insignia/server"
+FAILURES = "insignia_server_federation_refresh_failures_total"
+LAST_SUCCESS = "insignia_server_federation_last_success_timestamp_seconds"
 
 
 def endpoint_url(a: ServerProcess) -> str:
@@ -180,3 +183,41 @@ def test_deleting_the_relationship_takes_the_bundle_from_the_workloads(
     [entry] = b.cli_json("entry", "show", "--spiffe-id", "spiffe://b.test/fed")["entries"]
     assert entry["federates_with"] == ["a.test"]
     b.cli("entry", "update", entry["id"], "--hint", "still federating")
+
+
+@pytest.mark.postgres
+def test_every_server_on_the_database_follows_the_relationships(
+    server_factory: ServerFactory,
+) -> None:
+    """Created through one server, changed and deleted through the other: both servers'
+    refreshers follow each step (the change log)."""
+    a = serving_a(server_factory)
+    with temporary_schema(require_postgres()) as url:
+        s1, s2 = (
+            server_factory(name=n, trust_domain="b.test", database={"url": url})
+            for n in ("s1", "s2")
+        )
+        s1.cli(*create_args(a, a.write_bundle()))
+        td = {"trust_domain": "a.test"}
+        for server in (s1, s2):
+            wait_for(lambda s=server: (s.metric(LAST_SUCCESS, td) or 0) > 0, 30, "a fetch")
+
+        s2.cli(
+            "federation", "update", "--trust-domain", "a.test",
+            "--bundle-endpoint-url", "https://127.0.0.1:1/",
+        )  # fmt: skip
+        for server in (s1, s2):
+            wait_for(lambda s=server: (s.metric(FAILURES, td) or 0) >= 1, 30, "a failed fetch")
+
+        s2.cli("federation", "delete", "--trust-domain", "a.test")
+
+        def stopped(server: ServerProcess) -> bool:
+            return any(
+                r.get("event") == "federation.refresher_stopped"
+                and r.get("trust_domain") == "a.test"
+                for r in server.log_lines()
+            )
+
+        wait_for(lambda: stopped(s1) and stopped(s2), 30, "both refreshers to stop")
+        assert s1.cli("federation", "list").stdout.strip() == "Found 0 federation relationships"
+        assert s1.cli("bundle", "count").stdout.strip() == "1 bundle"
