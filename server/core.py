@@ -278,9 +278,9 @@ class ServerCore:
             agent_id = SpiffeId.parse(agent_text)
             record = await trio.to_thread.run_sync(self.store.find_agent, agent_id)
             self.model.apply_agent(agent_id, record)
-        self.model.revision = events[-1].revision
-        if federation_changed:
+        if federation_changed:  # before the revision moves on: a failure retries it
             await self.reload_federation()
+        self.model.revision = events[-1].revision
         if journal_changed:
             await self.adopt_journal()
         if bundle_changed or journal_changed:

@@ -131,6 +131,8 @@ class Refreshers:
             if relationships.get(td) != running:
                 scope.cancel()
                 del self._running[td]
+                if td not in relationships:  # gone: so are its series
+                    self.core.metrics.forget_federation(str(td))
                 log.info("federation.refresher_stopped", trust_domain=str(td))
         for td, relationship in relationships.items():
             if td not in self._running:

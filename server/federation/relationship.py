@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.config.loading import StartupRefused
 from insignia.server.datastore.records import FederationRecord
-from insignia.server.federation.acceptance import foreign_authority
+from insignia.server.federation.acceptance import MAX_BUNDLE_BYTES, foreign_authority
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 if TYPE_CHECKING:  # the config imports this module's checks
@@ -93,6 +93,8 @@ def load_bootstrap(trust_domain: TrustDomain, path: Path, fmt: str) -> Bundle:
 
 def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -> Bundle:
     """A bundle in `fmt` ("spiffe" or "pem") with at least one key; ValueError otherwise."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"{where}: over {MAX_BUNDLE_BYTES} bytes")
     try:
         bundle = (
             Bundle.parse_pem(trust_domain, data)

@@ -219,5 +219,7 @@ def test_every_server_on_the_database_follows_the_relationships(
             )
 
         wait_for(lambda: stopped(s1) and stopped(s2), 30, "both refreshers to stop")
+        for server in (s1, s2):  # no series left behind for a peer that is gone
+            assert server.metric(FAILURES, td) is None and server.metric(LAST_SUCCESS, td) is None
         assert s1.cli("federation", "list").stdout.strip() == "Found 0 federation relationships"
         assert s1.cli("bundle", "count").stdout.strip() == "1 bundle"

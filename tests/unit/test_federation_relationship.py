@@ -100,3 +100,8 @@ def test_the_stored_bundle_authenticates_once_there_is_one() -> None:
         endpoint_spiffe_id="spiffe://hub.test/bundles", bundle=pem(TrustDomain.parse("hub.test"))
     )
     assert elsewhere.anchor_trust_domain == TrustDomain.parse("hub.test")
+
+
+def test_a_bundle_file_over_a_mebibyte_is_refused() -> None:
+    with pytest.raises(ValueError, match="over 1048576 bytes"):
+        request(bundle=b" " * (1024 * 1024 + 1))
