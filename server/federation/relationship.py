@@ -168,6 +168,11 @@ def requested_relationship(
     if bundle_format not in BUNDLE_FORMATS:
         raise ValueError(f"trust domain bundle format {bundle_format!r}: expected spiffe or pem")
     anchor = relationship.anchor_trust_domain
+    if anchor == own:
+        raise ValueError(
+            f"trust domain bundle: the endpoint is in {own}, this server's own trust domain, "
+            "whose bundle the server has already"
+        )
     bootstrap = parse_bundle(anchor, bundle, bundle_format, "trust domain bundle")
     return Relationship(td, url, relationship.profile, endpoint_id, bootstrap)
 

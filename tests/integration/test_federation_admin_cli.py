@@ -184,6 +184,13 @@ def test_deleting_the_relationship_takes_the_bundle_from_the_workloads(
     assert entry["federates_with"] == ["a.test"]
     b.cli("entry", "update", entry["id"], "--hint", "still federating")
 
+    # A static bundle reaches the workload the same way, and leaves it with `bundle delete`.
+    b.cli("bundle", "set", "--id", "spiffe://a.test", "--path", str(a.write_bundle()))
+    wait_for(lambda: "a.test" in received().get("x509", {}), 60, "the static a.test bundle")
+    b.cli("bundle", "delete", "--id", "spiffe://a.test", "--mode", "dissociate")
+    wait_for(lambda: "a.test" not in received().get("jwt", {"a.test": 1}), 60, "a.test gone")
+    assert set(received()["x509"]) == {"b.test"}
+
 
 @pytest.mark.postgres
 def test_every_server_on_the_database_follows_the_relationships(

@@ -71,6 +71,7 @@ def test_a_good_request_and_its_stored_form_round_trip() -> None:
         ({"bundle_format": "spiffe"}, "trust domain bundle:"),
         ({"bundle": b'{"keys": []}', "bundle_format": "spiffe"}, "has no keys"),
         ({"bundle": pem(TrustDomain.parse("third.test"))}, "for trust domain third.test"),
+        ({"endpoint_spiffe_id": "spiffe://own.test/bundles"}, "this server's own trust domain"),
     ],
 )
 def test_bad_requests_name_the_first_bad_field(changes: dict[str, object], reason: str) -> None:
