@@ -33,8 +33,8 @@ from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
 from insignia.server.federation.relationship import (
     Relationship,
     relationships_in_force,
-    stored_relationship,
 )
+from insignia.server.federation.stored import stored_relationship
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -95,10 +95,9 @@ class ServerCore:
         processes = api.signing_processes
         self.signer = SignerPool(default_processes() if processes < 0 else processes)
         self.on_ca_change: Callable[[], None] = lambda: None
-        # The config file's relationships, and those in force (the datastore's, overridden by
-        # the config's), by peer trust domain; `on_federation_change` hears every new set.
+        # The config file's relationships by peer trust domain; `on_federation_change` hears
+        # every new set in force (the datastore's, overridden by the config's).
         self.configured_federation: dict[TrustDomain, Relationship] = {}
-        self.federation: dict[TrustDomain, Relationship] = {}
         self.on_federation_change: Callable[[dict[TrustDomain, Relationship]], None] = (
             lambda _relationships: None
         )
@@ -241,8 +240,9 @@ class ServerCore:
                     trust_domain=str(record.trust_domain),
                     error=str(exc),
                 )
-        self.federation = relationships_in_force(self.configured_federation.values(), stored)
-        self.on_federation_change(self.federation)
+        self.on_federation_change(
+            relationships_in_force(self.configured_federation.values(), stored)
+        )
 
     # --- following the change log --------------------------------------------------------------
 

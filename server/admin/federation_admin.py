@@ -18,10 +18,9 @@ from insignia.server.federation.relationship import (
     BUNDLE_FORMATS,
     Relationship,
     parse_bundle,
-    relationship_record,
     requested_relationship,
-    stored_relationship,
 )
+from insignia.server.federation.stored import relationship_record, stored_relationship
 from insignia.spiffeid import TrustDomain
 
 DELETE_MODES: tuple[BundleDeleteMode, ...] = ("restrict", "delete", "dissociate")

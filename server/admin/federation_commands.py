@@ -15,10 +15,9 @@ from insignia.daemon.config.cli_options import option
 from insignia.daemon.times import format_time
 from insignia.server.admin.client import admin_options, call, emit, fail, to_dict
 from insignia.server.admin.commands import bundle
+from insignia.server.federation.relationship import BUNDLE_FORMATS, PROFILES
 
 F = TypeVar("F", bound=Callable[..., Any])
-PROFILES = ("https_spiffe", "https_web")
-FORMATS = ("spiffe", "pem")
 
 
 def _plural(count: int, noun: str) -> str:
@@ -93,7 +92,7 @@ def _relationship_options(required: bool) -> Callable[[F], F]:
                 option(
                     "--trust-domain-bundle-format",
                     "-trustDomainBundleFormat",
-                    type=click.Choice(FORMATS),
+                    type=click.Choice(BUNDLE_FORMATS),
                     default="spiffe",
                     show_default=True,
                 ),
@@ -236,7 +235,14 @@ def _id_option(fn: F) -> F:
     required=True,
     help="The bundle file.",
 )
-@option("--format", "-format", "fmt", type=click.Choice(FORMATS), default="pem", show_default=True)
+@option(
+    "--format",
+    "-format",
+    "fmt",
+    type=click.Choice(BUNDLE_FORMATS),
+    default="pem",
+    show_default=True,
+)
 @admin_options
 def bundle_set(socket_path: Path, as_json: bool, trust_domain: str, path: Path, fmt: str) -> None:
     """Store (or replace) another trust domain's bundle."""
@@ -249,7 +255,14 @@ def bundle_set(socket_path: Path, as_json: bool, trust_domain: str, path: Path, 
 
 @bundle.command("list")
 @option("--id", "-id", "trust_domain", help="Only this trust domain's bundle.")
-@option("--format", "-format", "fmt", type=click.Choice(FORMATS), default="pem", show_default=True)
+@option(
+    "--format",
+    "-format",
+    "fmt",
+    type=click.Choice(BUNDLE_FORMATS),
+    default="pem",
+    show_default=True,
+)
 @admin_options
 def bundle_list(socket_path: Path, as_json: bool, trust_domain: str | None, fmt: str) -> None:
     """Print the federated bundles (other trust domains')."""

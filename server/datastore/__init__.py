@@ -36,7 +36,7 @@ Bundles (SPIFFE bundle JSON text, opaque here):
 Federation relationships (admin API's; the config file's live in memory):
     create_federation(FederationRecord) (DuplicateFederation);  update_federation(record)
     delete_federation(td) -> record, with its bundle (FederationNotFound)
-    get_federation(td);  list_federations();  federating_entry_ids(td)
+    get_federation(td);  list_federations()
 CA journal:
     put_ca_keys([CaKeyRecord, ...]) (upsert by (kind, key_id), one transaction)
     load_ca_keys(kind=None);  delete_ca_key(kind, key_id) (CaKeyNotFound)

@@ -377,10 +377,8 @@ class Datastore(Closing):
             if ids and mode == "restrict":
                 raise BundleInUse(
                     str(trust_domain),
-                    f"{len(ids)} "
-                    + ("entry federates" if len(ids) == 1 else "entries federate")
-                    + f" with it "
-                    f"(first {ids[0]}); --mode delete or dissociate",
+                    f"{len(ids)} {'entry federates' if len(ids) == 1 else 'entries federate'} "
+                    f"with it (first {ids[0]}); --mode delete or dissociate",
                 )
             trust_queries.delete_bundle(conn, trust_domain)
             changelog.append(conn, "bundle", "deleted", [str(trust_domain)], now)
@@ -428,10 +426,6 @@ class Datastore(Closing):
     def list_federations(self) -> list[FederationRecord]:
         with self._read() as conn:
             return federation_queries.load(conn)
-
-    def federating_entry_ids(self, trust_domain: TrustDomain) -> list[str]:
-        with self._read() as conn:
-            return federation_queries.federating_entry_ids(conn, trust_domain)
 
     def update_bundle(self, trust_domain: TrustDomain, compose: BundleComposer) -> bool:
         """Recompute the local bundle from the whole CA journal under the write lock; store

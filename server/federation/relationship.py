@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.config.loading import StartupRefused
-from insignia.server.datastore.records import FederationRecord
 from insignia.server.federation.acceptance import MAX_BUNDLE_BYTES, foreign_authority
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
@@ -175,34 +174,6 @@ def requested_relationship(
         )
     bootstrap = parse_bundle(anchor, bundle, bundle_format, "trust domain bundle")
     return Relationship(td, url, relationship.profile, endpoint_id, bootstrap)
-
-
-def relationship_record(relationship: Relationship) -> FederationRecord:
-    bootstrap = relationship.bootstrap
-    return FederationRecord(
-        relationship.trust_domain,
-        relationship.url,
-        relationship.profile,
-        str(relationship.endpoint_id or ""),
-        bootstrap.to_spiffe().decode() if bootstrap is not None else "",
-    )
-
-
-def stored_relationship(record: FederationRecord) -> Relationship:
-    """A relationship from its datastore row (checked when it was written)."""
-    td, endpoint_id = check_relationship(
-        str(record.trust_domain),
-        record.bundle_endpoint_url,
-        record.profile,
-        record.endpoint_spiffe_id,
-    )
-    relationship = Relationship(
-        td, record.bundle_endpoint_url, cast(Profile, record.profile), endpoint_id
-    )
-    if not record.bootstrap_bundle:
-        return relationship
-    bootstrap = Bundle.parse_spiffe(relationship.anchor_trust_domain, record.bootstrap_bundle)
-    return Relationship(td, relationship.url, relationship.profile, endpoint_id, bootstrap)
 
 
 def relationships_in_force(

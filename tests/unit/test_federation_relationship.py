@@ -10,11 +10,10 @@ from insignia.bundle import Bundle
 from insignia.server.federation.refresher import trust_anchors
 from insignia.server.federation.relationship import (
     Relationship,
-    relationship_record,
     relationships_in_force,
     requested_relationship,
-    stored_relationship,
 )
+from insignia.server.federation.stored import relationship_record, stored_relationship
 from insignia.spiffeid import SpiffeId, TrustDomain
 from tests.unit.common import make_ca
 
