@@ -146,6 +146,12 @@ def test_bad_relationships_are_refused_with_one_line(
         assert expected in line, (args, line)
     assert b.cli("federation", "list").stdout.strip() == "Found 0 federation relationships"
 
+    # A bundle stored beforehand (`bundle set`) authenticates the endpoint instead.
+    b.cli("bundle", "set", "--id", "spiffe://a.test", "--path", str(bootstrap))
+    b.cli("federation", "create", "--trust-domain", "a.test", *base)
+    b.cli("federation", "refresh", "--trust-domain", "a.test")
+    b.cli("federation", "delete", "--trust-domain", "a.test")
+
     b.cli(*create_args(a, bootstrap))
     assert "ALREADY_EXISTS" in refused(b, *create_args(a, bootstrap))
     line = refused(
