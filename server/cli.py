@@ -18,6 +18,7 @@ from insignia.daemon.startup import run_reporting_failures
 from insignia.server.admin.client import admin_options, call, emit
 from insignia.server.admin.commands import agent, authority, bundle, jwt, token, x509
 from insignia.server.admin.entry_commands import entry
+from insignia.server.admin.federation_commands import federation
 from insignia.server.admin.server_commands import server_group
 from insignia.server.config import ServerConfig, load_server_config
 
@@ -117,5 +118,5 @@ def log_level_set(socket_path: Path, as_json: bool, level: str) -> None:
     emit(as_json, response, lambda: f"log level is now {response.level}")
 
 
-for command in (entry, token, agent, bundle, x509, jwt, authority, server_group):
+for command in (entry, token, agent, bundle, x509, jwt, authority, server_group, federation):
     main.add_command(command)

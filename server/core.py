@@ -30,7 +30,11 @@ from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenErro
 from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
 from insignia.server.datastore.store import Datastore
 from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
-from insignia.server.federation.relationship import Relationship
+from insignia.server.federation.relationship import (
+    Relationship,
+    relationships_in_force,
+)
+from insignia.server.federation.stored import stored_relationship
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -91,7 +95,12 @@ class ServerCore:
         processes = api.signing_processes
         self.signer = SignerPool(default_processes() if processes < 0 else processes)
         self.on_ca_change: Callable[[], None] = lambda: None
-        self.federation: dict[TrustDomain, Relationship] = {}  # by peer trust domain
+        # The config file's relationships by peer trust domain; `on_federation_change` hears
+        # every new set in force (the datastore's, overridden by the config's).
+        self.configured_federation: dict[TrustDomain, Relationship] = {}
+        self.on_federation_change: Callable[[dict[TrustDomain, Relationship]], None] = (
+            lambda _relationships: None
+        )
 
     @property
     def settings_upstream_id(self) -> str:
@@ -216,6 +225,25 @@ class ServerCore:
                 state.federated_bundles[str(record.trust_domain)] = record.document.encode()
         return state
 
+    # --- federation relationships -------------------------------------------------------------
+
+    async def reload_federation(self) -> None:
+        """From trio: the relationships in force again, from the config and the datastore."""
+        records = await trio.to_thread.run_sync(self.store.list_federations)
+        stored = []
+        for record in records:
+            try:
+                stored.append(stored_relationship(record))
+            except ValueError as exc:  # written by a release with other rules: skip, say so
+                log.warning(
+                    "federation.relationship_unusable",
+                    trust_domain=str(record.trust_domain),
+                    error=str(exc),
+                )
+        self.on_federation_change(
+            relationships_in_force(self.configured_federation.values(), stored)
+        )
+
     # --- following the change log --------------------------------------------------------------
 
     async def load_model(self) -> None:
@@ -238,6 +266,7 @@ class ServerCore:
         agent_ids = {e.subject for e in events if e.kind == "agent"}
         bundle_changed = any(e.kind == "bundle" for e in events)
         journal_changed = any(e.kind == "ca_key" for e in events)
+        federation_changed = any(e.kind == "federation" for e in events)
         loaded = await trio.to_thread.run_sync(self.store.get_entries, entry_ids)
         changes = [
             EntryChange(self.model.index.get(i), loaded.get(i))
@@ -249,6 +278,8 @@ class ServerCore:
             agent_id = SpiffeId.parse(agent_text)
             record = await trio.to_thread.run_sync(self.store.find_agent, agent_id)
             self.model.apply_agent(agent_id, record)
+        if federation_changed:  # before the revision moves on: a failure retries it
+            await self.reload_federation()
         self.model.revision = events[-1].revision
         if journal_changed:
             await self.adopt_journal()

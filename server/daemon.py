@@ -49,7 +49,7 @@ from insignia.server.datastore.listen import RECONNECT, ChangeListener
 from insignia.server.datastore.records import ServerRecord
 from insignia.server.datastore.store import Datastore
 from insignia.server.federation.endpoint import BundleDocument, WebCertificate, pem_server_context
-from insignia.server.federation.refresher import run_refreshers
+from insignia.server.federation.refresher import Refreshers
 from insignia.server.federation.relationship import configured_relationships
 from insignia.server.metrics import ServerMetrics
 from insignia.server.oidc.listener import OidcMetrics, serve_oidc_discovery
@@ -409,8 +409,11 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
         )
         addresses["admin_socket"] = str(config.admin_socket)
         relationships = configured_relationships(config.federation.federates_with)
-        core.federation = {r.trust_domain: r for r in relationships}
-        nursery.start_soon(run_refreshers, core, relationships)
+        core.configured_federation = {r.trust_domain: r for r in relationships}
+        refreshers = Refreshers(core)
+        await nursery.start(refreshers.run)
+        core.on_federation_change = refreshers.apply
+        await core.reload_federation()
         nursery.start_soon(_rotate_forever, core)
         nursery.start_soon(_follow_forever, core, receive)
         if core.store.backend == "postgresql":

@@ -142,6 +142,20 @@ bundles = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
+# Federation relationships created through the admin API (the config file's are held in memory
+# and win over a row here): a peer trust domain and how to fetch and authenticate its bundle.
+federation_relationships = sa.Table(
+    "federation_relationships",
+    metadata,
+    sa.Column("trust_domain", sa.String(255), primary_key=True),
+    sa.Column("bundle_endpoint_url", sa.Text, nullable=False),
+    sa.Column("profile", sa.String(16), nullable=False),
+    sa.Column("endpoint_spiffe_id", sa.Text, nullable=False),
+    sa.Column("bootstrap_bundle", sa.Text, nullable=False),  # SPIFFE JSON; "" = none
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
 ca_keys = sa.Table(
     "ca_keys",
     metadata,
