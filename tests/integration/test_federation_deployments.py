@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from devtools.harness.agent_clients import (
     UID_A,
@@ -29,11 +31,13 @@ from devtools.harness.agent_clients import (
     spiffetls_server,
 )
 from devtools.harness.federated_pair import Deployment, federated_pair
-from devtools.harness.waiting import wait_for
+from devtools.harness.waiting import wait_for, wait_for_async
 from insignia.authorize import NotAuthorized, any_member_of
+from insignia.bundle import Bundle, BundleSet
 from insignia.spiffeid import TrustDomain
 from insignia.spiffetls import PeerRefused, TlsContext, TlsStream, client_context, server_context
 from insignia.workloadapi import TrioWorkloadApiClient, WorkloadX509Source, open_x509_source
+from insignia.x509svid import InvalidX509Svid, verify_chain
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
 
@@ -183,3 +187,110 @@ async def test_a_jwt_svid_of_b_validates_in_the_workload_api_of_a(pair: Pair) ->
     assert alone["error"] == "INVALID_ARGUMENT", alone
     other = pyspiffe(a.agent, "validate", token, "elsewhere", uid=UID_A)
     assert other["error"] == "INVALID_ARGUMENT", other
+
+
+# --- issue 16, test 2: b.test rotates its CA under a.test's workloads ------------------------
+
+B = TrustDomain.parse("b.test")
+
+
+def authorities_of(pem: bytes) -> frozenset[bytes]:
+    return frozenset(c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(pem))
+
+
+class BundleWatch:
+    """What a.test's workload last received for b.test on its FetchX509Bundles stream."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.b_authorities: frozenset[bytes] = frozenset()
+
+    def update(self, bundles: BundleSet) -> None:
+        bundle = bundles.get_bundle_for_trust_domain(B)
+        self.updates += 1
+        self.b_authorities = frozenset(
+            c.public_bytes(Encoding.DER) for c in (bundle.x509_authorities if bundle else ())
+        )
+
+    async def until(self, wanted: frozenset[bytes], what: str) -> None:
+        # a.test fetches at most every MIN_REFRESH (30 s) whatever b.test's hint: one
+        # refresh, then the change log to the agent and the stream to the workload.
+        await wait_for_async(lambda: self.b_authorities == wanted, 90, what)
+
+
+@pytest.fixture
+def rotating_pair(tmp_path: Path) -> Iterator[Pair]:
+    """A fresh pair whose b.test endpoint hints a 1 s refresh (a.test clamps it to 30 s)."""
+    with federated_pair(tmp_path, "https_spiffe", refresh_hint="1s") as (a, b):
+        federate(a, "/sdk", 0, "b.test")
+        federate(a, "/py", UID_A, "b.test")
+        federate(b, "/sdk", 0, "a.test")
+        federate(b, "/py", UID_B, "a.test")
+        wait_for(partial(receives_bundle_of, a, UID_A, "b.test"), 30, "b.test at a.test")
+        yield a, b
+
+
+@pytest.mark.timeout(400)
+async def test_a_ca_rotation_of_b_reaches_a_and_mtls_keeps_working(rotating_pair: Pair) -> None:
+    a, b = rotating_pair
+    old = authorities_of(b.server.bundle_pem())
+    old_id = next(
+        x["authority_id"]
+        for x in b.server.cli_json("authority", "x509", "show")["authorities"]
+        if x["state"] == "active"
+    )
+    watch = BundleWatch()
+    async with (
+        open_x509_source(a.agent.endpoint, ready_timeout=30) as in_a,
+        open_x509_source(b.agent.endpoint, ready_timeout=30) as in_b,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(
+            partial(TrioWorkloadApiClient(a.agent.socket_path).watch_x509_bundles, watch.update)
+        )
+        await watch.until(old, "b.test's bundle at a.test's workload")
+
+        async def mtls_works() -> None:
+            server_tls = server_context(in_a, authorize=any_member_of("b.test"))
+            client_tls = client_context(in_b, authorize=any_member_of("a.test"))
+            client_id, server_id, reply = await echo_once(server_tls, client_tls)
+            assert (client_id, server_id, reply) == (
+                b.spiffe_id("/sdk"),
+                a.spiffe_id("/sdk"),
+                b"hello ping\n",
+            )
+
+        await mtls_works()
+        b.server.cli("authority", "x509", "prepare")
+        both = authorities_of(b.server.bundle_pem())
+        [new] = both - old
+        await watch.until(both, "the prepared key of b.test at a.test's workload")
+        await mtls_works()
+
+        b.server.cli("authority", "x509", "activate")
+        b.server.cli("authority", "x509", "taint", old_id)
+        new_only = Bundle(B, (x509.load_der_x509_certificate(new),))
+
+        def signed_by_new() -> bool:
+            try:
+                verify_chain(in_b.get_x509_svid().chain, new_only)
+            except InvalidX509Svid:
+                return False
+            return True
+
+        await wait_for_async(signed_by_new, 60, "b.test's workload SVID from the new key")
+        await mtls_works()
+
+        b.server.cli("authority", "x509", "revoke", old_id)
+        assert authorities_of(b.server.bundle_pem()) == {new}
+        await watch.until(frozenset({new}), "the old key of b.test gone from a.test")
+        await mtls_works()
+        nursery.cancel_scope.cancel()
+    assert watch.updates >= 3
+    # spiffe-tls, in other processes, after the whole rotation
+    with spiffetls_server(UID_A, a.agent, b.spiffe_id("/py")) as (server, port):
+        client = await trio.to_thread.run_sync(
+            partial(spiffetls_client, UID_B, b.agent, a.spiffe_id("/py"), f"127.0.0.1:{port}")
+        )
+        assert client.returncode == 0, client.stderr
+        assert await trio.to_thread.run_sync(server.wait, 30) == 0
