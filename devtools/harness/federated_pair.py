@@ -40,6 +40,11 @@ class Deployment:
         return f"spiffe://{self.trust_domain}{path}"
 
 
+def endpoint_port(server: ServerProcess) -> int:
+    """The port a started server's bundle endpoint listens on."""
+    return int(server.addresses["bundle_endpoint"].rsplit(":", 1)[1])
+
+
 def endpoint_url(profile: Profile, port: int) -> str:
     host = "localhost" if profile == "https_web" else "127.0.0.1"
     return f"https://{host}:{port}/"
