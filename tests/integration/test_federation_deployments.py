@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from devtools.harness.agent_clients import (
     UID_A,
     UID_B,
+    agent_cli,
     pyspiffe,
     register,
     spiffetls_client,
@@ -179,7 +180,19 @@ async def test_a_jwt_svid_of_b_validates_in_the_workload_api_of_a(pair: Pair) ->
     )
     assert str(spiffe_id) == b.spiffe_id("/sdk")
     assert claims["aud"] == ["a-api"]
-    # py-spiffe, another caller of a.test's agent, gets the same answer...
+    # the agent CLI (the README's walkthrough) and py-spiffe, other callers, agree...
+    cli = agent_cli(
+        "api",
+        "validate",
+        "jwt",
+        "--socket",
+        str(a.agent.socket_path),
+        "--audience",
+        "a-api",
+        "--svid",
+        token,
+    )
+    assert f"SPIFFE ID : {b.spiffe_id('/sdk')}" in cli.stdout, cli.stderr
     validated = pyspiffe(a.agent, "validate", token, "a-api", uid=UID_A)
     assert validated == {"spiffe_id": b.spiffe_id("/sdk"), "aud": ["a-api"]}
     # ...but not a caller whose entry does not federate with b.test, nor another audience.
