@@ -147,7 +147,8 @@ func mintSVID(id spiffeid.ID, ca *x509.Certificate, caKey crypto.Signer) (*x509s
 // static bundle (that CA and a JWT key) served by federation.NewHandler over https_spiffe
 // with the SVID spiffe://TD/bundle-endpoint, and a spiffetls echo server as
 // spiffe://TD/workload that trusts the peer domain's bundle (a PEM file) and admits its
-// members. It writes DIR/bundle.pem (the bootstrap bundle for its peers), prints
+// members. It writes DIR/bundle.pem (the bootstrap bundle for its peers) and an SVID for
+// spiffe://TD/client (DIR/client.pem, DIR/client_key.pem, for dial-domain), prints
 // {"bundle_port", "mtls_port"}, then one {"peer_id", "received"} line per connection.
 func runServeDomain(_ context.Context, args []string) (any, error) {
 	if len(args) != 4 {
@@ -207,6 +208,9 @@ func runServeDomain(_ context.Context, args []string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := writeSVID(spiffeid.RequireFromPath(td, "/client"), ca, caKey, args[1]); err != nil {
+		return nil, err
+	}
 	trusted := x509bundle.NewSet(bundle.X509Bundle(), peerBundle)
 	ctx, cancel := context.WithTimeout(context.Background(), domainLifetime)
 	defer cancel()
@@ -239,4 +243,64 @@ func runServeDomain(_ context.Context, args []string) (any, error) {
 		conn.Close()
 		emit(report)
 	}
+}
+
+// writeSVID mints an SVID for `id` into DIR/client.pem and DIR/client_key.pem.
+func writeSVID(id spiffeid.ID, ca *x509.Certificate, caKey crypto.Signer, dir string) error {
+	svid, err := mintSVID(id, ca, caKey)
+	if err != nil {
+		return err
+	}
+	certs, key, err := svid.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "client.pem"), certs, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "client_key.pem"), key, 0o600)
+}
+
+// runDialDomain is a workload of a serve-domain trust domain dialing out: spiffetls with
+// the SVID from DIR and the bundles of its own domain (DIR/bundle.pem) and the peer's,
+// admitting members of the peer domain. It sends "ping" and reports the server's ID.
+func runDialDomain(ctx context.Context, args []string) (any, error) {
+	if len(args) != 5 {
+		return nil, errors.New("dial-domain needs HOST:PORT TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM")
+	}
+	td, err := spiffeid.TrustDomainFromString(args[1])
+	if err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", args[1], err)
+	}
+	peerTD, err := spiffeid.TrustDomainFromString(args[3])
+	if err != nil {
+		return nil, fmt.Errorf("peer trust domain %q: %w", args[3], err)
+	}
+	svid, err := x509svid.Load(filepath.Join(args[2], "client.pem"), filepath.Join(args[2], "client_key.pem"))
+	if err != nil {
+		return nil, err
+	}
+	own, err := x509bundle.Load(td, filepath.Join(args[2], "bundle.pem"))
+	if err != nil {
+		return nil, err
+	}
+	peer, err := x509bundle.Load(peerTD, args[4])
+	if err != nil {
+		return nil, err
+	}
+	mode := spiffetls.MTLSClientWithRawConfig(tlsconfig.AuthorizeMemberOf(peerTD), svid, x509bundle.NewSet(own, peer))
+	conn, err := spiffetls.DialWithMode(ctx, "tcp", args[0], mode)
+	if err != nil {
+		return nil, fmt.Errorf("spiffetls.DialWithMode %s: %w", args[0], err)
+	}
+	defer conn.Close()
+	reply, err := echo(conn, "ping\n")
+	if err != nil {
+		return nil, fmt.Errorf("talking to %s: %w", args[0], err)
+	}
+	server, err := spiffetls.PeerIDFromConn(conn)
+	if err != nil {
+		return nil, fmt.Errorf("server SPIFFE ID: %w", err)
+	}
+	return map[string]any{"peer_id": server.String(), "reply": reply}, nil
 }

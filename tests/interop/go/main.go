@@ -29,6 +29,7 @@ var commands = map[string]command{
 	"mtls-client":  {"mtls-client HOST:PORT id|member-of VALUE", runMTLSClient},
 	"raw":          {"raw x509|jwt [--no-header] [AUDIENCE...]", runRaw},
 	"fetch-bundle": {"fetch-bundle TRUST_DOMAIN URL web CA_PEM | spiffe BUNDLE_PEM ENDPOINT_ID", runFetchBundle},
+	"dial-domain":  {"dial-domain HOST:PORT TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM", runDialDomain},
 	"serve-domain": {"serve-domain TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM", runServeDomain},
 }
 
