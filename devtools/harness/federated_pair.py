@@ -107,10 +107,7 @@ def federated_pair(
         stack.callback(b.cleanup)
         b.start()
         if profile == "https_spiffe":
-            a.stop()
-            a.extra_config = config("a.test", "b.test", b.bundle_path)
-            a.write_config()
-            a.start()
+            a.restart_with(config("a.test", "b.test", b.bundle_path))
         for each in (a, b):
             wait_for(partial(knows_bundles, each, 2), 60, f"{each.trust_domain}'s peer bundle")
         deployments = []

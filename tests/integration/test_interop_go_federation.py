@@ -119,10 +119,7 @@ def go_domain(
             "https_spiffe", "go.test", ports["bundle_port"], directory / "bundle.pem"
         )
         table["endpoint_spiffe_id"] = "spiffe://go.test/bundle-endpoint"
-        a.stop()
-        a.extra_config = {"federation": {"federates_with": [table]}}
-        a.write_config()
-        a.start()
+        a.restart_with({"federation": {"federates_with": [table]}})
         wait_for(lambda: knows_bundles(a, 2), 30, "go.test's bundle in a.test")
         agent = agent_factory(server=a)
         for path, uid in (("/sdk", 0), ("/py", UID_A)):
