@@ -9,6 +9,7 @@ from insignia.daemon.config.loading import ConfigError, StartupRefused, validate
 from insignia.server.config import ServerConfig
 from insignia.server.federation.fetch import FetchFailed, client_context
 from insignia.server.federation.relationship import configured_relationships
+from insignia.server.validate import check_server_config
 
 URL = "https://bundles.b.test:8443/"
 
@@ -48,6 +49,21 @@ def test_an_unusable_web_ca_file_stops_the_start_naming_the_key(
     with pytest.raises(StartupRefused, match=cause) as refused:
         configured_relationships(loaded.federation.federates_with)
     assert refused.value.key == "federation.federates_with.0.web_ca_file"
+
+
+def test_validate_reads_the_web_ca_file_as_run_does(tmp_path: Path) -> None:
+    config_path = tmp_path / "server.toml"
+    config_path.write_text(
+        'trust_domain = "a.test"\n[[federation.federates_with]]\n'
+        f'trust_domain = "b.test"\nbundle_endpoint_url = "{URL}"\nprofile = "https_web"\n'
+        f'web_ca_file = "{tmp_path / "missing.pem"}"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_server_config(config_path)
+    assert str(refused.value) == (
+        f"{config_path}: federation.federates_with.0.web_ca_file: "
+        f"{tmp_path / 'missing.pem'}: No such file or directory"
+    )
 
 
 def test_a_web_ca_file_gone_after_the_start_fails_the_fetch_in_one_line(tmp_path: Path) -> None:
