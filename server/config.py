@@ -165,11 +165,14 @@ class FederationRelationshipConfig(StrictModel, frozen=True, kw_only=True):
     endpoint_spiffe_id: str = ""  # https_spiffe only
     trust_domain_bundle: Path | None = None  # https_spiffe bootstrap bundle
     trust_domain_bundle_format: BundleFormat = "spiffe"
+    web_ca_file: Path | None = None  # https_web: roots trusted instead of the system's
 
     def __post_init__(self) -> None:
         check_relationship(
             self.trust_domain, self.bundle_endpoint_url, self.profile, self.endpoint_spiffe_id
         )
+        if self.web_ca_file is not None and self.profile != "https_web":
+            raise ValueError("web_ca_file is for https_web only")
 
 
 class FederationConfig(StrictModel, frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ from insignia.server.ca.state import UpstreamError, load_upstream
 from insignia.server.config import ServerConfig, load_server_config
 from insignia.server.core import JoinTokens
 from insignia.server.datastore.engine import normalize_url
+from insignia.server.federation.relationship import configured_relationships
 from insignia.server.oidc.listener import load_certificate
 
 
@@ -42,6 +43,10 @@ def check_server_config(config_path: Path) -> ServerConfig:
             load_certificate(config.oidc_discovery)
         except StartupRefused as exc:
             raise ConfigError(config_path, exc.key, str(exc).removeprefix(exc.key + ": ")) from exc
+    try:  # bootstrap bundles and web CA files, read as `run` reads them
+        configured_relationships(config.federation.federates_with)
+    except StartupRefused as exc:
+        raise ConfigError(config_path, "", str(exc)) from exc
     env = ServerEnvironment(config.td, token_store=JoinTokens())
     load_node_attestor_servers(config.node_attestors, env, source=config_path)
     return config

@@ -1,6 +1,7 @@
 """A federation relationship: a peer trust domain, where its bundle endpoint is and how that
 endpoint proves itself (SPIFFE Federation §5: https_web by Web PKI, https_spiffe by an
 X509-SVID of `endpoint_id` chaining to the peer's bundle, bootstrapped by a configured one).
+An https_web relationship may name its own roots (`web_ca_file`) instead of the system's.
 
 Pure: the config, the admin API and the refresher all build and check relationships here.
 """
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.config.loading import StartupRefused
@@ -33,6 +36,7 @@ class Relationship:
     endpoint_id: SpiffeId | None = None  # https_spiffe only
     bootstrap: Bundle | None = None  # https_spiffe: trusted until the first fetch succeeds
     from_config: bool = False  # declared in the config file: the config wins on restart
+    web_ca_file: Path | None = None  # https_web: the roots to trust instead of the system's
 
     @property
     def anchor_trust_domain(self) -> TrustDomain:
@@ -112,6 +116,18 @@ def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -
     return bundle
 
 
+def check_web_ca_file(path: Path) -> None:
+    """A readable PEM file of at least one certificate; ValueError naming the cause."""
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ValueError(f"{path}: no PEM certificate")
+
+
 def configured_relationships(configs: Sequence[FederationRelationshipConfig]) -> list[Relationship]:
     """The config file's relationships, bootstrap bundles read; StartupRefused naming the
     key of a bundle file that cannot be used."""
@@ -134,9 +150,22 @@ def configured_relationships(configs: Sequence[FederationRelationshipConfig]) ->
                 raise StartupRefused(
                     f"federation.federates_with.{i}.trust_domain_bundle", str(exc)
                 ) from exc
+        if config.web_ca_file is not None:
+            try:
+                check_web_ca_file(config.web_ca_file)
+            except ValueError as exc:
+                raise StartupRefused(
+                    f"federation.federates_with.{i}.web_ca_file", str(exc)
+                ) from exc
         relationships.append(
             Relationship(
-                td, config.bundle_endpoint_url, config.profile, endpoint_id, bootstrap, True
+                td,
+                config.bundle_endpoint_url,
+                config.profile,
+                endpoint_id,
+                bootstrap,
+                True,
+                config.web_ca_file,
             )
         )
     return relationships

@@ -14,6 +14,7 @@ import pytest
 from devtools.harness.agent_process import AgentProcess
 from devtools.harness.postgres import BACKEND_PARAMS, Backend, database_url
 from devtools.harness.server_process import ServerProcess
+from tests.integration.go_interop import GoClient, go_client
 
 ServerFactory = Callable[..., ServerProcess]
 AgentFactory = Callable[..., AgentProcess]
@@ -103,6 +104,13 @@ def agent_factory(tmp_path: Path, running_server: ServerProcess) -> Iterator[Age
 def running_agent(agent_factory: AgentFactory) -> AgentProcess:
     """A ready agent attested (join token) to `running_server`; `.agent_id`, `.socket_path`."""
     return agent_factory()
+
+
+@pytest.fixture(scope="session")
+def go() -> Iterator[GoClient]:
+    """The Go interop binary (tests/interop/go), built once per run."""
+    with go_client() as client:
+        yield client
 
 
 @pytest.fixture(name="tmp_path")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from devtools.harness.server_process import SERVER_BIN, ServerProcess
+from devtools.harness.federated_pair import endpoint_port
+from devtools.harness.server_process import SERVER_BIN
 from devtools.harness.waiting import wait_for
 from devtools.harness.web_pki import write_web_pki
 from insignia.bundle import Bundle
@@ -19,10 +20,6 @@ from insignia.x509svid import leaf_spiffe_id
 from tests.integration.conftest import ServerFactory
 
 pytestmark = pytest.mark.integration
-
-
-def endpoint_port(server: ServerProcess) -> int:
-    return int(server.addresses["bundle_endpoint"].rsplit(":", 1)[1])
 
 
 def curl(
