@@ -59,16 +59,21 @@ Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
 """Trio side: the caller's selectors, or WorkloadAttestationFailed (deadline included)."""
 
 
-def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
-    """Workload attestation for the Workload API: every attestor at once, with a deadline,
-    once the caller is shown to hold its connection alone (insignia.daemon.peercred.holders)."""
+def make_attest(
+    attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float, *, connected: bool = True
+) -> Attest:
+    """Workload attestation: every attestor at once, with a deadline. For a caller on a
+    socket (`connected`), only once it is shown to hold its connection alone
+    (insignia.daemon.peercred.holders); a process named by reference (Broker and Delegated
+    Identity APIs) holds no connection of ours, so that check does not apply to it."""
 
     async def attest(creds: PeerCredentials) -> frozenset[Selector]:
         with trio.move_on_after(timeout + 1.0) as scope:
             try:
-                problem = await trio.to_thread.run_sync(connection_problem, creds)
-                if problem is not None:
-                    raise ConnectionNotOwned(problem)
+                if connected:
+                    problem = await trio.to_thread.run_sync(connection_problem, creds)
+                    if problem is not None:
+                        raise ConnectionNotOwned(problem)
                 return frozenset(await attest_workload(creds, attestors, timeout))
             except AttestationError as exc:
                 raise WorkloadAttestationFailed(exc.plugin, str(exc)) from exc
