@@ -24,6 +24,7 @@ from typing import NoReturn
 import grpc
 import grpc.aio
 
+from insignia._clock import utc_now
 from insignia.agent.cache.store import Cache
 from insignia.agent.workloadapi.gate import AttestCaller, WorkloadAttestationFailed
 from insignia.agent.workloadapi.rpcs import Context, WorkloadApi
@@ -99,14 +100,15 @@ class OnBehalf:
         cache: Cache,
         attest: AttestCaller,
         allowed: frozenset[SpiffeId],
-        now: Callable[[], datetime],
     ) -> None:
         self.api_name = api_name
         self.api = api
         self.cache = cache
         self._attest = attest
         self._allowed = allowed
-        self.now = now
+
+    def now(self) -> datetime:
+        return utc_now(None)
 
     @contextlib.asynccontextmanager
     async def audited(self, context: Context, method: str) -> AsyncIterator[Audit]:

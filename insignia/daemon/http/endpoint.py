@@ -127,10 +127,10 @@ async def _accept_forever(
         nonlocal active
         try:
             if tls is None:
-                await _serve_connection(stream, handler, limits)
+                await serve_connection(stream, handler, limits)
             else:
                 context = tls()
-                await _serve_connection(
+                await serve_connection(
                     trio.SSLStream(stream, context, server_side=True, https_compatible=True),
                     handler,
                     limits,
@@ -186,8 +186,12 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     return sock, f"{name[0]}:{name[1]}"
 
 
-async def _serve_connection(stream: trio.abc.Stream, handler: Handler, limits: Limits) -> None:
-    """Answer requests on one connection until it closes, errs or runs out of time."""
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Answer requests on one connection until it closes, errs or runs out of time; closes
+    it. For a listener of someone else's (the agent's admin socket: its gRPC front hands
+    over the connections that are not HTTP/2)."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
