@@ -16,7 +16,7 @@ The spec's rules, where they are met:
 - the first message goes out as soon as it exists (§4.4).
 
 The Broker API's messages have the Workload API's field numbers and types, message for message
-(tests/unit/test_broker_wire.py holds them to it), so a view is re-read as its broker twin
+(tests/unit/agent/test_broker_wire.py holds them to it), so a view is re-read as its broker twin
 rather than copied field by field.
 """
 
