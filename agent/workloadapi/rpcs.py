@@ -212,7 +212,13 @@ class WorkloadApi:
         self._cache.subscribe(subscriber)
         loop = asyncio.get_running_loop()
         if exits is not None:
-            loop.add_reader(exits.fd, subscriber.wake)
+            pidfd = exits.fd
+
+            def exited() -> None:
+                loop.remove_reader(pidfd)  # once: it stays readable, and a send may be pending
+                subscriber.wake()
+
+            loop.add_reader(pidfd, exited)
         self._metrics.open_streams.inc()
         last: M | None = None
         try:
