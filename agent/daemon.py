@@ -267,9 +267,10 @@ class AgentDaemon:
             sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
             attest_referenced = make_attest(self.attestors, timeout, connected=False)
 
-            def on_behalf(name: str, allowed: frozenset[SpiffeId]) -> OnBehalf:
+            def on_behalf(name: str, role: str, allowed: frozenset[SpiffeId]) -> OnBehalf:
                 return OnBehalf(
                     name,
+                    role,
                     api,
                     self.cache,
                     lambda process: bridge.call_trio(attest_referenced, process),
@@ -302,7 +303,9 @@ class AgentDaemon:
                     config.admin_socket_path,
                     [
                         delegated_identity_handler(
-                            DelegatedIdentity(on_behalf(DELEGATED_IDENTITY_API, config.delegates))
+                            DelegatedIdentity(
+                                on_behalf(DELEGATED_IDENTITY_API, "delegate", config.delegates)
+                            )
                         )
                     ],
                     self.callers,
@@ -320,7 +323,9 @@ class AgentDaemon:
                         broker_path,
                         [
                             broker_api_handler(
-                                BrokerApi(on_behalf(BROKER_API, config.broker_api.brokers))
+                                BrokerApi(
+                                    on_behalf(BROKER_API, "broker", config.broker_api.brokers)
+                                )
                             )
                         ],
                         self.callers,

@@ -15,11 +15,12 @@ the caller (pid, uid, SPIFFE ID), the target (pid or selectors) and the outcome.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
 
 import grpc
 import grpc.aio
@@ -96,12 +97,14 @@ class OnBehalf:
     def __init__(
         self,
         api_name: str,
+        role: str,
         api: WorkloadApi,
         cache: Cache,
         attest: AttestCaller,
         allowed: frozenset[SpiffeId],
     ) -> None:
         self.api_name = api_name
+        self._role = role  # what its callers are called: "delegate", "broker"
         self.api = api
         self.cache = cache
         self._attest = attest
@@ -121,8 +124,11 @@ class OnBehalf:
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
             audit.line(name.lower(), error=context.details())
             raise
-        except BaseException:  # cancelled by the client, or the agent stopping
+        except asyncio.CancelledError:  # the caller went away, or the agent is stopping
             audit.line("cancelled")
+            raise
+        except Exception as exc:
+            audit.line("failed", error=repr(exc))
             raise
         audit.line("ok")
 
@@ -140,8 +146,7 @@ class OnBehalf:
             audit.caller_id = ",".join(ids) or None
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{NOT_AUTHORIZED}: none of its SPIFFE IDs is an authorized "
-                f"{'delegate' if self.api_name == 'delegated_identity' else 'broker'}",
+                f"{NOT_AUTHORIZED}: none of its SPIFFE IDs is an authorized {self._role}",
             )
         audit.caller_id = str(spiffe_id)
         return caller, selectors
@@ -179,19 +184,12 @@ class OnBehalf:
         self, context: Context, process: PeerCredentials
     ) -> Callable[[], Awaitable[None]]:
         """`serve_stream`'s check for a referenced workload: NOT_FOUND once it has gone."""
-
-        async def confirm() -> None:
-            await self.confirm(context, process)
-
-        return confirm
+        return functools.partial(self.confirm, context, process)
 
     async def confirm(self, context: Context, process: PeerCredentials) -> None:
+        """NOT_FOUND unless the pidfd still names the process that was attested."""
         if not process.still_same_process():
-            await self.gone(context, process)
-
-    async def gone(self, context: Context, process: PeerCredentials) -> NoReturn:
-        await context.abort(
-            grpc.StatusCode.NOT_FOUND,
-            f"workload not found: process {process.pid} exited or was replaced",
-        )
-        raise AssertionError("context.abort() returned")  # it always raises
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"workload not found: process {process.pid} exited or was replaced",
+            )
