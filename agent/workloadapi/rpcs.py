@@ -114,8 +114,10 @@ class WorkloadApi:
     async def authenticate(
         self, context: Context, method: str, *, header: bool = True
     ) -> tuple[PeerCredentials, frozenset[Selector]]:
-        """The caller and its selectors, or the call aborted. `header=False` for SDS: Envoy
-        sends no Workload API security header, and SPIRE's SDS does not ask for one."""
+        """The caller and its selectors, or the call aborted. `header=False` for SDS (Envoy
+        sends no Workload API security header, and SPIRE's SDS does not ask for one) and for
+        the APIs acting on behalf of others (insignia.agent.workloadapi.on_behalf), which are
+        not the Workload API and check their own header, if any."""
         metadata = context.invocation_metadata() or ()
         if header and not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             log.info("workload.header_missing", method=method, peer=context.peer())

@@ -157,14 +157,10 @@ def test_delegated_identity_by_pid_and_selectors_follows_rotation_and_refuses_ot
         )
         assert rotated["spiffe_ids"] == [f"{TD}/target-a"]
 
-    jwt = clients.answer(
-        GID_DELEGATE, "delegated", admin, "FetchJWTSVIDs", "--selector", f"unix:uid:{UID_A}"
-    )
-    assert jwt["code"] == "OK"
-    jwt_by_pid = clients.answer(
-        GID_DELEGATE, "delegated", admin, "FetchJWTSVIDs", "--pid", str(target.pid)
-    )
-    assert jwt_by_pid["code"] == "OK"
+    for reference in (("--selector", f"unix:uid:{UID_A}"), ("--pid", str(target.pid))):
+        jwt = clients.run(GID_DELEGATE, "delegated", admin, "FetchJWTSVIDs", *reference)
+        assert jwt.wait_for(ended, 60, "ending the call")["code"] == "OK"
+        assert jwt.wait_for(message, 1, "with the tokens")["spiffe_ids"] == [f"{TD}/target-a"]
     bundles = clients.run(GID_DELEGATE, "delegated", admin, "SubscribeToX509Bundles")
     assert TD in bundles.wait_for(message, 60, "with the bundles")["bundles"]
 
@@ -216,8 +212,16 @@ def test_broker_api_meets_the_specs_musts(
     stream_b = clients.run(GID_BROKER, "broker", socket, method, "--pid", str(b.pid))
     assert stream_a.wait_for(message, 60, "at once")["spiffe_ids"] == [f"{TD}/target-a"]
     assert stream_b.wait_for(message, 60, "at once")["spiffe_ids"] == [f"{TD}/target-b"]
-    jwt = call("FetchJWTSVID", "--pid", str(b.pid))
-    assert jwt["code"] == "OK"
+    jwt = clients.run(GID_BROKER, "broker", socket, "FetchJWTSVID", "--pid", str(b.pid))
+    assert jwt.wait_for(ended, 60, "ending the call")["code"] == "OK"
+    assert jwt.wait_for(message, 1, "with the token")["spiffe_ids"] == [f"{TD}/target-b"]
+
+    # A second identity for A: A's stream gets its whole state again, B's nothing of it.
+    register(running_server, agent, "/target-a-extra", f"unix:uid:{UID_A}")
+    both = [f"{TD}/target-a", f"{TD}/target-a-extra"]
+    stream_a.wait_for(
+        lambda r: message(r) and sorted(r["spiffe_ids"]) == both, 60, "with both identities"
+    )
     bundles = clients.run(
         GID_BROKER, "broker", socket, "SubscribeToJWTBundles", "--pid", str(a.pid)
     )
@@ -244,6 +248,7 @@ def test_broker_api_meets_the_specs_musts(
     assert end["code"] == "NOT_FOUND" and f"process {a.pid} exited" in end["details"]
     assert bundles.wait_for(ended, 30, "ending A's bundle stream too")["code"] == "NOT_FOUND"
     assert not any(ended(r) for r in stream_b.records[seen:]) and stream_b.proc.poll() is None
+    assert all(r["spiffe_ids"] == [f"{TD}/target-b"] for r in stream_b.records if message(r))
 
     def audited() -> bool:
         return bool(audits(agent, api="broker", target=f"pid:{a.pid}", outcome="not_found"))
