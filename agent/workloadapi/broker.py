@@ -40,6 +40,7 @@ from insignia.agent.workloadapi.views import (
     x509_bundles,
     x509_view,
 )
+from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.jwtsvid import InvalidAudience
 from insignia.selectors import Selector
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId
@@ -88,15 +89,17 @@ class BrokerApi:
         self._cache = core.cache
         self._api = core.api
 
-    async def _admit(self, context: Context, audit: Audit, request: Any) -> tuple[int, int]:
-        """(the broker's uid, the referenced pid), once the header, the broker and the
-        reference have passed."""
+    async def _admit(
+        self, context: Context, audit: Audit, request: Any
+    ) -> tuple[PeerCredentials, int]:
+        """(the broker, the referenced pid), once the header, the broker and the reference
+        have passed."""
         metadata = context.invocation_metadata() or ()
         if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
         broker, _ = await self._core.authorize(context, audit)
         try:
-            return broker.uid, reference_pid(request)
+            return broker, reference_pid(request)
         except BadReference as exc:
             await self._invalid(context, audit, str(exc))
 
@@ -108,7 +111,7 @@ class BrokerApi:
     async def _stream(self, request: Any, context: Context, method: str, build: Any) -> None:
         started = time.perf_counter()
         async with self._core.audited(context, method) as audit:
-            _, pid = await self._admit(context, audit, request)
+            broker, pid = await self._admit(context, audit, request)
             async with self._core.referenced(context, audit, pid) as found:
                 audit.line("granted")
                 await self._api.serve_stream(
@@ -118,6 +121,7 @@ class BrokerApi:
                     found.selectors,
                     build,
                     self._core.confirmer(context, found.process),
+                    caller_pid=broker.pid,
                     exits=found.process.pidfd,
                 )
 
@@ -162,7 +166,7 @@ class BrokerApi:
     ) -> pb.FetchJWTSVIDResponse:
         method = "FetchJWTSVID"
         async with self._core.audited(context, method) as audit:
-            uid, pid = await self._admit(context, audit, request)
+            broker, pid = await self._admit(context, audit, request)
             if not request.audience:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience is required")
             try:
@@ -178,7 +182,7 @@ class BrokerApi:
                     )
                 except NoIdentity as exc:
                     await self._api.denied(context, method, exc)
-                minted = await self._api.jwt_svids(context, targets, audience, uid)
+                minted = await self._api.jwt_svids(context, targets, audience, broker.uid)
                 await self._core.confirm(context, found.process)
             return pb.FetchJWTSVIDResponse(
                 svids=[

@@ -119,7 +119,7 @@ class DelegatedIdentity:
         method = "SubscribeToX509SVIDs"
         started = time.perf_counter()
         async with self._core.audited(context, method) as audit:
-            await self._core.authorize(context, audit)
+            caller, _ = await self._core.authorize(context, audit)
             async with self._subject(context, audit, request.selectors, request.pid) as (
                 selectors,
                 confirm,
@@ -127,7 +127,14 @@ class DelegatedIdentity:
             ):
                 audit.line("granted")
                 await self._api.serve_stream(
-                    context, method, started, selectors, self._x509_message, confirm, exits=exits
+                    context,
+                    method,
+                    started,
+                    selectors,
+                    self._x509_message,
+                    confirm,
+                    caller_pid=caller.pid,
+                    exits=exits,
                 )
 
     def _all_bundles(self, encode: Callable[[Bundle], bytes]) -> dict[str, bytes]:
@@ -149,7 +156,9 @@ class DelegatedIdentity:
             async def still_caller() -> None:
                 await self._api.require_same_process(context, method, caller, "while streaming")
 
-            await self._api.serve_stream(context, method, started, selectors, build, still_caller)
+            await self._api.serve_stream(
+                context, method, started, selectors, build, still_caller, caller_pid=caller.pid
+            )
 
     async def SubscribeToX509Bundles(
         self, request: pb.SubscribeToX509BundlesRequest, context: Context

@@ -180,7 +180,9 @@ class WorkloadApi:
         async def confirm() -> None:
             await self.require_same_process(context, method, creds, "while streaming")
 
-        await self.serve_stream(context, method, started, selectors, build, confirm, on_send)
+        await self.serve_stream(
+            context, method, started, selectors, build, confirm, on_send, caller_pid=creds.pid
+        )
 
     async def serve_stream(
         self,
@@ -192,15 +194,17 @@ class WorkloadApi:
         before_send: Callable[[], Awaitable[None]],
         on_send: Callable[[M], None] = lambda _message: None,
         *,
+        caller_pid: int,
         exits: PidFd | None = None,
     ) -> None:
         """Send `build(...)` for `selectors` at once and after every relevant change, until
-        cancelled. The one stream loop: the Workload API, SDS's callers, and the APIs that act
-        on behalf of a workload (Delegated Identity, Broker) all run it.
+        cancelled. The one stream loop: the Workload API's streams and those of the APIs that
+        act on behalf of a workload (Delegated Identity, Broker) all run it.
 
         `build` returns the message (None: nothing to send yet) and when it goes stale by
         itself (an SVID expiring), so the stream re-checks then even without a change.
-        `before_send` runs before each send and aborts the call when it must not be answered.
+        `before_send` runs before each send and aborts the call when it must not be answered;
+        `caller_pid` (who holds the stream) is for the log.
         With `exits` (the pidfd of a workload named by reference) it also runs whenever that
         process exits, which the pidfd reports by turning readable: the stream ends then,
         not at the next change.
@@ -233,7 +237,7 @@ class WorkloadApi:
                 except NoIdentity as exc:
                     await self.denied(context, method, exc)
                 except SvidsExpired as exc:
-                    log.warning("workload.svids_expired", method=method, selectors=len(selectors))
+                    log.warning("workload.svids_expired", method=method, pid=caller_pid)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if message is not None and message != last:
                     if exits is None:
