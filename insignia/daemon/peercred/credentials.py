@@ -290,6 +290,8 @@ def process_credentials(pid: int) -> PeerCredentials:
         pidfd = PidFd(os.pidfd_open(pid))
     except ProcessLookupError:
         raise ProcessGone(pid, "no such process") from None
+    except OSError as exc:  # EINVAL: a thread id, not a process's
+        raise ProcessGone(pid, f"not a process: {exc.strerror}") from None
     try:
         start_time = process_start_time(pid)
         ids = parse_status(_read_proc(pid, "status"))
