@@ -250,6 +250,31 @@ def test_broker_api_meets_the_specs_musts(
     assert not any(ended(r) for r in stream_b.records[seen:]) and stream_b.proc.poll() is None
     assert all(r["spiffe_ids"] == [f"{TD}/target-b"] for r in stream_b.records if message(r))
 
+    # A pid is pinned to the process that was attested: once it execs another binary, what
+    # is next sent for it is not sent; the stream ends instead.
+    execs = subprocess.Popen(
+        [*as_user(UID_B), "sh", "-c", "read line; exec sleep 600"], stdin=subprocess.PIPE
+    )
+    try:
+        stream_c = clients.run(GID_BROKER, "broker", socket, method, "--pid", str(execs.pid))
+        assert stream_c.wait_for(message, 60, "at once")["spiffe_ids"] == [f"{TD}/target-b"]
+        sh = os.readlink(f"/proc/{execs.pid}/exe")
+        assert execs.stdin is not None
+        execs.stdin.write(b"go\n")
+        execs.stdin.flush()
+        wait_for(lambda: os.readlink(f"/proc/{execs.pid}/exe") != sh, 10, "the exec")
+        register(running_server, agent, "/target-b-extra", f"unix:uid:{UID_B}")
+        replaced = stream_c.wait_for(ended, 30, "ending the stream of the replaced process")
+        assert replaced["code"] == "NOT_FOUND" and "exited or was replaced" in replaced["details"]
+        assert [r["spiffe_ids"] for r in stream_c.records if message(r)] == [[f"{TD}/target-b"]]
+        both_b = [f"{TD}/target-b", f"{TD}/target-b-extra"]
+        stream_b.wait_for(
+            lambda r: message(r) and sorted(r["spiffe_ids"]) == both_b, 60, "with both of B's"
+        )
+    finally:
+        execs.kill()
+        execs.wait()
+
     def audited() -> bool:
         return bool(audits(agent, api="broker", target=f"pid:{a.pid}", outcome="not_found"))
 
