@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -36,7 +36,7 @@ from insignia.agent.workloadapi.views import (
 )
 from insignia.bundle import BundleSet
 from insignia.daemon.logs import get_logger
-from insignia.daemon.peercred.credentials import PeerCredentials
+from insignia.daemon.peercred.credentials import PeerCredentials, PidFd
 from insignia.daemon.rpc_refusal import refuse
 from insignia.jwtsvid import AudienceLimits, InvalidAudience, InvalidJwtSvid
 from insignia.selectors import Selector
@@ -46,6 +46,8 @@ log = get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 M = TypeVar("M", bound=Message)
+Build = Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]]
+"""A stream's message for (selectors, now), and when it goes stale by itself (None: never)."""
 
 NO_IDENTITY = "no identity issued"
 HEADER_MISSING = "security header missing from request"
@@ -102,7 +104,7 @@ class WorkloadApi:
     ) -> None:
         self._cache = cache
         self._gate = gate
-        self._audience_limits = audience_limits
+        self.audience_limits = audience_limits
         self._jwt = jwt_source
         self._metrics = metrics
         self._validator = JwtValidator()
@@ -112,8 +114,10 @@ class WorkloadApi:
     async def authenticate(
         self, context: Context, method: str, *, header: bool = True
     ) -> tuple[PeerCredentials, frozenset[Selector]]:
-        """The caller and its selectors, or the call aborted. `header=False` for SDS: Envoy
-        sends no Workload API security header, and SPIRE's SDS does not ask for one."""
+        """The caller and its selectors, or the call aborted. `header=False` for SDS (Envoy
+        sends no Workload API security header, and SPIRE's SDS does not ask for one) and for
+        the APIs acting on behalf of others (insignia.agent.workloadapi.on_behalf), which are
+        not the Workload API and check their own header, if any."""
         metadata = context.invocation_metadata() or ()
         if header and not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             log.info("workload.header_missing", method=method, peer=context.peer())
@@ -162,39 +166,82 @@ class WorkloadApi:
         self,
         context: Context,
         method: str,
-        build: Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]],
+        build: Build[M],
         on_send: Callable[[M], None] = lambda _message: None,
     ) -> None:
-        """Send `build(...)` at once and after every relevant change, until cancelled.
+        """Serve `build(...)` to the caller itself, attested once (see `serve_stream`).
+
+        Every later send first re-checks that the attested process still holds the stream:
+        otherwise rotated SVIDs would flow to whoever inherited the fd.
+        """
+        started = time.perf_counter()
+        creds, selectors = await self.authenticate(context, method)
+
+        async def confirm() -> None:
+            await self.require_same_process(context, method, creds, "while streaming")
+
+        await self.serve_stream(
+            context, method, started, selectors, build, confirm, on_send, caller_pid=creds.pid
+        )
+
+    async def serve_stream(
+        self,
+        context: Context,
+        method: str,
+        started: float,
+        selectors: frozenset[Selector],
+        build: Build[M],
+        before_send: Callable[[], Awaitable[None]],
+        on_send: Callable[[M], None] = lambda _message: None,
+        *,
+        caller_pid: int,
+        exits: PidFd | None = None,
+    ) -> None:
+        """Send `build(...)` for `selectors` at once and after every relevant change, until
+        cancelled. The one stream loop: the Workload API's streams and those of the APIs that
+        act on behalf of a workload (Delegated Identity, Broker) all run it.
 
         `build` returns the message (None: nothing to send yet) and when it goes stale by
         itself (an SVID expiring), so the stream re-checks then even without a change.
-        Attested once, so every later send first re-checks that the attested process still
-        holds the stream: otherwise rotated SVIDs would flow to whoever inherited the fd.
+        `before_send` runs before each send and aborts the call when it must not be answered;
+        `caller_pid` (who holds the stream) is for the log.
+        With `exits` (the pidfd of a workload named by reference) it also runs whenever that
+        process exits, which the pidfd reports by turning readable: the stream ends then,
+        not at the next change.
 
         A coroutine writing with ``context.write``, not an async generator: trio (guest mode)
         keeps the id of every async generator first iterated on the asyncio side and
         forgets it only if the generator is garbage-collected unfinished, so each stream
         that ended (cancelled by its client) would leave an id behind for good.
         """
-        started = time.perf_counter()
-        creds, selectors = await self.authenticate(context, method)
         subscriber = StreamSubscriber(selectors)
         self._cache.subscribe(subscriber)
+        loop = asyncio.get_running_loop()
+        if exits is not None:
+            pidfd = exits.fd
+
+            def exited() -> None:
+                loop.remove_reader(pidfd)  # once: it stays readable, and a send may be pending
+                subscriber.wake()
+
+            loop.add_reader(pidfd, exited)
         self._metrics.open_streams.inc()
         last: M | None = None
         try:
             while True:
                 subscriber.event.clear()
+                if exits is not None:
+                    await before_send()
                 try:
                     message, stale_at = build(selectors, _now())
                 except NoIdentity as exc:
                     await self.denied(context, method, exc)
                 except SvidsExpired as exc:
-                    log.warning("workload.svids_expired", method=method, pid=creds.pid)
+                    log.warning("workload.svids_expired", method=method, pid=caller_pid)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 if message is not None and message != last:
-                    await self.require_same_process(context, method, creds, "while streaming")
+                    if exits is None:
+                        await before_send()
                     if last is None:
                         self.observe(method, started, grpc.StatusCode.OK)
                     last = message
@@ -202,6 +249,8 @@ class WorkloadApi:
                     await context.write(message)
                 await subscriber.woken_or_stale(stale_at)
         finally:
+            if exits is not None and not exits.closed:
+                loop.remove_reader(exits.fd)
             self._metrics.open_streams.dec()
             self._cache.unsubscribe(subscriber)
 
@@ -246,7 +295,7 @@ class WorkloadApi:
         started = time.perf_counter()
         creds, selectors = await self.authenticate(context, "FetchJWTSVID")
         try:
-            audience = frozenset(self._audience_limits.check(request.audience))
+            audience = frozenset(self.audience_limits.check(request.audience))
         except InvalidAudience as exc:
             refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return pb.JWTSVIDResponse()
@@ -254,21 +303,30 @@ class WorkloadApi:
             targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
         except NoIdentity as exc:
             await self.denied(context, "FetchJWTSVID", exc)
-        svids = []
+        svids = [
+            pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=record.token, hint=entry.hint)
+            for entry, record in await self.jwt_svids(context, targets, audience, creds.uid)
+        ]
+        self._metrics.served("jwt", len(svids))
+        self.observe("FetchJWTSVID", started, grpc.StatusCode.OK)
+        return pb.JWTSVIDResponse(svids=svids)
+
+    async def jwt_svids(
+        self, context: Context, targets: list[Entry], audience: frozenset[str], uid: int
+    ) -> list[tuple[Entry, JwtSvidRecord]]:
+        """A JWT-SVID for each of `targets` (cached or minted, on `uid`'s budget), or the
+        call aborted: RESOURCE_EXHAUSTED over budget, UNAVAILABLE when none can be had."""
+        minted = []
         for entry in targets:
             try:
-                record = await self._jwt.jwt_svid(entry, audience, creds.uid)
+                record = await self._jwt.jwt_svid(entry, audience, uid)
             except JwtRateLimited as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except JwtUnavailable as exc:
                 log.warning("workload.jwt_unavailable", entry_id=entry.id, error=str(exc))
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not mint JWT-SVID: {exc}")
-            svids.append(
-                pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=record.token, hint=entry.hint)
-            )
-        self._metrics.served("jwt", len(svids))
-        self.observe("FetchJWTSVID", started, grpc.StatusCode.OK)
-        return pb.JWTSVIDResponse(svids=svids)
+            minted.append((entry, record))
+        return minted
 
     async def ValidateJWTSVID(
         self, request: pb.ValidateJWTSVIDRequest, context: Context

@@ -196,8 +196,16 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     return sock, f"{name[0]}:{name[1]}"
 
 
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Answer requests on one connection of someone else's listener until it closes (the
+    agent's admin socket: its gRPC front hands over the connections that are not HTTP/2)."""
+    await _serve_connection(stream, functools.partial(_respond, handler, None), limits)
+
+
 async def _serve_connection(stream: trio.abc.Stream, respond: _Responder, limits: Limits) -> None:
-    """Answer requests on one connection until it closes, errs or runs out of time."""
+    """Answer requests on one connection until it closes, errs or runs out of time; closes it."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
