@@ -14,6 +14,7 @@ import pytest
 from devtools.harness.agent_process import AgentProcess
 from devtools.harness.postgres import BACKEND_PARAMS, Backend, database_url
 from devtools.harness.server_process import ServerProcess
+from tests.integration.go_interop import GoClient, go_client
 
 ServerFactory = Callable[..., ServerProcess]
 AgentFactory = Callable[..., AgentProcess]
@@ -115,3 +116,10 @@ def short_tmp_path() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="insignia-t-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def go() -> Iterator[GoClient]:
+    """The Go interop client (tests/interop/go), built once per run."""
+    with go_client() as client:
+        yield client
