@@ -18,7 +18,10 @@ import pytest
 from devtools.harness.agent_clients import UID_A, register
 from devtools.harness.agent_process import AgentProcess
 from devtools.harness.server_process import ServerProcess
+from devtools.harness.waiting import wait_for
+from tests.integration.conftest import AgentFactory, ServerFactory
 from tests.integration.go_interop import GoClient, next_json
+from tests.integration.test_federation_servers import relationship, serving_a
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -154,3 +157,49 @@ def test_a_bundle_change_reaches_an_open_stream(
         changed = by_name(read("the grown bundle")["update"]["secrets"])
     assert changed["ROOTCA"]["ca_count"] == first["ROOTCA"]["ca_count"] + 1
     assert changed["ALL"]["validator_domains"][td] == changed["ROOTCA"]["ca_count"]
+
+
+def test_sds_section_names_and_plain_cas_for_all(
+    go: GoClient, running_server: ServerProcess, agent_factory: AgentFactory
+) -> None:
+    agent = agent_factory(
+        sds={
+            "default_svid_name": "svid",
+            "default_bundle_name": "roots",
+            "default_all_bundles_name": "everything",
+            "disable_spiffe_cert_validation": True,
+        }
+    )
+    register(running_server, agent, "/go-named", f"unix:uid:{UID_A}")
+    names = ["svid", "roots", "everything", "default", "ROOTCA", "ALL"]
+    got = go.run(agent.endpoint, "sds-fetch", *names, uid=UID_A)
+    secrets = by_name(got["secrets"])
+    assert list(secrets) == ["svid", "roots", "everything"]  # SPIRE's defaults are gone
+    assert secrets["svid"]["spiffe_id"] == f"spiffe://{running_server.trust_domain}/go-named"
+    everything = secrets["everything"]
+    assert "validator" not in everything  # plain trusted CAs, no SPIFFE validator
+    assert everything["ca_count"] == secrets["roots"]["ca_count"] >= 1
+
+
+def test_a_federated_domain_by_its_id_and_inside_all(
+    go: GoClient, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    a = serving_a(server_factory)
+    b = server_factory(
+        name="b",
+        trust_domain="b.test",
+        federation={"federates_with": [relationship(a, a.write_bundle())]},
+    )
+    agent = agent_factory(server=b)
+    register(b, agent, "/fed", f"unix:uid:{UID_A}", extra=("--federates-with", "a.test"))
+
+    def fetched() -> dict[str, dict[str, Any]]:
+        got = go.run(agent.endpoint, "sds-fetch", "spiffe://a.test", "ALL", uid=UID_A)
+        return by_name(got["secrets"]) | {"": got["same_as_workload_api"]}
+
+    wait_for(lambda: "spiffe://a.test" in fetched(), 60, "a.test's bundle over SDS")
+    secrets = fetched()
+    assert secrets[""] == {"spiffe://a.test": "spiffe://a.test"}  # the Workload API's copy
+    domains = secrets["ALL"]["validator_domains"]
+    assert sorted(domains) == ["a.test", "b.test"]
+    assert domains["a.test"] == secrets["spiffe://a.test"]["ca_count"] >= 1
