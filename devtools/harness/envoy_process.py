@@ -129,6 +129,7 @@ def _http_listener(port: int, route: dict[str, Any], **extra: Any) -> dict[str, 
 
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+_OK: dict[str, Any] = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
 
 
 def server_bootstrap(
@@ -142,11 +143,7 @@ def server_bootstrap(
 ) -> dict[str, Any]:
     """mTLS on `port` for the client `peer_id` only, forwarding to 127.0.0.1:`backend_port`
     (None: answering "ok" itself)."""
-    route: dict[str, Any] = (
-        {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
-        if backend_port is None
-        else {"route": {"cluster": "backend"}}
-    )
+    route = _OK if backend_port is None else {"route": {"cluster": "backend"}}
     tls = {
         "transport_socket": {
             "name": "envoy.transport_sockets.tls",
@@ -186,6 +183,22 @@ def client_bootstrap(
     listener = _http_listener(port, {"route": {"cluster": "mesh"}})
     clusters = [_agent_cluster(agent_socket), _cluster("mesh", _tcp(upstream_port), **upstream_tls)]
     return _bootstrap(admin_port, [listener], clusters)
+
+
+def with_plain_route(
+    bootstrap: dict[str, Any], port: int, upstream_port: int | None
+) -> dict[str, Any]:
+    """`bootstrap` plus plain HTTP on `port`, forwarded in plain HTTP to 127.0.0.1:
+    `upstream_port` (None: answering "ok" itself): the no-TLS reference path through the
+    same Envoys."""
+    resources = bootstrap["static_resources"]
+    route = _OK
+    if upstream_port is not None:
+        cluster = f"plain_{upstream_port}"
+        resources["clusters"].append(_cluster(cluster, _tcp(upstream_port)))
+        route = {"route": {"cluster": cluster}}
+    resources["listeners"].append(_http_listener(port, route))
+    return bootstrap
 
 
 def _agent_cluster(agent_socket: Path) -> dict[str, Any]:
