@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -213,13 +214,14 @@ def main() -> None:
                 took, got = taint_fan_out(server, agent, kind, count, args.per_process)
                 rows.append((count, kind, took, got))
         samples = latency(Path(tmp), server, agent, args.requests)
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     print("taint -> every stream holds the re-signed certificate (one connection each)")
-    print(f"{'streams':>8}{'SDS StreamSecrets s':>22}{'FetchX509SVID s (ref)':>24}")
+    print(f"{'streams':>8}{'SDS StreamSecrets':>22}{'FetchX509SVID (ref)':>24}")
     for count in args.streams:
-        by_kind = {kind: (took, got) for n, kind, took, got in rows if n == count}
-        sds_took, sds_got = by_kind["sds"]
-        ref_took, ref_got = by_kind["workload"]
-        print(f"{count:8d}{sds_took:16.2f} ({sds_got}){ref_took:18.2f} ({ref_got})")
+        cells = [
+            f"{took:.2f} s ({got} got it)" for n, _, took, got in rows if n == count
+        ]  # sds first, then workload
+        print(f"{count:8d}{cells[0]:>22}{cells[1]:>24}")
     print(f"\nrequest latency, client -> Envoy A -> Envoy B (direct answer), {args.requests} each")
     print(f"{'path':>14}{'p50 ms':>10}{'p99 ms':>10}")
     for name, values in samples.items():

@@ -6,7 +6,8 @@ answers from a backend cluster (or directly), a `client` Envoy takes plain HTTP 
 forwards it over mTLS to a server Envoy. Both verify the peer with the SPIFFE validator
 the agent sends as "ALL" and match the peer's SPIFFE ID. The bootstrap goes on the command
 line (`--config-yaml`, JSON being YAML), so an Envoy under another uid reads no file of ours;
-its log goes to a file root opened for it.
+a bootstrap file (examples/envoy/sidecar.yaml) is passed with `-c`. Its log goes to a file
+root opened for it.
 """
 
 from __future__ import annotations
@@ -227,17 +228,27 @@ def _bootstrap(
 
 @dataclass
 class EnvoyProcess:
-    """Envoy with `bootstrap`, under `uid`, logging to `directory`/envoy.log."""
+    """Envoy with `bootstrap`, under `uid`, logging to `directory`/envoy.log. A bootstrap
+    file (a Path, which `uid` must be able to read) names its admin port in `admin_port`."""
 
     directory: Path
-    bootstrap: dict[str, Any]
+    bootstrap: dict[str, Any] | Path
     uid: int | None = None
-    process: subprocess.Popen[bytes] | None = None
-    admin_port: int = field(init=False)
+    admin_port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.admin_port = int(self.bootstrap["admin"]["address"]["socket_address"]["port_value"])
+        if isinstance(self.bootstrap, dict):
+            address = self.bootstrap["admin"]["address"]["socket_address"]
+            self.admin_port = int(address["port_value"])
+        elif not self.admin_port:
+            raise ValueError(f"{self.bootstrap}: give the admin port it configures")
         self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _config_args(self) -> list[str]:
+        if isinstance(self.bootstrap, Path):
+            return ["-c", str(self.bootstrap)]
+        return ["--config-yaml", json.dumps(self.bootstrap)]
 
     @property
     def log_path(self) -> Path:
@@ -251,8 +262,7 @@ class EnvoyProcess:
                 [
                     *as_user(self.uid),
                     str(envoy_binary()),
-                    "--config-yaml",
-                    json.dumps(self.bootstrap),
+                    *self._config_args(),
                     "--disable-hot-restart",
                     "--concurrency",
                     "1",

@@ -7,7 +7,6 @@ entry and reaches the agent through a pipe address to the Workload API socket.
 
 from __future__ import annotations
 
-import http.server
 import os
 import threading
 import time
@@ -39,27 +38,6 @@ UID_C = 41003
 FRONT = "spiffe://example.org/front"
 BACK = "spiffe://example.org/back"
 DAY = ("--x509-svid-ttl", "86400")  # only a taint, not the schedule, rotates them here
-
-
-class _Backend(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"backend\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def backend() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
 
 
 def get(port: int) -> tuple[int, str]:
@@ -102,11 +80,11 @@ def mesh(
     tmp_path: Path,
     running_server: ServerProcess,
     running_agent: AgentProcess,
-    backend: int,
+    http_backend: int,
 ) -> Iterator[Mesh]:
     for path, uid in (("/front", UID_A), ("/back", UID_B), ("/intruder", UID_C)):
         register(running_server, running_agent, path, f"unix:uid:{uid}", extra=DAY)
-    mesh = Mesh(tmp_path, running_agent, backend, request.param)
+    mesh = Mesh(tmp_path, running_agent, http_backend, request.param)
     try:
         for envoy in mesh.all:
             envoy.start()
