@@ -2,7 +2,8 @@
 
 curl-like client -> Envoy A (plain HTTP in, mTLS out) -> Envoy B (mTLS in, SPIFFE validator,
 only A's SPIFFE ID) -> a small HTTP backend. Each Envoy runs under its own uid with its own
-entry and reaches the agent through a pipe address to the Workload API socket.
+entry and reaches the agent through a pipe address to the Workload API socket. A last Envoy,
+misconfigured on purpose, NACKs what it gets, and the agent logs Envoy's error detail.
 """
 
 from __future__ import annotations
@@ -158,3 +159,47 @@ def test_fetch_secrets_answers_only_the_callers_own_identities(
         assert packed.Unpack(secret)
         secrets.append(secret.name)
     assert secrets == ["default", "spiffe://example.org/mine"]  # not UID_A's /front
+
+
+def sds_stat(envoy: EnvoyProcess, name: str) -> int:
+    """One of Envoy's own counters for its "ROOTCA" secret (`sds.ROOTCA.<name>`, /stats)."""
+    for line in envoy.admin("/stats?filter=^sds\\.").splitlines():
+        key, _, value = line.partition(": ")
+        if key == f"sds.ROOTCA.{name}":
+            return int(value)
+    raise AssertionError(f"no sds.ROOTCA.{name} in Envoy's stats")
+
+
+@pytest.mark.parametrize("api", ["GRPC", "DELTA_GRPC"])
+def test_envoys_nack_is_logged_with_its_detail_once_per_change(
+    tmp_path: Path, running_server: ServerProcess, running_agent: AgentProcess, api: ApiType
+) -> None:
+    """Envoy told to take its certificate from "ROOTCA" gets a validation context and
+    rejects it: a NACK carrying Envoy's own error, which the agent logs. The next change of
+    that secret is sent, and rejected, once more. (Envoy itself ignores an identical
+    re-push, so the Go client's quiet window in test_interop_go_sds.py is what proves the
+    agent sends none.)"""
+    register(running_server, running_agent, "/back", f"unix:uid:{UID_B}")
+    bootstrap = server_bootstrap(
+        running_agent.socket_path, free_port(), free_port(), FRONT, None, api, svid_name="ROOTCA"
+    )
+    envoy = EnvoyProcess(tmp_path / "envoy", bootstrap, uid=UID_B)
+
+    def nacks() -> list[str]:
+        events = running_agent.log_events()
+        return [str(e["error"]) for e in events if e.get("event") == "sds.nack"]
+
+    try:
+        envoy.start()
+        wait_for(lambda: sds_stat(envoy, "update_rejected") == 1, 30, "Envoy's rejection")
+        wait_for(lambda: nacks() != [], 30, "Envoy's NACK in the agent log")
+        rejected = envoy.log().split("Secret rejected: ", 1)[1].splitlines()[0]
+        assert "private key" in rejected
+        assert nacks() == [rejected]  # Envoy's own words, as its log has them
+        running_server.cli("authority", "x509", "prepare")  # ROOTCA changes: one more push
+        wait_for(lambda: sds_stat(envoy, "update_rejected") >= 2, 30, "the next rejection")
+        wait_for(lambda: len(nacks()) >= 2, 30, "the second NACK in the agent log")
+        assert sds_stat(envoy, "update_rejected") == 2
+        assert len(nacks()) == 2
+    finally:
+        envoy.stop()
