@@ -31,6 +31,9 @@ var commands = map[string]command{
 	"fetch-bundle": {"fetch-bundle TRUST_DOMAIN URL web CA_PEM | spiffe BUNDLE_PEM ENDPOINT_ID", runFetchBundle},
 	"dial-domain":  {"dial-domain HOST:PORT TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM", runDialDomain},
 	"serve-domain": {"serve-domain TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM", runServeDomain},
+	"sds-fetch":    {"sds-fetch [NAME...]", runSDSFetch},
+	"sds-protocol": {"sds-protocol sotw|delta UNKNOWN_NAME QUIET_SECONDS", runSDSProtocol},
+	"sds-follow":   {"sds-follow sotw|delta SECONDS NAME [NAME...]", runSDSFollow},
 }
 
 // emit writes one JSON line on stdout.
