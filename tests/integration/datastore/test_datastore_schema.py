@@ -65,7 +65,7 @@ def test_migrated_schema_matches_the_model(url: str) -> None:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0003"
+            assert context.get_current_revision() == "0004"
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
