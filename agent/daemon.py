@@ -26,6 +26,7 @@ from insignia.agent.identity.node_attestation import NeedsNewJoinToken, forget_i
 from insignia.agent.identity.server_client import AgentEvicted, ServerClient
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.signing import JwtMinter, MintBudget, X509Signer
+from insignia.agent.svids.wit import WitIssuer
 from insignia.agent.workloadapi.gate import (
     ConnectionNotOwned,
     WorkloadAttestationFailed,
@@ -239,6 +240,7 @@ class AgentDaemon:
                 ),
                 self.metrics,
                 config.workload.audience_limits,
+                WitIssuer(self.cache, server, config.workload.key_type, self.metrics, self.backoff),
             )
             sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
             max_bytes = config.workload.max_message_bytes
