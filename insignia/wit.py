@@ -24,12 +24,14 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final, Self
 
+from insignia._bytecache import ByteLru
 from insignia._clock import utc_now
 from insignia._jws import b64, jws_signature
 from insignia.bundle import BundleSource, JwtPublicKey, b64url_decode, public_key_from_jwk
@@ -206,6 +208,15 @@ def _leeway(leeway: timedelta) -> float:
     return leeway.total_seconds()
 
 
+# Tokens already verified against the very key object their bundle holds now: a service sees
+# the same WIT on every request of its caller, and checking its signature and parsing its
+# cnf key again would double the cost of each request. A bundle update brings new key
+# objects, so a revoked or replaced key is never trusted from here. Bounded by bytes.
+_verified: ByteLru[str, tuple[JwtPublicKey, WitSvid]] = ByteLru(
+    4 * 1024 * 1024, max_item_bytes=4 * MAX_TOKEN_BYTES
+)
+
+
 def parse_and_validate(
     token: str,
     bundle_source: BundleSource,
@@ -214,11 +225,31 @@ def parse_and_validate(
 ) -> WitSvid:
     """Validate a WIT-SVID against the `wit-svid` keys of its subject's trust domain.
 
-    Checks typ, alg, kid, the signature, exp, nbf, no `aud`, and a `cnf.jwk` with an allowed
-    alg. This alone proves nothing about the presenter: accept a WIT only with a proof of
+    Checks typ, alg, kid, the signature, no `aud`, a `cnf.jwk` with an allowed alg, then exp
+    and nbf. This alone proves nothing about the presenter: accept a WIT only with a proof of
     possession (`verify_request`).
     """
     slack = _leeway(leeway)
+    cached = _verified.get(token) if isinstance(token, str) else None
+    if cached is not None:
+        signer, svid = cached
+        bundle = bundle_source.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        if bundle is None or bundle.wit_authorities.get(svid.kid) is not signer:
+            cached = None  # the bundle changed since: judge the token afresh
+    if cached is None:
+        signer, svid = _verified_signature(token, bundle_source)
+        _verified.put(token, (signer, svid), 4 * len(token) + 1024)
+    t = _now(now)
+    if t > svid.expiry.timestamp() + slack:
+        raise InvalidWit(Reason.WIT_EXPIRED, f"WIT expired at {svid.expiry.isoformat()}")
+    nbf = _date(svid.claims, "nbf", "WIT")
+    if nbf is not None and t + slack < nbf:
+        raise InvalidWit(Reason.WIT_NOT_YET_VALID, f"WIT nbf {nbf:.0f} is after now ({t:.0f})")
+    return svid
+
+
+def _verified_signature(token: str, bundle_source: BundleSource) -> tuple[JwtPublicKey, WitSvid]:
+    """Everything about a WIT that does not depend on the time, and the key that signed it."""
     parts = _split(token, "WIT")
     header = _header(parts[0], "WIT", WIT_TYP)
     kid = header.get("kid")
@@ -243,30 +274,19 @@ def parse_and_validate(
     _verify(header["alg"], signer, parts, Reason.SIGNATURE, "WIT")
     if "aud" in claims:
         raise InvalidWit(Reason.AUDIENCE_IN_WIT, "a WIT-SVID never carries aud")
-    t = _now(now)
     exp = _date(claims, "exp", "WIT")
     if exp is None:
         raise InvalidWit(Reason.MALFORMED, "WIT claim 'exp' is required")
-    if t > exp + slack:
-        expired_at = datetime.fromtimestamp(exp, UTC).isoformat()
-        raise InvalidWit(Reason.WIT_EXPIRED, f"WIT expired at {expired_at}")
-    nbf = _date(claims, "nbf", "WIT")
-    if nbf is not None and t + slack < nbf:
-        raise InvalidWit(Reason.WIT_NOT_YET_VALID, f"WIT nbf {nbf:.0f} is after now ({t:.0f})")
+    _date(claims, "nbf", "WIT")  # a malformed nbf is refused now, not at each use
     cnf = claims.get("cnf")
     try:
         key, alg = confirmation_key(cnf.get("jwk") if isinstance(cnf, dict) else None)
     except ValueError as exc:
         raise InvalidWit(Reason.CONFIRMATION, str(exc)) from None
-    return WitSvid(
-        spiffe_id,
-        token,
-        datetime.fromtimestamp(exp, UTC),
-        key,
-        alg,
-        kid,
-        MappingProxyType(claims),
+    svid = WitSvid(
+        spiffe_id, token, datetime.fromtimestamp(exp, UTC), key, alg, kid, MappingProxyType(claims)
     )
+    return signer, svid
 
 
 # --- the Workload Proof Token ------------------------------------------------------------------
@@ -300,7 +320,7 @@ def create_wpt(
         raise ValueError(f"WPT ttl {ttl} must be between 1 s and {MAX_WPT_TTL}")
     if not audience:
         raise ValueError("a WPT needs the target URI as its audience")
-    alg = jwt_algorithm(private_key, alg)
+    header, sign = _proof_signer(private_key, alg)
     iat = int(_now(now))
     claims: dict[str, Any] = {
         "aud": target_uri(audience),
@@ -317,10 +337,17 @@ def create_wpt(
         claims["tth"] = token_hash(txn_token)
     if other_tokens:
         claims["oth"] = {k.lower(): token_hash(v.strip()) for k, v in other_tokens.items()}
+    signing_input = header + b64(json.dumps(claims, separators=(",", ":")).encode())
+    return (signing_input + b"." + b64(sign(signing_input))).decode("ascii")
+
+
+@lru_cache(maxsize=64)
+def _proof_signer(key: PrivateKey, alg: str) -> tuple[bytes, Callable[[bytes], bytes]]:
+    """Per key, once: the encoded WPT header (and its '.') and the signing function. Keyed by
+    the key object; a workload holds one or two WIT keys at a time."""
+    alg = jwt_algorithm(key, alg)
     header = json.dumps({"alg": alg, "typ": WPT_TYP}, separators=(",", ":"))
-    signing_input = b64(header.encode()) + b"." + b64(json.dumps(claims).encode())
-    signature = jws_signature(alg, private_key)(signing_input)
-    return (signing_input + b"." + b64(signature)).decode("ascii")
+    return b64(header.encode()) + b".", jws_signature(alg, key)
 
 
 @dataclass(frozen=True)

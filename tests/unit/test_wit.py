@@ -226,6 +226,21 @@ def test_the_private_jwk_round_trips_and_a_private_cnf_is_refused() -> None:
     assert unfit.value.reason is Reason.CONFIRMATION
 
 
+def test_a_remembered_wit_is_judged_again_when_its_key_changes() -> None:
+    token = wit()
+    assert parse_and_validate(token, BUNDLES, NOW).kid == "wit-kid"  # now remembered
+    replaced = Bundle(TD, wit_authorities={"wit-kid": STRANGER_KEY.public_key()})
+    with pytest.raises(InvalidWit) as refused:
+        parse_and_validate(token, replaced, NOW)
+    assert refused.value.reason is Reason.SIGNATURE
+    with pytest.raises(InvalidWit) as revoked:
+        parse_and_validate(token, Bundle(TD, wit_authorities={"k2": WIT_KEY.public_key()}), NOW)
+    assert revoked.value.reason is Reason.UNKNOWN_KEY
+    with pytest.raises(InvalidWit) as later:
+        parse_and_validate(token, BUNDLES, NOW + timedelta(hours=1))
+    assert later.value.reason is Reason.WIT_EXPIRED  # time is checked on every use
+
+
 def test_a_wit_is_no_jwt_svid() -> None:
     from insignia.jwtsvid import InvalidJwtSvid
     from insignia.jwtsvid import parse_and_validate as validate_jwt
