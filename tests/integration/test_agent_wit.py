@@ -215,3 +215,27 @@ def test_another_uid_gets_no_one_elses_wit(
         timeout=60,
     )
     assert result.stdout.strip() == "PERMISSION_DENIED", result
+
+
+def test_a_wit_svid_and_its_key_rotate_at_half_life_on_an_open_stream(
+    running_server: ServerProcess, running_agent: AgentProcess
+) -> None:
+    register(
+        running_server,
+        running_agent,
+        "/short-wit",
+        f"unix:uid:{os.getuid()}",
+        extra=("--wit-svid-ttl", "4"),
+    )
+    with client(running_agent) as api:
+        stream = api.watch_wit_svids()
+        (first,) = next(stream)
+        (second,) = next(stream)  # about 2 s later, with nothing done by anyone
+        stream.close()
+    assert second.token != first.token
+    assert second.private_key.private_numbers() != first.private_key.private_numbers()
+    claims = [
+        json.loads(jws.JWS.from_jose_token(c.token).objects["payload"]) for c in (first, second)
+    ]
+    assert all(c["exp"] - c["iat"] == 4 for c in claims)
+    assert claims[1]["iat"] >= claims[0]["iat"] + 1  # renewed at half life, not at once
