@@ -154,6 +154,8 @@ class WitIssuer:
 
     def _refused(self, entries: Sequence[Entry]) -> None:
         now = self._clock()
+        known = self._cache.entries
+        self._retry_at = {i: r for i, r in self._retry_at.items() if i in known}
         for entry in entries:
             previous = self._retry_at.get(entry.id)
             retry = retry_after_refusal(previous, now, self._backoff, self._rng.random())

@@ -259,7 +259,9 @@ class WorkloadApi:
             view = wit_view(self._cache, selectors, now, request.spiffe_id)
             self._wit.request(view.due)
             retries = [self._wit.retry_at(entry.id) for entry, _ in view.due]
-            times = [t for t in (view.stale_at, *retries) if t is not None]
+            # A retry time already past belongs to a request now in flight: its answer wakes
+            # the stream through the cache, so waiting on the past time would only spin.
+            times = [t for t in (view.stale_at, *retries) if t is not None and t > now]
             return (view.response if view.response.svids else None), min(times, default=None)
 
         def served(message: pb.WITSVIDResponse) -> None:
