@@ -77,7 +77,7 @@ def proofs(seconds: float) -> None:
     pool = [credential.headers(URI, "GET") for _ in range(POOL)]
 
     def verifying() -> Callable[[], object]:
-        cache, proofs = ReplayCache(max_entries=POOL), iter(pool)
+        cache, proofs = ReplayCache(POOL, max_per_sender=POOL), iter(pool)
         return lambda: verify_request("GET", URI, next(proofs), bundles, cache)
 
     got = rates(

@@ -402,13 +402,19 @@ class ReplayCache:
     """The jtis of proofs seen, each kept until its proof expires; bounded, and thread-safe.
 
     When full of live proofs it refuses new ones (fail closed) rather than forget one that
-    could then be replayed. Keyed by sender and jti: one sender cannot block another's.
+    could then be replayed. Keyed by sender and jti, so one sender's jti never collides with
+    another's, and each sender may hold at most `max_per_sender` live proofs, so one caller
+    sending proofs as fast as it can sign cannot fill the cache for everyone.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_REPLAY_CACHE_SIZE) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_REPLAY_CACHE_SIZE, max_per_sender: int | None = None
+    ) -> None:
         if max_entries < 1:
             raise ValueError("a replay cache holds at least one proof")
         self.max_entries = max_entries
+        self.max_per_sender = max_per_sender or max(1, max_entries // 10)
+        self._per_sender: dict[str, int] = {}
         self._seen: dict[tuple[str, str], float] = {}
         self._expiries: list[tuple[float, tuple[str, str]]] = []  # a heap: soonest first
         self._lock = threading.Lock()
@@ -421,13 +427,20 @@ class ReplayCache:
         with self._lock:
             while self._expiries and self._expiries[0][0] <= now:
                 _, gone = heapq.heappop(self._expiries)
-                self._seen.pop(gone, None)
+                del self._seen[gone]
+                left = self._per_sender[gone[0]] - 1
+                if left:
+                    self._per_sender[gone[0]] = left
+                else:
+                    del self._per_sender[gone[0]]
             key = (sender, jti)
             if key in self._seen:
                 return Reason.REPLAYED
-            if len(self._seen) >= self.max_entries:
+            held = self._per_sender.get(sender, 0)
+            if len(self._seen) >= self.max_entries or held >= self.max_per_sender:
                 return Reason.REPLAY_CACHE_FULL
             self._seen[key] = expires
+            self._per_sender[sender] = held + 1
             heapq.heappush(self._expiries, (expires, key))
             return None
 

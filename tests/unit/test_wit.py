@@ -165,13 +165,21 @@ def test_a_replayed_proof_is_refused_within_its_lifetime() -> None:
 
 
 def test_the_replay_cache_is_bounded_and_forgets_expired_proofs() -> None:
-    cache = ReplayCache(max_entries=2)
+    cache = ReplayCache(max_entries=2, max_per_sender=2)
     t = NOW.timestamp()
     assert cache.admit("a", "1", t + 10, t) is None
     assert cache.admit("a", "2", t + 20, t) is None
     assert cache.admit("a", "3", t + 30, t) is Reason.REPLAY_CACHE_FULL  # fail closed
     assert cache.admit("a", "1", t + 10, t + 11) is None  # 1 expired: seen again is fine
     assert cache.admit("a", "2", t + 20, t + 11) is Reason.REPLAYED
+    shared = ReplayCache(max_entries=10, max_per_sender=2)
+    assert [shared.admit("greedy", str(i), t + 10, t) for i in range(3)] == [
+        None,
+        None,
+        Reason.REPLAY_CACHE_FULL,
+    ]
+    assert shared.admit("other", "1", t + 10, t) is None  # one sender cannot fill it for all
+    assert shared.admit("greedy", "3", t + 20, t + 10) is None  # its own expired: room again
 
 
 def test_bound_tokens_must_travel_with_their_hashes() -> None:
