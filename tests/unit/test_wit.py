@@ -308,3 +308,38 @@ async def test_the_middleware_puts_the_caller_on_the_request_and_refuses_others(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def test_httpx_auth_signs_each_request_and_a_trio_h11_server_verifies_it() -> None:
+    import h11
+    import httpx
+
+    from insignia.wit_http import verify_h11
+    from insignia.wit_httpx import WitAuth
+
+    seen: list[h11.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        # what an h11 server on trio would parse from the wire
+        seen.append(
+            h11.Request(
+                method=request.method,
+                target=request.url.raw_path,
+                headers=[(k, v) for k, v in request.headers.raw],
+            )
+        )
+        return httpx.Response(200)
+
+    good = credential(wit(now=_now()))
+    verifier = WitVerifier("https://service.example.org:8443", BUNDLES, one_of(str(CALLER)))
+    transport = httpx.MockTransport(server)  # httpx's own in-process transport
+    with httpx.Client(transport=transport, auth=WitAuth(good)) as client:
+        client.get(URI + "?page=2")
+        client.post(URI, headers={"Authorization": "Bearer access-1"})
+    first, second = seen
+    assert verify_h11(verifier, first).spiffe_id == CALLER
+    assert verify_h11(verifier, second).spiffe_id == CALLER  # its ath binds the access token
+    assert b"authorization" not in {k.lower() for k, _ in first.headers}  # never the WIT
+    with pytest.raises(InvalidWit) as replayed:
+        verify_h11(verifier, first)
+    assert replayed.value.reason is Reason.REPLAYED
