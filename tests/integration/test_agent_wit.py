@@ -13,7 +13,7 @@ import pytest
 from insignia_proto import workload_pb2 as pb
 from jwcrypto import jwk, jws
 
-from devtools.harness.agent_clients import UID_B, register
+from devtools.harness.agent_clients import UID_B, agent_cli, register
 from devtools.harness.agent_process import AgentProcess
 from devtools.harness.other_uids import python_as
 from devtools.harness.server_process import ServerProcess
@@ -101,6 +101,12 @@ def test_wit_svid_checked_by_jwcrypto(
     # cnf.jwk is exactly the public half of the key we were handed, with its alg
     public = json.loads(private.export_public())
     assert claims["cnf"]["jwk"] == {**public, "alg": "ES256"}
+
+    # the agent CLI shows the same identity, and never the private key
+    shown = agent_cli("api", "fetch", "wit", "--socket", running_agent.endpoint)
+    assert shown.returncode == 0, shown.stderr
+    assert f"wit(spiffe://{td}/wit-a, key ES256):" in shown.stdout
+    assert private.export_private() not in shown.stdout and '"d"' not in shown.stdout
 
     # the JWT bundle's keys cannot verify it: the WIT key is not among them
     jwt_keys = jwks_key_set(raw_bundles(running_agent, "jwt")[f"spiffe://{td}"])
