@@ -343,3 +343,35 @@ def test_httpx_auth_signs_each_request_and_a_trio_h11_server_verifies_it() -> No
     with pytest.raises(InvalidWit) as replayed:
         verify_h11(verifier, first)
     assert replayed.value.reason is Reason.REPLAYED
+
+
+def test_proofs_interoperate_with_jwcrypto_both_ways() -> None:
+    """Our WPT verifies under jwcrypto with the WIT's cnf key; a WPT jwcrypto makes (no htm,
+    as the draft's own example) passes our verifier."""
+    from jwcrypto import jwk, jws
+
+    good = credential(wit(now=_now()))
+    ours = good.headers(URI, "GET")[WPT_HEADER]
+    check = jws.JWS()
+    check.deserialize(ours)
+    check.verify(jwk.JWK(**CNF))
+    assert check.jose_header == {"alg": "ES256", "typ": "wpt+jwt"}
+    payload = json.loads(check.payload)
+    assert payload["aud"] == URI and payload["wth"] == token_hash(good.token)
+
+    theirs = jws.JWS(
+        json.dumps(
+            {
+                "aud": URI,
+                "exp": int(_now().timestamp()) + 30,
+                "jti": "from-jwcrypto",
+                "wth": token_hash(good.token),
+            }
+        )
+    )
+    theirs.add_signature(
+        jwk.JWK(**private_key_to_jwk(WORKLOAD_KEY)),
+        protected=json.dumps({"alg": "ES256", "typ": "wpt+jwt"}),
+    )
+    headers = {WIT_HEADER: good.token, WPT_HEADER: theirs.serialize(compact=True)}
+    assert verify_request("POST", URI, headers, BUNDLES, ReplayCache()).spiffe_id == CALLER
