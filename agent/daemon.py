@@ -26,6 +26,7 @@ from insignia.agent.identity.node_attestation import NeedsNewJoinToken, forget_i
 from insignia.agent.identity.server_client import AgentEvicted, ServerClient
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.signing import JwtMinter, MintBudget, X509Signer
+from insignia.agent.svids.wit import WitIssuer
 from insignia.agent.workloadapi.broker import API_NAME as BROKER_API
 from insignia.agent.workloadapi.broker import BrokerApi, broker_api_handler
 from insignia.agent.workloadapi.delegated_identity import API_NAME as DELEGATED_IDENTITY_API
@@ -263,6 +264,7 @@ class AgentDaemon:
                 ),
                 self.metrics,
                 config.workload.audience_limits,
+                WitIssuer(self.cache, server, config.workload.key_type, self.metrics, self.backoff),
             )
             sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
             attest_referenced = make_attest(self.attestors, timeout, connected=False)

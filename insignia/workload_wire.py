@@ -10,7 +10,7 @@ generated ``add_SpiffeWorkloadAPIServicer_to_server`` or ``SpiffeWorkloadAPIStub
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 import grpc.aio
@@ -23,6 +23,8 @@ FETCH_X509_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchX509Bundles"
 FETCH_JWT_SVID = f"/{WORKLOAD_SERVICE}/FetchJWTSVID"
 FETCH_JWT_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchJWTBundles"
 VALIDATE_JWT_SVID = f"/{WORKLOAD_SERVICE}/ValidateJWTSVID"
+FETCH_WIT_SVID = f"/{WORKLOAD_SERVICE}/FetchWITSVID"
+FETCH_WIT_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchWITBundles"
 
 # Every Workload API call carries this metadata; it proves the caller meant to reach a
 # local Workload API (not a browser or proxy replaying a request), so servers require it.
@@ -68,6 +70,24 @@ class WorkloadApiServicer(Protocol):
     ) -> pb.ValidateJWTSVIDResponse: ...
 
 
+@runtime_checkable
+class WitServicer(Protocol):
+    """The WIT-SVID profile's two streams; a servicer without them answers UNIMPLEMENTED,
+    as the spec asks of an endpoint that does not support the profile."""
+
+    def FetchWITSVID(
+        self,
+        request: pb.WITSVIDRequest,
+        context: grpc.aio.ServicerContext[pb.WITSVIDRequest, pb.WITSVIDResponse],
+    ) -> AsyncIterator[pb.WITSVIDResponse] | Coroutine[Any, Any, None]: ...
+
+    def FetchWITBundles(
+        self,
+        request: pb.WITBundlesRequest,
+        context: grpc.aio.ServicerContext[pb.WITBundlesRequest, pb.WITBundlesResponse],
+    ) -> AsyncIterator[pb.WITBundlesResponse] | Coroutine[Any, Any, None]: ...
+
+
 def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandler[Any, Any]:
     """A handler serving ``servicer`` under the exact public service name ``SpiffeWorkloadAPI``.
 
@@ -102,6 +122,17 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
             response_serializer=pb.ValidateJWTSVIDResponse.SerializeToString,
         ),
     }
+    if isinstance(servicer, WitServicer):
+        methods["FetchWITSVID"] = stream(
+            servicer.FetchWITSVID,
+            request_deserializer=pb.WITSVIDRequest.FromString,
+            response_serializer=pb.WITSVIDResponse.SerializeToString,
+        )
+        methods["FetchWITBundles"] = stream(
+            servicer.FetchWITBundles,
+            request_deserializer=pb.WITBundlesRequest.FromString,
+            response_serializer=pb.WITBundlesResponse.SerializeToString,
+        )
     return grpc.method_handlers_generic_handler(WORKLOAD_SERVICE, methods)
 
 
@@ -128,6 +159,12 @@ class WorkloadApiStub:
         self.ValidateJWTSVID: grpc.aio.UnaryUnaryMultiCallable[
             pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse
         ] = channel.unary_unary(VALIDATE_JWT_SVID, ser, pb.ValidateJWTSVIDResponse.FromString)
+        self.FetchWITSVID: grpc.aio.UnaryStreamMultiCallable[
+            pb.WITSVIDRequest, pb.WITSVIDResponse
+        ] = channel.unary_stream(FETCH_WIT_SVID, ser, pb.WITSVIDResponse.FromString)
+        self.FetchWITBundles: grpc.aio.UnaryStreamMultiCallable[
+            pb.WITBundlesRequest, pb.WITBundlesResponse
+        ] = channel.unary_stream(FETCH_WIT_BUNDLES, ser, pb.WITBundlesResponse.FromString)
 
 
 class WorkloadApiSyncStub:
@@ -150,6 +187,12 @@ class WorkloadApiSyncStub:
         self.ValidateJWTSVID: grpc.UnaryUnaryMultiCallable[
             pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse
         ] = channel.unary_unary(VALIDATE_JWT_SVID, ser, pb.ValidateJWTSVIDResponse.FromString)
+        self.FetchWITSVID: grpc.UnaryStreamMultiCallable[pb.WITSVIDRequest, pb.WITSVIDResponse] = (
+            channel.unary_stream(FETCH_WIT_SVID, ser, pb.WITSVIDResponse.FromString)
+        )
+        self.FetchWITBundles: grpc.UnaryStreamMultiCallable[
+            pb.WITBundlesRequest, pb.WITBundlesResponse
+        ] = channel.unary_stream(FETCH_WIT_BUNDLES, ser, pb.WITBundlesResponse.FromString)
 
 
 def _serializer(message: Message) -> bytes:

@@ -24,7 +24,7 @@ from insignia.server.agentapi.authorization import EntryChange
 from insignia.server.ca.authorities import Authorities
 from insignia.server.ca.bundle_publication import publication
 from insignia.server.ca.signer_pool import SignerPool, default_processes
-from insignia.server.ca.state import x509_authority_id
+from insignia.server.ca.state import KEY_KINDS, x509_authority_id
 from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
 from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
@@ -87,6 +87,7 @@ class ServerCore:
         self.signing_limiters = {
             "x509": RateLimiter(api.x509_signing_rate),
             "jwt": RateLimiter(api.jwt_signing_rate),
+            "wit": RateLimiter(api.jwt_signing_rate),
         }
         self.limits = EntryLimits.for_ca(self.trust_domain, self.config.ca.ttl)
         self.ca_lock = trio.Lock()
@@ -115,15 +116,16 @@ class ServerCore:
             return f"datastore unavailable: {exc}"
         if self.authorities.state.active_x509() is None:
             return "no active X.509 CA"
-        if self.authorities.state.active_jwt() is None:
-            return "no active JWT signing key"
+        for kind in KEY_KINDS:
+            if self.authorities.state.active_key(kind) is None:
+                return f"no active {kind.upper()} signing key"
         return None
 
     def active_key_ids(self) -> tuple[str, str]:
         """The X.509 CA and JWT key this server signs with now ("" for none), for the
         servers registry."""
         state = self.authorities.state
-        x509_authority, jwt = state.active_x509(), state.active_jwt()
+        x509_authority, jwt = state.active_x509(), state.active_key("jwt")
         return (
             x509_authority_id(x509_authority.certificate) if x509_authority else "",
             jwt[0] if jwt else "",
@@ -168,9 +170,10 @@ class ServerCore:
         x509_authority = state.active_x509()
         if x509_authority is not None:
             self.metrics.ca_expiry.labels("x509").set(x509_authority.not_after.timestamp())
-        jwt_not_after = state.active_jwt_not_after()
-        if jwt_not_after is not None:
-            self.metrics.ca_expiry.labels("jwt").set(jwt_not_after.timestamp())
+        for kind in KEY_KINDS:
+            not_after = state.active_key_not_after(kind)
+            if not_after is not None:
+                self.metrics.ca_expiry.labels(kind).set(not_after.timestamp())
 
     async def in_trio(self, fn: Callable[..., Any], *args: Any) -> Any:
         """From asyncio: run trio function `fn(*args)` in the daemon's nursery."""
@@ -217,6 +220,7 @@ class ServerCore:
         state = agent_pb2.BundleState(
             tainted_x509_authorities=self.authorities.tainted("x509"),
             tainted_jwt_authorities=self.authorities.tainted("jwt"),
+            tainted_wit_authorities=self.authorities.tainted("wit"),
         )
         for record in self.store.list_bundles():
             if record.trust_domain == self.trust_domain:

@@ -1,4 +1,5 @@
-"""The agent's in-memory view: authorized entries, bundles, tainted authorities and SVIDs.
+"""The agent's in-memory view: authorized entries, bundles, tainted authorities and SVIDs
+(X.509, JWT, and WIT-SVIDs with the key pairs they bind).
 
 The cache is the single source the Workload API answers from, so it keeps answering while
 the server is unreachable. It is owned by the daemon's one thread (trio and grpc.aio share
@@ -16,7 +17,7 @@ from types import MappingProxyType
 from typing import Final, Protocol
 
 from insignia.agent.cache.entries import Entry, entitled
-from insignia.agent.svids.rotation import SvidTiming
+from insignia.agent.svids.rotation import SvidTiming, WitTiming
 from insignia.bundle import Bundle
 from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -45,6 +46,19 @@ class JwtSvidRecord:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class WitSvidRecord:
+    """A WIT-SVID and the key pair it binds (made on this node; the server saw the public
+    half only). `key_jwk` is the private JWK the Workload API hands out."""
+
+    entry_id: str
+    spiffe_id: SpiffeId
+    token: str
+    key_jwk: str
+    issued_at: datetime
+    timing: WitTiming
+
+
 @dataclass(frozen=True)
 class BundleView:
     """The trust material from one Sync update, replaced as a whole when it changes."""
@@ -53,6 +67,7 @@ class BundleView:
     federated: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
     tainted_x509: frozenset[str] = frozenset()
     tainted_jwt: frozenset[str] = frozenset()
+    tainted_wit: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "federated", MappingProxyType(dict(self.federated)))
@@ -107,6 +122,7 @@ class Cache:
         self._bundles: BundleView | None = None
         self._x509: dict[str, X509SvidRecord] = {}
         self._jwt: dict[str, dict[frozenset[str], JwtSvidRecord]] = {}
+        self._wit: dict[str, WitSvidRecord] = {}
         self._subscribers: set[Subscriber] = set()
         self._listeners: list[Callable[[Change], None]] = []
 
@@ -133,6 +149,9 @@ class Cache:
     def jwt_svid(self, entry_id: str, audience: frozenset[str]) -> JwtSvidRecord | None:
         return self._jwt.get(entry_id, {}).get(audience)
 
+    def wit_svid(self, entry_id: str) -> WitSvidRecord | None:
+        return self._wit.get(entry_id)
+
     def entitled(self, selectors: frozenset[Selector], now: float) -> list[Entry]:
         return entitled(self._entries.values(), selectors, now)
 
@@ -151,6 +170,7 @@ class Cache:
             touched.append(self._entries.pop(entry_id).selectors)
             self._x509.pop(entry_id, None)
             self._jwt.pop(entry_id, None)
+            self._wit.pop(entry_id, None)
         for entry_id, entry in incoming.items():
             old = self._entries.get(entry_id)
             if old == entry:
@@ -159,6 +179,7 @@ class Cache:
                 touched.append(old.selectors)
                 if old.spiffe_id != entry.spiffe_id:
                     self._jwt.pop(entry_id, None)
+                    self._wit.pop(entry_id, None)
             touched.append(entry.selectors)
             self._entries[entry_id] = entry
         bundles_changed = delta.bundles is not None and delta.bundles != self._bundles
@@ -177,6 +198,24 @@ class Cache:
             self._x509[record.entry_id] = record
             touched.append(entry.selectors)
         return self._publish(Change(tuple(set(touched))))
+
+    def put_wit(self, records: Iterable[WitSvidRecord]) -> Change:
+        """Store newly signed WIT-SVIDs (for entries still present); wake their workloads,
+        whose FetchWITSVID streams push the new token and key."""
+        touched = []
+        for record in records:
+            entry = self._entries.get(record.entry_id)
+            if entry is None or entry.spiffe_id != record.spiffe_id:
+                continue  # the entry went away or changed while the request was in flight
+            self._wit[record.entry_id] = record
+            touched.append(entry.selectors)
+        return self._publish(Change(tuple(set(touched))))
+
+    def touch(self, entry_ids: Iterable[str]) -> Change:
+        """Wake the workloads of these entries with nothing changed: a WIT-SVID request for
+        them was refused, and their streams must look again when its retry is due."""
+        touched = {self._entries[i].selectors for i in entry_ids if i in self._entries}
+        return self._publish(Change(tuple(touched)))
 
     def put_jwt(
         self, entry_id: str, audience: frozenset[str], record: JwtSvidRecord, now: datetime

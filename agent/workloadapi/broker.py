@@ -36,7 +36,7 @@ from insignia.agent.workloadapi.rpcs import Context
 from insignia.agent.workloadapi.views import (
     NoIdentity,
     jwt_bundles,
-    jwt_targets,
+    named_targets,
     x509_bundles,
     x509_view,
 )
@@ -177,7 +177,7 @@ class BrokerApi:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             async with self._core.referenced(context, audit, pid) as found:
                 try:
-                    targets = jwt_targets(
+                    targets = named_targets(
                         self._cache, found.selectors, self._core.now(), request.spiffe_id
                     )
                 except NoIdentity as exc:

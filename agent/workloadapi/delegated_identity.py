@@ -27,7 +27,7 @@ from insignia_proto import spire_x509svid_pb2 as x509_types
 
 from insignia.agent.workloadapi.on_behalf import Audit, OnBehalf, describe_selectors
 from insignia.agent.workloadapi.rpcs import Context
-from insignia.agent.workloadapi.views import NoIdentity, jwt_targets, x509_view
+from insignia.agent.workloadapi.views import NoIdentity, named_targets, x509_view
 from insignia.bundle import Bundle
 from insignia.jwtsvid import InvalidAudience
 from insignia.selectors import InvalidSelector, Selector
@@ -201,7 +201,7 @@ class DelegatedIdentity:
                 _exits,
             ):
                 try:
-                    targets = jwt_targets(self._cache, selectors, self._core.now(), "")
+                    targets = named_targets(self._cache, selectors, self._core.now(), "")
                 except NoIdentity as exc:
                     await self._api.denied(context, method, exc)
                 minted = await self._api.jwt_svids(context, targets, audience, caller.uid)

@@ -1,4 +1,5 @@
-"""The five SPIFFE Workload API RPCs, as grpc.aio handlers answering from the agent cache.
+"""The SPIFFE Workload API RPCs (X.509, JWT, and the WIT-SVID profile), as grpc.aio handlers
+answering from the agent cache.
 
 Every call first passes the security-header check and then the gate
 (insignia.agent.workloadapi.gate: kernel credentials, attestation, the same-process check).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -24,13 +25,16 @@ from insignia_proto import workload_pb2 as pb
 from insignia.agent.cache.entries import Entry
 from insignia.agent.cache.store import Cache, JwtSvidRecord
 from insignia.agent.metrics import AgentMetrics
+from insignia.agent.svids.rotation import RenewReason
 from insignia.agent.workloadapi.gate import Refused, WorkloadGate
 from insignia.agent.workloadapi.jwt_validation import JwtValidator
 from insignia.agent.workloadapi.views import (
     NoIdentity,
     SvidsExpired,
     jwt_bundles,
-    jwt_targets,
+    named_targets,
+    wit_bundles,
+    wit_view,
     x509_bundles,
     x509_view,
 )
@@ -57,6 +61,14 @@ class JwtSource(Protocol):
     """Asyncio side: a JWT-SVID for (entry, audience), cached or freshly minted for `uid`."""
 
     async def jwt_svid(self, entry: Entry, audience: frozenset[str], uid: int) -> JwtSvidRecord: ...
+
+
+class WitSource(Protocol):
+    """Asyncio side: WIT-SVIDs signed for entries streams ask for (agent/svids/wit.py)."""
+
+    def request(self, due: Sequence[tuple[Entry, RenewReason]]) -> None: ...
+
+    def retry_at(self, entry_id: str) -> datetime | None: ...
 
 
 class JwtUnavailable(Exception):
@@ -101,8 +113,10 @@ class WorkloadApi:
         jwt_source: JwtSource,
         metrics: AgentMetrics,
         audience_limits: AudienceLimits,
+        wit_source: WitSource,
     ) -> None:
         self._cache = cache
+        self._wit = wit_source
         self._gate = gate
         self.audience_limits = audience_limits
         self._jwt = jwt_source
@@ -287,6 +301,32 @@ class WorkloadApi:
 
         await self._stream(context, "FetchJWTBundles", build)
 
+    async def FetchWITSVID(self, request: pb.WITSVIDRequest, context: Context) -> None:
+        def build(
+            selectors: frozenset[Selector], now: datetime
+        ) -> tuple[pb.WITSVIDResponse | None, datetime | None]:
+            view = wit_view(self._cache, selectors, now, request.spiffe_id)
+            self._wit.request(view.due)
+            retries = [self._wit.retry_at(entry.id) for entry, _ in view.due]
+            # A retry time already past belongs to a request now in flight: its answer wakes
+            # the stream through the cache, so waiting on the past time would only spin.
+            times = [t for t in (view.stale_at, *retries) if t is not None and t > now]
+            return (view.response if view.response.svids else None), min(times, default=None)
+
+        def served(message: pb.WITSVIDResponse) -> None:
+            self._metrics.served("wit", len(message.svids))
+
+        await self._stream(context, "FetchWITSVID", build, served)
+
+    async def FetchWITBundles(self, request: pb.WITBundlesRequest, context: Context) -> None:
+        def build(
+            selectors: frozenset[Selector], now: datetime
+        ) -> tuple[pb.WITBundlesResponse, None]:
+            # Always a message: a trust domain without WIT keys is an empty map, not silence.
+            return pb.WITBundlesResponse(bundles=wit_bundles(self._cache, selectors, now)), None
+
+        await self._stream(context, "FetchWITBundles", build)
+
     # --- unary ----------------------------------------------------------------------
 
     async def FetchJWTSVID(
@@ -300,7 +340,7 @@ class WorkloadApi:
             refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return pb.JWTSVIDResponse()
         try:
-            targets = jwt_targets(self._cache, selectors, _now(), request.spiffe_id)
+            targets = named_targets(self._cache, selectors, _now(), request.spiffe_id)
         except NoIdentity as exc:
             await self.denied(context, "FetchJWTSVID", exc)
         svids = [

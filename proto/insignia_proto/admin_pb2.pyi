@@ -34,12 +34,14 @@ class _AuthorityKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._
     AUTHORITY_KIND_UNSPECIFIED: _AuthorityKind.ValueType  # 0
     X509: _AuthorityKind.ValueType  # 1
     JWT: _AuthorityKind.ValueType  # 2
+    WIT: _AuthorityKind.ValueType  # 3
 
 class AuthorityKind(_AuthorityKind, metaclass=_AuthorityKindEnumTypeWrapper): ...
 
 AUTHORITY_KIND_UNSPECIFIED: AuthorityKind.ValueType  # 0
 X509: AuthorityKind.ValueType  # 1
 JWT: AuthorityKind.ValueType  # 2
+WIT: AuthorityKind.ValueType  # 3
 Global___AuthorityKind: typing_extensions.TypeAlias = AuthorityKind
 
 @typing.final
@@ -127,6 +129,7 @@ class Entry(google.protobuf.message.Message):
     EXPIRES_AT_FIELD_NUMBER: builtins.int
     REVISION_FIELD_NUMBER: builtins.int
     CREATED_AT_FIELD_NUMBER: builtins.int
+    WIT_SVID_TTL_FIELD_NUMBER: builtins.int
     id: builtins.str
     spiffe_id: builtins.str
     parent_id: builtins.str
@@ -142,6 +145,8 @@ class Entry(google.protobuf.message.Message):
     revision: builtins.int
     created_at: builtins.int
     """unix seconds, set by the server"""
+    wit_svid_ttl: builtins.int
+    """seconds; 0 = the server's default_jwt_svid_ttl"""
     @property
     def selectors(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """"type:value" """
@@ -167,8 +172,9 @@ class Entry(google.protobuf.message.Message):
         expires_at: builtins.int = ...,
         revision: builtins.int = ...,
         created_at: builtins.int = ...,
+        wit_svid_ttl: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["admin", b"admin", "created_at", b"created_at", "dns_names", b"dns_names", "downstream", b"downstream", "expires_at", b"expires_at", "federates_with", b"federates_with", "hint", b"hint", "id", b"id", "jwt_svid_ttl", b"jwt_svid_ttl", "parent_id", b"parent_id", "revision", b"revision", "selectors", b"selectors", "spiffe_id", b"spiffe_id", "x509_svid_ttl", b"x509_svid_ttl"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["admin", b"admin", "created_at", b"created_at", "dns_names", b"dns_names", "downstream", b"downstream", "expires_at", b"expires_at", "federates_with", b"federates_with", "hint", b"hint", "id", b"id", "jwt_svid_ttl", b"jwt_svid_ttl", "parent_id", b"parent_id", "revision", b"revision", "selectors", b"selectors", "spiffe_id", b"spiffe_id", "wit_svid_ttl", b"wit_svid_ttl", "x509_svid_ttl", b"x509_svid_ttl"]) -> None: ...
 
 Global___Entry: typing_extensions.TypeAlias = Entry
 
@@ -792,7 +798,7 @@ class AuthorityRequest(google.protobuf.message.Message):
     AUTHORITY_ID_FIELD_NUMBER: builtins.int
     kind: Global___AuthorityKind.ValueType
     authority_id: builtins.str
-    """hex SubjectKeyIdentifier (X.509) or kid (JWT); empty = the"""
+    """hex SubjectKeyIdentifier (X.509) or kid (JWT, WIT); empty = the"""
     def __init__(
         self,
         *,

@@ -371,8 +371,8 @@ class AdminApi:
             ttl = self.core.defaults.jwt(request.ttl)
             state = self.core.authorities.state
             signed = sign_jwt(
-                state.active_jwt(),
-                state.active_jwt_not_after(),
+                state.active_key("jwt"),
+                state.active_key_not_after("jwt"),
                 spiffe_id,
                 list(request.audience),
                 ttl,

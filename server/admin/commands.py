@@ -285,3 +285,4 @@ def _authority_group(kind: str, value: int) -> None:
 
 _authority_group("x509", admin_pb2.X509)
 _authority_group("jwt", admin_pb2.JWT)
+_authority_group("wit", admin_pb2.WIT)

@@ -38,6 +38,7 @@ def _entry_text(e: admin_pb2.Entry) -> str:
         f"Revision       : {e.revision}",
         f"X509-SVID TTL  : {e.x509_svid_ttl or 'default'}",
         f"JWT-SVID TTL   : {e.jwt_svid_ttl or 'default'}",
+        f"WIT-SVID TTL   : {e.wit_svid_ttl or 'default'}",
     ]
     lines += [f"Selector       : {s}" for s in e.selectors]
     lines += [f"DNS name       : {d}" for d in e.dns_names]
@@ -76,6 +77,11 @@ def entry_fields(fn: Any) -> Any:
                 "-jwtSVIDTTL",
                 type=click.IntRange(min=0, max=MAX_TTL_SECONDS),
                 help="Seconds.",
+            ),
+            option(
+                "--wit-svid-ttl",
+                type=click.IntRange(min=0, max=MAX_TTL_SECONDS),
+                help="Seconds (0: default_jwt_svid_ttl).",
             ),
             option("--dns", "-dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
             option("--hint", "-hint", help="Hint for workloads holding several SVIDs."),

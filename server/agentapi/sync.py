@@ -26,15 +26,16 @@ MAX_REMEMBERED_VIEWS = 4
 MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB: far below gRPC's default 4 MiB receive limit
 
 
-def resolved_ttls(entry: RegistrationEntry, defaults: Defaults) -> tuple[int, int]:
+def resolved_ttls(entry: RegistrationEntry, defaults: Defaults) -> tuple[int, int, int]:
     """An agent gets TTLs resolved: it never sees the server's 0 = default."""
     x509 = defaults.x509(entry.x509_svid_ttl)
     jwt = defaults.jwt(entry.jwt_svid_ttl)
-    return int(x509.total_seconds()), int(jwt.total_seconds())
+    wit = defaults.wit(entry.wit_svid_ttl)
+    return int(x509.total_seconds()), int(jwt.total_seconds()), int(wit.total_seconds())
 
 
 def entry_to_proto(entry: RegistrationEntry, defaults: Defaults) -> agent_pb2.Entry:
-    x509_ttl, jwt_ttl = resolved_ttls(entry, defaults)
+    x509_ttl, jwt_ttl, wit_ttl = resolved_ttls(entry, defaults)
     return agent_pb2.Entry(
         id=entry.id,
         spiffe_id=str(entry.spiffe_id),
@@ -42,6 +43,7 @@ def entry_to_proto(entry: RegistrationEntry, defaults: Defaults) -> agent_pb2.En
         selectors=[str(s) for s in entry.selectors],
         x509_svid_ttl=x509_ttl,
         jwt_svid_ttl=jwt_ttl,
+        wit_svid_ttl=wit_ttl,
         dns_names=list(entry.dns_names),
         federates_with=[str(td) for td in entry.federates_with],
         hint=entry.hint,

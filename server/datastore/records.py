@@ -11,7 +11,7 @@ from insignia.server.datastore.errors import InvalidRecord
 from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId, TrustDomain
 
-AuthorityKind = Literal["x509", "jwt"]
+AuthorityKind = Literal["x509", "jwt", "wit"]
 AuthorityStatus = Literal["prepared", "active", "old"]
 ChangeKind = Literal["entry", "agent", "bundle", "ca_key", "federation"]
 ChangeOp = Literal["created", "updated", "deleted"]

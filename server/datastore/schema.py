@@ -44,6 +44,7 @@ entries = sa.Table(
     sa.Column("identity_digest", sa.String(64), nullable=False),
     sa.Column("x509_svid_ttl", sa.Integer, nullable=False),
     sa.Column("jwt_svid_ttl", sa.Integer, nullable=False),
+    sa.Column("wit_svid_ttl", sa.Integer, nullable=False),
     sa.Column("hint", sa.Text, nullable=False),
     sa.Column("admin", sa.Boolean, nullable=False),
     sa.Column("downstream", sa.Boolean, nullable=False),
@@ -173,7 +174,7 @@ ca_keys = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     # Which server holds the private key ("" = written before schema 0003, not yet adopted).
     sa.Column("server_id", sa.String(64), nullable=False, server_default=""),
-    sa.CheckConstraint("kind IN ('x509', 'jwt')", name="ck_ca_keys_kind"),
+    sa.CheckConstraint("kind IN ('x509', 'jwt', 'wit')", name="ck_ca_keys_kind"),
     sa.CheckConstraint("status IN ('prepared', 'active', 'old')", name="ck_ca_keys_status"),
 )
 

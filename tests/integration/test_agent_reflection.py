@@ -40,7 +40,7 @@ def test_reflection_describes_the_workload_api_well_enough_to_call_it(
         service = pool.FindServiceByName("SpiffeWorkloadAPI")
         assert [m.name for m in service.methods] == [
             "FetchX509SVID", "FetchX509Bundles", "FetchJWTSVID", "FetchJWTBundles",
-            "ValidateJWTSVID",
+            "ValidateJWTSVID", "FetchWITSVID", "FetchWITBundles",
         ]  # fmt: skip
         method = service.methods_by_name["FetchX509SVID"]
         request_class = message_factory.GetMessageClass(method.input_type)

@@ -86,7 +86,7 @@ def test_https_spiffe_serves_the_bundle_with_the_server_svid(
     doc = json.loads(body)
     assert doc["spiffe_refresh_hint"] == 45
     assert doc["spiffe_sequence"] >= 1
-    assert {k["use"] for k in doc["keys"]} == {"x509-svid", "jwt-svid"}
+    assert {k["use"] for k in doc["keys"]} == {"x509-svid", "jwt-svid", "wit-svid"}
     bundle = Bundle.parse_spiffe(TrustDomain.parse("a.test"), body)
     assert bundle.x509_pem() == ca_file.read_bytes()
 

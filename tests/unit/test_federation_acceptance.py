@@ -61,7 +61,7 @@ def test_an_older_sequence_is_refused() -> None:
 
 def test_keys_of_an_unknown_use_are_ignored() -> None:
     doc = json.loads(peer_bundle().to_spiffe())
-    doc["keys"].append({"use": "wit-svid", "kty": "EC"})
+    doc["keys"].append({"use": "x-future-svid", "kty": "EC"})
     assert len(accept_bundle(PEER, json.dumps(doc).encode(), None).x509_authorities) == 1
 
 
