@@ -30,6 +30,13 @@ SECURITY_HEADER_KEY = "workload.spiffe.io"
 SECURITY_HEADER: tuple[tuple[str, str]] = ((SECURITY_HEADER_KEY, "true"),)
 
 
+class HasEncoding(Protocol):
+    """A stream message already serialised (the agent encodes one per identity set)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+
 class WorkloadApiServicer(Protocol):
     """The five Workload API methods as grpc.aio handlers (PascalCase, as the RPC names).
 
@@ -79,12 +86,12 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         "FetchX509SVID": stream(
             servicer.FetchX509SVID,
             request_deserializer=pb.X509SVIDRequest.FromString,
-            response_serializer=pb.X509SVIDResponse.SerializeToString,
+            response_serializer=_pass_through_or_serialize,
         ),
         "FetchX509Bundles": stream(
             servicer.FetchX509Bundles,
             request_deserializer=pb.X509BundlesRequest.FromString,
-            response_serializer=pb.X509BundlesResponse.SerializeToString,
+            response_serializer=_pass_through_or_serialize,
         ),
         "FetchJWTSVID": unary(
             servicer.FetchJWTSVID,
@@ -94,7 +101,7 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         "FetchJWTBundles": stream(
             servicer.FetchJWTBundles,
             request_deserializer=pb.JWTBundlesRequest.FromString,
-            response_serializer=pb.JWTBundlesResponse.SerializeToString,
+            response_serializer=_pass_through_or_serialize,
         ),
         "ValidateJWTSVID": unary(
             servicer.ValidateJWTSVID,
@@ -154,3 +161,11 @@ class WorkloadApiSyncStub:
 
 def _serializer(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def _pass_through_or_serialize(message: Message | HasEncoding) -> bytes:
+    """Stream responses: a message, or one a server encoded once for many streams (an object
+    with its bytes in `data`), sent as those bytes."""
+    if isinstance(message, Message):
+        return message.SerializeToString()
+    return message.data

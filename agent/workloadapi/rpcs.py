@@ -26,6 +26,7 @@ from insignia.agent.cache.store import Cache, JwtSvidRecord
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.workloadapi.gate import Refused, WorkloadGate
 from insignia.agent.workloadapi.jwt_validation import JwtValidator
+from insignia.agent.workloadapi.shared import Encoded, SharedEncodings
 from insignia.agent.workloadapi.views import (
     NoIdentity,
     SvidsExpired,
@@ -89,6 +90,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _svid_count(message: Message) -> int:
+    assert isinstance(message, pb.X509SVIDResponse)
+    return len(message.svids)
+
+
 class WorkloadApi:
     """Implements `insignia.workload_wire.WorkloadApiServicer`."""
 
@@ -106,6 +112,9 @@ class WorkloadApi:
         self._jwt = jwt_source
         self._metrics = metrics
         self._validator = JwtValidator()
+        self._x509_encodings = SharedEncodings(self._x509_message, _svid_count)
+        self._x509_bundle_encodings = SharedEncodings(self._x509_bundles_message)
+        self._jwt_bundle_encodings = SharedEncodings(self._jwt_bundles_message)
 
     # --- the gate (agent.workload_gate), at the gRPC edge; SDS (.sds) passes it too -------
 
@@ -162,15 +171,16 @@ class WorkloadApi:
         self,
         context: Context,
         method: str,
-        build: Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]],
-        on_send: Callable[[M], None] = lambda _message: None,
+        encodings: SharedEncodings,
+        on_send: Callable[[Encoded], None] = lambda _message: None,
     ) -> None:
-        """Send `build(...)` at once and after every relevant change, until cancelled.
+        """Send the caller's message at once and after every relevant change, until cancelled.
 
-        `build` returns the message (None: nothing to send yet) and when it goes stale by
-        itself (an SVID expiring), so the stream re-checks then even without a change.
-        Attested once, so every later send first re-checks that the attested process still
-        holds the stream: otherwise rotated SVIDs would flow to whoever inherited the fd.
+        `encodings` gives the message (None: nothing to send yet), encoded once for every
+        stream with the same selectors, and when it goes stale by itself (an SVID expiring),
+        so the stream re-checks then even without a change. Attested once, so every later
+        send first re-checks that the attested process still holds the stream: otherwise
+        rotated SVIDs would flow to whoever inherited the fd.
 
         A coroutine writing with ``context.write``, not an async generator: trio (guest mode)
         keeps the id of every async generator first iterated on the asyncio side and
@@ -182,24 +192,24 @@ class WorkloadApi:
         subscriber = StreamSubscriber(selectors)
         self._cache.subscribe(subscriber)
         self._metrics.open_streams.inc()
-        last: M | None = None
+        last: bytes | None = None
         try:
             while True:
                 subscriber.event.clear()
                 try:
-                    message, stale_at = build(selectors, _now())
+                    message, stale_at = encodings.get(selectors, _now(), self._cache.generation)
                 except NoIdentity as exc:
                     await self.denied(context, method, exc)
                 except SvidsExpired as exc:
                     log.warning("workload.svids_expired", method=method, pid=creds.pid)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-                if message is not None and message != last:
+                if message is not None and message.data != last:
                     await self.require_same_process(context, method, creds, "while streaming")
                     if last is None:
                         self.observe(method, started, grpc.StatusCode.OK)
-                    last = message
+                    last = message.data
                     on_send(message)
-                    await context.write(message)
+                    await context.write(message)  # its bytes, as workload_wire passes them
                 await subscriber.woken_or_stale(stale_at)
         finally:
             self._metrics.open_streams.dec()
@@ -214,29 +224,29 @@ class WorkloadApi:
             return None, stale_at  # identities exist but are still being signed
         return view.response, stale_at
 
-    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> None:
-        def served(message: pb.X509SVIDResponse) -> None:
-            self._metrics.served("x509", len(message.svids))
+    def _x509_bundles_message(
+        self, selectors: frozenset[Selector], now: datetime
+    ) -> tuple[pb.X509BundlesResponse | None, None]:
+        bundles = x509_bundles(self._cache, selectors, now)
+        return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
 
-        await self._stream(context, "FetchX509SVID", self._x509_message, served)
+    def _jwt_bundles_message(
+        self, selectors: frozenset[Selector], now: datetime
+    ) -> tuple[pb.JWTBundlesResponse | None, None]:
+        bundles = jwt_bundles(self._cache, selectors, now)
+        return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
+
+    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> None:
+        def served(message: Encoded) -> None:
+            self._metrics.served("x509", message.count)
+
+        await self._stream(context, "FetchX509SVID", self._x509_encodings, served)
 
     async def FetchX509Bundles(self, request: pb.X509BundlesRequest, context: Context) -> None:
-        def build(
-            selectors: frozenset[Selector], now: datetime
-        ) -> tuple[pb.X509BundlesResponse | None, None]:
-            bundles = x509_bundles(self._cache, selectors, now)
-            return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
-
-        await self._stream(context, "FetchX509Bundles", build)
+        await self._stream(context, "FetchX509Bundles", self._x509_bundle_encodings)
 
     async def FetchJWTBundles(self, request: pb.JWTBundlesRequest, context: Context) -> None:
-        def build(
-            selectors: frozenset[Selector], now: datetime
-        ) -> tuple[pb.JWTBundlesResponse | None, None]:
-            bundles = jwt_bundles(self._cache, selectors, now)
-            return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
-
-        await self._stream(context, "FetchJWTBundles", build)
+        await self._stream(context, "FetchJWTBundles", self._jwt_bundle_encodings)
 
     # --- unary ----------------------------------------------------------------------
 
