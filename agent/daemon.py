@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
+import grpc
 import trio
 
 from insignia.agent.cache.persisted import CachePersister, read_cache_file, restore_cache
@@ -33,7 +36,7 @@ from insignia.agent.workloadapi.gate import (
 )
 from insignia.agent.workloadapi.reflection import reflection_handlers
 from insignia.agent.workloadapi.rpcs import WorkloadApi
-from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
+from insignia.agent.workloadapi.sds_service import SdsNames, SdsOnFirstCall
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
@@ -240,12 +243,14 @@ class AgentDaemon:
                 self.metrics,
                 config.workload.audience_limits,
             )
-            sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
+            sds = SdsOnFirstCall(
+                partial(_sds_handler, api, self.cache, self.metrics, config.sds.names)
+            )
             max_bytes = config.workload.max_message_bytes
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api), sds_handler(sds), *reflection_handlers()],
+                    [workload_api_handler(api), sds, *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
@@ -292,3 +297,12 @@ class AgentDaemon:
                     await self.persister.write_now()  # the latest SVIDs, for the next start
                     nursery.cancel_scope.cancel()
                     return
+
+
+def _sds_handler(
+    api: WorkloadApi, cache: Cache, metrics: AgentMetrics, names: SdsNames
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The SDS handler, imported on the first SDS call (agent/workloadapi/sds_service.py)."""
+    from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
+
+    return sds_handler(SecretDiscovery(api, cache, metrics, names))
