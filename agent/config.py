@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, field
 
 from insignia.agent.identity.targets import DEFAULT_SERVER_PORT, ServerTarget
-from insignia.agent.workloadapi.sds_secrets import SdsNames
+from insignia.agent.workloadapi.sds_service import SdsNames
 from insignia.backoff import Backoff
 from insignia.daemon.config.loading import (
     AbsolutePath,
@@ -134,7 +134,7 @@ class SyncSection(StrictModel, frozen=True, kw_only=True):
 
 class SdsSection(StrictModel, frozen=True, kw_only=True):
     """Envoy SDS on the Workload API socket: the resource names, as SPIRE's agent has them
-    (insignia.agent.workloadapi.sds_secrets)."""
+    (insignia.agent.workloadapi.sds_service)."""
 
     default_svid_name: NonEmptyName = "default"
     default_bundle_name: NonEmptyName = "ROOTCA"

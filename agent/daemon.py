@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
+import grpc
 import trio
 
 from insignia.agent.cache.persisted import CachePersister, read_cache_file, restore_cache
@@ -34,6 +37,7 @@ from insignia.agent.workloadapi.delegated_identity import (
     DelegatedIdentity,
     delegated_identity_handler,
 )
+from insignia.agent.workloadapi.first_call import LoadedOnFirstCall
 from insignia.agent.workloadapi.gate import (
     ConnectionNotOwned,
     WorkloadAttestationFailed,
@@ -42,7 +46,7 @@ from insignia.agent.workloadapi.gate import (
 from insignia.agent.workloadapi.on_behalf import OnBehalf
 from insignia.agent.workloadapi.reflection import reflection_handlers
 from insignia.agent.workloadapi.rpcs import WorkloadApi
-from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
+from insignia.agent.workloadapi.sds_service import SDS_SERVICE, SdsNames
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
@@ -266,7 +270,10 @@ class AgentDaemon:
                 config.workload.audience_limits,
                 WitIssuer(self.cache, server, config.workload.key_type, self.metrics, self.backoff),
             )
-            sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
+            sds = LoadedOnFirstCall(
+                (SDS_SERVICE,),
+                partial(_sds_handlers, api, self.cache, self.metrics, config.sds.names),
+            )
             attest_referenced = make_attest(self.attestors, timeout, connected=False)
 
             def on_behalf(name: str, role: str, allowed: frozenset[SpiffeId]) -> OnBehalf:
@@ -283,7 +290,7 @@ class AgentDaemon:
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api), sds_handler(sds), *reflection_handlers()],
+                    [workload_api_handler(api), sds, *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
@@ -360,3 +367,12 @@ class AgentDaemon:
                     await self.persister.write_now()  # the latest SVIDs, for the next start
                     nursery.cancel_scope.cancel()
                     return
+
+
+def _sds_handlers(
+    api: WorkloadApi, cache: Cache, metrics: AgentMetrics, names: SdsNames
+) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    """The SDS handler, imported on the first SDS call (agent/workloadapi/first_call.py)."""
+    from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
+
+    return [sds_handler(SecretDiscovery(api, cache, metrics, names))]

@@ -32,6 +32,13 @@ SECURITY_HEADER_KEY = "workload.spiffe.io"
 SECURITY_HEADER: tuple[tuple[str, str]] = ((SECURITY_HEADER_KEY, "true"),)
 
 
+class HasEncoding(Protocol):
+    """A stream message already serialised (the agent encodes one per identity set)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+
 class WorkloadApiServicer(Protocol):
     """The five Workload API methods as grpc.aio handlers (PascalCase, as the RPC names).
 
@@ -99,12 +106,12 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         "FetchX509SVID": stream(
             servicer.FetchX509SVID,
             request_deserializer=pb.X509SVIDRequest.FromString,
-            response_serializer=pb.X509SVIDResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "FetchX509Bundles": stream(
             servicer.FetchX509Bundles,
             request_deserializer=pb.X509BundlesRequest.FromString,
-            response_serializer=pb.X509BundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "FetchJWTSVID": unary(
             servicer.FetchJWTSVID,
@@ -114,7 +121,7 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         "FetchJWTBundles": stream(
             servicer.FetchJWTBundles,
             request_deserializer=pb.JWTBundlesRequest.FromString,
-            response_serializer=pb.JWTBundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "ValidateJWTSVID": unary(
             servicer.ValidateJWTSVID,
@@ -197,3 +204,11 @@ class WorkloadApiSyncStub:
 
 def _serializer(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def serialize_stream_message(message: Message | HasEncoding) -> bytes:
+    """Stream responses: a message, or one a server encoded once for many streams (an object
+    with its bytes in `data`), sent as those bytes."""
+    if isinstance(message, Message):
+        return message.SerializeToString()
+    return message.data

@@ -29,12 +29,12 @@ from insignia.jwtsvid import (
     check_token_fits,
 )
 from insignia.keys import KeyType
+from insignia.server.admin.defaults import DEFAULT_ADMIN_SOCKET
 from insignia.server.ca.rotation import ttl_beyond_guarantee
 from insignia.server.federation.relationship import check_relationship
 from insignia.server.oidc.policy import check_address, check_domain, check_issuer, check_listener
 from insignia.spiffeid import TrustDomain
 
-DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 

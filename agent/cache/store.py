@@ -123,7 +123,12 @@ class Cache:
         self._x509: dict[str, X509SvidRecord] = {}
         self._jwt: dict[str, dict[frozenset[str], JwtSvidRecord]] = {}
         self._wit: dict[str, WitSvidRecord] = {}
-        self._subscribers: set[Subscriber] = set()
+        # Grouped by selectors: a change is matched once per distinct set, not once per stream.
+        self._subscribers: dict[frozenset[Selector], set[Subscriber]] = {}
+        self._subscriber_count = 0
+        #: Bumped by every change that wakes anyone: what a view was built from is still
+        #: current while it holds (agent/workloadapi/shared.py keys encodings on it).
+        self.generation = 0
         self._listeners: list[Callable[[Change], None]] = []
 
     # --- reads ----------------------------------------------------------------------
@@ -138,7 +143,7 @@ class Cache:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return self._subscriber_count
 
     def x509_svid(self, entry_id: str) -> X509SvidRecord | None:
         return self._x509.get(entry_id)
@@ -239,10 +244,19 @@ class Cache:
     # --- subscriptions --------------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.add(subscriber)
+        group = self._subscribers.setdefault(subscriber.selectors, set())
+        if subscriber not in group:
+            group.add(subscriber)
+            self._subscriber_count += 1
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.discard(subscriber)
+        group = self._subscribers.get(subscriber.selectors)
+        if group is None or subscriber not in group:
+            return
+        group.remove(subscriber)
+        self._subscriber_count -= 1
+        if not group:
+            del self._subscribers[subscriber.selectors]
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Daemon-internal observers (the signer) that see every change."""
@@ -251,9 +265,11 @@ class Cache:
     def _publish(self, change: Change) -> Change:
         if not change:
             return change
+        self.generation += 1
         for listener in self._listeners:
             listener(change)
-        for subscriber in list(self._subscribers):
-            if change.concerns(subscriber.selectors):
-                subscriber.wake()
+        for selectors, group in list(self._subscribers.items()):
+            if change.concerns(selectors):
+                for subscriber in list(group):
+                    subscriber.wake()
         return change

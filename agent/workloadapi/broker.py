@@ -33,6 +33,7 @@ from insignia_proto import brokerapi_pb2 as pb
 
 from insignia.agent.workloadapi.on_behalf import Audit, OnBehalf
 from insignia.agent.workloadapi.rpcs import Context
+from insignia.agent.workloadapi.shared import Build, SharedEncodings
 from insignia.agent.workloadapi.views import (
     NoIdentity,
     jwt_bundles,
@@ -44,6 +45,7 @@ from insignia.daemon.peercred.credentials import PeerCredentials
 from insignia.jwtsvid import InvalidAudience
 from insignia.selectors import Selector
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId
+from insignia.workload_wire import serialize_stream_message
 
 SERVICE = "spiffe.broker.API"
 API_NAME = "broker"
@@ -108,7 +110,7 @@ class BrokerApi:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         raise AssertionError("context.abort() returned")  # it always raises
 
-    async def _stream(self, request: Any, context: Context, method: str, build: Any) -> None:
+    async def _stream(self, request: Any, context: Context, method: str, build: Build) -> None:
         started = time.perf_counter()
         async with self._core.audited(context, method) as audit:
             broker, pid = await self._admit(context, audit, request)
@@ -119,7 +121,7 @@ class BrokerApi:
                     method,
                     started,
                     found.selectors,
-                    build,
+                    SharedEncodings(build),  # per call: one workload's stream
                     self._core.confirmer(context, found.process),
                     caller_pid=broker.pid,
                     exits=found.process.pidfd,
@@ -199,12 +201,12 @@ def broker_api_handler(servicer: BrokerApi) -> grpc.GenericRpcHandler[Any, Any]:
         "SubscribeToX509SVID": stream(
             servicer.SubscribeToX509SVID,
             request_deserializer=pb.SubscribeToX509SVIDRequest.FromString,
-            response_serializer=pb.SubscribeToX509SVIDResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "SubscribeToX509Bundles": stream(
             servicer.SubscribeToX509Bundles,
             request_deserializer=pb.SubscribeToX509BundlesRequest.FromString,
-            response_serializer=pb.SubscribeToX509BundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "FetchJWTSVID": grpc.unary_unary_rpc_method_handler(
             servicer.FetchJWTSVID,
@@ -214,7 +216,7 @@ def broker_api_handler(servicer: BrokerApi) -> grpc.GenericRpcHandler[Any, Any]:
         "SubscribeToJWTBundles": stream(
             servicer.SubscribeToJWTBundles,
             request_deserializer=pb.SubscribeToJWTBundlesRequest.FromString,
-            response_serializer=pb.SubscribeToJWTBundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -27,11 +27,13 @@ from insignia_proto import spire_x509svid_pb2 as x509_types
 
 from insignia.agent.workloadapi.on_behalf import Audit, OnBehalf, describe_selectors
 from insignia.agent.workloadapi.rpcs import Context
+from insignia.agent.workloadapi.shared import Build, SharedEncodings
 from insignia.agent.workloadapi.views import NoIdentity, named_targets, x509_view
 from insignia.bundle import Bundle
 from insignia.jwtsvid import InvalidAudience
 from insignia.selectors import InvalidSelector, Selector
 from insignia.spiffeid import SpiffeId
+from insignia.workload_wire import serialize_stream_message
 from insignia.x509svid import parse_chain_der
 
 SERVICE = "spire.api.agent.delegatedidentity.v1.DelegatedIdentity"
@@ -131,7 +133,7 @@ class DelegatedIdentity:
                     method,
                     started,
                     selectors,
-                    self._x509_message,
+                    SharedEncodings(self._x509_message),  # per call: one workload's stream
                     confirm,
                     caller_pid=caller.pid,
                     exits=exits,
@@ -146,7 +148,7 @@ class DelegatedIdentity:
             bundles[td.id_string()] = encode(bundle)
         return bundles
 
-    async def _bundles(self, context: Context, method: str, build: Any) -> None:
+    async def _bundles(self, context: Context, method: str, build: Build) -> None:
         started = time.perf_counter()
         async with self._core.audited(context, method) as audit:
             caller, selectors = await self._core.authorize(context, audit)
@@ -157,7 +159,13 @@ class DelegatedIdentity:
                 await self._api.require_same_process(context, method, caller, "while streaming")
 
             await self._api.serve_stream(
-                context, method, started, selectors, build, still_caller, caller_pid=caller.pid
+                context,
+                method,
+                started,
+                selectors,
+                SharedEncodings(build),
+                still_caller,
+                caller_pid=caller.pid,
             )
 
     async def SubscribeToX509Bundles(
@@ -227,12 +235,12 @@ def delegated_identity_handler(servicer: DelegatedIdentity) -> grpc.GenericRpcHa
         "SubscribeToX509SVIDs": stream(
             servicer.SubscribeToX509SVIDs,
             request_deserializer=pb.SubscribeToX509SVIDsRequest.FromString,
-            response_serializer=pb.SubscribeToX509SVIDsResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "SubscribeToX509Bundles": stream(
             servicer.SubscribeToX509Bundles,
             request_deserializer=pb.SubscribeToX509BundlesRequest.FromString,
-            response_serializer=pb.SubscribeToX509BundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "FetchJWTSVIDs": grpc.unary_unary_rpc_method_handler(
             servicer.FetchJWTSVIDs,
@@ -242,7 +250,7 @@ def delegated_identity_handler(servicer: DelegatedIdentity) -> grpc.GenericRpcHa
         "SubscribeToJWTBundles": stream(
             servicer.SubscribeToJWTBundles,
             request_deserializer=pb.SubscribeToJWTBundlesRequest.FromString,
-            response_serializer=pb.SubscribeToJWTBundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)

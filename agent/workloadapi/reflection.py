@@ -13,6 +13,7 @@ default pool is never touched.
 Envoy's SDS, served on the same socket (insignia.agent.workloadapi.sds), is listed too, from
 xds-protos' files with every file they import, and with the types its responses pack in `Any`
 (the Secret, the SPIFFE validator's config), so a reflecting client can decode what it gets.
+Those files are large, so the pool is built on the first reflection call, as SDS's handler is.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from __future__ import annotations
 from typing import Any, Final
 
 import grpc
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_spiffe_validator_config_pb2
-from envoy.service.secret.v3 import sds_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
 from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from insignia_proto import workload_pb2
 
-from insignia.agent.workloadapi.sds import SDS_SERVICE
+from insignia.agent.workloadapi.first_call import LoadedOnFirstCall
+from insignia.agent.workloadapi.sds_service import SDS_SERVICE
 from insignia.workload_wire import WORKLOAD_SERVICE
 
 V1ALPHA: Final = "grpc.reflection.v1alpha.ServerReflection"
@@ -92,6 +92,13 @@ def _with_imports(*descriptors: FileDescriptor) -> list[FileDescriptor]:
 def reflection_pool() -> descriptor_pool.DescriptorPool:
     """The files reflection describes: the public Workload API, Envoy's SDS and both
     reflection versions."""
+    # Imported here, not at the top: Envoy's modules cost megabytes, paid on first use only.
+    from envoy.extensions.transport_sockets.tls.v3 import (
+        secret_pb2,
+        tls_spiffe_validator_config_pb2,
+    )
+    from envoy.service.secret.v3 import sds_pb2
+
     pool = descriptor_pool.DescriptorPool()
     sds = (sds_pb2.DESCRIPTOR, secret_pb2.DESCRIPTOR, tls_spiffe_validator_config_pb2.DESCRIPTOR)
     sds_files = [f for f in _with_imports(*sds) if f.name != struct_pb2.DESCRIPTOR.name]
@@ -107,7 +114,12 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 def reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
-    """Handlers for both reflection services, listing the Workload API, SDS and themselves."""
+    """Handlers for both reflection services, listing the Workload API, SDS and themselves;
+    built on the first reflection call."""
+    return [LoadedOnFirstCall((V1, V1ALPHA), _build_reflection_handlers)]
+
+
+def _build_reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
     services = (WORKLOAD_SERVICE, SDS_SERVICE, V1, V1ALPHA)
     servicer = ReflectionServicer(services, pool=reflection_pool())
     methods = {

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import grpc.aio
@@ -28,6 +28,7 @@ from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.rotation import RenewReason
 from insignia.agent.workloadapi.gate import Refused, WorkloadGate
 from insignia.agent.workloadapi.jwt_validation import JwtValidator
+from insignia.agent.workloadapi.shared import Encoded, SharedEncodings
 from insignia.agent.workloadapi.views import (
     NoIdentity,
     SvidsExpired,
@@ -49,9 +50,6 @@ from insignia.workload_wire import SECURITY_HEADER_KEY
 log = get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-M = TypeVar("M", bound=Message)
-Build = Callable[[frozenset[Selector], datetime], tuple[M | None, datetime | None]]
-"""A stream's message for (selectors, now), and when it goes stale by itself (None: never)."""
 
 NO_IDENTITY = "no identity issued"
 HEADER_MISSING = "security header missing from request"
@@ -103,6 +101,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _svid_count(message: Message) -> int:
+    assert isinstance(message, (pb.X509SVIDResponse, pb.WITSVIDResponse))
+    return len(message.svids)
+
+
 class WorkloadApi:
     """Implements `insignia.workload_wire.WorkloadApiServicer`."""
 
@@ -122,6 +125,9 @@ class WorkloadApi:
         self._jwt = jwt_source
         self._metrics = metrics
         self._validator = JwtValidator()
+        self._x509_encodings = SharedEncodings(self._x509_message, _svid_count)
+        self._x509_bundle_encodings = SharedEncodings(self._x509_bundles_message)
+        self._jwt_bundle_encodings = SharedEncodings(self._jwt_bundles_message)
 
     # --- the gate (agent.workload_gate), at the gRPC edge; SDS (.sds) passes it too -------
 
@@ -180,10 +186,10 @@ class WorkloadApi:
         self,
         context: Context,
         method: str,
-        build: Build[M],
-        on_send: Callable[[M], None] = lambda _message: None,
+        encodings: SharedEncodings,
+        on_send: Callable[[Encoded], None] = lambda _message: None,
     ) -> None:
-        """Serve `build(...)` to the caller itself, attested once (see `serve_stream`).
+        """Serve `encodings` to the caller itself, attested once (see `serve_stream`).
 
         Every later send first re-checks that the attested process still holds the stream:
         otherwise rotated SVIDs would flow to whoever inherited the fd.
@@ -195,7 +201,7 @@ class WorkloadApi:
             await self.require_same_process(context, method, creds, "while streaming")
 
         await self.serve_stream(
-            context, method, started, selectors, build, confirm, on_send, caller_pid=creds.pid
+            context, method, started, selectors, encodings, confirm, on_send, caller_pid=creds.pid
         )
 
     async def serve_stream(
@@ -204,19 +210,20 @@ class WorkloadApi:
         method: str,
         started: float,
         selectors: frozenset[Selector],
-        build: Build[M],
+        encodings: SharedEncodings,
         before_send: Callable[[], Awaitable[None]],
-        on_send: Callable[[M], None] = lambda _message: None,
+        on_send: Callable[[Encoded], None] = lambda _message: None,
         *,
         caller_pid: int,
         exits: PidFd | None = None,
     ) -> None:
-        """Send `build(...)` for `selectors` at once and after every relevant change, until
+        """Send the message for `selectors` at once and after every relevant change, until
         cancelled. The one stream loop: the Workload API's streams and those of the APIs that
         act on behalf of a workload (Delegated Identity, Broker) all run it.
 
-        `build` returns the message (None: nothing to send yet) and when it goes stale by
-        itself (an SVID expiring), so the stream re-checks then even without a change.
+        `encodings` gives the message (None: nothing to send yet), encoded once for every
+        stream with the same selectors, and when it goes stale by itself (an SVID expiring),
+        so the stream re-checks then even without a change.
         `before_send` runs before each send and aborts the call when it must not be answered;
         `caller_pid` (who holds the stream) is for the log.
         With `exits` (the pidfd of a workload named by reference) it also runs whenever that
@@ -240,27 +247,27 @@ class WorkloadApi:
 
             loop.add_reader(pidfd, exited)
         self._metrics.open_streams.inc()
-        last: M | None = None
+        last: bytes | None = None
         try:
             while True:
                 subscriber.event.clear()
                 if exits is not None:
                     await before_send()
                 try:
-                    message, stale_at = build(selectors, _now())
+                    message, stale_at = encodings.get(selectors, _now(), self._cache.generation)
                 except NoIdentity as exc:
                     await self.denied(context, method, exc)
                 except SvidsExpired as exc:
                     log.warning("workload.svids_expired", method=method, pid=caller_pid)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-                if message is not None and message != last:
+                if message is not None and message.data != last:
                     if exits is None:
                         await before_send()
                     if last is None:
                         self.observe(method, started, grpc.StatusCode.OK)
-                    last = message
+                    last = message.data
                     on_send(message)
-                    await context.write(message)
+                    await context.write(message)  # its bytes, as workload_wire passes them
                 await subscriber.woken_or_stale(stale_at)
         finally:
             if exits is not None and not exits.closed:
@@ -277,29 +284,29 @@ class WorkloadApi:
             return None, stale_at  # identities exist but are still being signed
         return view.response, stale_at
 
-    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> None:
-        def served(message: pb.X509SVIDResponse) -> None:
-            self._metrics.served("x509", len(message.svids))
+    def _x509_bundles_message(
+        self, selectors: frozenset[Selector], now: datetime
+    ) -> tuple[pb.X509BundlesResponse | None, None]:
+        bundles = x509_bundles(self._cache, selectors, now)
+        return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
 
-        await self._stream(context, "FetchX509SVID", self._x509_message, served)
+    def _jwt_bundles_message(
+        self, selectors: frozenset[Selector], now: datetime
+    ) -> tuple[pb.JWTBundlesResponse | None, None]:
+        bundles = jwt_bundles(self._cache, selectors, now)
+        return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
+
+    async def FetchX509SVID(self, request: pb.X509SVIDRequest, context: Context) -> None:
+        def served(message: Encoded) -> None:
+            self._metrics.served("x509", message.count)
+
+        await self._stream(context, "FetchX509SVID", self._x509_encodings, served)
 
     async def FetchX509Bundles(self, request: pb.X509BundlesRequest, context: Context) -> None:
-        def build(
-            selectors: frozenset[Selector], now: datetime
-        ) -> tuple[pb.X509BundlesResponse | None, None]:
-            bundles = x509_bundles(self._cache, selectors, now)
-            return (pb.X509BundlesResponse(bundles=bundles) if bundles else None), None
-
-        await self._stream(context, "FetchX509Bundles", build)
+        await self._stream(context, "FetchX509Bundles", self._x509_bundle_encodings)
 
     async def FetchJWTBundles(self, request: pb.JWTBundlesRequest, context: Context) -> None:
-        def build(
-            selectors: frozenset[Selector], now: datetime
-        ) -> tuple[pb.JWTBundlesResponse | None, None]:
-            bundles = jwt_bundles(self._cache, selectors, now)
-            return (pb.JWTBundlesResponse(bundles=bundles) if bundles else None), None
-
-        await self._stream(context, "FetchJWTBundles", build)
+        await self._stream(context, "FetchJWTBundles", self._jwt_bundle_encodings)
 
     async def FetchWITSVID(self, request: pb.WITSVIDRequest, context: Context) -> None:
         def build(
@@ -313,10 +320,12 @@ class WorkloadApi:
             times = [t for t in (view.stale_at, *retries) if t is not None and t > now]
             return (view.response if view.response.svids else None), min(times, default=None)
 
-        def served(message: pb.WITSVIDResponse) -> None:
-            self._metrics.served("wit", len(message.svids))
+        def served(message: Encoded) -> None:
+            self._metrics.served("wit", message.count)
 
-        await self._stream(context, "FetchWITSVID", build, served)
+        # Per call: the stream's message depends on the request's spiffe_id too.
+        encodings = SharedEncodings(build, _svid_count)
+        await self._stream(context, "FetchWITSVID", encodings, served)
 
     async def FetchWITBundles(self, request: pb.WITBundlesRequest, context: Context) -> None:
         def build(
@@ -325,7 +334,7 @@ class WorkloadApi:
             # Always a message: a trust domain without WIT keys is an empty map, not silence.
             return pb.WITBundlesResponse(bundles=wit_bundles(self._cache, selectors, now)), None
 
-        await self._stream(context, "FetchWITBundles", build)
+        await self._stream(context, "FetchWITBundles", SharedEncodings(build))
 
     # --- unary ----------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 import grpc
-from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
 from insignia.daemon.config.cli_options import TimeParam, id_argument, option
@@ -117,6 +116,8 @@ def _apply(entry: admin_pb2.Entry, given: dict[str, Any]) -> admin_pb2.Entry:
 
 
 def _load_file(path: Path) -> list[admin_pb2.Entry]:
+    from google.protobuf.json_format import ParseDict, ParseError  # for --file only
+
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

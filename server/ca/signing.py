@@ -7,13 +7,14 @@ SAN the server did not decide on itself (DNS names come from the entry, never th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
 from insignia.bundle import public_key_to_jwk
 from insignia.daemon.reserved_ids import AGENT_PREFIX, is_agent_id
@@ -22,7 +23,7 @@ from insignia.jwtsvid import AudienceLimits
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
 from insignia.server.ca.jwt_signing import sign_jwt_svid
 from insignia.server.ca.wit_signing import sign_wit_svid
-from insignia.server.ca.x509_leaf import CsrRequest, InvalidCsr, build_leaf, parse_csr
+from insignia.server.ca.x509_leaf import CsrRequest, InvalidCsr, issue_leaf, parse_csr
 from insignia.server.ca.x509ca import SigningAuthority
 from insignia.server.entries import MIN_JWT_SVID_TTL, PATH_REQUIRED
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
@@ -97,24 +98,13 @@ def _checked_shape(der: bytes) -> CsrRequest:
         raise SigningRefused(
             f"CSR refused: extra DNS SANs {list(request.dns_names)}; DNS names come from the entry"
         )
-    _check_extra_sans(der)
+    if request.other_sans:  # IP, e-mail, directory names, ...
+        raise SigningRefused(f"CSR refused: extra SANs {list(request.other_sans)}")
     try:
         key_type_of(request.public_key)
     except InvalidKey as exc:
         raise SigningRefused(f"CSR refused: {exc}") from exc
     return request
-
-
-def _check_extra_sans(der: bytes) -> None:
-    """Refuse SAN kinds `parse_csr` does not report (IP, e-mail, directory names, ...)."""
-    csr = x509.load_der_x509_csr(der)
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return
-    others = [n for n in san if not isinstance(n, x509.UniformResourceIdentifier | x509.DNSName)]
-    if others:
-        raise SigningRefused(f"CSR refused: extra SANs {[str(n.value) for n in others]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +130,7 @@ def sign_x509_svid(
     *,
     id_optional: bool = False,
 ) -> SignedX509:
-    """Check the CSR and sign it; NotAfter is clamped to the CA's (build_leaf does that).
+    """Check the CSR and sign it; NotAfter is clamped to the CA's (issue_leaf does that).
 
     The server's TLS name is refused here too, whatever the caller validated: this is the one
     path every workload X509-SVID takes (the server's own SVID is built in server/tls.py)."""
@@ -154,9 +144,13 @@ def sign_x509_svid(
             "own certificate (agents trust it as the server)"
         )
     request = checked_csr(csr_der, spiffe_id, id_optional=id_optional)
-    leaf = build_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
-    chain = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (leaf, *authority.chain))
-    return SignedX509(chain, leaf.not_valid_after_utc, leaf.serial_number, svid_fingerprint(leaf))
+    leaf = issue_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
+    return SignedX509(
+        leaf.der + authority.chain_der,
+        leaf.not_after,
+        leaf.serial_number,
+        hashlib.sha256(leaf.der).hexdigest(),  # as `svid_fingerprint`, without a parse
+    )
 
 
 def _check_path(spiffe_id: SpiffeId) -> None:

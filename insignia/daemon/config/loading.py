@@ -26,7 +26,7 @@ from msgspec import inspect as schema
 
 from insignia.daemon.config.addresses import HOST_PORT_EXPECTED, parse_host, parse_host_port
 from insignia.daemon.files import UnsafeDirectory
-from insignia.daemon.logs import LogFormat, LogLevel
+from insignia.daemon.log_levels import LogFormat, LogLevel
 from insignia.durations import parse_duration
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 

@@ -82,6 +82,12 @@ def fit_to_fd_limit(max_connections: int) -> int:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = max_connections * FDS_PER_CONNECTION + _FD_RESERVE
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        # A privileged agent (CAP_SYS_RESOURCE, as root has) may raise the hard limit too:
+        # 10,000 streams need about 40,000 descriptors, above many systems' default hard limit.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            soft = hard = needed
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
