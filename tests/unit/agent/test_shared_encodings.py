@@ -9,7 +9,7 @@ from insignia_proto import workload_pb2 as pb
 
 from insignia.agent.workloadapi.shared import SharedEncodings
 from insignia.selectors import Selector
-from insignia.workload_wire import _pass_through_or_serialize
+from insignia.workload_wire import serialize_stream_message
 from tests.unit.common import NOW
 
 A = frozenset({Selector.parse("unix:uid:1")})
@@ -40,7 +40,7 @@ def test_streams_with_one_identity_set_share_one_encoding() -> None:
     assert first is again and build.calls == [A]
     assert first is not None and first.count == 1
     assert pb.X509SVIDResponse.FromString(first.data).svids[0].spiffe_id.endswith("/1")
-    assert _pass_through_or_serialize(first) == first.data  # the wire sends these bytes
+    assert serialize_stream_message(first) == first.data  # the wire sends these bytes
     shared.get(B, NOW, 1)
     shared.get(A, NOW, 2)  # a change: built again
     assert build.calls == [A, B, A]
