@@ -133,12 +133,12 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         methods["FetchWITSVID"] = stream(
             servicer.FetchWITSVID,
             request_deserializer=pb.WITSVIDRequest.FromString,
-            response_serializer=pb.WITSVIDResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         )
         methods["FetchWITBundles"] = stream(
             servicer.FetchWITBundles,
             request_deserializer=pb.WITBundlesRequest.FromString,
-            response_serializer=pb.WITBundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         )
     return grpc.method_handlers_generic_handler(WORKLOAD_SERVICE, methods)
 

@@ -26,7 +26,7 @@ class _ServerGroup(LazyGroup):
     lazy = {
         "agent": f"{_ADMIN}.commands:agent",
         "authority": f"{_ADMIN}.commands:authority",
-        "bundle": f"{_ADMIN}.commands:bundle",
+        "bundle": f"{_ADMIN}.federation_commands:bundle",  # with its set, list and delete
         "entry": f"{_ADMIN}.entry_commands:entry",
         "federation": f"{_ADMIN}.federation_commands:federation",
         "healthcheck": f"{_ADMIN}.health_commands:healthcheck",
