@@ -5,13 +5,14 @@ https_web: each endpoint serves a certificate for `localhost` from its own throw
 CA, and the peer trusts that CA through the relationship's `web_ca_file`.
 https_spiffe: each endpoint serves its server's SVID; the peer is bootstrapped with the
 endpoint's bundle. That bundle exists only once a server has started, so a.test starts
-without its relationship, b.test starts with one, and a.test is restarted with its own.
+without its relationship, b.test starts with one, and a.test is restarted with its own, or
+(`a_through_cli`) is given it with `federation create`, which `federation delete` may undo.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -70,15 +71,26 @@ def relationship(
     return table
 
 
+def create_command(table: Mapping[str, Any]) -> list[str]:
+    """`federation create` for a `[[federation.federates_with]]` table: each key is a flag."""
+    flags = [(f"--{key.replace('_', '-')}", str(value)) for key, value in table.items()]
+    return ["federation", "create", *(word for flag in flags for word in flag)]
+
+
 def knows_bundles(server: ServerProcess, count: int) -> bool:
     return server.cli("bundle", "count").stdout.startswith(f"{count} ")
 
 
 @contextlib.contextmanager
 def federated_pair(
-    root: Path, profile: Profile, refresh_hint: str = "5m"
+    root: Path, profile: Profile, refresh_hint: str = "5m", a_through_cli: bool = False
 ) -> Iterator[tuple[Deployment, Deployment]]:
-    """a.test and b.test, each server holding the other's bundle, each agent attested."""
+    """a.test and b.test, each server holding the other's bundle, each agent attested.
+
+    `a_through_cli`: a.test's relationship is created with the admin CLI, not declared in its
+    config file (https_spiffe only: the CLI takes no web CA)."""
+    if a_through_cli and profile != "https_spiffe":
+        raise ValueError("a relationship created through the CLI is https_spiffe here")
     ports = {"a.test": free_port(), "b.test": free_port()}
     endpoints: dict[str, dict[str, Any]] = {}
     web_ca: dict[str, Path] = {}
@@ -106,7 +118,9 @@ def federated_pair(
         b = ServerProcess(root / "b.test", "b.test", "", b_config)
         stack.callback(b.cleanup)
         b.start()
-        if profile == "https_spiffe":
+        if a_through_cli:
+            a.cli(*create_command(relationship(profile, "b.test", ports["b.test"], b.bundle_path)))
+        elif profile == "https_spiffe":
             a.restart_with(config("a.test", "b.test", b.bundle_path))
         for each in (a, b):
             wait_for(partial(knows_bundles, each, 2), 60, f"{each.trust_domain}'s peer bundle")

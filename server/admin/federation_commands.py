@@ -21,7 +21,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    if count == 1:
+        return f"1 {noun}"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":  # entry, authority; not key
+        return f"{count} {noun[:-1]}ies"
+    return f"{count} {noun}s"
 
 
 def _read(path: Path) -> bytes:
@@ -215,7 +219,7 @@ def federation_refresh(socket_path: Path, as_json: bool, trust_domain: str) -> N
             f"(sequence {r.sequence}, {_plural(r.x509_authorities, 'X.509 authority')}, "
             f"{_plural(r.jwt_authorities, 'JWT authority')}); "
             f"next refresh in {r.next_refresh_seconds} s"
-        ).replace("authoritys", "authorities"),
+        ),
     )
 
 

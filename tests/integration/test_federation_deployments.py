@@ -1,7 +1,10 @@
 """Two complete deployments, a.test and b.test, federating both ways over each bundle
 endpoint profile (issue 16, test 1): their workloads talk mTLS across the domains through
 py-spiffe + spiffe-tls (separate processes, other uids) and through our SDK, and a
-JWT-SVID of b.test validates in a.test's Workload API.
+JWT-SVID of b.test validates in a.test's Workload API. Test 2: b.test rotates its CA under
+a.test's workloads. Test 3: a.test deletes its relationship (created through the CLI) and
+then a static bundle of b.test (`bundle delete --mode dissociate`): b.test leaves a.test's
+workloads and mTLS from b.test fails with a verification error.
 
 Workloads: on a.test's agent uid A (`/py`) and uid 0 (`/sdk`, this process) federate with
 b.test, uid B (`/alone`) does not; on b.test's agent uid B (`/py`) and uid 0 (`/sdk`)
@@ -12,11 +15,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import trio
 from cryptography import x509
@@ -36,9 +40,21 @@ from devtools.harness.waiting import wait_for, wait_for_async
 from insignia.authorize import NotAuthorized, any_member_of
 from insignia.bundle import Bundle, BundleSet
 from insignia.spiffeid import TrustDomain
-from insignia.spiffetls import PeerRefused, TlsContext, TlsStream, client_context, server_context
-from insignia.workloadapi import TrioWorkloadApiClient, WorkloadX509Source, open_x509_source
-from insignia.x509svid import InvalidX509Svid, verify_chain
+from insignia.spiffetls import (
+    PeerRefused,
+    TlsContext,
+    TlsHandshakeError,
+    TlsStream,
+    client_context,
+    server_context,
+)
+from insignia.workloadapi import (
+    TrioWorkloadApiClient,
+    WorkloadApiError,
+    WorkloadX509Source,
+    open_x509_source,
+)
+from insignia.x509svid import InvalidX509Svid, UntrustedTrustDomain, verify_chain
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
 
@@ -307,3 +323,120 @@ async def test_a_ca_rotation_of_b_reaches_a_and_mtls_keeps_working(rotating_pair
         )
         assert client.returncode == 0, client.stderr
         assert await trio.to_thread.run_sync(server.wait, 30) == 0
+
+
+# --- issue 16, test 3: a.test stops federating with b.test ---------------------------------
+
+
+@pytest.fixture
+def deletable_pair(tmp_path: Path) -> Iterator[Pair]:
+    """A fresh https_spiffe pair whose a.test relationship lives in the datastore (CLI)."""
+    with federated_pair(tmp_path, "https_spiffe", a_through_cli=True) as (a, b):
+        federate(a, "/sdk", 0, "b.test")
+        federate(a, "/py", UID_A, "b.test")
+        federate(b, "/sdk", 0, "a.test")
+        federate(b, "/py", UID_B, "a.test")
+        for side, uid, peer in ((a, UID_A, "b.test"), (b, UID_B, "a.test")):
+            wait_for(
+                partial(receives_bundle_of, side, uid, peer), 30, f"{peer} at {side.trust_domain}"
+            )
+        yield a, b
+
+
+async def refused_handshake(
+    server_tls: TlsContext, client_tls: TlsContext
+) -> tuple[TlsHandshakeError, trio.BrokenResourceError]:
+    """One connection the server refuses: its error, and the client's (with TLS 1.3 the
+    client learns of the refusal on its first read, from the server's alert)."""
+    errors: dict[str, trio.BrokenResourceError] = {}
+
+    async def run(side: str, exchange: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await exchange()
+        except trio.BrokenResourceError as exc:
+            errors[side] = exc
+
+    async def client(port: int) -> None:
+        async with await client_tls.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send_all(b"ping\n")
+            await stream.receive_some()
+
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    with trio.fail_after(30):
+        async with listener, trio.open_nursery() as nursery:
+            nursery.start_soon(run, "client", partial(client, listener.socket.getsockname()[1]))
+            transport = await listener.accept()
+            await run("server", partial(server_tls.wrap, transport))
+    assert set(errors) == {"server", "client"}, errors
+    assert isinstance(errors["server"], TlsHandshakeError), errors
+    return errors["server"], errors["client"]
+
+
+@pytest.mark.timeout(300)
+async def test_deleting_the_relationship_ends_mtls_from_the_peer(deletable_pair: Pair) -> None:
+    a, b = deletable_pair
+    shown = a.server.cli_json("federation", "show", "--trust-domain", "b.test")
+    assert shown["from_config"] is False
+    b_authorities = authorities_of(b.server.bundle_pem())
+    token = (await TrioWorkloadApiClient(b.agent.socket_path).fetch_jwt_svid(["a-api"])).token
+    in_a_api = TrioWorkloadApiClient(a.agent.socket_path)
+    assert str((await in_a_api.validate_jwt_svid(token, "a-api"))[0]) == b.spiffe_id("/sdk")
+    watch = BundleWatch()
+    async with (
+        open_x509_source(a.agent.endpoint, ready_timeout=30) as in_a,
+        open_x509_source(b.agent.endpoint, ready_timeout=30) as in_b,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(partial(in_a_api.watch_x509_bundles, watch.update))
+        await watch.until(b_authorities, "b.test's bundle at a.test's workload")
+        server_tls = server_context(in_a, authorize=any_member_of("b.test"))
+        client_tls = client_context(in_b, authorize=any_member_of("a.test"))
+        assert (await echo_once(server_tls, client_tls))[2] == b"hello ping\n"
+
+        async def b_is_refused() -> None:
+            server_error, client_error = await refused_handshake(server_tls, client_tls)
+            assert isinstance(server_error, PeerRefused), server_error
+            assert isinstance(server_error.error, UntrustedTrustDomain), server_error
+            assert str(server_error) == (
+                "peer refused: no X.509 authorities for trust domain b.test of spiffe://b.test/sdk"
+            )
+            assert "tlsv1 alert unknown ca" in str(client_error), client_error
+
+        out = a.server.cli("federation", "delete", "--trust-domain", "b.test").stdout
+        assert out.strip() == "deleted the federation relationship with b.test"
+        await watch.until(frozenset(), "b.test's bundle gone from a.test's workload")
+        await b_is_refused()
+        assert (await in_a_api.fetch_jwt_bundles()).get_bundle_for_trust_domain(B) is None
+        with pytest.raises(WorkloadApiError) as invalid:
+            await in_a_api.validate_jwt_svid(token, "a-api")
+        assert invalid.value.code == grpc.StatusCode.INVALID_ARGUMENT, invalid.value
+        assert invalid.value.details == "no JWT authorities for trust domain b.test"
+
+        # The entries still name b.test, so a static bundle of it reaches them again; `bundle
+        # delete --mode dissociate` takes it away and b.test out of the entries.
+        a.server.cli(
+            "bundle", "set", "--id", "spiffe://b.test", "--path", str(b.server.bundle_path)
+        )
+        await watch.until(b_authorities, "the static bundle of b.test at a.test's workload")
+        assert (await echo_once(server_tls, client_tls))[2] == b"hello ping\n"
+        out = a.server.cli(
+            "bundle", "delete", "--id", "spiffe://b.test", "--mode", "dissociate"
+        ).stdout
+        assert out.strip() == "deleted the bundle of b.test; 2 entries dissociated"
+        await watch.until(frozenset(), "the static bundle of b.test gone from a.test")
+        await b_is_refused()
+        nursery.cancel_scope.cancel()
+    for path in ("/sdk", "/py"):
+        [entry] = a.server.cli_json("entry", "show", "--spiffe-id", a.spiffe_id(path))["entries"]
+        assert entry["federates_with"] == [], entry
+    # spiffe-tls in other processes: a.test's server now fails to verify b.test's client.
+    with spiffetls_server(UID_A, a.agent, b.spiffe_id("/py")) as (server, port):
+        client = await trio.to_thread.run_sync(
+            partial(spiffetls_client, UID_B, b.agent, a.spiffe_id("/py"), f"127.0.0.1:{port}")
+        )
+        assert client.returncode != 0, client.stdout
+        assert await trio.to_thread.run_sync(server.wait, 30) != 0
+        assert server.stderr is not None
+        server_stderr = server.stderr.read().decode()
+    assert "certificate verify failed" in server_stderr, server_stderr
+    assert "tlsv1 alert unknown ca" in client.stderr, client.stderr
