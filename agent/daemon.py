@@ -249,115 +249,121 @@ class AgentDaemon:
         server = await self.keeper.start(self.backoff)
         await self._restore_cache()
         timeout = config.workload.attestation_timeout.total_seconds()
-        async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
-            nursery.start_soon(self._stay_attested, server)
-            nursery.start_soon(self.persister.run)
-            await self.synced.wait()
-            attest = make_attest(self.attestors, timeout)
-            api = WorkloadApi(
-                self.cache,
-                WorkloadGate(self.callers, lambda caller: bridge.call_trio(attest, caller)),
-                JwtMinter(
+        # Caught from here on, before any listener answers: a SIGTERM right after /ready
+        # would otherwise meet the default action and kill the agent unlogged.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
+                nursery.start_soon(self._stay_attested, server)
+                nursery.start_soon(self.persister.run)
+                await self.synced.wait()
+                attest = make_attest(self.attestors, timeout)
+                api = WorkloadApi(
                     self.cache,
-                    server,
+                    WorkloadGate(self.callers, lambda caller: bridge.call_trio(attest, caller)),
+                    JwtMinter(
+                        self.cache,
+                        server,
+                        self.metrics,
+                        MintBudget(
+                            config.workload.jwt_mint_rate_per_uid,
+                            config.workload.jwt_mint_rate_per_spiffe_id,
+                        ),
+                    ),
                     self.metrics,
-                    MintBudget(
-                        config.workload.jwt_mint_rate_per_uid,
-                        config.workload.jwt_mint_rate_per_spiffe_id,
+                    config.workload.audience_limits,
+                    WitIssuer(
+                        self.cache, server, config.workload.key_type, self.metrics, self.backoff
                     ),
-                ),
-                self.metrics,
-                config.workload.audience_limits,
-                WitIssuer(self.cache, server, config.workload.key_type, self.metrics, self.backoff),
-            )
-            sds = LoadedOnFirstCall(
-                (SDS_SERVICE,),
-                partial(_sds_handlers, api, self.cache, self.metrics, config.sds.names),
-            )
-            attest_referenced = make_attest(self.attestors, timeout, connected=False)
+                )
+                sds = LoadedOnFirstCall(
+                    (SDS_SERVICE,),
+                    partial(_sds_handlers, api, self.cache, self.metrics, config.sds.names),
+                )
+                attest_referenced = make_attest(self.attestors, timeout, connected=False)
 
-            def on_behalf(name: str, role: str, allowed: frozenset[SpiffeId]) -> OnBehalf:
-                return OnBehalf(
-                    name,
-                    role,
-                    api,
-                    self.cache,
-                    lambda process: bridge.call_trio(attest_referenced, process),
-                    allowed,
-                )
+                def on_behalf(name: str, role: str, allowed: frozenset[SpiffeId]) -> OnBehalf:
+                    return OnBehalf(
+                        name,
+                        role,
+                        api,
+                        self.cache,
+                        lambda process: bridge.call_trio(attest_referenced, process),
+                        allowed,
+                    )
 
-            max_bytes = config.workload.max_message_bytes
-            await nursery.start(
-                lambda task_status: serve_grpc_with_peercred(
-                    config.socket_path,
-                    [workload_api_handler(api), sds, *reflection_handlers()],
-                    self.callers,
-                    private_dir=admin_dir / "workload",
-                    max_connections=DEFAULT_MAX_CONNECTIONS,
-                    max_connections_per_uid=config.workload.max_connections_per_uid,
-                    limits=FrontLimits(stall_timeout=config.workload.stall_timeout.total_seconds()),
-                    server_options=(
-                        ("grpc.max_receive_message_length", max_bytes),
-                        ("grpc.max_send_message_length", max_bytes),
-                    ),
-                    task_status=task_status,
-                )
-            )
-            self.serving = True
-            health = HealthApp(self.metrics.registry, self.readiness, log_control=True)
-            # The admin socket (its directory is 0700: operators only) answers HTTP/1.1 for
-            # health, metrics and the log level, and gRPC for SPIRE's Delegated Identity API.
-            await nursery.start(
-                lambda task_status: serve_grpc_with_peercred(
-                    config.admin_socket_path,
-                    [
-                        delegated_identity_handler(
-                            DelegatedIdentity(
-                                on_behalf(DELEGATED_IDENTITY_API, "delegate", config.delegates)
-                            )
-                        )
-                    ],
-                    self.callers,
-                    private_dir=admin_dir / "admin",
-                    mode=0o600,
-                    max_connections=ADMIN_MAX_CONNECTIONS,
-                    other_protocol=lambda stream: serve_connection(stream, health.handle),
-                    task_status=task_status,
-                )
-            )
-            broker_path = config.broker_api.socket_path
-            if broker_path is not None:
+                max_bytes = config.workload.max_message_bytes
                 await nursery.start(
                     lambda task_status: serve_grpc_with_peercred(
-                        broker_path,
+                        config.socket_path,
+                        [workload_api_handler(api), sds, *reflection_handlers()],
+                        self.callers,
+                        private_dir=admin_dir / "workload",
+                        max_connections=DEFAULT_MAX_CONNECTIONS,
+                        max_connections_per_uid=config.workload.max_connections_per_uid,
+                        limits=FrontLimits(
+                            stall_timeout=config.workload.stall_timeout.total_seconds()
+                        ),
+                        server_options=(
+                            ("grpc.max_receive_message_length", max_bytes),
+                            ("grpc.max_send_message_length", max_bytes),
+                        ),
+                        task_status=task_status,
+                    )
+                )
+                self.serving = True
+                health = HealthApp(self.metrics.registry, self.readiness, log_control=True)
+                # The admin socket (its directory is 0700: operators only) answers HTTP/1.1 for
+                # health, metrics and the log level, and gRPC for SPIRE's Delegated Identity API.
+                await nursery.start(
+                    lambda task_status: serve_grpc_with_peercred(
+                        config.admin_socket_path,
                         [
-                            broker_api_handler(
-                                BrokerApi(
-                                    on_behalf(BROKER_API, "broker", config.broker_api.brokers)
+                            delegated_identity_handler(
+                                DelegatedIdentity(
+                                    on_behalf(DELEGATED_IDENTITY_API, "delegate", config.delegates)
                                 )
                             )
                         ],
                         self.callers,
-                        private_dir=admin_dir / "broker",
+                        private_dir=admin_dir / "admin",
+                        mode=0o600,
                         max_connections=ADMIN_MAX_CONNECTIONS,
+                        other_protocol=lambda stream: serve_connection(stream, health.handle),
                         task_status=task_status,
                     )
                 )
-            for address in dict.fromkeys((config.health.address, config.metrics.address)):
-                if address:
-                    key = "health" if address == config.health.address else "metrics"
-                    with refused_for_key(f"{key}.address"):
-                        await nursery.start(
-                            serve_health, address, self.metrics.registry, self.readiness
+                broker_path = config.broker_api.socket_path
+                if broker_path is not None:
+                    await nursery.start(
+                        lambda task_status: serve_grpc_with_peercred(
+                            broker_path,
+                            [
+                                broker_api_handler(
+                                    BrokerApi(
+                                        on_behalf(BROKER_API, "broker", config.broker_api.brokers)
+                                    )
+                                )
+                            ],
+                            self.callers,
+                            private_dir=admin_dir / "broker",
+                            max_connections=ADMIN_MAX_CONNECTIONS,
+                            task_status=task_status,
                         )
-            log.info(
-                "agent.ready",
-                spiffe_id=str(self.keeper.identity.spiffe_id) if self.keeper.identity else None,
-                socket=str(config.socket_path),
-            )
-            sd_notify("READY=1")
-            task_status.started()
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                    )
+                for address in dict.fromkeys((config.health.address, config.metrics.address)):
+                    if address:
+                        key = "health" if address == config.health.address else "metrics"
+                        with refused_for_key(f"{key}.address"):
+                            await nursery.start(
+                                serve_health, address, self.metrics.registry, self.readiness
+                            )
+                log.info(
+                    "agent.ready",
+                    spiffe_id=str(self.keeper.identity.spiffe_id) if self.keeper.identity else None,
+                    socket=str(config.socket_path),
+                )
+                sd_notify("READY=1")
+                task_status.started()
                 async for signum in signals:
                     if signum == signal.SIGHUP:  # would otherwise kill the daemon
                         log.info("agent.sighup_ignored", detail="no reload; restart to reconfigure")

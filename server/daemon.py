@@ -420,11 +420,13 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
             nursery.start_soon(_listen_forever, core, send)
         nursery.start_soon(tls.renew_forever)
         nursery.start_soon(_housekeeping_forever, core)
-        await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
-        nursery.start_soon(_heartbeat_forever, core, {k: str(v) for k, v in addresses.items()})
-        log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
-        sd_notify("READY=1")
+        # Caught before the addresses file tells anyone we are up: a SIGTERM that follows it
+        # at once must meet our handler, not the default action.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            await trio.to_thread.run_sync(_write_addresses, config.data_dir, addresses)
+            nursery.start_soon(_heartbeat_forever, core, {k: str(v) for k, v in addresses.items()})
+            log.info("server ready", trust_domain=str(core.trust_domain), **addresses)
+            sd_notify("READY=1")
             async for signum in signals:
                 if signum == signal.SIGHUP:  # would otherwise kill the server (exit 129)
                     log.info("server.sighup_ignored", detail="no reload; restart to reconfigure")
