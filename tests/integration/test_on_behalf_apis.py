@@ -3,7 +3,9 @@
 Every caller is its own process, attested by the agent: delegates and brokers are root
 processes told apart by their gid (the admin socket's directory is root's alone), the workloads
 they act for are `sleep` processes under other uids. Streams are followed record by record
-(devtools/harness/on_behalf_client.py), and the audit lines are read from the agent's log.
+(devtools/harness/on_behalf_client.py for delegates; the Go interop program's `broker` command
+for brokers, which take their own X509-SVID from the Workload API and speak mTLS to the Broker
+endpoint), and the audit lines are read from the agent's log.
 """
 
 from __future__ import annotations
