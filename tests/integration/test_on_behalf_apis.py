@@ -313,6 +313,12 @@ def test_broker_api_over_mtls_meets_the_specs_musts(
     no_cert = no_cert_call.wait_for(ended, 60, "the refused handshake")
     assert no_cert["code"] == "Unavailable", no_cert
     assert not any(message(r) for r in no_cert_call.records)
+    # An allow-listed ID in a certificate from a CA outside our bundle: refused at the handshake
+    # (grpc-go then reports only that the connection closed, as for no certificate at all).
+    forged_call = brokers.run(method, f"--pid={a.pid}", f"--forge={TD}/broker")
+    forged = forged_call.wait_for(ended, 60, "the refused handshake")
+    assert forged["code"] == "Unavailable" and forged["client"]["spiffe_id"] == f"{TD}/broker"
+    assert not any(message(r) for r in forged_call.records)
     # The broker authenticates the endpoint: expecting another SPIFFE ID, it refuses ours.
     mitm = brokers.answer(method, f"--pid={a.pid}", agent_id=f"{TD}/someone-else")
     assert mitm["code"] == "Unavailable" and "unexpected ID" in mitm["details"], mitm

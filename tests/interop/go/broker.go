@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -14,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -116,6 +120,7 @@ func runBroker(ctx context.Context, args []string) (any, error) {
 	noHeader := flags.Bool("no-header", false, "leave out broker.spiffe.io: true")
 	noCert := flags.Bool("no-cert", false, "TLS without a client certificate")
 	seconds := flags.Duration("for", 90*time.Second, "how long the call may last")
+	forge := flags.String("forge", "", "present an X509-SVID for this SPIFFE ID from a CA of our own")
 	var audience multi
 	flags.Var(&audience, "audience", "a JWT audience (repeatable)")
 	if len(args) < 4 {
@@ -150,11 +155,17 @@ func runBroker(ctx context.Context, args []string) (any, error) {
 		served = chains[0][0]
 		return tlsconfig.AuthorizeID(expected)(id, chains)
 	}
+	var own x509svid.Source = source
+	if *forge != "" {
+		if own, err = forgedSVID(*forge); err != nil {
+			return nil, err
+		}
+	}
 	var creds credentials.TransportCredentials
 	if *noCert {
 		creds = grpccredentials.TLSClientCredentials(source, authorize)
 	} else {
-		creds = grpccredentials.MTLSClientCredentials(source, source, authorize)
+		creds = grpccredentials.MTLSClientCredentials(own, source, authorize)
 	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -192,10 +203,28 @@ func runBroker(ctx context.Context, args []string) (any, error) {
 	if served != nil {
 		end["server"] = map[string]any{"serial": served.SerialNumber.String(), "issuer_key_id": issuerKeyID(served)}
 	}
-	if own, err := source.GetX509SVID(); err == nil {
-		end["client"] = describeSVID(own)
+	if presented, err := own.GetX509SVID(); err == nil && !*noCert {
+		end["client"] = describeSVID(presented)
 	}
 	return end, nil
+}
+
+// forgedSVID is a well-formed X509-SVID for `id` whose CA is not in any bundle the agent
+// holds: only chain verification can tell it from the real one.
+func forgedSVID(id string) (*x509svid.SVID, error) {
+	spiffeID, err := spiffeid.FromString(id)
+	if err != nil {
+		return nil, fmt.Errorf("forged SPIFFE ID %q: %w", id, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := certificate(spiffeID.TrustDomain().IDString(), key, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return mintSVID(spiffeID, ca, key)
 }
 
 type multi []string
