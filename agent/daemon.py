@@ -25,13 +25,18 @@ from insignia.agent.cache.store import Cache, Change
 from insignia.agent.cache.sync import run_sync
 from insignia.agent.config import AgentConfig
 from insignia.agent.identity.keeper import IdentityKeeper
-from insignia.agent.identity.node_attestation import NeedsNewJoinToken, forget_identity
+from insignia.agent.identity.node_attestation import (
+    AgentIdentity,
+    NeedsNewJoinToken,
+    forget_identity,
+)
 from insignia.agent.identity.server_client import AgentEvicted, ServerClient
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.signing import JwtMinter, MintBudget, X509Signer
 from insignia.agent.svids.wit import WitIssuer
 from insignia.agent.workloadapi.broker import API_NAME as BROKER_API
 from insignia.agent.workloadapi.broker import BrokerApi, broker_api_handler
+from insignia.agent.workloadapi.broker_tls import broker_server_credentials
 from insignia.agent.workloadapi.delegated_identity import API_NAME as DELEGATED_IDENTITY_API
 from insignia.agent.workloadapi.delegated_identity import (
     DelegatedIdentity,
@@ -126,6 +131,12 @@ class AgentDaemon:
 
     def _agent_id(self) -> SpiffeId | None:
         return self.keeper.identity.spiffe_id if self.keeper.identity else None
+
+    def _agent_identity(self) -> AgentIdentity:
+        """The agent SVID the Broker endpoint serves with (it opens only after attestation)."""
+        identity = self.keeper.identity
+        assert identity is not None
+        return identity
 
     def readiness(self) -> str | None:
         if self.keeper.identity is None:
@@ -347,6 +358,8 @@ class AgentDaemon:
                             self.callers,
                             private_dir=admin_dir / "broker",
                             max_connections=ADMIN_MAX_CONNECTIONS,
+                            limits=FrontLimits(guard=None),  # TLS: no HTTP/2 frames to read
+                            credentials=broker_server_credentials(self._agent_identity),
                             task_status=task_status,
                         )
                     )

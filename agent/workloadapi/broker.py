@@ -3,10 +3,13 @@
 A broker names one workload per call by a reference and gets exactly what the Workload API
 would serve that workload: the same views (insignia.agent.workloadapi.views) over the same
 cache, streamed by the same loop (`WorkloadApi.serve_stream`), so every message is the
-workload's full state and nobody else's. The broker passes the Workload API's gate and must be
-on `broker_api.authorized_brokers` (insignia.agent.workloadapi.on_behalf).
+workload's full state and nobody else's. The endpoint is mutual TLS (broker_tls): the SPIFFE
+ID of the broker's verified X509-SVID must be on `broker_api.authorized_brokers`, and the
+broker's process still passes the Workload API's gate (insignia.agent.workloadapi.on_behalf).
 
 The spec's rules, where they are met:
+- mTLS with X509-SVIDs; a caller without a readable SVID is UNAUTHENTICATED, one whose SVID
+  is not allow-listed PERMISSION_DENIED (Broker Endpoint §3.1, §5);
 - the security header `broker.spiffe.io: true`, else INVALID_ARGUMENT (Broker Endpoint §3);
 - a missing reference, one of a type we do not resolve (only `WorkloadPIDReference`), or a pid
   that cannot be one: INVALID_ARGUMENT (§3.1.1, §3.1.4, §4.8);
@@ -31,6 +34,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 from insignia_proto import brokerapi_pb2 as pb
 
+from insignia.agent.workloadapi.broker_tls import NoClientIdentity, presented_spiffe_id
 from insignia.agent.workloadapi.on_behalf import Audit, OnBehalf
 from insignia.agent.workloadapi.rpcs import Context
 from insignia.agent.workloadapi.shared import Build, SharedEncodings
@@ -99,7 +103,11 @@ class BrokerApi:
         metadata = context.invocation_metadata() or ()
         if not any(k == SECURITY_HEADER_KEY and v == "true" for k, v in metadata):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, HEADER_MISSING)
-        broker, _ = await self._core.authorize(context, audit)
+        try:
+            presented = presented_spiffe_id(context.auth_context())
+        except NoClientIdentity as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        broker = await self._core.authorize_presented(context, audit, presented)
         try:
             return broker, reference_pid(request)
         except BadReference as exc:

@@ -3,8 +3,9 @@
 Two APIs let a trusted caller fetch identities for other workloads: SPIRE's Delegated Identity
 API (on the admin socket) and the SPIFFE Broker API (on its own socket). Both are one more
 front end on the Workload API's core: the caller passes the same gate (kernel credentials,
-attestation, same-process check) and is let through only when one of the SPIFFE IDs its own
-selectors entitle it to is on that API's allow-list. A workload named by pid is pinned and
+attestation, same-process check) and is let through only when its SPIFFE ID is on that API's
+allow-list: for the Delegated Identity API one its own selectors entitle it to, for the
+Broker API the one in the X509-SVID it presented over mTLS. A workload named by pid is pinned and
 attested by the agent itself (the pid is only the caller's word): a pidfd first, then the same
 attestors as a Workload API caller, and every later send checks that the pidfd still names
 that very process. What is served then comes from the same cache, views and stream loop.
@@ -150,6 +151,22 @@ class OnBehalf:
             )
         audit.caller_id = str(spiffe_id)
         return caller, selectors
+
+    async def authorize_presented(
+        self, context: Context, audit: Audit, presented: SpiffeId
+    ) -> PeerCredentials:
+        """The caller, attested by the Workload API's gate, when the SPIFFE ID it proved in
+        the TLS handshake is on the allow-list; else the call aborted (PERMISSION_DENIED).
+        The gate stays as defence in depth: the caller must also be a process we can see."""
+        audit.caller_id = str(presented)
+        caller, _ = await self.api.authenticate(context, audit.method, header=False)
+        audit.caller_pid, audit.caller_uid = caller.pid, caller.uid
+        if presented not in self._allowed:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{NOT_AUTHORIZED}: {presented} is not an authorized {self._role}",
+            )
+        return caller
 
     @contextlib.asynccontextmanager
     async def referenced(

@@ -3,13 +3,16 @@
 Every caller is its own process, attested by the agent: delegates and brokers are root
 processes told apart by their gid (the admin socket's directory is root's alone), the workloads
 they act for are `sleep` processes under other uids. Streams are followed record by record
-(devtools/harness/on_behalf_client.py), and the audit lines are read from the agent's log.
+(devtools/harness/on_behalf_client.py for delegates; the Go interop program's `broker` command
+for brokers, which take their own X509-SVID from the Workload API and speak mTLS to the Broker
+endpoint), and the audit lines are read from the agent's log.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +22,11 @@ import pytest
 
 from devtools.harness.agent_clients import UID_A, UID_B, register
 from devtools.harness.agent_process import AgentProcess
-from devtools.harness.other_uids import as_user, python_as
+from devtools.harness.other_uids import REPO, as_user, python_as
 from devtools.harness.server_process import ServerProcess
 from devtools.harness.waiting import wait_for
 from devtools.harness.workload_follower import Follower, Record, follow
+from tests.integration.go_interop import GoClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -184,10 +188,72 @@ def test_delegated_identity_by_pid_and_selectors_follows_rotation_and_refuses_ot
     assert denied[0]["caller_uid"] == 0 and denied[0]["caller_pid"] > 0
 
 
-def test_broker_api_meets_the_specs_musts(
+class Brokers:
+    """The Go broker (tests/interop/go `broker`: go-spiffe's X509Source for its own SVID,
+    grpccredentials.MTLSClientCredentials to the Broker endpoint, dynamicpb messages), run
+    as a root process with a given gid so that the agent gives it that gid's identity."""
+
+    def __init__(
+        self, go: GoClient, agent: AgentProcess, socket: str, descriptors: Path, clients: Clients
+    ) -> None:
+        self._go, self._agent, self._socket = go, agent, socket
+        self._descriptors, self._clients = descriptors, clients
+
+    def run(
+        self, method: str, *args: str, gid: int = GID_BROKER, agent_id: str | None = None
+    ) -> Follower:
+        argv = [
+            "setpriv",
+            f"--regid={gid}",
+            "--clear-groups",
+            str(self._go.binary),
+            "broker",
+            self._socket,
+            agent_id or self._agent.agent_id,
+            str(self._descriptors),
+            method,
+            "--for=240s",
+            *args,
+        ]
+        follower = follow(argv, f"broker-{method}-gid{gid}", GoClient.env(self._agent.endpoint))
+        self._clients.started.append(follower)
+        return follower
+
+    def answer(self, method: str, *args: str, **kwargs: Any) -> Record:
+        follower = self.run(method, *args, **kwargs)
+        return follower.wait_for(ended, 60, "ending the call")
+
+
+def broker_descriptors(directory: Path) -> Path:
+    """The Broker API's FileDescriptorSet, from the .proto the agent serves, for dynamicpb."""
+    out = directory / "brokerapi.pb"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iproto",
+            "--include_imports",
+            f"--descriptor_set_out={out}",
+            "proto/insignia_proto/brokerapi.proto",
+        ],
+        cwd=REPO,
+        check=True,
+    )
+    out.chmod(0o644)
+    return out
+
+
+def ids_of(record: Record) -> list[str]:
+    """The SPIFFE IDs a Broker API message carries (X509-SVIDs or JWT-SVIDs), as protojson."""
+    return [svid["spiffeId"] for svid in record["message"].get("svids", [])]
+
+
+def test_broker_api_over_mtls_meets_the_specs_musts(
     running_server: ServerProcess,
     agent_factory: Callable[..., AgentProcess],
     clients: Clients,
+    go: GoClient,
     sleepers: Callable[[int], subprocess.Popen[bytes]],
 ) -> None:
     broker_dir = Path(tempfile.mkdtemp(prefix="insignia-broker-"))
@@ -200,55 +266,71 @@ def test_broker_api_meets_the_specs_musts(
     register(running_server, agent, "/not-a-broker", "unix:uid:0", f"unix:gid:{GID_INTRUDER}")
     register(running_server, agent, "/target-a", f"unix:uid:{UID_A}")
     register(running_server, agent, "/target-b", f"unix:uid:{UID_B}")
+    brokers = Brokers(go, agent, socket, broker_descriptors(broker_dir), clients)
     a, b = sleepers(UID_A), sleepers(UID_B)
     method = "SubscribeToX509SVID"
 
-    def call(*args: str, gid: int = GID_BROKER) -> Record:
-        return clients.answer(gid, "broker", socket, *args)
-
     # The first message comes without any change to wait for; it holds A's identity only
     # (not B's, not the broker's own), with the bundle.
-    stream_a = clients.run(GID_BROKER, "broker", socket, method, "--pid", str(a.pid))
-    stream_b = clients.run(GID_BROKER, "broker", socket, method, "--pid", str(b.pid))
-    assert stream_a.wait_for(message, 60, "at once")["spiffe_ids"] == [f"{TD}/target-a"]
-    assert stream_b.wait_for(message, 60, "at once")["spiffe_ids"] == [f"{TD}/target-b"]
-    jwt = clients.run(GID_BROKER, "broker", socket, "FetchJWTSVID", "--pid", str(b.pid))
+    stream_a = brokers.run(method, f"--pid={a.pid}")
+    stream_b = brokers.run(method, f"--pid={b.pid}")
+    assert ids_of(stream_a.wait_for(message, 60, "at once")) == [f"{TD}/target-a"]
+    first_b = stream_b.wait_for(message, 60, "at once")
+    assert ids_of(first_b) == [f"{TD}/target-b"]
+    assert first_b["message"]["svids"][0]["x509SvidKey"]  # the workload's key, for the broker
+    jwt = brokers.run("FetchJWTSVID", f"--pid={b.pid}", "--audience=test")
     assert jwt.wait_for(ended, 60, "ending the call")["code"] == "OK"
-    assert jwt.wait_for(message, 1, "with the token")["spiffe_ids"] == [f"{TD}/target-b"]
+    assert ids_of(jwt.wait_for(message, 1, "with the token")) == [f"{TD}/target-b"]
 
     # A second identity for A: A's stream gets its whole state again, B's nothing of it.
     register(running_server, agent, "/target-a-extra", f"unix:uid:{UID_A}")
     both = [f"{TD}/target-a", f"{TD}/target-a-extra"]
     stream_a.wait_for(
-        lambda r: message(r) and sorted(r["spiffe_ids"]) == both, 60, "with both identities"
+        lambda r: message(r) and sorted(ids_of(r)) == both, 60, "with both identities"
     )
-    bundles = clients.run(
-        GID_BROKER, "broker", socket, "SubscribeToJWTBundles", "--pid", str(a.pid)
-    )
-    assert bundles.wait_for(message, 60, "with the JWT bundles")["bundles"] == [TD]
+    bundles = brokers.run("SubscribeToJWTBundles", f"--pid={a.pid}")
+    assert list(bundles.wait_for(message, 60, "with the JWT bundles")["message"]["bundles"]) == [TD]
 
     k8s = "type.googleapis.com/spiffe.broker.KubernetesObjectReference"
-    unknown = call(method, "--pid", str(a.pid), "--type-url", k8s)
-    assert unknown["code"] == "INVALID_ARGUMENT" and "not supported" in unknown["details"]
-    missing_reference = call(method)
-    assert missing_reference["code"] == "INVALID_ARGUMENT"
-    gone = call(method, "--pid", str(dead_pid()))
-    assert gone["code"] == "NOT_FOUND", gone
-    no_header = call(method, "--pid", str(a.pid), "--no-header")
-    assert no_header["code"] == "INVALID_ARGUMENT" and "broker.spiffe.io" in no_header["details"]
-    unlisted = call(method, "--pid", str(a.pid), gid=GID_INTRUDER)
-    assert unlisted["code"] == "PERMISSION_DENIED", unlisted
-    not_entitled = call(method, "--pid", str(os.getpid()))  # pytest: no entry matches it
-    assert not_entitled["code"] == "PERMISSION_DENIED", not_entitled
+    unknown = brokers.answer(method, f"--pid={a.pid}", f"--type-url={k8s}")
+    assert unknown["code"] == "InvalidArgument" and "not supported" in unknown["details"]
+    missing_reference = brokers.answer(method)
+    assert missing_reference["code"] == "InvalidArgument", missing_reference
+    gone = brokers.answer(method, f"--pid={dead_pid()}")
+    assert gone["code"] == "NotFound", gone
+    no_header = brokers.answer(method, f"--pid={a.pid}", "--no-header")
+    assert no_header["code"] == "InvalidArgument" and "broker.spiffe.io" in no_header["details"]
+    # A valid X509-SVID of our trust domain, but not an authorized broker's.
+    unlisted = brokers.answer(method, f"--pid={a.pid}", gid=GID_INTRUDER)
+    assert unlisted["code"] == "PermissionDenied", unlisted
+    assert f"{TD}/not-a-broker is not an authorized broker" in unlisted["details"]
+    assert unlisted["client"]["spiffe_id"] == f"{TD}/not-a-broker"
+    not_entitled = brokers.answer(method, f"--pid={os.getpid()}")  # pytest: no entry matches
+    assert not_entitled["code"] == "PermissionDenied", not_entitled
+    # No client certificate: the agent refuses the handshake, nothing is served.
+    # (Under TLS 1.3 the broker has verified the agent before the agent checks it back.)
+    no_cert_call = brokers.run(method, f"--pid={a.pid}", "--no-cert")
+    no_cert = no_cert_call.wait_for(ended, 60, "the refused handshake")
+    assert no_cert["code"] == "Unavailable", no_cert
+    assert not any(message(r) for r in no_cert_call.records)
+    # An allow-listed ID in a certificate from a CA outside our bundle: refused at the handshake
+    # (grpc-go then reports only that the connection closed, as for no certificate at all).
+    forged_call = brokers.run(method, f"--pid={a.pid}", f"--forge={TD}/broker")
+    forged = forged_call.wait_for(ended, 60, "the refused handshake")
+    assert forged["code"] == "Unavailable" and forged["client"]["spiffe_id"] == f"{TD}/broker"
+    assert not any(message(r) for r in forged_call.records)
+    # The broker authenticates the endpoint: expecting another SPIFFE ID, it refuses ours.
+    mitm = brokers.answer(method, f"--pid={a.pid}", agent_id=f"{TD}/someone-else")
+    assert mitm["code"] == "Unavailable" and "unexpected ID" in mitm["details"], mitm
 
     seen = len(stream_b.records)
     a.kill()
     a.wait()
     end = stream_a.wait_for(ended, 30, "ending the stream once the workload exited")
-    assert end["code"] == "NOT_FOUND" and f"process {a.pid} exited" in end["details"]
-    assert bundles.wait_for(ended, 30, "ending A's bundle stream too")["code"] == "NOT_FOUND"
+    assert end["code"] == "NotFound" and f"process {a.pid} exited" in end["details"]
+    assert bundles.wait_for(ended, 30, "ending A's bundle stream too")["code"] == "NotFound"
     assert not any(ended(r) for r in stream_b.records[seen:]) and stream_b.proc.poll() is None
-    assert all(r["spiffe_ids"] == [f"{TD}/target-b"] for r in stream_b.records if message(r))
+    assert all(ids_of(r) == [f"{TD}/target-b"] for r in stream_b.records if message(r))
 
     # A pid is pinned to the process that was attested: once it execs another binary, what
     # is next sent for it is not sent; the stream ends instead.
@@ -256,8 +338,8 @@ def test_broker_api_meets_the_specs_musts(
         [*as_user(UID_B), "sh", "-c", "read line; exec sleep 600"], stdin=subprocess.PIPE
     )
     try:
-        stream_c = clients.run(GID_BROKER, "broker", socket, method, "--pid", str(execs.pid))
-        assert stream_c.wait_for(message, 60, "at once")["spiffe_ids"] == [f"{TD}/target-b"]
+        stream_c = brokers.run(method, f"--pid={execs.pid}")
+        assert ids_of(stream_c.wait_for(message, 60, "at once")) == [f"{TD}/target-b"]
         sh = os.readlink(f"/proc/{execs.pid}/exe")
         assert execs.stdin is not None
         execs.stdin.write(b"go\n")
@@ -265,11 +347,11 @@ def test_broker_api_meets_the_specs_musts(
         wait_for(lambda: os.readlink(f"/proc/{execs.pid}/exe") != sh, 10, "the exec")
         register(running_server, agent, "/target-b-extra", f"unix:uid:{UID_B}")
         replaced = stream_c.wait_for(ended, 30, "ending the stream of the replaced process")
-        assert replaced["code"] == "NOT_FOUND" and "exited or was replaced" in replaced["details"]
-        assert [r["spiffe_ids"] for r in stream_c.records if message(r)] == [[f"{TD}/target-b"]]
+        assert replaced["code"] == "NotFound" and "exited or was replaced" in replaced["details"]
+        assert [ids_of(r) for r in stream_c.records if message(r)] == [[f"{TD}/target-b"]]
         both_b = [f"{TD}/target-b", f"{TD}/target-b-extra"]
         stream_b.wait_for(
-            lambda r: message(r) and sorted(r["spiffe_ids"]) == both_b, 60, "with both of B's"
+            lambda r: message(r) and sorted(ids_of(r)) == both_b, 60, "with both of B's"
         )
     finally:
         execs.kill()
@@ -283,5 +365,31 @@ def test_broker_api_meets_the_specs_musts(
     refused = audits(
         agent, api="broker", outcome="permission_denied", caller_id=f"{TD}/not-a-broker"
     )
-    assert len(refused) == 1
+    assert len(refused) == 1 and refused[0]["caller_uid"] == 0
     assert audits(agent, api="broker", outcome="granted", caller_id=f"{TD}/broker")
+
+    # A CA rotation re-signs the agent's SVID and the broker's: a new connection is served
+    # with the renewed server certificate and accepts the broker's new one.
+    known = {s["x509Svid"] for r in stream_b.records if message(r) for s in r["message"]["svids"]}
+    before = brokers.answer("FetchJWTSVID", f"--pid={b.pid}", "--audience=test")
+    assert before["code"] == "OK", before
+    rotate_x509_authority(running_server)
+
+    def renewed_both() -> Record | None:
+        after = brokers.answer("FetchJWTSVID", f"--pid={b.pid}", "--audience=test")
+        assert after["code"] == "OK", after
+        fresh = (
+            after["server"]["issuer_key_id"] != before["server"]["issuer_key_id"]
+            and after["client"]["issuer_key_id"] != before["client"]["issuer_key_id"]
+        )
+        return after if fresh else None
+
+    after = wait_for(renewed_both, 60, "a connection with the re-signed agent and broker SVIDs")
+    assert after["server"]["serial"] != before["server"]["serial"]
+    # The stream opened before the rotation is unaffected and follows it.
+    resigned = stream_b.wait_for(
+        lambda r: message(r) and not {s["x509Svid"] for s in r["message"]["svids"]} & known,
+        60,
+        "B's re-signed SVIDs",
+    )
+    assert sorted(ids_of(resigned)) == both_b

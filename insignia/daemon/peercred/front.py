@@ -164,10 +164,11 @@ class FrontLimits:
     the connection (both sides), as does a close that cannot flush within it.
     Without it a client that stops reading holds its sockets, grpc's buffers and the
     front's forever (issue 12: PING floods and stalled readers, ~1 MB each).
+    ``guard``: None when the client's bytes are TLS, which the front cannot parse as HTTP/2.
     """
 
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
-    guard: GuardLimits = field(default_factory=GuardLimits)
+    guard: GuardLimits | None = field(default_factory=GuardLimits)
 
 
 DEFAULT_LIMITS = FrontLimits()
@@ -198,9 +199,12 @@ class _Half(asyncio.BufferedProtocol):
     timer per side per ``stall_timeout`` at most, whatever the traffic.
     """
 
-    def __init__(self, splice: _Splice, name: str, guard: ClientFrameGuard | None) -> None:
+    def __init__(
+        self, splice: _Splice, name: str, *, client: bool, guard: ClientFrameGuard | None
+    ) -> None:
         self._splice = splice
         self.name = name
+        self._client = client
         self._guard = guard  # only on the client's side: it parses client->server frames
         self.peer: _Half
         self.transport: asyncio.Transport
@@ -235,7 +239,7 @@ class _Half(asyncio.BufferedProtocol):
             self._arm_stall()
 
     def eof_received(self) -> bool:
-        if self._guard is None:
+        if not self._client:
             # grpc never half-closes: it is done with this connection (for example a client
             # that never sent a preface hit the handshake timeout). Waiting for the client
             # to close as well would let a silent client hold its slot forever.
@@ -302,7 +306,9 @@ class _Splice:
         self._sockets: tuple[socket.socket, ...] = (client, upstream)
         self._before_close = before_close
         self.limits = limits
-        self.guard = ClientFrameGuard(limits.guard, time.monotonic())
+        self.guard = (
+            None if limits.guard is None else ClientFrameGuard(limits.guard, time.monotonic())
+        )
         self.dropped: str | None = None  # why the front cut the connection, if it did
         self._done: asyncio.Future[None] | None = None
         self._halves: tuple[_Half, ...] = ()
@@ -325,8 +331,8 @@ class _Splice:
         self._sockets = ()
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
-        down = _Half(self, "client", self.guard)
-        up = _Half(self, "grpc server", None)
+        down = _Half(self, "client", client=True, guard=self.guard)
+        up = _Half(self, "grpc server", client=False, guard=None)
         down.peer, up.peer = up, down
         try:
             await loop.connect_accepted_socket(lambda: down, sock=client)
@@ -395,7 +401,7 @@ async def _proxy_connection(
         # grpc drops a non-HTTP/2 client without a word, and the front drops a hostile one:
         # these lines are the only trace an operator gets.
         for event, cause in (
-            ("peercred_front.bad_preface", splice.guard.preface_problem()),
+            ("peercred_front.bad_preface", splice.guard and splice.guard.preface_problem()),
             ("peercred_front.connection_dropped", splice.dropped),
         ):
             held_back = (

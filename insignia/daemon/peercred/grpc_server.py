@@ -47,11 +47,12 @@ async def start_upstream_server(
     handlers: Sequence[grpc.GenericRpcHandler[Any, Any]],
     *,
     options: Sequence[tuple[str, Any]] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.aio.Server:
     """Start (from trio) a grpc.aio server on ``unix:upstream_path``; its dir is made 0700.
 
-    ``options`` are grpc channel args; they override DEFAULT_SERVER_OPTIONS. Stop it with
-    ``await call_asyncio(server.stop, grace)``.
+    ``options`` are grpc channel args; they override DEFAULT_SERVER_OPTIONS. With
+    ``credentials`` the port speaks TLS. Stop it with ``await call_asyncio(server.stop, grace)``.
     """
     ensure_private_dir(upstream_path.parent)
     claim_socket_path(upstream_path)  # grpc would unlink it, even under a live server
@@ -59,7 +60,10 @@ async def start_upstream_server(
     async def start() -> grpc.aio.Server:
         server = grpc.aio.server(options=list({**DEFAULT_SERVER_OPTIONS, **dict(options)}.items()))
         server.add_generic_rpc_handlers(list(handlers))
-        server.add_insecure_port(f"unix:{upstream_path}")
+        if credentials is None:
+            server.add_insecure_port(f"unix:{upstream_path}")
+        else:
+            server.add_secure_port(f"unix:{upstream_path}", credentials)
         await server.start()
         return server
 
@@ -159,6 +163,7 @@ async def serve_grpc_with_peercred(
     grace: float = 2.0,
     server_options: Sequence[tuple[str, Any]] = (),
     other_protocol: OtherProtocol | None = None,
+    credentials: grpc.ServerCredentials | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handlers`` on ``public_path`` with each caller's credentials in ``table``
@@ -169,11 +174,19 @@ async def serve_grpc_with_peercred(
     self-tests (PeerCredentialsUnsupported if grpc's peer() format drifted) before
     ``task_status.started()``. Runs until cancelled; then stops grpc with ``grace`` seconds
     for in-flight RPCs while the front still proxies them, and only then closes the front.
+
+    With ``credentials`` grpc speaks TLS behind the front, which then cannot read HTTP/2
+    frames (pass ``limits`` with ``guard=None``) and cannot call the probe without a client
+    certificate: the self-test is left to the daemon's plaintext sockets, which share this
+    process's grpcio and so its ``peer()`` format.
     """
     upstream_path = private_dir / "grpc.sock"
     claim_socket_path(public_path)  # first: the refusal names the path operators configured
     server = await start_upstream_server(
-        upstream_path, [*handlers, probe_handler(table)], options=server_options
+        upstream_path,
+        [*handlers, probe_handler(table)],
+        options=server_options,
+        credentials=credentials,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -192,7 +205,8 @@ async def serve_grpc_with_peercred(
                 other_protocol,
             )
             try:
-                await self_test(public_path)
+                if credentials is None:
+                    await self_test(public_path)
                 task_status.started()
                 await trio.sleep_forever()
             finally:

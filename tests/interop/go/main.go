@@ -34,6 +34,7 @@ var commands = map[string]command{
 	"sds-fetch":    {"sds-fetch [NAME...]", runSDSFetch},
 	"sds-protocol": {"sds-protocol sotw|delta UNKNOWN_NAME QUIET_SECONDS", runSDSProtocol},
 	"sds-follow":   {"sds-follow sotw|delta SECONDS NAME [NAME...]", runSDSFollow},
+	"broker":       {"broker SOCKET AGENT_ID DESCRIPTOR_SET METHOD [--pid N] [--type-url URL] [--no-header] [--no-cert] [--forge SPIFFE_ID] [--audience A] [--for DURATION]", runBroker},
 }
 
 // emit writes one JSON line on stdout.
