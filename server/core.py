@@ -8,7 +8,7 @@ process or another) into model updates and Sync wake-ups, usually within millise
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,10 +27,11 @@ from insignia.server.ca.signer_pool import SignerPool, default_processes
 from insignia.server.ca.state import x509_authority_id
 from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
-from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
+from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord, ChangeEvent
 from insignia.server.datastore.store import Datastore
 from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
 from insignia.server.federation.relationship import Relationship
+from insignia.server.federation.status import RefreshStatus
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -92,6 +93,9 @@ class ServerCore:
         self.signer = SignerPool(default_processes() if processes < 0 else processes)
         self.on_ca_change: Callable[[], None] = lambda: None
         self.federation: dict[TrustDomain, Relationship] = {}  # by peer trust domain
+        self.federation_status: dict[TrustDomain, RefreshStatus] = {}  # kept by the refresher
+        # Told every batch of changes the follower applied (the console's live events).
+        self.on_changes: Callable[[Sequence[ChangeEvent]], None] = lambda events: None
 
     @property
     def settings_upstream_id(self) -> str:
@@ -250,6 +254,7 @@ class ServerCore:
             record = await trio.to_thread.run_sync(self.store.find_agent, agent_id)
             self.model.apply_agent(agent_id, record)
         self.model.revision = events[-1].revision
+        self.on_changes(events)
         if journal_changed:
             await self.adopt_journal()
         if bundle_changed or journal_changed:

@@ -141,6 +141,22 @@ def having_selectors(selectors: Sequence[Selector]) -> sa.ColumnElement[bool]:
     return entries.c.id.in_(matching)
 
 
+def federating_with(trust_domain: TrustDomain) -> sa.ColumnElement[bool]:
+    """Entries that federate with `trust_domain`."""
+    federating = sa.select(entry_federates_with.c.entry_id).where(
+        entry_federates_with.c.trust_domain == str(trust_domain)
+    )
+    return entries.c.id.in_(federating)
+
+
+def page(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[RegistrationEntry]:
+    """The first `limit` entries matching `where` in id order (the primary key's)."""
+    ids = conn.execute(
+        sa.select(entries.c.id).where(where).order_by(entries.c.id).limit(limit)
+    ).scalars()
+    return sorted(load_by_ids(conn, list(ids)), key=lambda e: e.id)
+
+
 class _Decoder:
     """Rebuilds entries from rows, parsing each distinct ID or selector text once."""
 

@@ -232,6 +232,30 @@ class Datastore(Closing):
         with self._read() as conn:
             return entry_queries.load(conn, sa.and_(*conditions) if conditions else None)
 
+    def page_entries(
+        self,
+        *,
+        after: str = "",
+        limit: int = 50,
+        spiffe_id: SpiffeId | None = None,
+        parent_id: SpiffeId | None = None,
+        selectors: Sequence[Selector] = (),
+        federates_with: TrustDomain | None = None,
+    ) -> list[RegistrationEntry]:
+        """At most `limit` entries matching every given filter, in id order after the id
+        `after` (keyset paging: the last page of 100k entries costs what the first does)."""
+        conditions: list[sa.ColumnElement[bool]] = [entries.c.id > after]
+        if spiffe_id is not None:
+            conditions.append(entries.c.spiffe_id == str(spiffe_id))
+        if parent_id is not None:
+            conditions.append(entries.c.parent_id == str(parent_id))
+        if selectors:
+            conditions.append(entry_queries.having_selectors(selectors))
+        if federates_with is not None:
+            conditions.append(entry_queries.federating_with(federates_with))
+        with self._read() as conn:
+            return entry_queries.page(conn, sa.and_(*conditions), limit)
+
     def entries_snapshot(self) -> EntrySnapshot:
         """Every entry and the revision they reflect, read in one consistent snapshot."""
         with self._read() as conn:

@@ -19,6 +19,7 @@ from insignia.server.datastore.errors import BundleNotFound, DatastoreUnavailabl
 from insignia.server.federation.acceptance import BundleRefused, accept_bundle, refresh_interval
 from insignia.server.federation.fetch import FetchFailed, fetch_bundle
 from insignia.server.federation.relationship import Relationship
+from insignia.server.federation.status import RefreshStatus
 from insignia.spiffeid import TrustDomain
 
 log = get_logger(__name__)
@@ -65,10 +66,12 @@ async def refresh_once(core: ServerCore, relationship: Relationship) -> Bundle:
 async def refresh_forever(core: ServerCore, relationship: Relationship) -> None:
     td = str(relationship.trust_domain)
     retries = Retries(RETRY, random.random)
+    status = core.federation_status.setdefault(relationship.trust_domain, RefreshStatus())
     while True:
         try:
             bundle = await refresh_once(core, relationship)
         except (FetchFailed, BundleRefused, DatastoreUnavailable) as exc:
+            status.failed(core.clock(), str(exc))
             core.metrics.federation_failures.labels(td).inc()
             core.metrics.federation_last_failure.labels(td).set(time.time())
             log.warning(
@@ -80,6 +83,7 @@ async def refresh_forever(core: ServerCore, relationship: Relationship) -> None:
             await trio.sleep(retries.failed())
             continue
         retries.succeeded()
+        status.succeeded(core.clock(), bundle.sequence)
         core.metrics.federation_last_success.labels(td).set(time.time())
         await trio.sleep(refresh_interval(bundle).total_seconds())
 
