@@ -17,6 +17,7 @@ from insignia.daemon.runtime import run as run_trio
 from insignia.daemon.startup import run_reporting_failures
 from insignia.server.admin.client import admin_options, call, emit
 from insignia.server.admin.commands import agent, authority, bundle, jwt, token, x509
+from insignia.server.admin.console_commands import console
 from insignia.server.admin.entry_commands import entry
 from insignia.server.admin.server_commands import server_group
 from insignia.server.config import load_server_config
@@ -95,5 +96,5 @@ def log_level_set(socket_path: Path, as_json: bool, level: str) -> None:
     emit(as_json, response, lambda: f"log level is now {response.level}")
 
 
-for command in (entry, token, agent, bundle, x509, jwt, authority, server_group):
+for command in (entry, token, agent, bundle, x509, jwt, authority, server_group, console):
     main.add_command(command)
