@@ -79,6 +79,11 @@ def cookie_value(request: Request, name: str) -> str | None:
     return None
 
 
+def _first(form: Form, name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
 def parse_form(request: Request) -> Form | None:
     """A urlencoded form body (None when the body is not one)."""
     kind = (request.header("content-type") or "").split(";")[0].strip().lower()
@@ -147,8 +152,8 @@ class ConsoleHttp:
         if path == "/login" and method == "GET":
             return self._login(request)
         if path == "/signed-out" and method == "GET":
-            why = (parse_qs(request.query).get("why") or ["missing"])[0]
-            return self._refused(why if why in REFUSALS else "missing")  # type: ignore[arg-type]
+            why = _first(parse_qs(request.query), "why")
+            return self._refused(next((r for r in REFUSALS if r == why), "missing"))
         routes = self.pages if method in ("GET", "HEAD") else self.actions
         page = routes.get(path)
         if page is None or method not in ("GET", "HEAD", "POST"):
@@ -166,7 +171,7 @@ class ConsoleHttp:
             return self.renderer.page(
                 "message.html", 415, title="Refused", text="expected a form post"
             )
-        if not csrf_ok(session, (form.get("csrf") or [None])[0]):
+        if not csrf_ok(session, _first(form, "csrf")):
             return self.renderer.page(
                 "message.html",
                 403,
@@ -177,13 +182,14 @@ class ConsoleHttp:
         return await page(Call(request, session, query, form))
 
     def _login(self, request: Request) -> Response:
-        token = (parse_qs(request.query).get("token") or [None])[0]
+        token = _first(parse_qs(request.query), "token")
         redeemed = self.sessions.redeem(token)
         if isinstance(redeemed, str):
             return self._refused(redeemed)
-        cookie, session = redeemed
-        max_age = int((session.expires_at - self.sessions.clock()).total_seconds())
-        attributes = f"Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+        cookie, _session = redeemed
+        # No Max-Age: the browser keeps the cookie until it closes, and the server, which
+        # enforces the session's end, can then say "expired" rather than "missing".
+        attributes = "Path=/; HttpOnly; Secure; SameSite=Strict"
         return redirect("/", ("set-cookie", f"{COOKIE}={cookie}; {attributes}"))
 
     def _refused(self, why: Refusal) -> Response:

@@ -68,7 +68,7 @@ class ConsoleViews:
         self.core, self.admin, self.renderer, self.hub = core, admin, renderer, hub
 
     def routes(self) -> tuple[dict[str, Page], dict[str, Page]]:
-        pages = {
+        pages: dict[str, Page] = {
             "/": self.overview,
             "/timeline": self.timeline,
             "/authorities": self.authorities,
@@ -85,7 +85,7 @@ class ConsoleViews:
             "/events": self.events,
             "/events/stream": self.event_stream,
         }
-        actions = {
+        actions: dict[str, Page] = {
             "/authorities/act": self.authority_act,
             "/agents/act": self.agent_act,
             "/entries/new": self.entry_create,
@@ -150,7 +150,7 @@ class ConsoleViews:
         kind, action, key = call.arg("kind"), call.arg("action"), call.arg("id")
         if kind not in KINDS or action not in AUTHORITY_EFFECTS:
             return None
-        return kind, action, key  # type: ignore[return-value]  # checked just above
+        return kind, action, key
 
     async def authority_confirm(self, call: Call) -> Response:
         args = self._authority_args(call)

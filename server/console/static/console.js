@@ -50,6 +50,12 @@
       refreshTimeline();
     }
   });
-  // A stream that ends (session over, server restart) is reconnected by EventSource itself.
-  document.documentElement.classList.add("live");
+  // A stream that ends (session over, server restart) is reconnected by EventSource itself;
+  // data-live says whether one is open now.
+  source.addEventListener("open", () => {
+    document.documentElement.dataset.live = "open";
+  });
+  source.addEventListener("error", () => {
+    document.documentElement.dataset.live = "closed";
+  });
 })();
