@@ -141,12 +141,29 @@ def having_selectors(selectors: Sequence[Selector]) -> sa.ColumnElement[bool]:
     return entries.c.id.in_(matching)
 
 
-def federating_with(trust_domain: TrustDomain) -> sa.ColumnElement[bool]:
-    """Entries that federate with `trust_domain`."""
-    federating = sa.select(entry_federates_with.c.entry_id).where(
-        entry_federates_with.c.trust_domain == str(trust_domain)
+def holding_each(selectors: Sequence[Selector]) -> sa.ColumnElement[bool]:
+    """Entries whose selectors include every one given, as one primary-key probe per selector
+    and row: for a page walked in id order, which stops after a page of matches (where
+    `having_selectors` first groups every entry holding any of them: 350 ms against 15 ms
+    for a selector all of 100k entries hold, benchmarks/console_entries.py)."""
+    return sa.and_(
+        *(
+            sa.exists().where(
+                entry_selectors.c.entry_id == entries.c.id,
+                entry_selectors.c.type == s.type,
+                entry_selectors.c.value == s.value,
+            )
+            for s in set(selectors)
+        )
     )
-    return entries.c.id.in_(federating)
+
+
+def federating_with(trust_domain: TrustDomain) -> sa.ColumnElement[bool]:
+    """Entries that federate with `trust_domain` (a primary-key probe per row, as above)."""
+    return sa.exists().where(
+        entry_federates_with.c.entry_id == entries.c.id,
+        entry_federates_with.c.trust_domain == str(trust_domain),
+    )
 
 
 def page(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[RegistrationEntry]:

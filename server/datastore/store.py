@@ -250,7 +250,7 @@ class Datastore(Closing):
         if parent_id is not None:
             conditions.append(entries.c.parent_id == str(parent_id))
         if selectors:
-            conditions.append(entry_queries.having_selectors(selectors))
+            conditions.append(entry_queries.holding_each(selectors))
         if federates_with is not None:
             conditions.append(entry_queries.federating_with(federates_with))
         with self._read() as conn:

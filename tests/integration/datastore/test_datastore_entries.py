@@ -201,3 +201,25 @@ def test_naive_times_are_refused_before_anything_is_written(store: Datastore) ->
         store.create_entry(naive)
     assert store.count_entries() == 0
     assert store.head_revision() == 0
+
+
+def test_entries_are_paged_by_id_with_every_filter(store: Datastore) -> None:
+    made = [
+        entry(
+            f"/p{i}", selectors=[f"unix:uid:{i % 2}"], federates_with=["partner.org"] * (i % 3 == 0)
+        )
+        for i in range(7)
+    ]
+    store.create_entries(made)
+    by_id = sorted(made, key=lambda e: e.id)
+    first = store.page_entries(limit=3)
+    assert first == by_id[:3]
+    assert store.page_entries(after=first[-1].id, limit=3) == by_id[3:6]
+    assert store.page_entries(after=by_id[5].id, limit=3) == by_id[6:]
+    odd = store.page_entries(limit=10, selectors=[Selector("unix", "uid:1")])
+    assert {str(e.spiffe_id) for e in odd} == {f"spiffe://example.org/p{i}" for i in (1, 3, 5)}
+    federating = store.page_entries(limit=10, federates_with=TrustDomain("partner.org"))
+    assert {e.spiffe_id.path for e in federating} == {"/p0", "/p3", "/p6"}
+    one = store.page_entries(limit=10, spiffe_id=SpiffeId.parse("spiffe://example.org/p4"))
+    assert [e.id for e in one] == [made[4].id]
+    assert store.page_entries(limit=10, parent_id=SpiffeId.parse(AGENT)) == by_id
