@@ -25,10 +25,11 @@ def browser_missing() -> str | None:
 
 
 @contextlib.contextmanager
-def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
-    """A headless chromium session. The console's certificate (the server's own X509-SVID)
-    chains to the trust domain's CA, which no browser trusts: certificate errors are
-    accepted, as an operator accepts them once (or trusts the bundle)."""
+def chromium(width: int = 1280, height: int = 900, javascript: bool = True) -> Iterator[WebDriver]:
+    """A headless chromium session, its console messages kept (`console_errors`). The
+    console's certificate (the server's own X509-SVID) chains to the trust domain's CA, which
+    no browser trusts: certificate errors are accepted, as an operator accepts them once (or
+    trusts the bundle)."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in (
@@ -40,6 +41,11 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
     ):
         options.add_argument(argument)
     options.accept_insecure_certs = True
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -53,3 +59,13 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    """The browser console's warnings and errors since the last call (CSP violations are
+    reported there)."""
+    return [
+        str(entry["message"])
+        for entry in driver.get_log("browser")
+        if entry.get("level") in ("WARNING", "SEVERE")
+    ]

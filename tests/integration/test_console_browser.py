@@ -5,7 +5,6 @@ build/screenshots/."""
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import ssl
 import time
@@ -20,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools.harness.agent_clients import agent_cli
 from devtools.harness.agent_process import AgentProcess
-from devtools.harness.browser import browser_missing, chromium, screenshot
+from devtools.harness.browser import browser_missing, chromium, console_errors, screenshot
 from devtools.harness.server_process import ServerProcess
 from devtools.harness.waiting import wait_for
 from insignia.server.console.app import COOKIE
@@ -30,13 +29,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONSOLE = {"address": "127.0.0.1:0"}
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def need_browser() -> None:
     why = browser_missing()
     if why is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(why)
         pytest.skip(why)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    need_browser()
     with chromium() as driver:
         yield driver
 
@@ -100,13 +103,12 @@ def why_refused(driver: WebDriver) -> str:
 
 
 def audited(server: ServerProcess, method: str, session: str) -> bool:
-    for line in server.log_path.read_text().splitlines():
-        if '"admin call"' not in line:
-            continue
-        event = json.loads(line)
-        if event.get("method") == method and event.get("console_session") == session:
-            return event.get("result") == "OK"
-    return False
+    """Whether the audit log has `method` done by console session `session`."""
+    return any(
+        r.get("event") == "admin call"
+        and (r.get("method"), r.get("console_session"), r.get("result")) == (method, session, "OK")
+        for r in server.log_lines()
+    )
 
 
 def entry_count(server: ServerProcess) -> int:
@@ -290,3 +292,87 @@ def test_the_timeline_shows_a_prepared_key_without_a_reload(
     for page in ("federation", "events"):
         browser.get(base(running_server) + f"/{page}")
         screenshot(browser, page)
+
+
+READ_ONLY_PAGES = {  # path -> a text the page shows when it works
+    "/": "Authority timeline",
+    "/agents": "join_token",
+    "/entries": "spiffe://example.org/ro/web",
+    "/authorities": "Prepare X.509 CA",
+    "/federation": "no federated trust domains",
+    "/timeline": "X.509 CA",
+}
+
+
+def test_read_only_pages_work_without_javascript_and_keep_the_csp(
+    running_server: ServerProcess, running_agent: AgentProcess, browser: WebDriver
+) -> None:
+    running_server.create_entry(
+        "spiffe://example.org/ro/web", running_agent.agent_id, [f"unix:uid:{os.getuid()}"]
+    )
+    agent_page = f"/agents/detail?id={running_agent.agent_id}"
+    pages = {**READ_ONLY_PAGES, agent_page: "Node selectors", "/events": "Live events"}
+    log_in(browser, running_server)
+    console_errors(browser)  # drop what came before
+    for path, shown in pages.items():  # JavaScript on: nothing the CSP refuses
+        browser.get(base(running_server) + path)
+        assert shown in browser.find_element(By.TAG_NAME, "main").text, path
+        assert console_errors(browser) == [], path
+    with chromium(javascript=False) as plain:
+        log_in(plain, running_server)
+        plain.get(base(running_server) + "/events")
+        assert "JavaScript is off" in plain.find_element(By.TAG_NAME, "main").text  # <noscript>
+        for path, shown in pages.items():
+            plain.get(base(running_server) + path)
+            assert shown in plain.find_element(By.TAG_NAME, "main").text, path
+        plain.get(base(running_server) + "/")
+        bars = plain.find_elements(By.CSS_SELECTOR, "#timeline g.key-active")
+        assert {b.get_attribute("data-kind") for b in bars} == {"x509", "jwt"}
+        screenshot(plain, "overview-no-javascript")
+
+
+def test_an_entry_is_edited_and_deleted_from_the_page(
+    running_server: ServerProcess, browser: WebDriver
+) -> None:
+    parent = "spiffe://example.org/insignia/agent/join_token/x"
+    entry_id = running_server.create_entry(
+        "spiffe://example.org/edit/me", parent, ["unix:uid:1000"]
+    )
+    session = log_in(browser, running_server)
+    browser.get(base(running_server) + f"/entries/detail?id={entry_id}")
+    click_to_next_page(browser, By.LINK_TEXT, "Edit")
+    selectors = browser.find_element(By.ID, "selectors")
+    assert selectors.get_attribute("value") == "unix:uid:1000"
+    selectors.clear()
+    selectors.send_keys("unix:uid:1001\nunix:gid:5")
+    browser.find_element(By.ID, "x509_svid_ttl").send_keys("900")
+    click_to_next_page(browser, By.ID, "save")
+    (shown,) = running_server.cli_json("entry", "show")["entries"]
+    assert (shown["selectors"], shown["x509_svid_ttl"]) == (["unix:gid:5", "unix:uid:1001"], 900)
+    assert audited(running_server, "UpdateEntry", session)
+
+    click_to_next_page(browser, By.LINK_TEXT, "Delete…")
+    screenshot(browser, "entry-delete-confirm")
+    click_to_next_page(browser, By.ID, "confirm")
+    assert browser.find_element(By.ID, "message").text == f"deleted {entry_id}"
+    assert entry_count(running_server) == 0
+    assert audited(running_server, "DeleteEntry", session)
+
+
+def test_banning_an_agent_from_the_page(
+    running_server: ServerProcess, running_agent: AgentProcess, browser: WebDriver
+) -> None:
+    agent_id = running_agent.agent_id
+    session = log_in(browser, running_server)
+    browser.get(base(running_server) + f"/agents/detail?id={agent_id}")
+    click_to_next_page(browser, By.ID, "ban")
+    assert "refused for good" in browser.find_element(By.CLASS_NAME, "effect").text
+    click_to_next_page(browser, By.ID, "confirm")
+    assert browser.find_element(By.ID, "message").text == f"{agent_id} banned"
+    (listed,) = running_server.cli_json("agent", "list")["agents"]
+    assert listed["banned"] is True
+    assert audited(running_server, "BanAgent", session)
+    browser.get(base(running_server) + "/agents?banned=yes")
+    assert agent_id in browser.find_element(By.ID, "agents").text
+    browser.get(base(running_server) + "/agents?banned=no")
+    assert agent_id not in browser.find_element(By.ID, "agents").text
