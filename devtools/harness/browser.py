@@ -66,6 +66,6 @@ def console_errors(driver: WebDriver) -> list[str]:
     reported there)."""
     return [
         str(entry["message"])
-        for entry in driver.get_log("browser")
+        for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]  # untyped in selenium
         if entry.get("level") in ("WARNING", "SEVERE")
     ]

@@ -21,11 +21,13 @@ from urllib.parse import parse_qs, quote
 import jinja2
 
 from insignia.daemon.http.endpoint import Request, Response, Streamed
+from insignia.daemon.logs import get_logger
 from insignia.daemon.times import format_time
 from insignia.server.console.events import EventHub
 from insignia.server.console.sessions import Refusal, Session, Sessions, csrf_ok
 
 HERE = Path(__file__).parent
+audit = get_logger("insignia.server.audit")  # logins and logouts; actions via the admin API
 COOKIE = "__Host-insignia-console"  # __Host-: Secure, Path=/, no Domain, enforced by browsers
 MAX_FORM_FIELDS = 64
 SECURITY_HEADERS = (
@@ -77,6 +79,14 @@ def cookie_value(request: Request, name: str) -> str | None:
         if sep and key == name:
             return value
     return None
+
+
+def _query(request: Request) -> Form | None:
+    """The query string's fields (None when it holds too many, or bad encoding)."""
+    try:
+        return parse_qs(request.query, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        return None
 
 
 def _first(form: Form, name: str) -> str | None:
@@ -149,11 +159,14 @@ class ConsoleHttp:
         if path in self.static and method in ("GET", "HEAD"):
             body, kind = self.static[path]
             return Response(200, body, [("content-type", kind), *SECURITY_HEADERS])
-        if path == "/login" and method == "GET":
-            return self._login(request)
+        query = _query(request)
+        if query is None:
+            return self.renderer.page("message.html", 400, title="Refused", text="bad query")
         if path == "/signed-out" and method == "GET":
-            why = _first(parse_qs(request.query), "why")
+            why = _first(query, "why")
             return self._refused(next((r for r in REFUSALS if r == why), "missing"))
+        if path == "/login" and method == "GET":
+            return self._login(_first(query, "token"))
         routes = self.pages if method in ("GET", "HEAD") else self.actions
         page = routes.get(path)
         if page is None or method not in ("GET", "HEAD", "POST"):
@@ -163,7 +176,6 @@ class ConsoleHttp:
             if method == "POST" or path == "/events/stream":
                 return self._refused(session)
             return redirect(f"/signed-out?why={session}")
-        query = parse_qs(request.query, max_num_fields=MAX_FORM_FIELDS)
         if method != "POST":
             return await page(Call(request, session, query))
         form = parse_form(request)
@@ -181,12 +193,13 @@ class ConsoleHttp:
             )
         return await page(Call(request, session, query, form))
 
-    def _login(self, request: Request) -> Response:
-        token = _first(parse_qs(request.query), "token")
+    def _login(self, token: str | None) -> Response:
         redeemed = self.sessions.redeem(token)
         if isinstance(redeemed, str):
+            audit.info("console login refused", reason=redeemed)
             return self._refused(redeemed)
-        cookie, _session = redeemed
+        cookie, session = redeemed
+        audit.info("console session opened", uid=session.uid, console_session=session.name)
         # No Max-Age: the browser keeps the cookie until it closes, and the server, which
         # enforces the session's end, can then say "expired" rather than "missing".
         attributes = "Path=/; HttpOnly; Secure; SameSite=Strict"
@@ -197,5 +210,6 @@ class ConsoleHttp:
 
     async def _logout(self, call: Call) -> Response:
         self.sessions.end(call.session)
+        audit.info("console session ended", uid=call.session.uid, console_session=call.session.name)
         cleared = f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
         return redirect("/signed-out?why=ended", ("set-cookie", cleared))

@@ -335,7 +335,8 @@ class ConsoleViews:
         found = await self._stored_entry(call)
         if found is None:
             return self._message(call, "No such entry", call.arg("id"), 404)
-        revision = int(call.arg("revision", "0") or 0) if call.arg("revision").isdigit() else 0
+        read = call.arg("revision")  # as the form was opened: a change since is refused
+        revision = int(read) if read.isdigit() else found.revision
         entry, form = read_entry_form(call.form, found)
         if not form.errors:
             request = admin_pb2.UpdateEntryRequest(entry=entry, expected_revision=revision)

@@ -138,6 +138,8 @@ def test_a_login_url_works_once_and_pages_need_a_session(
     assert cookie is not None
     assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (True, True, "Strict")
     assert raw(running_server, "GET", "/entries", cookie=cookie["value"])[0] == 200
+    opened = [r for r in running_server.log_lines() if r.get("event") == "console session opened"]
+    assert [r["console_session"] for r in opened] == [url.split("token=")[1].split(".")[0]]
 
     browser.delete_all_cookies()
     browser.get(url)  # the same URL again: refused
