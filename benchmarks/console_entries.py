@@ -50,7 +50,10 @@ def row(name: str, ours: float, reference: float) -> None:
 def offset_page(store: Datastore, offset: int) -> object:
     with store._read() as conn:  # the reference reads the same tables, by OFFSET
         ids = conn.execute(
-            sa.select(entries.c.id).order_by(entries.c.id).limit(PAGE).offset(offset)
+            sa.select(entries.c.id)
+            .order_by(entries.c.spiffe_id, entries.c.id)
+            .limit(PAGE)
+            .offset(offset)
         ).scalars()
         return entry_queries.load_by_ids(conn, list(ids))
 
@@ -60,8 +63,8 @@ def run(url: str, count: int) -> None:
         made = make_entries(count, 100, "bench")
         for start in range(0, count, BATCH):
             store.create_entries(made[start : start + BATCH])
-        ids = sorted(e.id for e in made)
-        last_after = ids[-PAGE - 1]
+        order = sorted((str(e.spiffe_id), e.id) for e in made)  # ASCII: as SQLite collates
+        last_after = order[-PAGE - 1]
         print(f"{count} entries ({store.backend})")
         row(
             "first page",

@@ -267,18 +267,20 @@ class ConsoleViews:
                 filters["federates_with"] = TrustDomain.parse(args["federates"])
             except InvalidSpiffeId as exc:
                 errors["federates"] = f"error: {exc}"
-        after = call.arg("after")
+        after = call.arg("after")  # "<SPIFFE ID> <entry id>" of the previous page's last
+        spiffe_after, _, id_after = after.rpartition(" ")
+        cursor = (spiffe_after, id_after) if spiffe_after else None
         found = []
         if not errors:
             found = await trio.to_thread.run_sync(
-                lambda: self.core.store.page_entries(after=after, limit=PAGE_SIZE + 1, **filters)
+                lambda: self.core.store.page_entries(after=cursor, limit=PAGE_SIZE + 1, **filters)
             )
-        more = len(found) > PAGE_SIZE
+        last = found[PAGE_SIZE - 1] if len(found) > PAGE_SIZE else None
         return self._page(
             call,
             "entries.html",
             entries=found[:PAGE_SIZE],
-            next_after=found[PAGE_SIZE - 1].id if more else "",
+            next_after=f"{last.spiffe_id} {last.id}" if last else "",
             after=after,
             args=args,
             errors=errors,

@@ -167,11 +167,18 @@ def federating_with(trust_domain: TrustDomain) -> sa.ColumnElement[bool]:
 
 
 def page(conn: Connection, where: sa.ColumnElement[bool], limit: int) -> list[RegistrationEntry]:
-    """The first `limit` entries matching `where` in id order (the primary key's)."""
-    ids = conn.execute(
-        sa.select(entries.c.id).where(where).order_by(entries.c.id).limit(limit)
-    ).scalars()
-    return sorted(load_by_ids(conn, list(ids)), key=lambda e: e.id)
+    """The first `limit` entries matching `where` in (SPIFFE ID, id) order, as the database
+    collates them (a cursor must compare as the database does)."""
+    ids = list(
+        conn.execute(
+            sa.select(entries.c.id)
+            .where(where)
+            .order_by(entries.c.spiffe_id, entries.c.id)
+            .limit(limit)
+        ).scalars()
+    )
+    position = {entry_id: i for i, entry_id in enumerate(ids)}
+    return sorted(load_by_ids(conn, ids), key=lambda e: position[e.id])
 
 
 class _Decoder:

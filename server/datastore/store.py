@@ -235,16 +235,19 @@ class Datastore(Closing):
     def page_entries(
         self,
         *,
-        after: str = "",
+        after: tuple[str, str] | None = None,
         limit: int = 50,
         spiffe_id: SpiffeId | None = None,
         parent_id: SpiffeId | None = None,
         selectors: Sequence[Selector] = (),
         federates_with: TrustDomain | None = None,
     ) -> list[RegistrationEntry]:
-        """At most `limit` entries matching every given filter, in id order after the id
-        `after` (keyset paging: the last page of 100k entries costs what the first does)."""
-        conditions: list[sa.ColumnElement[bool]] = [entries.c.id > after]
+        """At most `limit` entries matching every given filter, in (SPIFFE ID, id) order after
+        the pair `after` (keyset paging: the last page of 100k entries costs what the first
+        does)."""
+        conditions: list[sa.ColumnElement[bool]] = []
+        if after is not None:
+            conditions.append(sa.tuple_(entries.c.spiffe_id, entries.c.id) > sa.tuple_(*after))
         if spiffe_id is not None:
             conditions.append(entries.c.spiffe_id == str(spiffe_id))
         if parent_id is not None:
@@ -254,7 +257,7 @@ class Datastore(Closing):
         if federates_with is not None:
             conditions.append(entry_queries.federating_with(federates_with))
         with self._read() as conn:
-            return entry_queries.page(conn, sa.and_(*conditions), limit)
+            return entry_queries.page(conn, sa.and_(sa.true(), *conditions), limit)
 
     def entries_snapshot(self) -> EntrySnapshot:
         """Every entry and the revision they reflect, read in one consistent snapshot."""
