@@ -5,10 +5,12 @@ build/screenshots/."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -378,3 +380,27 @@ def test_banning_an_agent_from_the_page(
     assert agent_id in browser.find_element(By.ID, "agents").text
     browser.get(base(running_server) + "/agents?banned=no")
     assert agent_id not in browser.find_element(By.ID, "agents").text
+
+
+def test_entry_pages_walk_every_entry_once_in_spiffe_id_order(
+    running_server: ServerProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    parent = "spiffe://example.org/insignia/agent/join_token/x"
+    made = [f"spiffe://example.org/paged/{i:03}" for i in range(120)]
+    batch = tmp_path / "entries.json"
+    batch.write_text(
+        json.dumps({"entries": [
+            {"spiffe_id": s, "parent_id": parent, "selectors": ["unix:uid:1000"]} for s in made
+        ]})
+    )  # fmt: skip
+    running_server.cli("entry", "create", "--file", str(batch))
+    log_in(browser, running_server)
+    browser.get(base(running_server) + "/entries")
+    seen: list[str] = []
+    while True:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#entries tbody tr td:first-child")
+        seen += [r.text for r in rows]
+        if not browser.find_elements(By.ID, "next-page"):
+            break
+        click_to_next_page(browser, By.ID, "next-page")
+    assert seen == made  # 50 + 50 + 20, none twice, none lost
