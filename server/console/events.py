@@ -9,7 +9,7 @@ reconnects and the page carries on.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -18,6 +18,7 @@ from insignia.server.datastore.records import ChangeEvent
 BUFFER = 256
 MAX_STREAMS = 32
 RETRY_MS = 2000  # how soon a browser reconnects a closed stream
+KEEPALIVE = 15.0  # seconds between comment lines on an idle stream
 
 _WHAT = {
     ("agent", "created"): "attested",
@@ -68,22 +69,24 @@ class EventHub:
                 self._subscribers.discard(channel)
                 channel.close()
 
-    async def stream(self, lifetime: float) -> AsyncIterator[bytes]:
-        """The SSE body: a retry hint, then every event, for at most `lifetime` seconds
-        (the session's remaining life, or less), with a comment line as keep-alive."""
+    async def stream(self, lifetime: float, still_open: Callable[[], bool]) -> AsyncIterator[bytes]:
+        """The SSE body: a retry hint, then every event, for at most `lifetime` seconds and
+        while `still_open()` (the session: a logout ends its streams at the next event or
+        keep-alive), with a comment line as keep-alive."""
         send, receive = trio.open_memory_channel[ChangeEvent](BUFFER)
         self._subscribers.add(send)
         deadline = trio.current_time() + lifetime
         try:
             yield f"retry: {RETRY_MS}\n: live\n\n".encode()
-            while (wait := min(15.0, deadline - trio.current_time())) > 0:
+            while (wait := min(KEEPALIVE, deadline - trio.current_time())) > 0 and still_open():
                 event: ChangeEvent | None = None
                 with trio.move_on_after(wait):  # no yield inside a cancel scope
                     try:
                         event = await receive.receive()
                     except trio.EndOfChannel:  # dropped by publish: too far behind
                         return
-                yield b": keep-alive\n\n" if event is None else sse_message(event)
+                if still_open():
+                    yield b": keep-alive\n\n" if event is None else sse_message(event)
         finally:
             self._subscribers.discard(send)
             send.close()

@@ -44,7 +44,7 @@ async def serve_console(
     sessions = Sessions(config.login_ttl, config.session_ttl, core.clock)
     hub = EventHub()
     renderer = Renderer(str(core.trust_domain))
-    pages, actions = ConsoleViews(core, admin, renderer, hub).routes()
+    pages, actions = ConsoleViews(core, admin, sessions, renderer, hub).routes()
     http = ConsoleHttp(sessions, renderer, hub, pages, actions)
     async with trio.open_nursery() as nursery:
         address = await nursery.start(

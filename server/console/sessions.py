@@ -43,7 +43,7 @@ class _Secret:
     digest: bytes
     expires_at: datetime
     uid: int
-    used: bool = False
+    spent: bool = False  # a login: redeemed; a session: logged out
     session: Session | None = field(default=None)
 
 
@@ -94,11 +94,11 @@ class Sessions:
         login = self._logins.get(name)
         if login is None or not _matches(login, secret):
             return "unknown"
-        if login.used:
+        if login.spent:
             return "used"
         if self.clock() >= login.expires_at:
             return "expired"
-        login.used = True  # kept until it expires, so a second use is told "used"
+        login.spent = True  # kept until it expires, so a second use is told "used"
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda n: self._sessions[n].expires_at)
             del self._sessions[oldest]
@@ -120,7 +120,7 @@ class Sessions:
         record = self._sessions.get(name)
         if record is None or record.session is None or not _matches(record, secret):
             return "unknown"
-        if record.used:
+        if record.spent:
             return "ended"
         if self.clock() >= record.expires_at:
             return "expired"
@@ -130,7 +130,17 @@ class Sessions:
         """Log out: the cookie is refused from now on."""
         record = self._sessions.get(session.name)
         if record is not None:
-            record.used = True
+            record.spent = True
+
+    def is_open(self, session: Session) -> bool:
+        """Whether `session` may still be used (not ended, not expired)."""
+        record = self._sessions.get(session.name)
+        return (
+            record is not None
+            and record.session is session
+            and not record.spent
+            and self.clock() < record.expires_at
+        )
 
     def _prune(self) -> None:
         now = self.clock()

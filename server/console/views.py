@@ -26,6 +26,7 @@ from insignia.server.console.agents import SORTS, select_agents
 from insignia.server.console.app import SECURITY_HEADERS, Call, Page, Renderer, redirect
 from insignia.server.console.entry_form import EntryForm, read_entry_form
 from insignia.server.console.events import EventHub
+from insignia.server.console.sessions import Sessions
 from insignia.server.console.timeline import layout
 from insignia.server.core import ServerCore
 from insignia.server.datastore.errors import EntryNotFound
@@ -64,8 +65,16 @@ def _now() -> datetime:
 
 
 class ConsoleViews:
-    def __init__(self, core: ServerCore, admin: AdminApi, renderer: Renderer, hub: EventHub):
-        self.core, self.admin, self.renderer, self.hub = core, admin, renderer, hub
+    def __init__(
+        self,
+        core: ServerCore,
+        admin: AdminApi,
+        sessions: Sessions,
+        renderer: Renderer,
+        hub: EventHub,
+    ) -> None:
+        self.core, self.admin, self.sessions = core, admin, sessions
+        self.renderer, self.hub = renderer, hub
 
     def routes(self) -> tuple[dict[str, Page], dict[str, Page]]:
         pages: dict[str, Page] = {
@@ -395,8 +404,9 @@ class ConsoleViews:
         if self.hub.full:
             return self._message(call, "Too many live streams", "try again later", 503)
         left = (call.session.expires_at - _now()).total_seconds()
+        session = call.session
         return Streamed(
             200,
-            lambda: self.hub.stream(min(600.0, left)),
+            lambda: self.hub.stream(min(600.0, left), lambda: self.sessions.is_open(session)),
             [("content-type", "text/event-stream"), *SECURITY_HEADERS],
         )

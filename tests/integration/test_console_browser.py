@@ -404,3 +404,23 @@ def test_entry_pages_walk_every_entry_once_in_spiffe_id_order(
             break
         click_to_next_page(browser, By.ID, "next-page")
     assert seen == made  # 50 + 50 + 20, none twice, none lost
+
+
+def test_the_federation_page_shows_a_failing_relationship(
+    server_factory: ServerFactory, browser: WebDriver
+) -> None:
+    peer = {"trust_domain": "b.example", "bundle_endpoint_url": "https://127.0.0.1:1/"}
+    server = server_factory(
+        console=CONSOLE, federation={"federates_with": [{**peer, "profile": "https_web"}]}
+    )
+    log_in(browser, server)
+
+    def failure_shown() -> str:
+        browser.get(base(server) + "/federation")
+        row = browser.find_element(By.CSS_SELECTOR, "#federation tbody tr").text
+        return row if "in a row" in row else ""
+
+    row = wait_for(failure_shown, 30, "the refresh failure on the federation page")
+    assert row.startswith("b.example https://127.0.0.1:1/ https_web never ")  # no success yet
+    assert "cannot connect to 127.0.0.1:1" in row  # the fetch's own error text
+    screenshot(browser, "federation-failing")

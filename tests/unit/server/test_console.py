@@ -7,13 +7,14 @@ import json
 from datetime import datetime, timedelta
 
 import grpc
+import pytest
 from insignia_proto import admin_pb2
 
 from insignia.selectors import Selector
 from insignia.server.admin.api import AdminRefused
 from insignia.server.console.agents import select_agents
 from insignia.server.console.entry_form import EntryForm, read_entry_form
-from insignia.server.console.events import sse_message
+from insignia.server.console.events import BUFFER, EventHub, sse_message
 from insignia.server.console.sessions import Sessions, csrf_ok
 from insignia.server.console.timeline import layout
 from insignia.server.datastore.records import AgentRecord, CaKeyRecord, ChangeEvent
@@ -42,8 +43,10 @@ def test_a_login_token_opens_one_session_once() -> None:
     assert not isinstance(redeemed, str)
     cookie, session = redeemed
     assert (session.name, session.uid) == (name, 1000)
-    assert table.session(cookie) == session
+    assert table.session(cookie) == session and table.is_open(session)
     assert table.redeem(token) == "used"
+    table.end(session)
+    assert not table.is_open(session)
 
 
 def test_tokens_and_cookies_are_refused_with_their_reason() -> None:
@@ -181,3 +184,26 @@ def test_a_change_is_one_server_sent_event() -> None:
     assert message.endswith("\n\n") and lines[:2] == ["id: 7", "event: change"]
     data = json.loads(lines[2].removeprefix("data: "))
     assert data["text"] == "authority x509:abc prepared" and data["at"] == "2030-01-01T12:00:00Z"
+
+
+async def test_the_hub_streams_changes_until_the_session_closes() -> None:
+    hub = EventHub()
+    open_ = [True]
+    stream = hub.stream(60, lambda: open_[0])
+    assert (await anext(stream)).startswith(b"retry: ")  # subscribed from here on
+    hub.publish([ChangeEvent(1, "entry", "created", "e1", NOW)])
+    assert b'"subject":"e1"' in await anext(stream)
+    open_[0] = False
+    hub.publish([ChangeEvent(2, "entry", "deleted", "e1", NOW)])
+    with pytest.raises(StopAsyncIteration):  # a closed session gets nothing more
+        await anext(stream)
+
+
+async def test_a_stream_that_falls_behind_is_ended() -> None:
+    hub = EventHub()
+    stream = hub.stream(60, lambda: True)
+    await anext(stream)
+    hub.publish([ChangeEvent(i, "entry", "created", f"e{i}", NOW) for i in range(BUFFER + 1)])
+    received = [chunk async for chunk in stream]
+    assert len(received) == BUFFER  # what was buffered, then the end
+    assert not hub.full and hub._subscribers == set()
