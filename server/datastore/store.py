@@ -247,7 +247,8 @@ class Datastore(Closing):
         does)."""
         conditions: list[sa.ColumnElement[bool]] = []
         if after is not None:
-            conditions.append(sa.tuple_(entries.c.spiffe_id, entries.c.id) > sa.tuple_(*after))
+            cursor = sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
+            conditions.append(sa.tuple_(entries.c.spiffe_id, entries.c.id) > cursor)
         if spiffe_id is not None:
             conditions.append(entries.c.spiffe_id == str(spiffe_id))
         if parent_id is not None:
