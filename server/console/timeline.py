@@ -116,7 +116,7 @@ def layout(records: Sequence[CaKeyRecord], now: datetime) -> Timeline:
     ticks = []
     moment = first
     while moment <= end:
-        if moment >= start:
+        if moment >= start and x_of(moment) <= WIDTH - 40:  # a label must fit beside it
             ticks.append(Tick(x_of(moment), moment.strftime("%m-%d %H:%M")))
         moment += step
     return Timeline(tuple(bars), tuple(ticks), tuple(rows), x_of(now), y + 6)

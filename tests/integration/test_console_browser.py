@@ -293,6 +293,22 @@ def test_the_timeline_shows_a_prepared_key_without_a_reload(
     click_to_next_page(browser, By.ID, "confirm")
     assert browser.find_element(By.ID, "message").text == f"x509 authority {key}: active"
     assert audited(running_server, "ActivateAuthority", session)
+    browser.get(base(running_server) + "/authorities")
+    (old_id,) = [a["authority_id"] for a in listed if a["state"] == "active"]  # active before
+    click_to_next_page(browser, By.CSS_SELECTOR, f"a[href*='action=taint&id={old_id}']")
+    assert "replaces, at once" in browser.find_element(By.CLASS_NAME, "effect").text
+    click_to_next_page(browser, By.ID, "confirm")
+    browser.get(base(running_server) + "/authorities")
+    tainted = f"#timeline g.key-tainted[data-key-id='{old_id}']"
+    assert browser.find_elements(By.CSS_SELECTOR, tainted)
+    click_to_next_page(browser, By.LINK_TEXT, "revoke")
+    assert "leaves the trust bundle at once" in browser.find_element(By.CLASS_NAME, "effect").text
+    click_to_next_page(browser, By.ID, "confirm")
+    browser.get(base(running_server) + "/authorities")
+    revoked = f"#timeline g.key-revoked[data-key-id='{old_id}']"
+    assert browser.find_elements(By.CSS_SELECTOR, revoked)
+    screenshot(browser, "authorities-after-revoke")
+    assert audited(running_server, "RevokeAuthority", session)
     for page in ("federation", "events"):
         browser.get(base(running_server) + f"/{page}")
         screenshot(browser, page)
