@@ -11,7 +11,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -239,6 +239,8 @@ def test_a_bad_spiffe_id_gets_the_cli_message_beside_the_field(
     assert browser.find_element(By.ID, "spiffe_id").get_attribute("value") == bad  # kept
     screenshot(browser, "entry-form-error")
     assert entry_count(running_server) == 0
+    browser.get(base(running_server) + f"/entries?spiffe_id={quote(bad)}")  # a bad search too
+    assert "empty segment" in browser.find_element(By.ID, "error-spiffe_id").text
 
 
 def test_evicting_an_agent_from_the_page(
