@@ -15,13 +15,14 @@ import msgspec
 from msgspec import Meta, field
 
 from insignia.agent.identity.targets import DEFAULT_SERVER_PORT, ServerTarget
-from insignia.agent.workloadapi.sds_secrets import SdsNames
+from insignia.agent.workloadapi.sds_service import SdsNames
 from insignia.backoff import Backoff
 from insignia.daemon.config.loading import (
     AbsolutePath,
     ListenAddress,
     LogSection,
     PositiveDuration,
+    SpiffeIdText,
     StrictModel,
     TrustDomainName,
     load_toml,
@@ -35,7 +36,7 @@ from insignia.jwtsvid import (
     check_token_fits,
 )
 from insignia.keys import KeyType
-from insignia.spiffeid import TrustDomain
+from insignia.spiffeid import SpiffeId, TrustDomain
 
 DEFAULT_CONFIG_PATH = Path("/etc/insignia/agent.toml")
 DEFAULT_SOCKET_PATH = Path("/run/insignia-agent/public/api.sock")
@@ -133,7 +134,7 @@ class SyncSection(StrictModel, frozen=True, kw_only=True):
 
 class SdsSection(StrictModel, frozen=True, kw_only=True):
     """Envoy SDS on the Workload API socket: the resource names, as SPIRE's agent has them
-    (insignia.agent.workloadapi.sds_secrets)."""
+    (insignia.agent.workloadapi.sds_service)."""
 
     default_svid_name: NonEmptyName = "default"
     default_bundle_name: NonEmptyName = "ROOTCA"
@@ -158,6 +159,25 @@ class SdsSection(StrictModel, frozen=True, kw_only=True):
             self.default_all_bundles_name,
             self.disable_spiffe_cert_validation,
         )
+
+
+class BrokerApiSection(StrictModel, frozen=True, kw_only=True):
+    """The SPIFFE Broker API on a socket of its own (insignia.agent.workloadapi.broker)."""
+
+    #: Unset: the Broker API is not served.
+    socket_path: AbsolutePath | None = None
+    #: The only callers that may use it, by the SPIFFE ID their own attestation gives them.
+    authorized_brokers: list[SpiffeIdText] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.socket_path is not None and not self.authorized_brokers:
+            raise ValueError(
+                "authorized_brokers must name at least one broker when socket_path is set"
+            )
+
+    @property
+    def brokers(self) -> frozenset[SpiffeId]:
+        return frozenset(SpiffeId.parse(text) for text in self.authorized_brokers)
 
 
 class HealthSection(StrictModel, frozen=True, kw_only=True):
@@ -192,6 +212,10 @@ class AgentConfig(StrictModel, frozen=True, kw_only=True):
     workload: WorkloadSection = field(default_factory=WorkloadSection)
     sync: SyncSection = field(default_factory=SyncSection)
     sds: SdsSection = field(default_factory=SdsSection)
+    #: Callers allowed to use the Delegated Identity API on the admin socket, by the SPIFFE ID
+    #: their own attestation gives them (SPIRE's key).
+    authorized_delegates: list[SpiffeIdText] = field(default_factory=list)
+    broker_api: BrokerApiSection = field(default_factory=BrokerApiSection)
     health: HealthSection = field(default_factory=HealthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)
@@ -209,6 +233,17 @@ class AgentConfig(StrictModel, frozen=True, kw_only=True):
                 "socket_path and admin_socket_path must be in different directories: the "
                 "Workload API directory is world-reachable, the admin one is private"
             )
+        broker = self.broker_api.socket_path
+        if broker is not None and broker.parent == self.admin_socket_path.parent:
+            raise ValueError(
+                "broker_api.socket_path and admin_socket_path must be in different directories"
+            )
+        if broker is not None and broker == self.socket_path:
+            raise ValueError("broker_api.socket_path must differ from socket_path")
+
+    @property
+    def delegates(self) -> frozenset[SpiffeId]:
+        return frozenset(SpiffeId.parse(text) for text in self.authorized_delegates)
 
     @property
     def node_attestor_name(self) -> str:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
+import grpc
 import trio
 
 from insignia.agent.cache.persisted import CachePersister, read_cache_file, restore_cache
@@ -26,20 +29,31 @@ from insignia.agent.identity.node_attestation import NeedsNewJoinToken, forget_i
 from insignia.agent.identity.server_client import AgentEvicted, ServerClient
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.svids.signing import JwtMinter, MintBudget, X509Signer
+from insignia.agent.svids.wit import WitIssuer
+from insignia.agent.workloadapi.broker import API_NAME as BROKER_API
+from insignia.agent.workloadapi.broker import BrokerApi, broker_api_handler
+from insignia.agent.workloadapi.delegated_identity import API_NAME as DELEGATED_IDENTITY_API
+from insignia.agent.workloadapi.delegated_identity import (
+    DelegatedIdentity,
+    delegated_identity_handler,
+)
+from insignia.agent.workloadapi.first_call import LoadedOnFirstCall
 from insignia.agent.workloadapi.gate import (
     ConnectionNotOwned,
     WorkloadAttestationFailed,
     WorkloadGate,
 )
+from insignia.agent.workloadapi.on_behalf import OnBehalf
 from insignia.agent.workloadapi.reflection import reflection_handlers
 from insignia.agent.workloadapi.rpcs import WorkloadApi
-from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
+from insignia.agent.workloadapi.sds_service import SDS_SERVICE, SdsNames
 from insignia.attestors.interface import AttestationError, NodeAttestorAgent
 from insignia.attestors.registry import ConfiguredWorkloadAttestor
 from insignia.attestors.workload_attestation import attest_workload
 from insignia.daemon.config.loading import refused_for_key
 from insignia.daemon.files import check_owned_directory, ensure_data_dir, ensure_private_dir
-from insignia.daemon.http.health import ReadyNote, serve_health
+from insignia.daemon.http.endpoint import serve_connection
+from insignia.daemon.http.health import HealthApp, ReadyNote, serve_health
 from insignia.daemon.instance import claim_socket_path, lock_data_dir
 from insignia.daemon.logs import get_logger
 from insignia.daemon.peercred.credentials import CallerTable, PeerCredentials, ProcessGone
@@ -54,21 +68,29 @@ from insignia.workload_wire import workload_api_handler
 
 log = get_logger("insignia.agent")
 
+# Operators' tools and a few delegates, not workloads: the admin and Broker sockets need few.
+ADMIN_MAX_CONNECTIONS = 256
+
 
 Attest = Callable[[PeerCredentials], Awaitable[frozenset[Selector]]]
 """Trio side: the caller's selectors, or WorkloadAttestationFailed (deadline included)."""
 
 
-def make_attest(attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float) -> Attest:
-    """Workload attestation for the Workload API: every attestor at once, with a deadline,
-    once the caller is shown to hold its connection alone (insignia.daemon.peercred.holders)."""
+def make_attest(
+    attestors: tuple[ConfiguredWorkloadAttestor, ...], timeout: float, *, connected: bool = True
+) -> Attest:
+    """Workload attestation: every attestor at once, with a deadline. For a caller on a
+    socket (`connected`), only once it is shown to hold its connection alone
+    (insignia.daemon.peercred.holders); a process named by reference (Broker and Delegated
+    Identity APIs) holds no connection of ours, so that check does not apply to it."""
 
     async def attest(creds: PeerCredentials) -> frozenset[Selector]:
         with trio.move_on_after(timeout + 1.0) as scope:
             try:
-                problem = await trio.to_thread.run_sync(connection_problem, creds)
-                if problem is not None:
-                    raise ConnectionNotOwned(problem)
+                if connected:
+                    problem = await trio.to_thread.run_sync(connection_problem, creds)
+                    if problem is not None:
+                        raise ConnectionNotOwned(problem)
                 return frozenset(await attest_workload(creds, attestors, timeout))
             except AttestationError as exc:
                 raise WorkloadAttestationFailed(exc.plugin, str(exc)) from exc
@@ -215,8 +237,15 @@ class AgentDaemon:
             # Whoever can write there can replace our socket with theirs and hand out identities.
             check_owned_directory(config.socket_path.parent, frozenset({0, os.geteuid()}))
         # Before attesting: a second agent on these paths must stop here, not after a join.
-        for path in (config.socket_path, config.admin_socket_path):
-            claim_socket_path(path)
+        broker_path = config.broker_api.socket_path
+        if broker_path is not None:
+            with refused_for_key("broker_api.socket_path"):
+                broker_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                # As for socket_path: its directory must be ours, or the socket could be swapped.
+                check_owned_directory(broker_path.parent, frozenset({0, os.geteuid()}))
+        for path in (config.socket_path, config.admin_socket_path, broker_path):
+            if path is not None:
+                claim_socket_path(path)
         server = await self.keeper.start(self.backoff)
         await self._restore_cache()
         timeout = config.workload.attestation_timeout.total_seconds()
@@ -239,13 +268,29 @@ class AgentDaemon:
                 ),
                 self.metrics,
                 config.workload.audience_limits,
+                WitIssuer(self.cache, server, config.workload.key_type, self.metrics, self.backoff),
             )
-            sds = SecretDiscovery(api, self.cache, self.metrics, config.sds.names)
+            sds = LoadedOnFirstCall(
+                (SDS_SERVICE,),
+                partial(_sds_handlers, api, self.cache, self.metrics, config.sds.names),
+            )
+            attest_referenced = make_attest(self.attestors, timeout, connected=False)
+
+            def on_behalf(name: str, role: str, allowed: frozenset[SpiffeId]) -> OnBehalf:
+                return OnBehalf(
+                    name,
+                    role,
+                    api,
+                    self.cache,
+                    lambda process: bridge.call_trio(attest_referenced, process),
+                    allowed,
+                )
+
             max_bytes = config.workload.max_message_bytes
             await nursery.start(
                 lambda task_status: serve_grpc_with_peercred(
                     config.socket_path,
-                    [workload_api_handler(api), sds_handler(sds), *reflection_handlers()],
+                    [workload_api_handler(api), sds, *reflection_handlers()],
                     self.callers,
                     private_dir=admin_dir / "workload",
                     max_connections=DEFAULT_MAX_CONNECTIONS,
@@ -259,15 +304,45 @@ class AgentDaemon:
                 )
             )
             self.serving = True
+            health = HealthApp(self.metrics.registry, self.readiness, log_control=True)
+            # The admin socket (its directory is 0700: operators only) answers HTTP/1.1 for
+            # health, metrics and the log level, and gRPC for SPIRE's Delegated Identity API.
             await nursery.start(
-                lambda task_status: serve_health(
-                    f"unix:{config.admin_socket_path}",
-                    self.metrics.registry,
-                    self.readiness,
-                    log_control=True,  # this socket's directory is 0700: operators only
+                lambda task_status: serve_grpc_with_peercred(
+                    config.admin_socket_path,
+                    [
+                        delegated_identity_handler(
+                            DelegatedIdentity(
+                                on_behalf(DELEGATED_IDENTITY_API, "delegate", config.delegates)
+                            )
+                        )
+                    ],
+                    self.callers,
+                    private_dir=admin_dir / "admin",
+                    mode=0o600,
+                    max_connections=ADMIN_MAX_CONNECTIONS,
+                    other_protocol=lambda stream: serve_connection(stream, health.handle),
                     task_status=task_status,
                 )
             )
+            broker_path = config.broker_api.socket_path
+            if broker_path is not None:
+                await nursery.start(
+                    lambda task_status: serve_grpc_with_peercred(
+                        broker_path,
+                        [
+                            broker_api_handler(
+                                BrokerApi(
+                                    on_behalf(BROKER_API, "broker", config.broker_api.brokers)
+                                )
+                            )
+                        ],
+                        self.callers,
+                        private_dir=admin_dir / "broker",
+                        max_connections=ADMIN_MAX_CONNECTIONS,
+                        task_status=task_status,
+                    )
+                )
             for address in dict.fromkeys((config.health.address, config.metrics.address)):
                 if address:
                     key = "health" if address == config.health.address else "metrics"
@@ -292,3 +367,12 @@ class AgentDaemon:
                     await self.persister.write_now()  # the latest SVIDs, for the next start
                     nursery.cancel_scope.cancel()
                     return
+
+
+def _sds_handlers(
+    api: WorkloadApi, cache: Cache, metrics: AgentMetrics, names: SdsNames
+) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    """The SDS handler, imported on the first SDS call (agent/workloadapi/first_call.py)."""
+    from insignia.agent.workloadapi.sds import SecretDiscovery, sds_handler
+
+    return [sds_handler(SecretDiscovery(api, cache, metrics, names))]

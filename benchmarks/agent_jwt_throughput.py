@@ -4,6 +4,7 @@ Goal (issue 4): >= 1,000/s each, from 8 client processes. Every call is attested
 beside the same load on a bare grpc.aio server on a Unix socket, in the same run.
 
     .venv/bin/python -m benchmarks.agent_jwt_throughput [--seconds 5] [--clients 8]
+        [--compare /path/to/other/checkout]   # that checkout's agent too, after ours
 """
 
 from __future__ import annotations
@@ -92,19 +93,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--compare", type=Path, help="also measure this checkout's agent")
     args = parser.parse_args()
+    trees: list[Path | None] = [None]
+    if args.compare is not None:
+        trees.append(args.compare.resolve())
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, deployment(Path(tmp)) as (_, agent, _entry):
-        token = fetch_token(agent.socket_path)
-        with reference_server() as ref:
-            for method, name in (("fetch", "FetchJWTSVID"), ("validate", "ValidateJWTSVID")):
-                reference = run_load(ref, method, args.seconds, args.clients, token)
-                measured = run_load(agent.socket_path, method, args.seconds, args.clients, token)
-                rows.append((name, measured, reference))
+    for code in trees:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            deployment(Path(tmp), agent_code=code) as (_, agent, _entry),
+        ):
+            token = fetch_token(agent.socket_path)
+            with reference_server() as ref:
+                for method, name in (("fetch", "FetchJWTSVID"), ("validate", "ValidateJWTSVID")):
+                    reference = run_load(ref, method, args.seconds, args.clients, token)
+                    measured = run_load(
+                        agent.socket_path, method, args.seconds, args.clients, token
+                    )
+                    rows.append((f"{name} ({code or 'this tree'})", measured, reference))
     print(f"calls/s from {args.clients} client processes, {args.seconds:g}s each (goal >= 1000)")
-    print(f"{'':20}{'agent':>10}{'bare grpc.aio':>15}{'ratio':>8}")
+    print(f"{'':40}{'agent':>10}{'bare grpc.aio':>15}{'ratio':>8}")
     for name, measured, reference in rows:
-        print(f"{name:20}{measured:10.0f}{reference:15.0f}{measured / reference:8.2f}")
+        print(f"{name:40}{measured:10.0f}{reference:15.0f}{measured / reference:8.2f}")
 
 
 if __name__ == "__main__":

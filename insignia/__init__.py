@@ -1,8 +1,5 @@
 """Insignia: SPIFFE workload identity (server CA, node agent, Workload API SDK)."""
 
-from importlib.metadata import PackageNotFoundError, version
+from insignia._version import __version__
 
-try:
-    __version__ = version("insignia")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__all__ = ["__version__"]

@@ -1,9 +1,11 @@
-"""Trust bundles: the X.509 and JWT authorities that vouch for one trust domain's SVIDs.
+"""Trust bundles: the X.509, JWT and WIT authorities that vouch for one trust domain's SVIDs.
 
 Codecs cover every form a bundle travels in: the SPIFFE bundle format (a JWK Set with `use`,
 `spiffe_sequence` and `spiffe_refresh_hint`, for federation and the datastore), PEM files on
-disk, concatenated DER (Workload API X.509 bundles) and plain JWKS (Workload API JWT bundles,
-OIDC-style verifiers). Decoders refuse anything malformed with `InvalidBundle` naming what.
+disk, concatenated DER (Workload API X.509 bundles) and plain JWKS (Workload API JWT and WIT
+bundles, OIDC-style verifiers). JWT and WIT signing keys share one `kid` space: a kid names one
+key in the whole bundle (WIT-SVID §6.1), so a WIT key can never be taken for a JWT key.
+Decoders refuse anything malformed with `InvalidBundle` naming what.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ JwtPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 X509_SVID_USE = "x509-svid"
 JWT_SVID_USE = "jwt-svid"
+WIT_SVID_USE = "wit-svid"
 
 # JWK curve name <-> cryptography curve and coordinate size (RFC 7518 §6.2.1).
 _JWK_CURVES: dict[str, tuple[type[ec.EllipticCurve], int]] = {
@@ -69,7 +72,8 @@ def b64url_decode(text: str) -> bytes:
     return binascii.a2b_base64(std + "=" * (-len(std) % 4), strict_mode=True)
 
 
-def _uint(value: int, size: int | None = None) -> str:
+def b64url_uint(value: int, size: int | None = None) -> str:
+    """Unpadded base64url of a big-endian unsigned integer, `size` bytes long when given."""
     length = size if size is not None else max(1, (value.bit_length() + 7) // 8)
     return _b64url(value.to_bytes(length, "big"))
 
@@ -81,9 +85,10 @@ def public_key_to_jwk(key: JwtPublicKey) -> dict[str, str]:
             raise ValueError(f"EC curve {key.curve.name} has no JWK name")
         crv, size = _CURVE_NAMES[key.curve.name]
         nums = key.public_numbers()
-        return {"kty": "EC", "crv": crv, "x": _uint(nums.x, size), "y": _uint(nums.y, size)}
+        x, y = b64url_uint(nums.x, size), b64url_uint(nums.y, size)
+        return {"kty": "EC", "crv": crv, "x": x, "y": y}
     nums_rsa = key.public_numbers()
-    return {"kty": "RSA", "n": _uint(nums_rsa.n), "e": _uint(nums_rsa.e)}
+    return {"kty": "RSA", "n": b64url_uint(nums_rsa.n), "e": b64url_uint(nums_rsa.e)}
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> JwtPublicKey:
@@ -153,8 +158,9 @@ def load_der_certificates(data: bytes) -> tuple[x509.Certificate, ...]:
 class Bundle:
     """The authorities of one trust domain, with the SPIFFE bundle sequence and refresh hint.
 
-    `jwt_authorities` maps key ID to public key; it is copied into a read-only mapping.
-    A Bundle is itself a `BundleSource` for its own trust domain.
+    `jwt_authorities` and `wit_authorities` map key ID to public key (no kid in both); they
+    are copied into read-only mappings. A Bundle is itself a `BundleSource` for its own trust
+    domain.
     """
 
     trust_domain: TrustDomain
@@ -162,19 +168,29 @@ class Bundle:
     jwt_authorities: Mapping[str, JwtPublicKey] = field(default_factory=dict)
     sequence: int = 0
     refresh_hint: int | None = None
+    wit_authorities: Mapping[str, JwtPublicKey] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         td = self.trust_domain
         object.__setattr__(self, "x509_authorities", tuple(self.x509_authorities))
         object.__setattr__(self, "jwt_authorities", MappingProxyType(dict(self.jwt_authorities)))
+        object.__setattr__(self, "wit_authorities", MappingProxyType(dict(self.wit_authorities)))
         for cert in self.x509_authorities:
             if not isinstance(cert, x509.Certificate):
                 raise InvalidBundle(td, f"x509 authority {cert!r} is not a certificate")
-        for kid, key in self.jwt_authorities.items():
-            if not isinstance(kid, str) or not kid:
-                raise InvalidBundle(td, f"JWT authority key ID {kid!r} must be a non-empty string")
-            if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-                raise InvalidBundle(td, f"JWT authority {kid!r} is not an EC or RSA public key")
+        for what, keys in (("JWT", self.jwt_authorities), ("WIT", self.wit_authorities)):
+            for kid, key in keys.items():
+                if not isinstance(kid, str) or not kid:
+                    raise InvalidBundle(
+                        td, f"{what} authority key ID {kid!r} must be a non-empty string"
+                    )
+                if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+                    raise InvalidBundle(
+                        td, f"{what} authority {kid!r} is not an EC or RSA public key"
+                    )
+        shared = self.jwt_authorities.keys() & self.wit_authorities.keys()
+        if shared:
+            raise InvalidBundle(td, f"kid {min(shared)!r} names both a JWT and a WIT authority")
         if isinstance(self.sequence, bool) or not isinstance(self.sequence, int):
             raise InvalidBundle(td, f"sequence {self.sequence!r} must be an integer")
         if not 0 <= self.sequence < 2**64:
@@ -200,6 +216,8 @@ class Bundle:
             keys.append(jwk)
         for kid, key in self.jwt_authorities.items():
             keys.append({**public_key_to_jwk(key), "use": JWT_SVID_USE, "kid": kid})
+        for kid, key in self.wit_authorities.items():
+            keys.append({**public_key_to_jwk(key), "use": WIT_SVID_USE, "kid": kid})
         doc: dict[str, Any] = {"keys": keys, "spiffe_sequence": self.sequence}
         if self.refresh_hint is not None:
             doc["spiffe_refresh_hint"] = self.refresh_hint
@@ -213,14 +231,15 @@ class Bundle:
         if not isinstance(keys, list):
             raise InvalidBundle(trust_domain, "'keys' must be present and be a list")
         x509_authorities: list[x509.Certificate] = []
-        jwt_authorities: dict[str, JwtPublicKey] = {}
+        by_use: dict[str, dict[str, JwtPublicKey]] = {JWT_SVID_USE: {}, WIT_SVID_USE: {}}
+        kids: set[str] = set()
         for i, jwk in enumerate(keys):
             if not isinstance(jwk, dict):
                 raise InvalidBundle(trust_domain, f"key {i} is not a JSON object")
             use = jwk.get("use")
             if not isinstance(use, str) or not use:
                 raise InvalidBundle(trust_domain, f"key {i} has no 'use'")
-            if use not in (X509_SVID_USE, JWT_SVID_USE) or jwk.get("kty") not in ("EC", "RSA"):
+            if use not in (X509_SVID_USE, *by_use) or jwk.get("kty") not in ("EC", "RSA"):
                 continue
             try:
                 key = public_key_from_jwk(jwk)
@@ -228,17 +247,19 @@ class Bundle:
                     x509_authorities.append(_x5c_certificate(jwk, key))
                 else:
                     kid = _str_member(jwk, "kid")
-                    if kid in jwt_authorities:
+                    if kid in kids:
                         raise ValueError(f"duplicate kid {kid!r}")
-                    jwt_authorities[kid] = key
+                    kids.add(kid)
+                    by_use[use][kid] = key
             except ValueError as exc:
                 raise InvalidBundle(trust_domain, f"key {i} ({use}): {exc}") from exc
         return cls(
             trust_domain,
             tuple(x509_authorities),
-            jwt_authorities,
+            by_use[JWT_SVID_USE],
             _optional_int(trust_domain, doc, "spiffe_sequence") or 0,
             _optional_int(trust_domain, doc, "spiffe_refresh_hint"),
+            by_use[WIT_SVID_USE],
         )
 
     # --- X.509 authorities as PEM or concatenated DER -------------------------------
@@ -272,9 +293,28 @@ class Bundle:
         keys = [{**public_key_to_jwk(k), "kid": kid} for kid, k in self.jwt_authorities.items()]
         return json.dumps({"keys": keys}, separators=(",", ":")).encode()
 
+    def wit_jwks(self) -> str:
+        """RFC 7517 JWKS of the WIT authorities (FetchWITBundles), each with `kid` and
+        `use` = "wit-svid"; `{"keys": []}` when the trust domain signs no WIT-SVIDs."""
+        keys = [
+            {**public_key_to_jwk(k), "use": WIT_SVID_USE, "kid": kid}
+            for kid, k in self.wit_authorities.items()
+        ]
+        return json.dumps({"keys": keys}, separators=(",", ":"))
+
     @classmethod
-    def parse_jwks(cls, trust_domain: TrustDomain, data: bytes | str) -> Bundle:
-        """JWT authorities from a plain JWKS; every key needs a unique `kid`."""
+    def parse_wit_jwks(cls, trust_domain: TrustDomain, data: bytes | str) -> Bundle:
+        """WIT authorities from a JWKS: only keys with `use` = "wit-svid" (WIT-SVID §6.2)."""
+        jwt_only = cls.parse_jwks(trust_domain, data, use=WIT_SVID_USE)
+        return cls(trust_domain, wit_authorities=jwt_only.jwt_authorities)
+
+    @classmethod
+    def parse_jwks(
+        cls, trust_domain: TrustDomain, data: bytes | str, *, use: str = JWT_SVID_USE
+    ) -> Bundle:
+        """JWT authorities from a plain JWKS (keys of `use`, or "sig" for JWT-SVIDs); every
+        key needs a unique `kid`."""
+        accepted = ("sig", JWT_SVID_USE) if use == JWT_SVID_USE else (use,)
         doc = _json_object(trust_domain, data)
         keys = doc.get("keys")
         if not isinstance(keys, list):
@@ -284,8 +324,8 @@ class Bundle:
             try:
                 if not isinstance(jwk, dict):
                     raise ValueError("not a JSON object")
-                if jwk.get("use", "sig") not in ("sig", JWT_SVID_USE):
-                    continue  # an encryption key has no business verifying a JWT-SVID
+                if jwk.get("use", "sig") not in accepted:
+                    continue  # an encryption (or WIT) key has no business verifying a JWT-SVID
                 if jwk.get("kty") not in ("EC", "RSA"):
                     continue  # RFC 7517 §5: ignore keys of unknown type
                 kid = _str_member(jwk, "kid")

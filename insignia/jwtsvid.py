@@ -183,7 +183,7 @@ def check_token_fits(limits: AudienceLimits, issuer: str = "") -> None:
         )
 
 
-def _json_segment(segment: str, what: str) -> dict[str, Any]:
+def json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(segment).decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # binascii.Error is a ValueError
@@ -194,7 +194,7 @@ def _json_segment(segment: str, what: str) -> dict[str, Any]:
 
 
 def _header(segment: str) -> tuple[str, str]:
-    header = _json_segment(segment, "header")
+    header = json_segment(segment, "header")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALGORITHMS:
         raise UnsupportedAlgorithm(f"alg {alg!r} is not allowed; expected one of RS/ES/PS*")
@@ -224,7 +224,7 @@ def _parse_subject(sub: str) -> SpiffeId:
     return _subjects.get_or_make(sub, SpiffeId.parse, 3 * len(sub) + 256)
 
 
-def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
@@ -235,7 +235,7 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _jws_verify(alg: str, key: JwtPublicKey, msg: bytes, sig: bytes) -> None:
+def verify_jws(alg: str, key: JwtPublicKey, msg: bytes, sig: bytes) -> None:
     """Check `sig` over `msg`; UnsupportedAlgorithm if `alg` does not fit `key`."""
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
@@ -279,7 +279,7 @@ def parse_and_validate(
     if len(parts) != 3:
         raise MalformedToken(f"compact JWS has {len(parts)} parts; expected 3")
     alg, kid = _parse_header(parts[0])
-    claims = _json_segment(parts[1], "claims")
+    claims = json_segment(parts[1], "claims")
     sub = claims.get("sub")
     if not isinstance(sub, str):
         raise InvalidSubject(f"sub {sub!r} must be a SPIFFE ID string")
@@ -298,17 +298,17 @@ def parse_and_validate(
         signature = b64url_decode(parts[2])
     except ValueError as exc:  # binascii.Error included
         raise MalformedToken(f"signature is not base64url: {exc}") from exc
-    _jws_verify(alg, key, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+    verify_jws(alg, key, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
 
     t = time.time() if now is None else utc_now(now).timestamp()
     slack = leeway.total_seconds()
-    exp = _numeric_date(claims, "exp")
+    exp = numeric_date(claims, "exp")
     if exp is None:
         raise MalformedToken("claim 'exp' is required: a JWT-SVID must expire")
     if t > exp + slack:
         raise TokenExpired(f"token expired at {datetime.fromtimestamp(exp, UTC).isoformat()}")
     for name in ("nbf", "iat"):
-        when = _numeric_date(claims, name)
+        when = numeric_date(claims, name)
         if when is not None and t + slack < when:
             raise TokenNotYetValid(f"claim {name!r} is in the future ({when}); now is {t:.0f}")
     aud = claims.get("aud")

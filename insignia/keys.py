@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -155,3 +156,63 @@ def jwt_algorithm(key: PrivateKey | PublicKey, alg: str | None = None) -> str:
     if kt in _RSA_BITS and alg in _RSA_JWT_ALGS:
         return alg
     raise InvalidKey(f"JWT algorithm {alg!r} does not fit a {kt.value} key (use {natural})")
+
+
+# Private JWK members (RFC 7518 §6.2.2, §6.3.2) besides the public ones.
+_EC_PRIVATE = ("d",)
+_RSA_PRIVATE = ("d", "p", "q", "dp", "dq", "qi")
+
+
+def private_key_to_jwk(key: PrivateKey, alg: str | None = None) -> dict[str, str]:
+    """The private JWK of `key` (public members, private ones, and `alg`): the form the
+    Workload API hands a WIT-SVID's key in. `alg` defaults to the key's natural one."""
+    from insignia.bundle import b64url_uint, public_key_to_jwk  # imports nothing of ours
+
+    jwk = public_key_to_jwk(_checked_private(key).public_key())
+    jwk["alg"] = jwt_algorithm(key, alg)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        jwk["d"] = b64url_uint(key.private_numbers().private_value, (key.curve.key_size + 7) // 8)
+    else:
+        nums = key.private_numbers()
+        values = (nums.d, nums.p, nums.q, nums.dmp1, nums.dmq1, nums.iqmp)
+        jwk.update((name, b64url_uint(v)) for name, v in zip(_RSA_PRIVATE, values, strict=True))
+    return jwk
+
+
+def private_key_from_jwk(jwk: Mapping[str, object]) -> tuple[PrivateKey, str]:
+    """The private key and `alg` of a private JWK; InvalidKey naming the bad member. The
+    private members must match the public ones (a mismatched pair would sign proofs no one
+    can verify)."""
+    from insignia.bundle import b64url_decode, public_key_from_jwk
+
+    try:
+        public = public_key_from_jwk(jwk)
+        members = _EC_PRIVATE if isinstance(public, ec.EllipticCurvePublicKey) else _RSA_PRIVATE
+        values = {}
+        for name in members:
+            text = jwk.get(name)
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"member {name!r} must be a non-empty string")
+            values[name] = int.from_bytes(b64url_decode(text), "big")
+        key: PrivateKey
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            key = ec.derive_private_key(values["d"], public.curve)
+        else:
+            numbers = rsa.RSAPrivateNumbers(
+                values["p"],
+                values["q"],
+                values["d"],
+                values["dp"],
+                values["dq"],
+                values["qi"],
+                public.public_numbers(),
+            )
+            key = numbers.private_key()
+    except ValueError as exc:  # binascii.Error included
+        raise InvalidKey(f"private JWK: {exc}") from exc
+    if public_key_to_der(key.public_key()) != public_key_to_der(public):
+        raise InvalidKey("private JWK: the private members do not match the public key")
+    alg = jwk.get("alg")
+    if not isinstance(alg, str):
+        raise InvalidKey("private JWK: member 'alg' must name the signing algorithm")
+    return _checked_private(key), jwt_algorithm(key, alg)

@@ -10,7 +10,7 @@ generated ``add_SpiffeWorkloadAPIServicer_to_server`` or ``SpiffeWorkloadAPIStub
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 import grpc.aio
@@ -23,11 +23,20 @@ FETCH_X509_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchX509Bundles"
 FETCH_JWT_SVID = f"/{WORKLOAD_SERVICE}/FetchJWTSVID"
 FETCH_JWT_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchJWTBundles"
 VALIDATE_JWT_SVID = f"/{WORKLOAD_SERVICE}/ValidateJWTSVID"
+FETCH_WIT_SVID = f"/{WORKLOAD_SERVICE}/FetchWITSVID"
+FETCH_WIT_BUNDLES = f"/{WORKLOAD_SERVICE}/FetchWITBundles"
 
 # Every Workload API call carries this metadata; it proves the caller meant to reach a
 # local Workload API (not a browser or proxy replaying a request), so servers require it.
 SECURITY_HEADER_KEY = "workload.spiffe.io"
 SECURITY_HEADER: tuple[tuple[str, str]] = ((SECURITY_HEADER_KEY, "true"),)
+
+
+class HasEncoding(Protocol):
+    """A stream message already serialised (the agent encodes one per identity set)."""
+
+    @property
+    def data(self) -> bytes: ...
 
 
 class WorkloadApiServicer(Protocol):
@@ -68,6 +77,24 @@ class WorkloadApiServicer(Protocol):
     ) -> pb.ValidateJWTSVIDResponse: ...
 
 
+@runtime_checkable
+class WitServicer(Protocol):
+    """The WIT-SVID profile's two streams; a servicer without them answers UNIMPLEMENTED,
+    as the spec asks of an endpoint that does not support the profile."""
+
+    def FetchWITSVID(
+        self,
+        request: pb.WITSVIDRequest,
+        context: grpc.aio.ServicerContext[pb.WITSVIDRequest, pb.WITSVIDResponse],
+    ) -> AsyncIterator[pb.WITSVIDResponse] | Coroutine[Any, Any, None]: ...
+
+    def FetchWITBundles(
+        self,
+        request: pb.WITBundlesRequest,
+        context: grpc.aio.ServicerContext[pb.WITBundlesRequest, pb.WITBundlesResponse],
+    ) -> AsyncIterator[pb.WITBundlesResponse] | Coroutine[Any, Any, None]: ...
+
+
 def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandler[Any, Any]:
     """A handler serving ``servicer`` under the exact public service name ``SpiffeWorkloadAPI``.
 
@@ -79,12 +106,12 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         "FetchX509SVID": stream(
             servicer.FetchX509SVID,
             request_deserializer=pb.X509SVIDRequest.FromString,
-            response_serializer=pb.X509SVIDResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "FetchX509Bundles": stream(
             servicer.FetchX509Bundles,
             request_deserializer=pb.X509BundlesRequest.FromString,
-            response_serializer=pb.X509BundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "FetchJWTSVID": unary(
             servicer.FetchJWTSVID,
@@ -94,7 +121,7 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
         "FetchJWTBundles": stream(
             servicer.FetchJWTBundles,
             request_deserializer=pb.JWTBundlesRequest.FromString,
-            response_serializer=pb.JWTBundlesResponse.SerializeToString,
+            response_serializer=serialize_stream_message,
         ),
         "ValidateJWTSVID": unary(
             servicer.ValidateJWTSVID,
@@ -102,6 +129,17 @@ def workload_api_handler(servicer: WorkloadApiServicer) -> grpc.GenericRpcHandle
             response_serializer=pb.ValidateJWTSVIDResponse.SerializeToString,
         ),
     }
+    if isinstance(servicer, WitServicer):
+        methods["FetchWITSVID"] = stream(
+            servicer.FetchWITSVID,
+            request_deserializer=pb.WITSVIDRequest.FromString,
+            response_serializer=serialize_stream_message,
+        )
+        methods["FetchWITBundles"] = stream(
+            servicer.FetchWITBundles,
+            request_deserializer=pb.WITBundlesRequest.FromString,
+            response_serializer=serialize_stream_message,
+        )
     return grpc.method_handlers_generic_handler(WORKLOAD_SERVICE, methods)
 
 
@@ -128,6 +166,12 @@ class WorkloadApiStub:
         self.ValidateJWTSVID: grpc.aio.UnaryUnaryMultiCallable[
             pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse
         ] = channel.unary_unary(VALIDATE_JWT_SVID, ser, pb.ValidateJWTSVIDResponse.FromString)
+        self.FetchWITSVID: grpc.aio.UnaryStreamMultiCallable[
+            pb.WITSVIDRequest, pb.WITSVIDResponse
+        ] = channel.unary_stream(FETCH_WIT_SVID, ser, pb.WITSVIDResponse.FromString)
+        self.FetchWITBundles: grpc.aio.UnaryStreamMultiCallable[
+            pb.WITBundlesRequest, pb.WITBundlesResponse
+        ] = channel.unary_stream(FETCH_WIT_BUNDLES, ser, pb.WITBundlesResponse.FromString)
 
 
 class WorkloadApiSyncStub:
@@ -150,7 +194,21 @@ class WorkloadApiSyncStub:
         self.ValidateJWTSVID: grpc.UnaryUnaryMultiCallable[
             pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse
         ] = channel.unary_unary(VALIDATE_JWT_SVID, ser, pb.ValidateJWTSVIDResponse.FromString)
+        self.FetchWITSVID: grpc.UnaryStreamMultiCallable[pb.WITSVIDRequest, pb.WITSVIDResponse] = (
+            channel.unary_stream(FETCH_WIT_SVID, ser, pb.WITSVIDResponse.FromString)
+        )
+        self.FetchWITBundles: grpc.UnaryStreamMultiCallable[
+            pb.WITBundlesRequest, pb.WITBundlesResponse
+        ] = channel.unary_stream(FETCH_WIT_BUNDLES, ser, pb.WITBundlesResponse.FromString)
 
 
 def _serializer(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def serialize_stream_message(message: Message | HasEncoding) -> bytes:
+    """Stream responses: a message, or one a server encoded once for many streams (an object
+    with its bytes in `data`), sent as those bytes."""
+    if isinstance(message, Message):
+        return message.SerializeToString()
+    return message.data

@@ -29,11 +29,12 @@ from insignia.jwtsvid import (
     check_token_fits,
 )
 from insignia.keys import KeyType
+from insignia.server.admin.defaults import DEFAULT_ADMIN_SOCKET
 from insignia.server.ca.rotation import ttl_beyond_guarantee
 from insignia.server.federation.relationship import check_relationship
+from insignia.server.oidc.policy import check_address, check_domain, check_issuer, check_listener
 from insignia.spiffeid import TrustDomain
 
-DEFAULT_ADMIN_SOCKET = Path("/run/insignia/server/admin.sock")
 DEFAULT_DATA_DIR = Path("/var/lib/insignia/server")
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
@@ -184,11 +185,14 @@ class FederationRelationshipConfig(StrictModel, frozen=True, kw_only=True):
     endpoint_spiffe_id: str = ""  # https_spiffe only
     trust_domain_bundle: Path | None = None  # https_spiffe bootstrap bundle
     trust_domain_bundle_format: BundleFormat = "spiffe"
+    web_ca_file: Path | None = None  # https_web: roots trusted instead of the system's
 
     def __post_init__(self) -> None:
         check_relationship(
             self.trust_domain, self.bundle_endpoint_url, self.profile, self.endpoint_spiffe_id
         )
+        if self.web_ca_file is not None and self.profile != "https_web":
+            raise ValueError("web_ca_file is for https_web only")
 
 
 class FederationConfig(StrictModel, frozen=True, kw_only=True):
@@ -203,6 +207,45 @@ class FederationConfig(StrictModel, frozen=True, kw_only=True):
                     f"federation.federates_with: {relationship.trust_domain} appears twice"
                 )
             seen.add(relationship.trust_domain)
+
+
+class OidcAddress(str):
+    """The OIDC discovery listener: "host:port", "unix:/path", or "" for none."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, value: object) -> OidcAddress:
+        text = expect_text(value)
+        if text:
+            check_address(text)
+        return cls(text)
+
+
+class DomainName(str):
+    """A name the OIDC discovery listener answers for (a DNS name or an IP address)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, value: object) -> DomainName:
+        text = expect_text(value)
+        check_domain(text)
+        return cls(text)
+
+
+class OidcDiscoveryConfig(StrictModel, frozen=True, kw_only=True):
+    """`[oidc_discovery]`: serve the OIDC discovery document and JWKS ("" = off)."""
+
+    address: OidcAddress = OidcAddress("")
+    cert_file: Path | None = None  # HTTPS; re-read when the files change
+    key_file: Path | None = None
+    domains: list[DomainName] = []  # the Host names answered; empty = any
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (HTTPS), or neither")
+        check_listener(self.address, self.cert_file is not None)
 
 
 class ServerConfig(StrictModel, frozen=True, kw_only=True):
@@ -228,6 +271,7 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogSection = field(default_factory=LogSection)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    oidc_discovery: OidcDiscoveryConfig = field(default_factory=OidcDiscoveryConfig)
     console: ConsoleConfig | None = None
 
     def __post_init__(self) -> None:
@@ -241,6 +285,13 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
         if api.port != 0 and api.port == api.attestation_port:
             raise ValueError("agent_api.port and agent_api.attestation_port must differ")
         check_token_fits(self.audience_limits, self.jwt_issuer)
+        if self.jwt_issuer:
+            check_issuer(self.jwt_issuer, self.oidc_discovery.domains)
+        elif self.oidc_discovery.address:
+            raise ValueError(
+                "jwt_issuer: required when oidc_discovery.address is set (the issuer that "
+                "relying parties discover, e.g. https://oidc.example.org)"
+            )
 
     @property
     def audience_limits(self) -> AudienceLimits:

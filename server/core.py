@@ -24,14 +24,18 @@ from insignia.server.agentapi.authorization import EntryChange
 from insignia.server.ca.authorities import Authorities
 from insignia.server.ca.bundle_publication import publication
 from insignia.server.ca.signer_pool import SignerPool, default_processes
-from insignia.server.ca.state import x509_authority_id
+from insignia.server.ca.state import KEY_KINDS, x509_authority_id
 from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
 from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord, ChangeEvent
 from insignia.server.datastore.store import Datastore
 from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
-from insignia.server.federation.relationship import Relationship
+from insignia.server.federation.relationship import (
+    Relationship,
+    relationships_in_force,
+)
 from insignia.server.federation.status import RefreshStatus
+from insignia.server.federation.stored import stored_relationship
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -84,6 +88,7 @@ class ServerCore:
         self.signing_limiters = {
             "x509": RateLimiter(api.x509_signing_rate),
             "jwt": RateLimiter(api.jwt_signing_rate),
+            "wit": RateLimiter(api.jwt_signing_rate),
         }
         self.limits = EntryLimits.for_ca(self.trust_domain, self.config.ca.ttl)
         self.ca_lock = trio.Lock()
@@ -92,7 +97,13 @@ class ServerCore:
         processes = api.signing_processes
         self.signer = SignerPool(default_processes() if processes < 0 else processes)
         self.on_ca_change: Callable[[], None] = lambda: None
-        self.federation: dict[TrustDomain, Relationship] = {}  # by peer trust domain
+        # The config file's relationships by peer trust domain; `on_federation_change` hears
+        # every new set in force (the datastore's, overridden by the config's).
+        self.configured_federation: dict[TrustDomain, Relationship] = {}
+        self.on_federation_change: Callable[[dict[TrustDomain, Relationship]], None] = (
+            lambda _relationships: None
+        )
+        self.federation: dict[TrustDomain, Relationship] = {}  # in force, as last reloaded
         self.federation_status: dict[TrustDomain, RefreshStatus] = {}  # kept by the refresher
         # Told every batch of changes the follower applied (the console's live events).
         self.on_changes: Callable[[Sequence[ChangeEvent]], None] = lambda events: None
@@ -110,15 +121,16 @@ class ServerCore:
             return f"datastore unavailable: {exc}"
         if self.authorities.state.active_x509() is None:
             return "no active X.509 CA"
-        if self.authorities.state.active_jwt() is None:
-            return "no active JWT signing key"
+        for kind in KEY_KINDS:
+            if self.authorities.state.active_key(kind) is None:
+                return f"no active {kind.upper()} signing key"
         return None
 
     def active_key_ids(self) -> tuple[str, str]:
         """The X.509 CA and JWT key this server signs with now ("" for none), for the
         servers registry."""
         state = self.authorities.state
-        x509_authority, jwt = state.active_x509(), state.active_jwt()
+        x509_authority, jwt = state.active_x509(), state.active_key("jwt")
         return (
             x509_authority_id(x509_authority.certificate) if x509_authority else "",
             jwt[0] if jwt else "",
@@ -163,9 +175,10 @@ class ServerCore:
         x509_authority = state.active_x509()
         if x509_authority is not None:
             self.metrics.ca_expiry.labels("x509").set(x509_authority.not_after.timestamp())
-        jwt_not_after = state.active_jwt_not_after()
-        if jwt_not_after is not None:
-            self.metrics.ca_expiry.labels("jwt").set(jwt_not_after.timestamp())
+        for kind in KEY_KINDS:
+            not_after = state.active_key_not_after(kind)
+            if not_after is not None:
+                self.metrics.ca_expiry.labels(kind).set(not_after.timestamp())
 
     async def in_trio(self, fn: Callable[..., Any], *args: Any) -> Any:
         """From asyncio: run trio function `fn(*args)` in the daemon's nursery."""
@@ -212,6 +225,7 @@ class ServerCore:
         state = agent_pb2.BundleState(
             tainted_x509_authorities=self.authorities.tainted("x509"),
             tainted_jwt_authorities=self.authorities.tainted("jwt"),
+            tainted_wit_authorities=self.authorities.tainted("wit"),
         )
         for record in self.store.list_bundles():
             if record.trust_domain == self.trust_domain:
@@ -219,6 +233,24 @@ class ServerCore:
             else:
                 state.federated_bundles[str(record.trust_domain)] = record.document.encode()
         return state
+
+    # --- federation relationships -------------------------------------------------------------
+
+    async def reload_federation(self) -> None:
+        """From trio: the relationships in force again, from the config and the datastore."""
+        records = await trio.to_thread.run_sync(self.store.list_federations)
+        stored = []
+        for record in records:
+            try:
+                stored.append(stored_relationship(record))
+            except ValueError as exc:  # written by a release with other rules: skip, say so
+                log.warning(
+                    "federation.relationship_unusable",
+                    trust_domain=str(record.trust_domain),
+                    error=str(exc),
+                )
+        self.federation = relationships_in_force(self.configured_federation.values(), stored)
+        self.on_federation_change(self.federation)
 
     # --- following the change log --------------------------------------------------------------
 
@@ -242,6 +274,7 @@ class ServerCore:
         agent_ids = {e.subject for e in events if e.kind == "agent"}
         bundle_changed = any(e.kind == "bundle" for e in events)
         journal_changed = any(e.kind == "ca_key" for e in events)
+        federation_changed = any(e.kind == "federation" for e in events)
         loaded = await trio.to_thread.run_sync(self.store.get_entries, entry_ids)
         changes = [
             EntryChange(self.model.index.get(i), loaded.get(i))
@@ -253,6 +286,8 @@ class ServerCore:
             agent_id = SpiffeId.parse(agent_text)
             record = await trio.to_thread.run_sync(self.store.find_agent, agent_id)
             self.model.apply_agent(agent_id, record)
+        if federation_changed:  # before the revision moves on: a failure retries it
+            await self.reload_federation()
         self.model.revision = events[-1].revision
         self.on_changes(events)
         if journal_changed:

@@ -49,9 +49,10 @@ from insignia.server.datastore.listen import RECONNECT, ChangeListener
 from insignia.server.datastore.records import ServerRecord
 from insignia.server.datastore.store import Datastore
 from insignia.server.federation.endpoint import BundleDocument, WebCertificate, pem_server_context
-from insignia.server.federation.refresher import run_refreshers
+from insignia.server.federation.refresher import Refreshers
 from insignia.server.federation.relationship import configured_relationships
 from insignia.server.metrics import ServerMetrics
+from insignia.server.oidc.listener import OidcMetrics, serve_oidc_discovery
 from insignia.server.registry import load_or_create_server_id
 
 log = get_logger("insignia.server")
@@ -94,9 +95,9 @@ def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     env = ServerEnvironment(config.td, token_store=tokens)
     # Plugins first: a config error there must stop us before anything is opened or logged.
     attestors = load_node_attestor_servers(config.node_attestors, env, source=config_path)
-    store = _open_datastore(config.database_url)
+    store = open_datastore(config.database_url)
     try:
-        _check_trust_domain(store, config)
+        check_trust_domain(store, config)
     except BaseException:
         store.close()
         raise
@@ -112,7 +113,7 @@ def open_core(config: ServerConfig, config_path: Path) -> ServerCore:
     return core
 
 
-def _open_datastore(url: str) -> Datastore:
+def open_datastore(url: str) -> Datastore:
     """The datastore, or a refusal naming `database.url` (password hidden) and the cause."""
     try:
         return Datastore.open(url)
@@ -125,7 +126,7 @@ def _shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _check_trust_domain(store: Datastore, config: ServerConfig) -> None:
+def check_trust_domain(store: Datastore, config: ServerConfig) -> None:
     """One database, one deployment: refuse a database another trust domain recorded."""
     recorded = store.claim_trust_domain(config.td)
     if recorded != config.td:
@@ -370,7 +371,7 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
     async with open_trio_bridge() as bridge, trio.open_nursery() as nursery:
         core.bridge = bridge
         addresses: dict[str, Any] = await nursery.start(_serve_agent_api, core, tls)
-        for name, bind in _health_binds(config).items():
+        for name, bind in health_binds(config).items():
             with refused_for_key(f"{name}.address"):
                 addresses[name] = await nursery.start(
                     serve_health, bind, core.metrics.registry, lambda: core.ready_reason
@@ -380,6 +381,16 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
             with refused_for_key("federation.bundle_endpoint.address"):
                 addresses["bundle_endpoint"] = await nursery.start(
                     _serve_bundle_endpoint, core, tls
+                )
+        if config.oidc_discovery.address:
+            with refused_for_key("oidc_discovery.address"):
+                addresses["oidc_discovery"] = await nursery.start(
+                    serve_oidc_discovery,
+                    config.oidc_discovery,
+                    config.jwt_issuer,
+                    core.trust_domain,
+                    lambda: core.model.bundle_state.spiffe_bundle,
+                    OidcMetrics(core.metrics.registry, "insignia_server"),
                 )
         admin = AdminApi(core, callers := CallerTable(), set(config.admin_uids))
         with refused_for_key("admin_socket"):
@@ -403,8 +414,11 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
                     _serve_console, core, admin, config.console, tls
                 )
         relationships = configured_relationships(config.federation.federates_with)
-        core.federation = {r.trust_domain: r for r in relationships}
-        nursery.start_soon(run_refreshers, core, relationships)
+        core.configured_federation = {r.trust_domain: r for r in relationships}
+        refreshers = Refreshers(core)
+        await nursery.start(refreshers.run)
+        core.on_federation_change = refreshers.apply
+        await core.reload_federation()
         nursery.start_soon(_rotate_forever, core)
         nursery.start_soon(_follow_forever, core, receive)
         if core.store.backend == "postgresql":
@@ -487,7 +501,7 @@ def admin_socket_dir(admin_socket: Path, admin_uids: Sequence[int]) -> Path:
     return directory
 
 
-def _health_binds(config: ServerConfig) -> dict[str, str]:
+def health_binds(config: ServerConfig) -> dict[str, str]:
     binds: dict[str, str] = {}
     if config.health.address:
         binds["health"] = config.health.address

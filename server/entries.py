@@ -73,6 +73,7 @@ class RegistrationEntry:
     selectors: tuple[Selector, ...]
     x509_svid_ttl: int = 0
     jwt_svid_ttl: int = 0
+    wit_svid_ttl: int = 0
     dns_names: tuple[str, ...] = ()
     federates_with: tuple[TrustDomain, ...] = ()
     hint: str = ""
@@ -91,7 +92,8 @@ class RegistrationEntry:
 
 @dataclass(frozen=True, slots=True)
 class EntryLimits:
-    """What the server allows: its trust domain and the longest SVID TTLs its CA can honour."""
+    """What the server allows: its trust domain and the longest SVID TTLs its CA can honour.
+    WIT-SVIDs take the JWT-SVID limits: both are tokens signed by a bare key of the same life."""
 
     trust_domain: TrustDomain
     max_x509_svid_ttl: int
@@ -105,7 +107,8 @@ class EntryLimits:
 
 @dataclass(frozen=True, slots=True)
 class Defaults:
-    """The server's default SVID TTLs, which a TTL of 0 (an entry's, a mint request's) means."""
+    """The server's default SVID TTLs, which a TTL of 0 (an entry's, a mint request's) means.
+    A WIT-SVID's default is the JWT-SVID's (`default_jwt_svid_ttl`)."""
 
     x509_svid_ttl: timedelta
     jwt_svid_ttl: timedelta
@@ -114,6 +117,9 @@ class Defaults:
         return ttl_or_default(seconds, self.x509_svid_ttl)
 
     def jwt(self, seconds: int) -> timedelta:
+        return ttl_or_default(seconds, self.jwt_svid_ttl)
+
+    def wit(self, seconds: int) -> timedelta:
         return ttl_or_default(seconds, self.jwt_svid_ttl)
 
 
@@ -136,6 +142,7 @@ def validate_entry(
     limits: EntryLimits,
     x509_svid_ttl: int = 0,
     jwt_svid_ttl: int = 0,
+    wit_svid_ttl: int = 0,
     dns_names: Iterable[str] = (),
     federates_with: Iterable[str | TrustDomain] = (),
     hint: str = "",
@@ -171,6 +178,7 @@ def validate_entry(
         selectors=_selectors(selectors),
         x509_svid_ttl=_ttl("x509_svid_ttl", x509_svid_ttl, limits.max_x509_svid_ttl),
         jwt_svid_ttl=_ttl("jwt_svid_ttl", jwt_svid_ttl, limits.max_jwt_svid_ttl, MIN_JWT_SVID_TTL),
+        wit_svid_ttl=_ttl("wit_svid_ttl", wit_svid_ttl, limits.max_jwt_svid_ttl, MIN_JWT_SVID_TTL),
         dns_names=_dns_names(dns_names),
         federates_with=_federates_with(federates_with, td),
         hint=_hint(hint),

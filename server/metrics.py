@@ -68,6 +68,17 @@ class ServerMetrics:
             registry=r,
         )
 
+    def forget_federation(self, trust_domain: str) -> None:
+        """Drop a deleted relationship's series: a last success that never moves again
+        would look like a peer gone quiet."""
+        for metric in (
+            self.federation_last_success,
+            self.federation_last_failure,
+            self.federation_failures,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(trust_domain)
+
     def bind_gauges(
         self, entries: Callable[[], int], agents: Callable[[], int], connected: Callable[[], int]
     ) -> None:

@@ -2,8 +2,9 @@
 
 The file is parsed and validated as `run` does, then the parts whose validity depends on
 other files are checked the same way the daemon will: the node attestors' server halves are
-configured (an x509pop CA bundle must load), the upstream CA files must load, and data_dir,
-if it exists, must be a directory. Nothing is created, bound or written.
+configured (an x509pop CA bundle must load), the upstream CA files and the OIDC discovery
+certificate must load, and data_dir, if it exists, must be a directory. Nothing is created,
+bound or written.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from pathlib import Path
 
 from insignia.attestors.interface import ServerEnvironment
 from insignia.attestors.registry import load_node_attestor_servers
-from insignia.daemon.config.loading import ConfigError
+from insignia.daemon.config.loading import ConfigError, StartupRefused
 from insignia.server.ca.state import UpstreamError, load_upstream
 from insignia.server.config import ServerConfig, load_server_config
 from insignia.server.core import JoinTokens
 from insignia.server.datastore.engine import normalize_url
+from insignia.server.federation.relationship import configured_relationships
+from insignia.server.oidc.listener import load_certificate
 
 
 def check_server_config(config_path: Path) -> ServerConfig:
@@ -35,6 +38,15 @@ def check_server_config(config_path: Path) -> ServerConfig:
         except UpstreamError as exc:
             key = "cert_file" if exc.path == upstream.cert_file else "key_file"
             raise ConfigError(config_path, f"ca.upstream.{key}", str(exc)) from exc
+    if config.oidc_discovery.address:
+        try:
+            load_certificate(config.oidc_discovery)
+        except StartupRefused as exc:
+            raise ConfigError(config_path, exc.key, str(exc).removeprefix(exc.key + ": ")) from exc
+    try:  # bootstrap bundles and web CA files, read as `run` reads them
+        configured_relationships(config.federation.federates_with)
+    except StartupRefused as exc:
+        raise ConfigError(config_path, "", str(exc)) from exc
     env = ServerEnvironment(config.td, token_store=JoinTokens())
     load_node_attestor_servers(config.node_attestors, env, source=config_path)
     return config

@@ -8,7 +8,7 @@ import pytest
 
 from tests.integration.go_interop import BUILD_SECONDS, CACHE
 
-GO_INTEROP_TESTS = "test_interop_go.py"
+GO_INTEROP_TESTS = "/test_interop_go"  # test_interop_go.py and test_interop_go_sds.py
 _SESSION_START = time.time()
 
 
@@ -34,5 +34,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     build = f"built in {built[0]} s" if built else "cached binary"
     summary = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
     terminalreporter.write_line(
-        f"Go interop (go-spiffe v2.9.0, grpc-go v1.85.0): {summary}; {build}"
+        f"Go interop (go-spiffe v2.9.0, go-control-plane envoy v1.40.0, grpc-go v1.85.0): "
+        f"{summary}; {build}"
     )

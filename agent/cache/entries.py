@@ -51,6 +51,7 @@ class Entry:
     expires_at: int  # unix seconds, 0 = never
     revision: int
     created_at: int  # unix seconds
+    wit_svid_ttl: int = 0  # 0 from a server (or cache file) older than WIT-SVIDs
 
     @property
     def signing_fields(self) -> SigningFields:
@@ -91,6 +92,7 @@ class Entry:
             expires_at=msg.expires_at,
             revision=msg.revision,
             created_at=msg.created_at,
+            wit_svid_ttl=max(0, msg.wit_svid_ttl),
         )
 
     def to_proto(self) -> agent_pb2.Entry:
@@ -110,6 +112,7 @@ class Entry:
             expires_at=self.expires_at,
             revision=self.revision,
             created_at=self.created_at,
+            wit_svid_ttl=self.wit_svid_ttl,
         )
 
 

@@ -49,6 +49,7 @@ def bundle_state(view: BundleView) -> agent_pb2.BundleState:
         spiffe_bundle=view.local.to_spiffe(),
         tainted_x509_authorities=sorted(view.tainted_x509),
         tainted_jwt_authorities=sorted(view.tainted_jwt),
+        tainted_wit_authorities=sorted(view.tainted_wit),
         federated_bundles={str(td): b.to_spiffe() for td, b in view.federated.items()},
     )
 

@@ -1,4 +1,5 @@
-"""The agent's in-memory view: authorized entries, bundles, tainted authorities and SVIDs.
+"""The agent's in-memory view: authorized entries, bundles, tainted authorities and SVIDs
+(X.509, JWT, and WIT-SVIDs with the key pairs they bind).
 
 The cache is the single source the Workload API answers from, so it keeps answering while
 the server is unreachable. It is owned by the daemon's one thread (trio and grpc.aio share
@@ -16,7 +17,7 @@ from types import MappingProxyType
 from typing import Final, Protocol
 
 from insignia.agent.cache.entries import Entry, entitled
-from insignia.agent.svids.rotation import SvidTiming
+from insignia.agent.svids.rotation import SvidTiming, WitTiming
 from insignia.bundle import Bundle
 from insignia.selectors import Selector, matches
 from insignia.spiffeid import SpiffeId, TrustDomain
@@ -45,6 +46,19 @@ class JwtSvidRecord:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class WitSvidRecord:
+    """A WIT-SVID and the key pair it binds (made on this node; the server saw the public
+    half only). `key_jwk` is the private JWK the Workload API hands out."""
+
+    entry_id: str
+    spiffe_id: SpiffeId
+    token: str
+    key_jwk: str
+    issued_at: datetime
+    timing: WitTiming
+
+
 @dataclass(frozen=True)
 class BundleView:
     """The trust material from one Sync update, replaced as a whole when it changes."""
@@ -53,6 +67,7 @@ class BundleView:
     federated: Mapping[TrustDomain, Bundle] = field(default_factory=dict)
     tainted_x509: frozenset[str] = frozenset()
     tainted_jwt: frozenset[str] = frozenset()
+    tainted_wit: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "federated", MappingProxyType(dict(self.federated)))
@@ -107,7 +122,13 @@ class Cache:
         self._bundles: BundleView | None = None
         self._x509: dict[str, X509SvidRecord] = {}
         self._jwt: dict[str, dict[frozenset[str], JwtSvidRecord]] = {}
-        self._subscribers: set[Subscriber] = set()
+        self._wit: dict[str, WitSvidRecord] = {}
+        # Grouped by selectors: a change is matched once per distinct set, not once per stream.
+        self._subscribers: dict[frozenset[Selector], set[Subscriber]] = {}
+        self._subscriber_count = 0
+        #: Bumped by every change that wakes anyone: what a view was built from is still
+        #: current while it holds (agent/workloadapi/shared.py keys encodings on it).
+        self.generation = 0
         self._listeners: list[Callable[[Change], None]] = []
 
     # --- reads ----------------------------------------------------------------------
@@ -122,7 +143,7 @@ class Cache:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return self._subscriber_count
 
     def x509_svid(self, entry_id: str) -> X509SvidRecord | None:
         return self._x509.get(entry_id)
@@ -132,6 +153,9 @@ class Cache:
 
     def jwt_svid(self, entry_id: str, audience: frozenset[str]) -> JwtSvidRecord | None:
         return self._jwt.get(entry_id, {}).get(audience)
+
+    def wit_svid(self, entry_id: str) -> WitSvidRecord | None:
+        return self._wit.get(entry_id)
 
     def entitled(self, selectors: frozenset[Selector], now: float) -> list[Entry]:
         return entitled(self._entries.values(), selectors, now)
@@ -151,6 +175,7 @@ class Cache:
             touched.append(self._entries.pop(entry_id).selectors)
             self._x509.pop(entry_id, None)
             self._jwt.pop(entry_id, None)
+            self._wit.pop(entry_id, None)
         for entry_id, entry in incoming.items():
             old = self._entries.get(entry_id)
             if old == entry:
@@ -159,6 +184,7 @@ class Cache:
                 touched.append(old.selectors)
                 if old.spiffe_id != entry.spiffe_id:
                     self._jwt.pop(entry_id, None)
+                    self._wit.pop(entry_id, None)
             touched.append(entry.selectors)
             self._entries[entry_id] = entry
         bundles_changed = delta.bundles is not None and delta.bundles != self._bundles
@@ -177,6 +203,24 @@ class Cache:
             self._x509[record.entry_id] = record
             touched.append(entry.selectors)
         return self._publish(Change(tuple(set(touched))))
+
+    def put_wit(self, records: Iterable[WitSvidRecord]) -> Change:
+        """Store newly signed WIT-SVIDs (for entries still present); wake their workloads,
+        whose FetchWITSVID streams push the new token and key."""
+        touched = []
+        for record in records:
+            entry = self._entries.get(record.entry_id)
+            if entry is None or entry.spiffe_id != record.spiffe_id:
+                continue  # the entry went away or changed while the request was in flight
+            self._wit[record.entry_id] = record
+            touched.append(entry.selectors)
+        return self._publish(Change(tuple(set(touched))))
+
+    def touch(self, entry_ids: Iterable[str]) -> Change:
+        """Wake the workloads of these entries with nothing changed: a WIT-SVID request for
+        them was refused, and their streams must look again when its retry is due."""
+        touched = {self._entries[i].selectors for i in entry_ids if i in self._entries}
+        return self._publish(Change(tuple(touched)))
 
     def put_jwt(
         self, entry_id: str, audience: frozenset[str], record: JwtSvidRecord, now: datetime
@@ -200,10 +244,19 @@ class Cache:
     # --- subscriptions --------------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.add(subscriber)
+        group = self._subscribers.setdefault(subscriber.selectors, set())
+        if subscriber not in group:
+            group.add(subscriber)
+            self._subscriber_count += 1
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.discard(subscriber)
+        group = self._subscribers.get(subscriber.selectors)
+        if group is None or subscriber not in group:
+            return
+        group.remove(subscriber)
+        self._subscriber_count -= 1
+        if not group:
+            del self._subscribers[subscriber.selectors]
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Daemon-internal observers (the signer) that see every change."""
@@ -212,9 +265,11 @@ class Cache:
     def _publish(self, change: Change) -> Change:
         if not change:
             return change
+        self.generation += 1
         for listener in self._listeners:
             listener(change)
-        for subscriber in list(self._subscribers):
-            if change.concerns(subscriber.selectors):
-                subscriber.wake()
+        for selectors, group in list(self._subscribers.items()):
+            if change.concerns(selectors):
+                for subscriber in list(group):
+                    subscriber.wake()
         return change

@@ -55,6 +55,7 @@ def parse_bundle_state(state: agent_pb2.BundleState, trust_domain: TrustDomain) 
         federated,
         frozenset(s.lower() for s in state.tainted_x509_authorities),
         frozenset(state.tainted_jwt_authorities),
+        frozenset(state.tainted_wit_authorities),
     )
 
 

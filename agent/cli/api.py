@@ -168,6 +168,23 @@ def fetch_jwt(
         click.echo(f"\t{svid.token}")
 
 
+@fetch.command("wit")
+@_client_options
+@option("--spiffe-id", "-spiffeID", default=None, help="Only this one of the caller's identities.")
+def fetch_wit(
+    socket: str | None, config_path: Path | None, timeout: float, spiffe_id: str | None
+) -> None:
+    """Fetch WIT-SVIDs (incubating); prints each token, never its private key."""
+    with _client(socket, config_path, timeout) as client:
+        try:
+            credentials = client.fetch_wit_svids(spiffe_id)
+        except WorkloadApiError as exc:
+            _fail(f"fetching WIT-SVIDs failed: {exc}")
+    for credential in credentials:
+        click.echo(f"wit({credential.spiffe_id}, key {credential.alg}):")
+        click.echo(f"\t{credential.token}")
+
+
 @api.group()
 def validate() -> None:
     """Validate credentials through the Workload API."""

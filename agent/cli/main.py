@@ -7,7 +7,6 @@ config or usage. Every failure is one line on stderr that says what was wrong.
 from __future__ import annotations
 
 import http.client
-import importlib
 import socket
 import sys
 from collections.abc import Callable
@@ -24,7 +23,12 @@ from insignia.agent.config import (
     load_agent_config,
 )
 from insignia.bundle import Bundle, InvalidBundle
-from insignia.daemon.config.cli_options import config_option, log_level_option, option
+from insignia.daemon.config.cli_options import (
+    LazyGroup,
+    config_option,
+    log_level_option,
+    option,
+)
 from insignia.daemon.config.loading import CONFIG_EXIT_CODE, ConfigError
 from insignia.daemon.logs import LogLevel
 
@@ -63,22 +67,11 @@ def _check_trust_bundle(config: AgentConfig, path: Path) -> None:
         raise ConfigError(path, "trust_bundle_path", f"{bundle_path} holds no CA certificates")
 
 
-class _LazyGroup(click.Group):
+class _LazyGroup(LazyGroup):
     """Imports the `api` and `helper` commands only when one of them runs: the daemon (`run`)
     would otherwise carry the Workload API client in its RSS, about 1 MB of an 80 MB budget."""
 
     lazy = {"api": "insignia.agent.cli.api:api", "helper": "insignia.agent.helper.cli:helper"}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.lazy])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = self.lazy.get(cmd_name)
-        if target is None:
-            return super().get_command(ctx, cmd_name)
-        module, _, attr = target.partition(":")
-        command: click.Command = getattr(importlib.import_module(module), attr)
-        return command
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -268,6 +268,15 @@ class ServerClient:
         )
         return response.results
 
+    async def batch_new_wit_svid(
+        self, params: Sequence[agent_pb2.WITSVIDParams]
+    ) -> Sequence[agent_pb2.WITSVIDResult]:
+        request = agent_pb2.BatchNewWITSVIDRequest(params=params)
+        response: agent_pb2.BatchNewWITSVIDResponse = await self._stub().BatchNewWITSVID(
+            request, timeout=self.rpc_timeout
+        )
+        return response.results
+
     async def close_retired(self) -> None:
         """Close channels replaced by newer credentials (their streams have moved on)."""
         retired, self._retired = self._retired, []

@@ -1,5 +1,8 @@
 """When the agent renews an SVID: pure decisions over times and sets, testable without a clock.
 
+WIT-SVIDs follow the X.509 rule (half life, jittered; at once on taint, expiry or a changed
+entry): their key pair is made here and each token is pushed to open streams.
+
 X.509-SVIDs renew at half their lifetime, jittered by up to 10% of that half life so a fleet
 of agents that synced together does not hit the server in one burst. A tainted signing
 authority (the server is retiring a compromised CA) means "now", whatever the schedule says.
@@ -49,6 +52,33 @@ class SvidTiming:
     renew_at: datetime
     authority_ids: frozenset[str]  # hex key ids of every CA above the leaf
     signed_for: SigningFields  # the entry's signing fields when it was issued
+
+
+@dataclass(frozen=True, slots=True)
+class WitTiming:
+    """What the schedule needs to know about one issued WIT-SVID."""
+
+    expires_at: datetime
+    renew_at: datetime
+    kid: str  # the WIT key that signed it: tainting it means renew now
+    signed_ttl: int  # the entry's wit_svid_ttl when it was signed
+
+
+def wit_renew_reason(
+    timing: WitTiming | None, wit_svid_ttl: int, now: datetime, tainted_kids: frozenset[str]
+) -> RenewReason | None:
+    """Why an entry's WIT-SVID (and its key pair) must be made again now, or None."""
+    if timing is None:
+        return RenewReason.MISSING
+    if now >= timing.expires_at:
+        return RenewReason.EXPIRED
+    if timing.kid in tainted_kids:
+        return RenewReason.TAINTED
+    if timing.signed_ttl != wit_svid_ttl:
+        return RenewReason.ENTRY_CHANGED
+    if now >= timing.renew_at:
+        return RenewReason.HALF_LIFE
+    return None
 
 
 def draw_jitter(rng: random.Random) -> float:

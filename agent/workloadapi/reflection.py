@@ -9,6 +9,11 @@ insignia/workload_wire.py), but the service on the wire is the package-less
 it answers from a private descriptor pool holding a package-less copy of our file: a client
 that resolves `SpiffeWorkloadAPI` gets the public definition, and py-spiffe's own copy in the
 default pool is never touched.
+
+Envoy's SDS, served on the same socket (insignia.agent.workloadapi.sds), is listed too, from
+xds-protos' files with every file they import, and with the types its responses pack in `Any`
+(the Secret, the SPIFFE validator's config), so a reflecting client can decode what it gets.
+Those files are large, so the pool is built on the first reflection call, as SDS's handler is.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from insignia_proto import workload_pb2
 
+from insignia.agent.workloadapi.first_call import LoadedOnFirstCall
+from insignia.agent.workloadapi.sds_service import SDS_SERVICE
 from insignia.workload_wire import WORKLOAD_SERVICE
 
 V1ALPHA: Final = "grpc.reflection.v1alpha.ServerReflection"
@@ -67,12 +74,38 @@ def _repackaged(
     return proto
 
 
+def _with_imports(*descriptors: FileDescriptor) -> list[FileDescriptor]:
+    """`descriptors` and everything they import, each file once, imports first."""
+    ordered: dict[str, FileDescriptor] = {}
+
+    def visit(file: FileDescriptor) -> None:
+        if file.name not in ordered:
+            for dependency in file.dependencies:
+                visit(dependency)
+            ordered[file.name] = file
+
+    for descriptor in descriptors:
+        visit(descriptor)
+    return list(ordered.values())
+
+
 def reflection_pool() -> descriptor_pool.DescriptorPool:
-    """The files reflection describes: the public Workload API and both reflection versions."""
+    """The files reflection describes: the public Workload API, Envoy's SDS and both
+    reflection versions."""
+    # Imported here, not at the top: Envoy's modules cost megabytes, paid on first use only.
+    from envoy.extensions.transport_sockets.tls.v3 import (
+        secret_pb2,
+        tls_spiffe_validator_config_pb2,
+    )
+    from envoy.service.secret.v3 import sds_pb2
+
     pool = descriptor_pool.DescriptorPool()
+    sds = (sds_pb2.DESCRIPTOR, secret_pb2.DESCRIPTOR, tls_spiffe_validator_config_pb2.DESCRIPTOR)
+    sds_files = [f for f in _with_imports(*sds) if f.name != struct_pb2.DESCRIPTOR.name]
     for proto in (
         _copy(struct_pb2.DESCRIPTOR),
         _repackaged(_copy(workload_pb2.DESCRIPTOR), _WORKLOAD_FILE, ""),
+        *(_copy(f) for f in sds_files),
         _copy(reflection_pb2.DESCRIPTOR),
         _repackaged(_copy(reflection_pb2.DESCRIPTOR), _V1_FILE, "grpc.reflection.v1"),
     ):
@@ -81,8 +114,14 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 def reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
-    """Handlers for both reflection services, listing the Workload API and themselves."""
-    servicer = ReflectionServicer((WORKLOAD_SERVICE, V1, V1ALPHA), pool=reflection_pool())
+    """Handlers for both reflection services, listing the Workload API, SDS and themselves;
+    built on the first reflection call."""
+    return [LoadedOnFirstCall((V1, V1ALPHA), _build_reflection_handlers)]
+
+
+def _build_reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
+    services = (WORKLOAD_SERVICE, SDS_SERVICE, V1, V1ALPHA)
+    servicer = ReflectionServicer(services, pool=reflection_pool())
     methods = {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,

@@ -22,14 +22,13 @@ from insignia.agent.cache.store import Cache
 from insignia.agent.metrics import AgentMetrics
 from insignia.agent.workloadapi.rpcs import StreamSubscriber, WorkloadApi
 from insignia.agent.workloadapi.sds_protocol import DeltaStream, Heard, SotwStream, WrongType
-from insignia.agent.workloadapi.sds_secrets import Resolved, SdsNames, resolve
+from insignia.agent.workloadapi.sds_secrets import Resolved, resolve
+from insignia.agent.workloadapi.sds_service import SDS_SERVICE, SdsNames
 from insignia.agent.workloadapi.views import NoIdentity, SvidsExpired, x509_bundles, x509_view
 from insignia.daemon.logs import get_logger
 from insignia.selectors import Selector
 
 log = get_logger(__name__)
-
-SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # What context.read() returns once the client has half-closed (absent from grpc-stubs).

@@ -31,6 +31,7 @@ from envoy.extensions.transport_sockets.tls.v3 import (
 from google.protobuf import any_pb2
 from insignia_proto import workload_pb2 as pb
 
+from insignia.agent.workloadapi.sds_service import SdsNames
 from insignia.x509svid import parse_chain_der
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
@@ -38,16 +39,6 @@ SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3
 # Envoy 1.40 knows the SPIFFE validator only by this name: the longer
 # `envoy.transport_sockets.tls.cert_validator.spiffe` makes every handshake fail.
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
-
-
-@dataclass(frozen=True, slots=True)
-class SdsNames:
-    """The `[sds]` section's resource names (SPIRE's defaults)."""
-
-    default_svid_name: str = "default"
-    default_bundle_name: str = "ROOTCA"
-    default_all_bundles_name: str = "ALL"
-    disable_spiffe_cert_validation: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from insignia_proto import workload_pb2 as pb
 
 from insignia.agent.cache.entries import Entry
 from insignia.agent.cache.store import BundleView, Cache, X509SvidRecord
+from insignia.agent.svids.rotation import RenewReason, wit_renew_reason
 from insignia.bundle import Bundle
 from insignia.selectors import Selector
 from insignia.spiffeid import TrustDomain
@@ -105,19 +107,25 @@ def x509_view(cache: Cache, selectors: frozenset[Selector], now: datetime) -> X5
     return X509View(response, tuple(served), tuple(pending))
 
 
+E = TypeVar("E", bytes, str)
+
+
 def _bundle_map(
-    cache: Cache, selectors: frozenset[Selector], now: datetime, encode: Callable[[Bundle], bytes]
-) -> dict[str, bytes]:
+    cache: Cache,
+    selectors: frozenset[Selector],
+    now: datetime,
+    encode: Callable[[Bundle], E],
+    keep: Callable[[Bundle], bool] = lambda _bundle: True,
+) -> dict[str, E]:
     """Trust domain ID -> encoded bundle: our own domain first, then those the caller
-    federates with; empty before the first sync."""
+    federates with (those `keep` accepts); empty before the first sync."""
     entries = _entitled(cache, selectors, now)
-    bundles = cache.bundles
-    if bundles is None:
+    view = cache.bundles
+    if view is None:
         return {}
-    result = {cache.trust_domain.id_string(): encode(bundles.local)}
-    for td, bundle in _federated(bundles, entries, cache.trust_domain).items():
-        result[td.id_string()] = encode(bundle)
-    return result
+    feds: dict[TrustDomain, Bundle] = _federated(view, entries, cache.trust_domain)
+    chosen = [view.local, *feds.values()]
+    return {b.trust_domain.id_string(): encode(b) for b in chosen if keep(b)}
 
 
 def x509_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, bytes]:
@@ -130,10 +138,56 @@ def jwt_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> 
     return _bundle_map(cache, selectors, now, Bundle.jwks)
 
 
-def jwt_targets(
+def wit_bundles(cache: Cache, selectors: frozenset[Selector], now: datetime) -> dict[str, str]:
+    """FetchWITBundles' map: trust domain ID -> JWKS of its WIT-SVID keys. A trust domain
+    without WIT keys does not sign WIT-SVIDs (WIT-SVID §6.2) and is left out."""
+    return _bundle_map(cache, selectors, now, Bundle.wit_jwks, lambda b: bool(b.wit_authorities))
+
+
+@dataclass(frozen=True, slots=True)
+class WitView:
+    """The caller's WIT-SVIDs that exist now, the entries to (re)sign, and when to look again."""
+
+    response: pb.WITSVIDResponse
+    due: tuple[tuple[Entry, RenewReason], ...]
+    stale_at: datetime | None
+
+
+def wit_view(
+    cache: Cache, selectors: frozenset[Selector], now: datetime, spiffe_id: str
+) -> WitView:
+    """FetchWITSVID's message: every unexpired WIT-SVID of the caller's entries (or of the one
+    named), served while its successor is signed; NoIdentity when nothing matches."""
+    tainted = cache.bundles.tainted_wit if cache.bundles is not None else frozenset()
+    svids = []
+    due = []
+    times = []
+    for entry in named_targets(cache, selectors, now, spiffe_id):
+        record = cache.wit_svid(entry.id)
+        timing = record.timing if record is not None else None
+        reason = wit_renew_reason(timing, entry.wit_svid_ttl, now, tainted)
+        if reason is not None:
+            due.append((entry, reason))
+        if record is None or record.timing.expires_at <= now:
+            continue
+        times += [record.timing.expires_at, record.timing.renew_at]
+        svids.append(
+            pb.WITSVID(
+                spiffe_id=str(record.spiffe_id),
+                wit_svid=record.token,
+                wit_svid_key=record.key_jwk,
+                hint=entry.hint,
+            )
+        )
+    stale_at = min((t for t in times if t > now), default=None)
+    return WitView(pb.WITSVIDResponse(svids=svids), tuple(due), stale_at)
+
+
+def named_targets(
     cache: Cache, selectors: frozenset[Selector], now: datetime, spiffe_id: str
 ) -> list[Entry]:
-    """The entries FetchJWTSVID mints for: all of the caller's, or the one it named."""
+    """The entries FetchJWTSVID and FetchWITSVID serve: all of the caller's, or the one it
+    named."""
     entries = _entitled(cache, selectors, now)
     if not spiffe_id:
         return entries

@@ -8,6 +8,7 @@ ours, and a real workload is its own process anyway), often under another uid. U
     python agent_pyspiffe_client.py SOCKET jwt AUDIENCE [AUDIENCE...]
     python agent_pyspiffe_client.py SOCKET watch COUNT TIMEOUT
     python agent_pyspiffe_client.py SOCKET bundles
+    python agent_pyspiffe_client.py SOCKET validate TOKEN AUDIENCE
 
 Errors print {"error": <grpc status name or exception type>, "detail": ...} and exit 3.
 """
@@ -99,6 +100,9 @@ def main(socket: str, command: str, *args: str) -> dict[str, Any]:
             },
             "jwt": {str(b.trust_domain): sorted(b.jwt_authorities) for b in jwt_bundles.bundles},
         }
+    if command == "validate":  # the agent's ValidateJWTSVID, for this caller
+        validated = client.validate_jwt_svid(args[0], args[1])
+        return {"spiffe_id": str(validated.spiffe_id), "aud": sorted(validated.audience)}
     if command == "watch":
         want, timeout = int(args[0]), float(args[1])
         serials: list[str] = []

@@ -6,7 +6,8 @@ answers from a backend cluster (or directly), a `client` Envoy takes plain HTTP 
 forwards it over mTLS to a server Envoy. Both verify the peer with the SPIFFE validator
 the agent sends as "ALL" and match the peer's SPIFFE ID. The bootstrap goes on the command
 line (`--config-yaml`, JSON being YAML), so an Envoy under another uid reads no file of ours;
-its log goes to a file root opened for it.
+a bootstrap file (examples/envoy/sidecar.yaml) is passed with `-c`. Its log goes to a file
+root opened for it.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def _http_listener(port: int, route: dict[str, Any], **extra: Any) -> dict[str, 
 
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+_OK: dict[str, Any] = {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
 
 
 def server_bootstrap(
@@ -142,11 +144,7 @@ def server_bootstrap(
 ) -> dict[str, Any]:
     """mTLS on `port` for the client `peer_id` only, forwarding to 127.0.0.1:`backend_port`
     (None: answering "ok" itself)."""
-    route: dict[str, Any] = (
-        {"direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
-        if backend_port is None
-        else {"route": {"cluster": "backend"}}
-    )
+    route = _OK if backend_port is None else {"route": {"cluster": "backend"}}
     tls = {
         "transport_socket": {
             "name": "envoy.transport_sockets.tls",
@@ -188,6 +186,22 @@ def client_bootstrap(
     return _bootstrap(admin_port, [listener], clusters)
 
 
+def with_plain_route(
+    bootstrap: dict[str, Any], port: int, upstream_port: int | None
+) -> dict[str, Any]:
+    """`bootstrap` plus plain HTTP on `port`, forwarded in plain HTTP to 127.0.0.1:
+    `upstream_port` (None: answering "ok" itself): the no-TLS reference path through the
+    same Envoys."""
+    resources = bootstrap["static_resources"]
+    route = _OK
+    if upstream_port is not None:
+        cluster = f"plain_{upstream_port}"
+        resources["clusters"].append(_cluster(cluster, _tcp(upstream_port)))
+        route = {"route": {"cluster": cluster}}
+    resources["listeners"].append(_http_listener(port, route))
+    return bootstrap
+
+
 def _agent_cluster(agent_socket: Path) -> dict[str, Any]:
     http2 = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     return _cluster(
@@ -214,17 +228,27 @@ def _bootstrap(
 
 @dataclass
 class EnvoyProcess:
-    """Envoy with `bootstrap`, under `uid`, logging to `directory`/envoy.log."""
+    """Envoy with `bootstrap`, under `uid`, logging to `directory`/envoy.log. A bootstrap
+    file (a Path, which `uid` must be able to read) names its admin port in `admin_port`."""
 
     directory: Path
-    bootstrap: dict[str, Any]
+    bootstrap: dict[str, Any] | Path
     uid: int | None = None
-    process: subprocess.Popen[bytes] | None = None
-    admin_port: int = field(init=False)
+    admin_port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.admin_port = int(self.bootstrap["admin"]["address"]["socket_address"]["port_value"])
+        if isinstance(self.bootstrap, dict):
+            address = self.bootstrap["admin"]["address"]["socket_address"]
+            self.admin_port = int(address["port_value"])
+        elif not self.admin_port:
+            raise ValueError(f"{self.bootstrap}: give the admin port it configures")
         self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _config_args(self) -> list[str]:
+        if isinstance(self.bootstrap, Path):
+            return ["-c", str(self.bootstrap)]
+        return ["--config-yaml", json.dumps(self.bootstrap)]
 
     @property
     def log_path(self) -> Path:
@@ -238,8 +262,7 @@ class EnvoyProcess:
                 [
                     *as_user(self.uid),
                     str(envoy_binary()),
-                    "--config-yaml",
-                    json.dumps(self.bootstrap),
+                    *self._config_args(),
                     "--disable-hot-restart",
                     "--concurrency",
                     "1",

@@ -194,6 +194,13 @@ class ServerProcess:
         self.stop()
         self.start(timeout=timeout)
 
+    def restart_with(self, extra_config: Mapping[str, Any], timeout: float = 60) -> None:
+        """Restart on another `extra_config`; the data_dir, and so the CA, stays."""
+        self.stop()
+        self.extra_config = extra_config
+        self.write_config()
+        self.start(timeout=timeout)
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal, TextIO, get_args
+from typing import Any, TextIO, get_args
 
 import structlog
 
-LogLevel = Literal["debug", "info", "warning", "error"]
+from insignia.daemon.log_levels import LogFormat, LogLevel
+
+__all__ = [
+    "LogFormat",
+    "LogLevel",
+    "change_log_level",
+    "check_log_level",
+    "configure_logging",
+    "current_log_level",
+    "get_logger",
+    "set_log_level",
+]
+
 # Third-party loggers whose info records are start-up chatter, not events an operator needs.
 _QUIET = ("alembic.runtime.plugins",)
-LogFormat = Literal["json", "console"]
 
 
 def _shared_processors() -> list[Any]:

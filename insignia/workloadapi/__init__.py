@@ -3,6 +3,7 @@ watches, and X.509 sources that keep a workload's SVID and bundles current.
 
     from insignia.workloadapi import open_x509_source   # trio
     from insignia.workloadapi import ThreadedX509Source # threads / blocking code
+    from insignia.workloadapi import ThreadedWitSource  # WIT-SVIDs and their keys
 """
 
 from insignia.backoff import Backoff
@@ -29,6 +30,7 @@ from insignia.workloadapi._source import (
     open_x509_source,
 )
 from insignia.workloadapi._trio_client import TrioWorkloadApiClient, resolve_socket
+from insignia.workloadapi._wit_source import ThreadedWitSource
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -37,6 +39,7 @@ __all__ = [
     "JwtSvidToken",
     "SourceNotReady",
     "SvidPicker",
+    "ThreadedWitSource",
     "ThreadedX509Source",
     "TrioWorkloadApiClient",
     "WorkloadApiClient",

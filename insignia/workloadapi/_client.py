@@ -22,6 +22,7 @@ from insignia._closing import Closing
 from insignia.bundle import Bundle, BundleSet, InvalidBundle
 from insignia.keys import InvalidKey
 from insignia.spiffeid import SpiffeId, TrustDomain
+from insignia.wit import WitCredential
 from insignia.workload_wire import SECURITY_HEADER, WorkloadApiSyncStub
 from insignia.workloadapi._address import grpc_target
 from insignia.x509svid import InvalidX509Svid, X509Svid
@@ -91,6 +92,35 @@ def _x509_bundles(response: pb.X509BundlesResponse) -> BundleSet:
     for name, der in response.bundles.items():
         td = _decode("trust domain", TrustDomain.parse, name)
         out[td] = _decode(f"bundle {name}", Bundle.parse_der, td, der)
+    return BundleSet(out)
+
+
+def wit_credentials_from_response(response: pb.WITSVIDResponse) -> list[WitCredential]:
+    """Decode one WITSVIDResponse: each token with its private key (validate tokens you
+    receive with insignia.wit; these are your own)."""
+    if not response.svids:
+        raise WorkloadApiError(None, "WITSVIDResponse without SVIDs")
+    out = []
+    for i, msg in enumerate(response.svids):
+        spiffe_id = _decode(f"WIT-SVID {i} spiffe_id", SpiffeId.parse, msg.spiffe_id)
+        out.append(
+            _decode(
+                f"WIT-SVID {i} key",
+                WitCredential.from_jwk,
+                spiffe_id,
+                msg.wit_svid,
+                msg.wit_svid_key,
+                msg.hint,
+            )
+        )
+    return out
+
+
+def _wit_bundles(response: pb.WITBundlesResponse) -> BundleSet:
+    out = {}
+    for name, jwks in response.bundles.items():
+        td = _decode("trust domain", TrustDomain.parse, name)
+        out[td] = _decode(f"WIT bundle {name}", Bundle.parse_wit_jwks, td, jwks)
     return BundleSet(out)
 
 
@@ -165,6 +195,27 @@ class WorkloadApiClient(Closing):
         claims = MessageToDict(response.claims) if response.HasField("claims") else {}
         spiffe_id: SpiffeId = _decode("spiffe_id", SpiffeId.parse, response.spiffe_id)
         return spiffe_id, json.loads(json.dumps(claims))
+
+    # --- WIT (the SPIFFE spec's incubating WIT-SVID profile) ---------------------------
+
+    def fetch_wit_svids(self, spiffe_id: str | None = None) -> list[WitCredential]:
+        """The first FetchWITSVID message: WIT-SVIDs with their keys (all, or the one named)."""
+        request = pb.WITSVIDRequest(spiffe_id=spiffe_id or "")
+        return self._first(self._stub.FetchWITSVID, request, wit_credentials_from_response)
+
+    def watch_wit_svids(self, spiffe_id: str | None = None) -> Iterator[list[WitCredential]]:
+        """Every FetchWITSVID message: a new token and key pair after each rotation."""
+        request = pb.WITSVIDRequest(spiffe_id=spiffe_id or "")
+        stream = self._stub.FetchWITSVID(request, metadata=SECURITY_HEADER)
+        yield from self._iterate(stream, wit_credentials_from_response)
+
+    def fetch_wit_bundles(self) -> BundleSet:
+        """WIT-SVID keys by trust domain (an empty set: no trust domain signs WIT-SVIDs)."""
+        return self._first(self._stub.FetchWITBundles, pb.WITBundlesRequest(), _wit_bundles)
+
+    def watch_wit_bundles(self) -> Iterator[BundleSet]:
+        stream = self._stub.FetchWITBundles(pb.WITBundlesRequest(), metadata=SECURITY_HEADER)
+        yield from self._iterate(stream, _wit_bundles)
 
     # --- plumbing ---------------------------------------------------------------------
 

@@ -34,12 +34,14 @@ class _AuthorityKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._
     AUTHORITY_KIND_UNSPECIFIED: _AuthorityKind.ValueType  # 0
     X509: _AuthorityKind.ValueType  # 1
     JWT: _AuthorityKind.ValueType  # 2
+    WIT: _AuthorityKind.ValueType  # 3
 
 class AuthorityKind(_AuthorityKind, metaclass=_AuthorityKindEnumTypeWrapper): ...
 
 AUTHORITY_KIND_UNSPECIFIED: AuthorityKind.ValueType  # 0
 X509: AuthorityKind.ValueType  # 1
 JWT: AuthorityKind.ValueType  # 2
+WIT: AuthorityKind.ValueType  # 3
 Global___AuthorityKind: typing_extensions.TypeAlias = AuthorityKind
 
 @typing.final
@@ -127,6 +129,7 @@ class Entry(google.protobuf.message.Message):
     EXPIRES_AT_FIELD_NUMBER: builtins.int
     REVISION_FIELD_NUMBER: builtins.int
     CREATED_AT_FIELD_NUMBER: builtins.int
+    WIT_SVID_TTL_FIELD_NUMBER: builtins.int
     id: builtins.str
     spiffe_id: builtins.str
     parent_id: builtins.str
@@ -142,6 +145,8 @@ class Entry(google.protobuf.message.Message):
     revision: builtins.int
     created_at: builtins.int
     """unix seconds, set by the server"""
+    wit_svid_ttl: builtins.int
+    """seconds; 0 = the server's default_jwt_svid_ttl"""
     @property
     def selectors(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """"type:value" """
@@ -167,8 +172,9 @@ class Entry(google.protobuf.message.Message):
         expires_at: builtins.int = ...,
         revision: builtins.int = ...,
         created_at: builtins.int = ...,
+        wit_svid_ttl: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["admin", b"admin", "created_at", b"created_at", "dns_names", b"dns_names", "downstream", b"downstream", "expires_at", b"expires_at", "federates_with", b"federates_with", "hint", b"hint", "id", b"id", "jwt_svid_ttl", b"jwt_svid_ttl", "parent_id", b"parent_id", "revision", b"revision", "selectors", b"selectors", "spiffe_id", b"spiffe_id", "x509_svid_ttl", b"x509_svid_ttl"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["admin", b"admin", "created_at", b"created_at", "dns_names", b"dns_names", "downstream", b"downstream", "expires_at", b"expires_at", "federates_with", b"federates_with", "hint", b"hint", "id", b"id", "jwt_svid_ttl", b"jwt_svid_ttl", "parent_id", b"parent_id", "revision", b"revision", "selectors", b"selectors", "spiffe_id", b"spiffe_id", "wit_svid_ttl", b"wit_svid_ttl", "x509_svid_ttl", b"x509_svid_ttl"]) -> None: ...
 
 Global___Entry: typing_extensions.TypeAlias = Entry
 
@@ -475,6 +481,225 @@ class Bundle(google.protobuf.message.Message):
 Global___Bundle: typing_extensions.TypeAlias = Bundle
 
 @typing.final
+class SetFederatedBundleRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    DATA_FIELD_NUMBER: builtins.int
+    FORMAT_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    """"td" or "spiffe://td"; not this server's own"""
+    data: builtins.bytes
+    format: builtins.str
+    """"spiffe" (bundle JSON, the default) or "pem" (X.509 authorities)"""
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+        data: builtins.bytes = ...,
+        format: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["data", b"data", "format", b"format", "trust_domain", b"trust_domain"]) -> None: ...
+
+Global___SetFederatedBundleRequest: typing_extensions.TypeAlias = SetFederatedBundleRequest
+
+@typing.final
+class ListFederatedBundlesRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    """empty = every federated bundle"""
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["trust_domain", b"trust_domain"]) -> None: ...
+
+Global___ListFederatedBundlesRequest: typing_extensions.TypeAlias = ListFederatedBundlesRequest
+
+@typing.final
+class ListFederatedBundlesResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: builtins.int
+    @property
+    def bundles(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Bundle]: ...
+    def __init__(
+        self,
+        *,
+        bundles: collections.abc.Iterable[Global___Bundle] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bundles", b"bundles"]) -> None: ...
+
+Global___ListFederatedBundlesResponse: typing_extensions.TypeAlias = ListFederatedBundlesResponse
+
+@typing.final
+class DeleteFederatedBundleRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    MODE_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    mode: builtins.str
+    """What happens to entries federating with it: "restrict" (the default: refuse), "delete"
+    (delete them too) or "dissociate" (take the trust domain out of their federates_with).
+    """
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+        mode: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["mode", b"mode", "trust_domain", b"trust_domain"]) -> None: ...
+
+Global___DeleteFederatedBundleRequest: typing_extensions.TypeAlias = DeleteFederatedBundleRequest
+
+@typing.final
+class DeleteFederatedBundleResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    ENTRY_IDS_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    @property
+    def entry_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """the entries deleted or dissociated"""
+
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+        entry_ids: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entry_ids", b"entry_ids", "trust_domain", b"trust_domain"]) -> None: ...
+
+Global___DeleteFederatedBundleResponse: typing_extensions.TypeAlias = DeleteFederatedBundleResponse
+
+@typing.final
+class FederationRelationship(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    BUNDLE_ENDPOINT_URL_FIELD_NUMBER: builtins.int
+    PROFILE_FIELD_NUMBER: builtins.int
+    ENDPOINT_SPIFFE_ID_FIELD_NUMBER: builtins.int
+    TRUST_DOMAIN_BUNDLE_FIELD_NUMBER: builtins.int
+    TRUST_DOMAIN_BUNDLE_FORMAT_FIELD_NUMBER: builtins.int
+    FROM_CONFIG_FIELD_NUMBER: builtins.int
+    CREATED_AT_FIELD_NUMBER: builtins.int
+    UPDATED_AT_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    bundle_endpoint_url: builtins.str
+    """https://host[:port]/path"""
+    profile: builtins.str
+    """https_spiffe or https_web"""
+    endpoint_spiffe_id: builtins.str
+    """https_spiffe only"""
+    trust_domain_bundle: builtins.bytes
+    """Requests: the bootstrap bundle (https_spiffe), in `trust_domain_bundle_format`.
+    Answers: the bootstrap bundle held, as SPIFFE bundle JSON ("" = none).
+    """
+    trust_domain_bundle_format: builtins.str
+    """spiffe (default) or pem"""
+    from_config: builtins.bool
+    """declared in the config file (answers only)"""
+    created_at: builtins.int
+    """unix seconds; 0 for the config file's"""
+    updated_at: builtins.int
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+        bundle_endpoint_url: builtins.str = ...,
+        profile: builtins.str = ...,
+        endpoint_spiffe_id: builtins.str = ...,
+        trust_domain_bundle: builtins.bytes = ...,
+        trust_domain_bundle_format: builtins.str = ...,
+        from_config: builtins.bool = ...,
+        created_at: builtins.int = ...,
+        updated_at: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bundle_endpoint_url", b"bundle_endpoint_url", "created_at", b"created_at", "endpoint_spiffe_id", b"endpoint_spiffe_id", "from_config", b"from_config", "profile", b"profile", "trust_domain", b"trust_domain", "trust_domain_bundle", b"trust_domain_bundle", "trust_domain_bundle_format", b"trust_domain_bundle_format", "updated_at", b"updated_at"]) -> None: ...
+
+Global___FederationRelationship: typing_extensions.TypeAlias = FederationRelationship
+
+@typing.final
+class FederationRelationshipRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["trust_domain", b"trust_domain"]) -> None: ...
+
+Global___FederationRelationshipRequest: typing_extensions.TypeAlias = FederationRelationshipRequest
+
+@typing.final
+class ListFederationRelationshipsRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___ListFederationRelationshipsRequest: typing_extensions.TypeAlias = ListFederationRelationshipsRequest
+
+@typing.final
+class ListFederationRelationshipsResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RELATIONSHIPS_FIELD_NUMBER: builtins.int
+    @property
+    def relationships(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___FederationRelationship]: ...
+    def __init__(
+        self,
+        *,
+        relationships: collections.abc.Iterable[Global___FederationRelationship] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["relationships", b"relationships"]) -> None: ...
+
+Global___ListFederationRelationshipsResponse: typing_extensions.TypeAlias = ListFederationRelationshipsResponse
+
+@typing.final
+class RefreshFederationRelationshipResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TRUST_DOMAIN_FIELD_NUMBER: builtins.int
+    CHANGED_FIELD_NUMBER: builtins.int
+    SEQUENCE_FIELD_NUMBER: builtins.int
+    X509_AUTHORITIES_FIELD_NUMBER: builtins.int
+    JWT_AUTHORITIES_FIELD_NUMBER: builtins.int
+    NEXT_REFRESH_SECONDS_FIELD_NUMBER: builtins.int
+    trust_domain: builtins.str
+    changed: builtins.bool
+    """a new bundle was stored"""
+    sequence: builtins.int
+    """the peer's spiffe_sequence"""
+    x509_authorities: builtins.int
+    jwt_authorities: builtins.int
+    next_refresh_seconds: builtins.int
+    """the peer's refresh hint, clamped"""
+    def __init__(
+        self,
+        *,
+        trust_domain: builtins.str = ...,
+        changed: builtins.bool = ...,
+        sequence: builtins.int = ...,
+        x509_authorities: builtins.int = ...,
+        jwt_authorities: builtins.int = ...,
+        next_refresh_seconds: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["changed", b"changed", "jwt_authorities", b"jwt_authorities", "next_refresh_seconds", b"next_refresh_seconds", "sequence", b"sequence", "trust_domain", b"trust_domain", "x509_authorities", b"x509_authorities"]) -> None: ...
+
+Global___RefreshFederationRelationshipResponse: typing_extensions.TypeAlias = RefreshFederationRelationshipResponse
+
+@typing.final
 class MintX509SVIDRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -573,7 +798,7 @@ class AuthorityRequest(google.protobuf.message.Message):
     AUTHORITY_ID_FIELD_NUMBER: builtins.int
     kind: Global___AuthorityKind.ValueType
     authority_id: builtins.str
-    """hex SubjectKeyIdentifier (X.509) or kid (JWT); empty = the"""
+    """hex SubjectKeyIdentifier (X.509) or kid (JWT, WIT); empty = the"""
     def __init__(
         self,
         *,

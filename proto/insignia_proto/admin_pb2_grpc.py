@@ -104,6 +104,51 @@ class AdminAPIStub:
                 request_serializer=insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.SetFederatedBundle = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/SetFederatedBundle',
+                request_serializer=insignia__proto_dot_admin__pb2.SetFederatedBundleRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.Bundle.FromString,
+                _registered_method=True)
+        self.ListFederatedBundles = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/ListFederatedBundles',
+                request_serializer=insignia__proto_dot_admin__pb2.ListFederatedBundlesRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.ListFederatedBundlesResponse.FromString,
+                _registered_method=True)
+        self.DeleteFederatedBundle = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/DeleteFederatedBundle',
+                request_serializer=insignia__proto_dot_admin__pb2.DeleteFederatedBundleRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.DeleteFederatedBundleResponse.FromString,
+                _registered_method=True)
+        self.CreateFederationRelationship = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/CreateFederationRelationship',
+                request_serializer=insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+                _registered_method=True)
+        self.ListFederationRelationships = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/ListFederationRelationships',
+                request_serializer=insignia__proto_dot_admin__pb2.ListFederationRelationshipsRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.ListFederationRelationshipsResponse.FromString,
+                _registered_method=True)
+        self.GetFederationRelationship = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/GetFederationRelationship',
+                request_serializer=insignia__proto_dot_admin__pb2.FederationRelationshipRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+                _registered_method=True)
+        self.UpdateFederationRelationship = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/UpdateFederationRelationship',
+                request_serializer=insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+                _registered_method=True)
+        self.DeleteFederationRelationship = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/DeleteFederationRelationship',
+                request_serializer=insignia__proto_dot_admin__pb2.FederationRelationshipRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+                _registered_method=True)
+        self.RefreshFederationRelationship = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/RefreshFederationRelationship',
+                request_serializer=insignia__proto_dot_admin__pb2.FederationRelationshipRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.RefreshFederationRelationshipResponse.FromString,
+                _registered_method=True)
         self.MintX509SVID = channel.unary_unary(
                 '/insignia.admin.v1.AdminAPI/MintX509SVID',
                 request_serializer=insignia__proto_dot_admin__pb2.MintX509SVIDRequest.SerializeToString,
@@ -253,7 +298,70 @@ class AdminAPIServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CountBundles(self, request, context):
-        """Bundles stored: the trust domain's own, plus federated ones once federation exists.
+        """Bundles stored: the trust domain's own, plus federated ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFederatedBundle(self, request, context):
+        """Federated bundles (`bundle set|list|delete`): other trust domains' bundles, stored by an
+        operator or fetched through a federation relationship.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFederatedBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFederatedBundle(self, request, context):
+        """FAILED_PRECONDITION while a stored relationship keeps it, or (mode restrict) while
+        entries federate with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateFederationRelationship(self, request, context):
+        """Federation relationships (`federation create|list|show|update|delete|refresh`). Those
+        declared in the config file are listed too, and refused (FAILED_PRECONDITION) by update
+        and delete: the config wins on restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFederationRelationships(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFederationRelationship(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateFederationRelationship(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFederationRelationship(self, request, context):
+        """Deletes the bundle fetched through it as well, so workloads lose it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshFederationRelationship(self, request, context):
+        """Fetch the peer's bundle now; FAILED_PRECONDITION naming why when it fails or is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -409,6 +517,51 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.CountBundles,
                     request_deserializer=insignia__proto_dot_admin__pb2.CountRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.CountResponse.SerializeToString,
+            ),
+            'SetFederatedBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFederatedBundle,
+                    request_deserializer=insignia__proto_dot_admin__pb2.SetFederatedBundleRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.Bundle.SerializeToString,
+            ),
+            'ListFederatedBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFederatedBundles,
+                    request_deserializer=insignia__proto_dot_admin__pb2.ListFederatedBundlesRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.ListFederatedBundlesResponse.SerializeToString,
+            ),
+            'DeleteFederatedBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFederatedBundle,
+                    request_deserializer=insignia__proto_dot_admin__pb2.DeleteFederatedBundleRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.DeleteFederatedBundleResponse.SerializeToString,
+            ),
+            'CreateFederationRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFederationRelationship,
+                    request_deserializer=insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+            ),
+            'ListFederationRelationships': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFederationRelationships,
+                    request_deserializer=insignia__proto_dot_admin__pb2.ListFederationRelationshipsRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.ListFederationRelationshipsResponse.SerializeToString,
+            ),
+            'GetFederationRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFederationRelationship,
+                    request_deserializer=insignia__proto_dot_admin__pb2.FederationRelationshipRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+            ),
+            'UpdateFederationRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateFederationRelationship,
+                    request_deserializer=insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+            ),
+            'DeleteFederationRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFederationRelationship,
+                    request_deserializer=insignia__proto_dot_admin__pb2.FederationRelationshipRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+            ),
+            'RefreshFederationRelationship': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshFederationRelationship,
+                    request_deserializer=insignia__proto_dot_admin__pb2.FederationRelationshipRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.RefreshFederationRelationshipResponse.SerializeToString,
             ),
             'MintX509SVID': grpc.unary_unary_rpc_method_handler(
                     servicer.MintX509SVID,
@@ -849,6 +1002,249 @@ class AdminAPI:
             '/insignia.admin.v1.AdminAPI/CountBundles',
             insignia__proto_dot_admin__pb2.CountRequest.SerializeToString,
             insignia__proto_dot_admin__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFederatedBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/SetFederatedBundle',
+            insignia__proto_dot_admin__pb2.SetFederatedBundleRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.Bundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFederatedBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/ListFederatedBundles',
+            insignia__proto_dot_admin__pb2.ListFederatedBundlesRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.ListFederatedBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFederatedBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/DeleteFederatedBundle',
+            insignia__proto_dot_admin__pb2.DeleteFederatedBundleRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.DeleteFederatedBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFederationRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/CreateFederationRelationship',
+            insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+            insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFederationRelationships(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/ListFederationRelationships',
+            insignia__proto_dot_admin__pb2.ListFederationRelationshipsRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.ListFederationRelationshipsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFederationRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/GetFederationRelationship',
+            insignia__proto_dot_admin__pb2.FederationRelationshipRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateFederationRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/UpdateFederationRelationship',
+            insignia__proto_dot_admin__pb2.FederationRelationship.SerializeToString,
+            insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFederationRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/DeleteFederationRelationship',
+            insignia__proto_dot_admin__pb2.FederationRelationshipRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.FederationRelationship.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshFederationRelationship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/RefreshFederationRelationship',
+            insignia__proto_dot_admin__pb2.FederationRelationshipRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.RefreshFederationRelationshipResponse.FromString,
             options,
             channel_credentials,
             insecure,

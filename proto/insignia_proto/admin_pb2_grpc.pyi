@@ -255,6 +255,150 @@ _AdminAPICountBundlesType = typing_extensions.TypeVar(
     ],
 )
 
+_AdminAPISetFederatedBundleType = typing_extensions.TypeVar(
+    '_AdminAPISetFederatedBundleType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetFederatedBundleRequest,
+        insignia_proto.admin_pb2.Bundle,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetFederatedBundleRequest,
+        insignia_proto.admin_pb2.Bundle,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetFederatedBundleRequest,
+        insignia_proto.admin_pb2.Bundle,
+    ],
+)
+
+_AdminAPIListFederatedBundlesType = typing_extensions.TypeVar(
+    '_AdminAPIListFederatedBundlesType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+        insignia_proto.admin_pb2.ListFederatedBundlesResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+        insignia_proto.admin_pb2.ListFederatedBundlesResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+        insignia_proto.admin_pb2.ListFederatedBundlesResponse,
+    ],
+)
+
+_AdminAPIDeleteFederatedBundleType = typing_extensions.TypeVar(
+    '_AdminAPIDeleteFederatedBundleType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+        insignia_proto.admin_pb2.DeleteFederatedBundleResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+        insignia_proto.admin_pb2.DeleteFederatedBundleResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+        insignia_proto.admin_pb2.DeleteFederatedBundleResponse,
+    ],
+)
+
+_AdminAPICreateFederationRelationshipType = typing_extensions.TypeVar(
+    '_AdminAPICreateFederationRelationshipType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+)
+
+_AdminAPIListFederationRelationshipsType = typing_extensions.TypeVar(
+    '_AdminAPIListFederationRelationshipsType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+        insignia_proto.admin_pb2.ListFederationRelationshipsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+        insignia_proto.admin_pb2.ListFederationRelationshipsResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+        insignia_proto.admin_pb2.ListFederationRelationshipsResponse,
+    ],
+)
+
+_AdminAPIGetFederationRelationshipType = typing_extensions.TypeVar(
+    '_AdminAPIGetFederationRelationshipType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+)
+
+_AdminAPIUpdateFederationRelationshipType = typing_extensions.TypeVar(
+    '_AdminAPIUpdateFederationRelationshipType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+)
+
+_AdminAPIDeleteFederationRelationshipType = typing_extensions.TypeVar(
+    '_AdminAPIDeleteFederationRelationshipType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+)
+
+_AdminAPIRefreshFederationRelationshipType = typing_extensions.TypeVar(
+    '_AdminAPIRefreshFederationRelationshipType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.RefreshFederationRelationshipResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.RefreshFederationRelationshipResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.RefreshFederationRelationshipResponse,
+    ],
+)
+
 _AdminAPIMintX509SVIDType = typing_extensions.TypeVar(
     '_AdminAPIMintX509SVIDType',
     grpc.UnaryUnaryMultiCallable[
@@ -447,7 +591,7 @@ _AdminAPICreateConsoleLoginType = typing_extensions.TypeVar(
     ],
 )
 
-class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIListServersType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType, _AdminAPICreateConsoleLoginType]):
+class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPISetFederatedBundleType, _AdminAPIListFederatedBundlesType, _AdminAPIDeleteFederatedBundleType, _AdminAPICreateFederationRelationshipType, _AdminAPIListFederationRelationshipsType, _AdminAPIGetFederationRelationshipType, _AdminAPIUpdateFederationRelationshipType, _AdminAPIDeleteFederationRelationshipType, _AdminAPIRefreshFederationRelationshipType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIListServersType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType, _AdminAPICreateConsoleLoginType]):
     @typing.overload
     def __init__(self: AdminAPIStub[
         grpc.UnaryUnaryMultiCallable[
@@ -505,6 +649,42 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.CountRequest,
             insignia_proto.admin_pb2.CountResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.SetFederatedBundleRequest,
+            insignia_proto.admin_pb2.Bundle,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+            insignia_proto.admin_pb2.ListFederatedBundlesResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+            insignia_proto.admin_pb2.DeleteFederatedBundleResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationship,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+            insignia_proto.admin_pb2.ListFederationRelationshipsResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationshipRequest,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationship,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationshipRequest,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationshipRequest,
+            insignia_proto.admin_pb2.RefreshFederationRelationshipResponse,
         ],
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.MintX509SVIDRequest,
@@ -615,6 +795,42 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.CountResponse,
         ],
         grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.SetFederatedBundleRequest,
+            insignia_proto.admin_pb2.Bundle,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+            insignia_proto.admin_pb2.ListFederatedBundlesResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+            insignia_proto.admin_pb2.DeleteFederatedBundleResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationship,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+            insignia_proto.admin_pb2.ListFederationRelationshipsResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationshipRequest,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationship,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationshipRequest,
+            insignia_proto.admin_pb2.FederationRelationship,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.FederationRelationshipRequest,
+            insignia_proto.admin_pb2.RefreshFederationRelationshipResponse,
+        ],
+        grpc.aio.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.MintX509SVIDRequest,
             insignia_proto.admin_pb2.MintX509SVIDResponse,
         ],
@@ -696,7 +912,37 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
     GetBundle: _AdminAPIGetBundleType
 
     CountBundles: _AdminAPICountBundlesType
-    """Bundles stored: the trust domain's own, plus federated ones once federation exists."""
+    """Bundles stored: the trust domain's own, plus federated ones."""
+
+    SetFederatedBundle: _AdminAPISetFederatedBundleType
+    """Federated bundles (`bundle set|list|delete`): other trust domains' bundles, stored by an
+    operator or fetched through a federation relationship.
+    """
+
+    ListFederatedBundles: _AdminAPIListFederatedBundlesType
+
+    DeleteFederatedBundle: _AdminAPIDeleteFederatedBundleType
+    """FAILED_PRECONDITION while a stored relationship keeps it, or (mode restrict) while
+    entries federate with it.
+    """
+
+    CreateFederationRelationship: _AdminAPICreateFederationRelationshipType
+    """Federation relationships (`federation create|list|show|update|delete|refresh`). Those
+    declared in the config file are listed too, and refused (FAILED_PRECONDITION) by update
+    and delete: the config wins on restart.
+    """
+
+    ListFederationRelationships: _AdminAPIListFederationRelationshipsType
+
+    GetFederationRelationship: _AdminAPIGetFederationRelationshipType
+
+    UpdateFederationRelationship: _AdminAPIUpdateFederationRelationshipType
+
+    DeleteFederationRelationship: _AdminAPIDeleteFederationRelationshipType
+    """Deletes the bundle fetched through it as well, so workloads lose it."""
+
+    RefreshFederationRelationship: _AdminAPIRefreshFederationRelationshipType
+    """Fetch the peer's bundle now; FAILED_PRECONDITION naming why when it fails or is refused."""
 
     MintX509SVID: _AdminAPIMintX509SVIDType
     """Sign an X509-SVID for any ID in the trust domain from a CSR made by the caller."""
@@ -785,6 +1031,42 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.CountRequest,
         insignia_proto.admin_pb2.CountResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.SetFederatedBundleRequest,
+        insignia_proto.admin_pb2.Bundle,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+        insignia_proto.admin_pb2.ListFederatedBundlesResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+        insignia_proto.admin_pb2.DeleteFederatedBundleResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+        insignia_proto.admin_pb2.ListFederationRelationshipsResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationship,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.FederationRelationship,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.FederationRelationshipRequest,
+        insignia_proto.admin_pb2.RefreshFederationRelationshipResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.MintX509SVIDRequest,
@@ -939,7 +1221,82 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.admin_pb2.CountRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.admin_pb2.CountResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.CountResponse]]:
-        """Bundles stored: the trust domain's own, plus federated ones once federation exists."""
+        """Bundles stored: the trust domain's own, plus federated ones."""
+
+    @abc.abstractmethod
+    def SetFederatedBundle(
+        self,
+        request: insignia_proto.admin_pb2.SetFederatedBundleRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.Bundle, collections.abc.Awaitable[insignia_proto.admin_pb2.Bundle]]:
+        """Federated bundles (`bundle set|list|delete`): other trust domains' bundles, stored by an
+        operator or fetched through a federation relationship.
+        """
+
+    @abc.abstractmethod
+    def ListFederatedBundles(
+        self,
+        request: insignia_proto.admin_pb2.ListFederatedBundlesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.ListFederatedBundlesResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.ListFederatedBundlesResponse]]: ...
+
+    @abc.abstractmethod
+    def DeleteFederatedBundle(
+        self,
+        request: insignia_proto.admin_pb2.DeleteFederatedBundleRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.DeleteFederatedBundleResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.DeleteFederatedBundleResponse]]:
+        """FAILED_PRECONDITION while a stored relationship keeps it, or (mode restrict) while
+        entries federate with it.
+        """
+
+    @abc.abstractmethod
+    def CreateFederationRelationship(
+        self,
+        request: insignia_proto.admin_pb2.FederationRelationship,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.FederationRelationship, collections.abc.Awaitable[insignia_proto.admin_pb2.FederationRelationship]]:
+        """Federation relationships (`federation create|list|show|update|delete|refresh`). Those
+        declared in the config file are listed too, and refused (FAILED_PRECONDITION) by update
+        and delete: the config wins on restart.
+        """
+
+    @abc.abstractmethod
+    def ListFederationRelationships(
+        self,
+        request: insignia_proto.admin_pb2.ListFederationRelationshipsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.ListFederationRelationshipsResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.ListFederationRelationshipsResponse]]: ...
+
+    @abc.abstractmethod
+    def GetFederationRelationship(
+        self,
+        request: insignia_proto.admin_pb2.FederationRelationshipRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.FederationRelationship, collections.abc.Awaitable[insignia_proto.admin_pb2.FederationRelationship]]: ...
+
+    @abc.abstractmethod
+    def UpdateFederationRelationship(
+        self,
+        request: insignia_proto.admin_pb2.FederationRelationship,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.FederationRelationship, collections.abc.Awaitable[insignia_proto.admin_pb2.FederationRelationship]]: ...
+
+    @abc.abstractmethod
+    def DeleteFederationRelationship(
+        self,
+        request: insignia_proto.admin_pb2.FederationRelationshipRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.FederationRelationship, collections.abc.Awaitable[insignia_proto.admin_pb2.FederationRelationship]]:
+        """Deletes the bundle fetched through it as well, so workloads lose it."""
+
+    @abc.abstractmethod
+    def RefreshFederationRelationship(
+        self,
+        request: insignia_proto.admin_pb2.FederationRelationshipRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.RefreshFederationRelationshipResponse, collections.abc.Awaitable[insignia_proto.admin_pb2.RefreshFederationRelationshipResponse]]:
+        """Fetch the peer's bundle now; FAILED_PRECONDITION naming why when it fails or is refused."""
 
     @abc.abstractmethod
     def MintX509SVID(

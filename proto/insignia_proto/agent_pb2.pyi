@@ -185,6 +185,7 @@ class Entry(google.protobuf.message.Message):
     EXPIRES_AT_FIELD_NUMBER: builtins.int
     REVISION_FIELD_NUMBER: builtins.int
     CREATED_AT_FIELD_NUMBER: builtins.int
+    WIT_SVID_TTL_FIELD_NUMBER: builtins.int
     id: builtins.str
     spiffe_id: builtins.str
     parent_id: builtins.str
@@ -199,6 +200,8 @@ class Entry(google.protobuf.message.Message):
     revision: builtins.int
     created_at: builtins.int
     """unix seconds; the oldest entry wins a hint tie"""
+    wit_svid_ttl: builtins.int
+    """seconds, resolved like the others"""
     @property
     def selectors(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """"type:value", canonical order"""
@@ -224,8 +227,9 @@ class Entry(google.protobuf.message.Message):
         expires_at: builtins.int = ...,
         revision: builtins.int = ...,
         created_at: builtins.int = ...,
+        wit_svid_ttl: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["admin", b"admin", "created_at", b"created_at", "dns_names", b"dns_names", "downstream", b"downstream", "expires_at", b"expires_at", "federates_with", b"federates_with", "hint", b"hint", "id", b"id", "jwt_svid_ttl", b"jwt_svid_ttl", "parent_id", b"parent_id", "revision", b"revision", "selectors", b"selectors", "spiffe_id", b"spiffe_id", "x509_svid_ttl", b"x509_svid_ttl"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["admin", b"admin", "created_at", b"created_at", "dns_names", b"dns_names", "downstream", b"downstream", "expires_at", b"expires_at", "federates_with", b"federates_with", "hint", b"hint", "id", b"id", "jwt_svid_ttl", b"jwt_svid_ttl", "parent_id", b"parent_id", "revision", b"revision", "selectors", b"selectors", "spiffe_id", b"spiffe_id", "wit_svid_ttl", b"wit_svid_ttl", "x509_svid_ttl", b"x509_svid_ttl"]) -> None: ...
 
 Global___Entry: typing_extensions.TypeAlias = Entry
 
@@ -253,6 +257,7 @@ class BundleState(google.protobuf.message.Message):
     TAINTED_X509_AUTHORITIES_FIELD_NUMBER: builtins.int
     TAINTED_JWT_AUTHORITIES_FIELD_NUMBER: builtins.int
     FEDERATED_BUNDLES_FIELD_NUMBER: builtins.int
+    TAINTED_WIT_AUTHORITIES_FIELD_NUMBER: builtins.int
     spiffe_bundle: builtins.bytes
     """SPIFFE bundle JSON of the local trust domain"""
     @property
@@ -267,6 +272,10 @@ class BundleState(google.protobuf.message.Message):
     def federated_bundles(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.bytes]:
         """trust domain -> SPIFFE bundle JSON"""
 
+    @property
+    def tainted_wit_authorities(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """kids of tainted WIT keys"""
+
     def __init__(
         self,
         *,
@@ -274,8 +283,9 @@ class BundleState(google.protobuf.message.Message):
         tainted_x509_authorities: collections.abc.Iterable[builtins.str] | None = ...,
         tainted_jwt_authorities: collections.abc.Iterable[builtins.str] | None = ...,
         federated_bundles: collections.abc.Mapping[builtins.str, builtins.bytes] | None = ...,
+        tainted_wit_authorities: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["federated_bundles", b"federated_bundles", "spiffe_bundle", b"spiffe_bundle", "tainted_jwt_authorities", b"tainted_jwt_authorities", "tainted_x509_authorities", b"tainted_x509_authorities"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["federated_bundles", b"federated_bundles", "spiffe_bundle", b"spiffe_bundle", "tainted_jwt_authorities", b"tainted_jwt_authorities", "tainted_wit_authorities", b"tainted_wit_authorities", "tainted_x509_authorities", b"tainted_x509_authorities"]) -> None: ...
 
 Global___BundleState: typing_extensions.TypeAlias = BundleState
 
@@ -489,3 +499,81 @@ class BatchNewJWTSVIDResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
 
 Global___BatchNewJWTSVIDResponse: typing_extensions.TypeAlias = BatchNewJWTSVIDResponse
+
+@typing.final
+class WITSVIDParams(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: builtins.int
+    PUBLIC_JWK_FIELD_NUMBER: builtins.int
+    entry_id: builtins.str
+    public_jwk: builtins.str
+    """The workload's public key as a JWK (RFC 7517) with its `alg`: the token's cnf.jwk."""
+    def __init__(
+        self,
+        *,
+        entry_id: builtins.str = ...,
+        public_jwk: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entry_id", b"entry_id", "public_jwk", b"public_jwk"]) -> None: ...
+
+Global___WITSVIDParams: typing_extensions.TypeAlias = WITSVIDParams
+
+@typing.final
+class WITSVIDResult(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: builtins.int
+    TOKEN_FIELD_NUMBER: builtins.int
+    ISSUED_AT_FIELD_NUMBER: builtins.int
+    EXPIRES_AT_FIELD_NUMBER: builtins.int
+    ERROR_FIELD_NUMBER: builtins.int
+    entry_id: builtins.str
+    token: builtins.str
+    issued_at: builtins.int
+    expires_at: builtins.int
+    error: builtins.str
+    def __init__(
+        self,
+        *,
+        entry_id: builtins.str = ...,
+        token: builtins.str = ...,
+        issued_at: builtins.int = ...,
+        expires_at: builtins.int = ...,
+        error: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entry_id", b"entry_id", "error", b"error", "expires_at", b"expires_at", "issued_at", b"issued_at", "token", b"token"]) -> None: ...
+
+Global___WITSVIDResult: typing_extensions.TypeAlias = WITSVIDResult
+
+@typing.final
+class BatchNewWITSVIDRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PARAMS_FIELD_NUMBER: builtins.int
+    @property
+    def params(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___WITSVIDParams]: ...
+    def __init__(
+        self,
+        *,
+        params: collections.abc.Iterable[Global___WITSVIDParams] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["params", b"params"]) -> None: ...
+
+Global___BatchNewWITSVIDRequest: typing_extensions.TypeAlias = BatchNewWITSVIDRequest
+
+@typing.final
+class BatchNewWITSVIDResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: builtins.int
+    @property
+    def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___WITSVIDResult]: ...
+    def __init__(
+        self,
+        *,
+        results: collections.abc.Iterable[Global___WITSVIDResult] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
+
+Global___BatchNewWITSVIDResponse: typing_extensions.TypeAlias = BatchNewWITSVIDResponse

@@ -59,6 +59,11 @@ class AgentAPIStub:
                 request_serializer=insignia__proto_dot_agent__pb2.BatchNewJWTSVIDRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_agent__pb2.BatchNewJWTSVIDResponse.FromString,
                 _registered_method=True)
+        self.BatchNewWITSVID = channel.unary_unary(
+                '/insignia.agent.v1.AgentAPI/BatchNewWITSVID',
+                request_serializer=insignia__proto_dot_agent__pb2.BatchNewWITSVIDRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_agent__pb2.BatchNewWITSVIDResponse.FromString,
+                _registered_method=True)
 
 
 class AgentAPIServicer:
@@ -100,6 +105,14 @@ class AgentAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchNewWITSVID(self, request, context):
+        """Sign WIT-SVIDs for authorized entries, each binding a public key the agent made (its
+        private half never leaves the agent's node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_AgentAPIServicer_to_server(servicer, server):
                     servicer.BatchNewJWTSVID,
                     request_deserializer=insignia__proto_dot_agent__pb2.BatchNewJWTSVIDRequest.FromString,
                     response_serializer=insignia__proto_dot_agent__pb2.BatchNewJWTSVIDResponse.SerializeToString,
+            ),
+            'BatchNewWITSVID': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchNewWITSVID,
+                    request_deserializer=insignia__proto_dot_agent__pb2.BatchNewWITSVIDRequest.FromString,
+                    response_serializer=insignia__proto_dot_agent__pb2.BatchNewWITSVIDResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class AgentAPI:
             '/insignia.agent.v1.AgentAPI/BatchNewJWTSVID',
             insignia__proto_dot_agent__pb2.BatchNewJWTSVIDRequest.SerializeToString,
             insignia__proto_dot_agent__pb2.BatchNewJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchNewWITSVID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.agent.v1.AgentAPI/BatchNewWITSVID',
+            insignia__proto_dot_agent__pb2.BatchNewWITSVIDRequest.SerializeToString,
+            insignia__proto_dot_agent__pb2.BatchNewWITSVIDResponse.FromString,
             options,
             channel_credentials,
             insecure,

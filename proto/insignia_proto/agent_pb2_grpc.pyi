@@ -111,7 +111,23 @@ _AgentAPIBatchNewJWTSVIDType = typing_extensions.TypeVar(
     ],
 )
 
-class AgentAPIStub(typing.Generic[_AgentAPIAttestType, _AgentAPIRenewAgentType, _AgentAPISyncType, _AgentAPIBatchNewX509SVIDType, _AgentAPIBatchNewJWTSVIDType]):
+_AgentAPIBatchNewWITSVIDType = typing_extensions.TypeVar(
+    '_AgentAPIBatchNewWITSVIDType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+        insignia_proto.agent_pb2.BatchNewWITSVIDResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+        insignia_proto.agent_pb2.BatchNewWITSVIDResponse,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+        insignia_proto.agent_pb2.BatchNewWITSVIDResponse,
+    ],
+)
+
+class AgentAPIStub(typing.Generic[_AgentAPIAttestType, _AgentAPIRenewAgentType, _AgentAPISyncType, _AgentAPIBatchNewX509SVIDType, _AgentAPIBatchNewJWTSVIDType, _AgentAPIBatchNewWITSVIDType]):
     @typing.overload
     def __init__(self: AgentAPIStub[
         grpc.StreamStreamMultiCallable[
@@ -133,6 +149,10 @@ class AgentAPIStub(typing.Generic[_AgentAPIAttestType, _AgentAPIRenewAgentType, 
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.agent_pb2.BatchNewJWTSVIDRequest,
             insignia_proto.agent_pb2.BatchNewJWTSVIDResponse,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+            insignia_proto.agent_pb2.BatchNewWITSVIDResponse,
         ],
     ], channel: grpc.Channel) -> None: ...
 
@@ -158,6 +178,10 @@ class AgentAPIStub(typing.Generic[_AgentAPIAttestType, _AgentAPIRenewAgentType, 
             insignia_proto.agent_pb2.BatchNewJWTSVIDRequest,
             insignia_proto.agent_pb2.BatchNewJWTSVIDResponse,
         ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+            insignia_proto.agent_pb2.BatchNewWITSVIDResponse,
+        ],
     ], channel: grpc.aio.Channel) -> None: ...
 
     Attest: _AgentAPIAttestType
@@ -176,6 +200,11 @@ class AgentAPIStub(typing.Generic[_AgentAPIAttestType, _AgentAPIRenewAgentType, 
 
     BatchNewJWTSVID: _AgentAPIBatchNewJWTSVIDType
     """Mint JWT-SVIDs for authorized entries."""
+
+    BatchNewWITSVID: _AgentAPIBatchNewWITSVIDType
+    """Sign WIT-SVIDs for authorized entries, each binding a public key the agent made (its
+    private half never leaves the agent's node).
+    """
 
 AgentAPIAsyncStub: typing_extensions.TypeAlias = AgentAPIStub[
     grpc.aio.StreamStreamMultiCallable[
@@ -197,6 +226,10 @@ AgentAPIAsyncStub: typing_extensions.TypeAlias = AgentAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.agent_pb2.BatchNewJWTSVIDRequest,
         insignia_proto.agent_pb2.BatchNewJWTSVIDResponse,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+        insignia_proto.agent_pb2.BatchNewWITSVIDResponse,
     ],
 ]
 
@@ -242,5 +275,15 @@ class AgentAPIServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.agent_pb2.BatchNewJWTSVIDResponse, collections.abc.Awaitable[insignia_proto.agent_pb2.BatchNewJWTSVIDResponse]]:
         """Mint JWT-SVIDs for authorized entries."""
+
+    @abc.abstractmethod
+    def BatchNewWITSVID(
+        self,
+        request: insignia_proto.agent_pb2.BatchNewWITSVIDRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.agent_pb2.BatchNewWITSVIDResponse, collections.abc.Awaitable[insignia_proto.agent_pb2.BatchNewWITSVIDResponse]]:
+        """Sign WIT-SVIDs for authorized entries, each binding a public key the agent made (its
+        private half never leaves the agent's node).
+        """
 
 def add_AgentAPIServicer_to_server(servicer: AgentAPIServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

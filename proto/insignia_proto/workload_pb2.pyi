@@ -301,3 +301,107 @@ class ValidateJWTSVIDResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["claims", b"claims", "spiffe_id", b"spiffe_id"]) -> None: ...
 
 Global___ValidateJWTSVIDResponse: typing_extensions.TypeAlias = ValidateJWTSVIDResponse
+
+@typing.final
+class WITSVIDRequest(google.protobuf.message.Message):
+    """WIT-SVID profile (the spec's experimental WIMSE branch)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: builtins.int
+    spiffe_id: builtins.str
+    """When empty, every identity the workload is entitled to is returned."""
+    def __init__(
+        self,
+        *,
+        spiffe_id: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["spiffe_id", b"spiffe_id"]) -> None: ...
+
+Global___WITSVIDRequest: typing_extensions.TypeAlias = WITSVIDRequest
+
+@typing.final
+class WITSVIDResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SVIDS_FIELD_NUMBER: builtins.int
+    @property
+    def svids(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___WITSVID]: ...
+    def __init__(
+        self,
+        *,
+        svids: collections.abc.Iterable[Global___WITSVID] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["svids", b"svids"]) -> None: ...
+
+Global___WITSVIDResponse: typing_extensions.TypeAlias = WITSVIDResponse
+
+@typing.final
+class WITSVID(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: builtins.int
+    WIT_SVID_FIELD_NUMBER: builtins.int
+    WIT_SVID_KEY_FIELD_NUMBER: builtins.int
+    HINT_FIELD_NUMBER: builtins.int
+    spiffe_id: builtins.str
+    wit_svid: builtins.str
+    """JWS compact serialization."""
+    wit_svid_key: builtins.str
+    """The private key the token's cnf claim binds, as an RFC 7517 JWK."""
+    hint: builtins.str
+    def __init__(
+        self,
+        *,
+        spiffe_id: builtins.str = ...,
+        wit_svid: builtins.str = ...,
+        wit_svid_key: builtins.str = ...,
+        hint: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["hint", b"hint", "spiffe_id", b"spiffe_id", "wit_svid", b"wit_svid", "wit_svid_key", b"wit_svid_key"]) -> None: ...
+
+Global___WITSVID: typing_extensions.TypeAlias = WITSVID
+
+@typing.final
+class WITBundlesRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___WITBundlesRequest: typing_extensions.TypeAlias = WITBundlesRequest
+
+@typing.final
+class WITBundlesResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class BundlesEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    BUNDLES_FIELD_NUMBER: builtins.int
+    @property
+    def bundles(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """RFC 7517 JWK sets of WIT-SVID signing keys keyed by trust domain (text, not bytes)."""
+
+    def __init__(
+        self,
+        *,
+        bundles: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bundles", b"bundles"]) -> None: ...
+
+Global___WITBundlesResponse: typing_extensions.TypeAlias = WITBundlesResponse

@@ -59,6 +59,16 @@ class SpiffeWorkloadAPIStub:
                 request_serializer=insignia__proto_dot_workload__pb2.ValidateJWTSVIDRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_workload__pb2.ValidateJWTSVIDResponse.FromString,
                 _registered_method=True)
+        self.FetchWITSVID = channel.unary_stream(
+                '/insignia.workload.SpiffeWorkloadAPI/FetchWITSVID',
+                request_serializer=insignia__proto_dot_workload__pb2.WITSVIDRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_workload__pb2.WITSVIDResponse.FromString,
+                _registered_method=True)
+        self.FetchWITBundles = channel.unary_stream(
+                '/insignia.workload.SpiffeWorkloadAPI/FetchWITBundles',
+                request_serializer=insignia__proto_dot_workload__pb2.WITBundlesRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_workload__pb2.WITBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class SpiffeWorkloadAPIServicer:
@@ -94,6 +104,18 @@ class SpiffeWorkloadAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchWITSVID(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchWITBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpiffeWorkloadAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_SpiffeWorkloadAPIServicer_to_server(servicer, server):
                     servicer.ValidateJWTSVID,
                     request_deserializer=insignia__proto_dot_workload__pb2.ValidateJWTSVIDRequest.FromString,
                     response_serializer=insignia__proto_dot_workload__pb2.ValidateJWTSVIDResponse.SerializeToString,
+            ),
+            'FetchWITSVID': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchWITSVID,
+                    request_deserializer=insignia__proto_dot_workload__pb2.WITSVIDRequest.FromString,
+                    response_serializer=insignia__proto_dot_workload__pb2.WITSVIDResponse.SerializeToString,
+            ),
+            'FetchWITBundles': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchWITBundles,
+                    request_deserializer=insignia__proto_dot_workload__pb2.WITBundlesRequest.FromString,
+                    response_serializer=insignia__proto_dot_workload__pb2.WITBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class SpiffeWorkloadAPI:
             '/insignia.workload.SpiffeWorkloadAPI/ValidateJWTSVID',
             insignia__proto_dot_workload__pb2.ValidateJWTSVIDRequest.SerializeToString,
             insignia__proto_dot_workload__pb2.ValidateJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchWITSVID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/insignia.workload.SpiffeWorkloadAPI/FetchWITSVID',
+            insignia__proto_dot_workload__pb2.WITSVIDRequest.SerializeToString,
+            insignia__proto_dot_workload__pb2.WITSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchWITBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/insignia.workload.SpiffeWorkloadAPI/FetchWITBundles',
+            insignia__proto_dot_workload__pb2.WITBundlesRequest.SerializeToString,
+            insignia__proto_dot_workload__pb2.WITBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

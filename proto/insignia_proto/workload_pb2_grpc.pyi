@@ -112,7 +112,39 @@ _SpiffeWorkloadAPIValidateJWTSVIDType = typing_extensions.TypeVar(
     ],
 )
 
-class SpiffeWorkloadAPIStub(typing.Generic[_SpiffeWorkloadAPIFetchX509SVIDType, _SpiffeWorkloadAPIFetchX509BundlesType, _SpiffeWorkloadAPIFetchJWTSVIDType, _SpiffeWorkloadAPIFetchJWTBundlesType, _SpiffeWorkloadAPIValidateJWTSVIDType]):
+_SpiffeWorkloadAPIFetchWITSVIDType = typing_extensions.TypeVar(
+    '_SpiffeWorkloadAPIFetchWITSVIDType',
+    grpc.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITSVIDRequest,
+        insignia_proto.workload_pb2.WITSVIDResponse,
+    ],
+    grpc.aio.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITSVIDRequest,
+        insignia_proto.workload_pb2.WITSVIDResponse,
+    ],
+    default=grpc.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITSVIDRequest,
+        insignia_proto.workload_pb2.WITSVIDResponse,
+    ],
+)
+
+_SpiffeWorkloadAPIFetchWITBundlesType = typing_extensions.TypeVar(
+    '_SpiffeWorkloadAPIFetchWITBundlesType',
+    grpc.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITBundlesRequest,
+        insignia_proto.workload_pb2.WITBundlesResponse,
+    ],
+    grpc.aio.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITBundlesRequest,
+        insignia_proto.workload_pb2.WITBundlesResponse,
+    ],
+    default=grpc.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITBundlesRequest,
+        insignia_proto.workload_pb2.WITBundlesResponse,
+    ],
+)
+
+class SpiffeWorkloadAPIStub(typing.Generic[_SpiffeWorkloadAPIFetchX509SVIDType, _SpiffeWorkloadAPIFetchX509BundlesType, _SpiffeWorkloadAPIFetchJWTSVIDType, _SpiffeWorkloadAPIFetchJWTBundlesType, _SpiffeWorkloadAPIValidateJWTSVIDType, _SpiffeWorkloadAPIFetchWITSVIDType, _SpiffeWorkloadAPIFetchWITBundlesType]):
     @typing.overload
     def __init__(self: SpiffeWorkloadAPIStub[
         grpc.UnaryStreamMultiCallable[
@@ -134,6 +166,14 @@ class SpiffeWorkloadAPIStub(typing.Generic[_SpiffeWorkloadAPIFetchX509SVIDType, 
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.workload_pb2.ValidateJWTSVIDRequest,
             insignia_proto.workload_pb2.ValidateJWTSVIDResponse,
+        ],
+        grpc.UnaryStreamMultiCallable[
+            insignia_proto.workload_pb2.WITSVIDRequest,
+            insignia_proto.workload_pb2.WITSVIDResponse,
+        ],
+        grpc.UnaryStreamMultiCallable[
+            insignia_proto.workload_pb2.WITBundlesRequest,
+            insignia_proto.workload_pb2.WITBundlesResponse,
         ],
     ], channel: grpc.Channel) -> None: ...
 
@@ -159,6 +199,14 @@ class SpiffeWorkloadAPIStub(typing.Generic[_SpiffeWorkloadAPIFetchX509SVIDType, 
             insignia_proto.workload_pb2.ValidateJWTSVIDRequest,
             insignia_proto.workload_pb2.ValidateJWTSVIDResponse,
         ],
+        grpc.aio.UnaryStreamMultiCallable[
+            insignia_proto.workload_pb2.WITSVIDRequest,
+            insignia_proto.workload_pb2.WITSVIDResponse,
+        ],
+        grpc.aio.UnaryStreamMultiCallable[
+            insignia_proto.workload_pb2.WITBundlesRequest,
+            insignia_proto.workload_pb2.WITBundlesResponse,
+        ],
     ], channel: grpc.aio.Channel) -> None: ...
 
     FetchX509SVID: _SpiffeWorkloadAPIFetchX509SVIDType
@@ -170,6 +218,10 @@ class SpiffeWorkloadAPIStub(typing.Generic[_SpiffeWorkloadAPIFetchX509SVIDType, 
     FetchJWTBundles: _SpiffeWorkloadAPIFetchJWTBundlesType
 
     ValidateJWTSVID: _SpiffeWorkloadAPIValidateJWTSVIDType
+
+    FetchWITSVID: _SpiffeWorkloadAPIFetchWITSVIDType
+
+    FetchWITBundles: _SpiffeWorkloadAPIFetchWITBundlesType
 
 SpiffeWorkloadAPIAsyncStub: typing_extensions.TypeAlias = SpiffeWorkloadAPIStub[
     grpc.aio.UnaryStreamMultiCallable[
@@ -191,6 +243,14 @@ SpiffeWorkloadAPIAsyncStub: typing_extensions.TypeAlias = SpiffeWorkloadAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.workload_pb2.ValidateJWTSVIDRequest,
         insignia_proto.workload_pb2.ValidateJWTSVIDResponse,
+    ],
+    grpc.aio.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITSVIDRequest,
+        insignia_proto.workload_pb2.WITSVIDResponse,
+    ],
+    grpc.aio.UnaryStreamMultiCallable[
+        insignia_proto.workload_pb2.WITBundlesRequest,
+        insignia_proto.workload_pb2.WITBundlesResponse,
     ],
 ]
 
@@ -229,5 +289,19 @@ class SpiffeWorkloadAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.workload_pb2.ValidateJWTSVIDRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.workload_pb2.ValidateJWTSVIDResponse, collections.abc.Awaitable[insignia_proto.workload_pb2.ValidateJWTSVIDResponse]]: ...
+
+    @abc.abstractmethod
+    def FetchWITSVID(
+        self,
+        request: insignia_proto.workload_pb2.WITSVIDRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[collections.abc.Iterator[insignia_proto.workload_pb2.WITSVIDResponse], collections.abc.AsyncIterator[insignia_proto.workload_pb2.WITSVIDResponse]]: ...
+
+    @abc.abstractmethod
+    def FetchWITBundles(
+        self,
+        request: insignia_proto.workload_pb2.WITBundlesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[collections.abc.Iterator[insignia_proto.workload_pb2.WITBundlesResponse], collections.abc.AsyncIterator[insignia_proto.workload_pb2.WITBundlesResponse]]: ...
 
 def add_SpiffeWorkloadAPIServicer_to_server(servicer: SpiffeWorkloadAPIServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

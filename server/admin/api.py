@@ -25,6 +25,7 @@ from insignia.daemon.logs import change_log_level, current_log_level, get_logger
 from insignia.daemon.peercred.credentials import CallerTable
 from insignia.daemon.reserved_ids import RESERVED_REASON, agent_spiffe_id, is_reserved
 from insignia.selectors import InvalidSelector, Selector
+from insignia.server.admin import federation_admin as fed
 from insignia.server.admin.authority import Action, authority_action, list_authorities
 from insignia.server.admin.client import DATASTORE_UNAVAILABLE_PREFIX
 from insignia.server.admin.convert import agent_to_proto, entry_from_proto, entry_to_proto
@@ -39,7 +40,7 @@ from insignia.server.entries import (
     validate_entry,
 )
 from insignia.server.registry import server_state
-from insignia.spiffeid import InvalidSpiffeId, SpiffeId
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 T = TypeVar("T")
 audit = get_logger("insignia.server.audit")
@@ -77,10 +78,20 @@ _CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCo
         (InvalidEntry, InvalidSpiffeId, InvalidSelector, SigningRefused, ValueError),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
-    (ds.DuplicateEntry, grpc.StatusCode.ALREADY_EXISTS),
+    ((ds.DuplicateEntry, ds.DuplicateFederation), grpc.StatusCode.ALREADY_EXISTS),
     ((ds.EntryNotFound, ds.AgentNotFound, LookupError), grpc.StatusCode.NOT_FOUND),
     (ds.EntryRevisionConflict, grpc.StatusCode.ABORTED),
-    ((AuthorityError, ds.AgentBanned, ConsoleOff), grpc.StatusCode.FAILED_PRECONDITION),
+    (
+        (
+            AuthorityError,
+            ds.AgentBanned,
+            ds.BundleInUse,
+            fed.DeclaredInConfig,
+            fed.RefreshFailed,
+            ConsoleOff,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     ((NoActiveAuthority, ds.DatastoreUnavailable), grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -165,18 +176,26 @@ class AdminApi:
         ids = ",".join(e.spiffe_id for e in request.entries[:5])
         return await self._run(context, "CreateEntries", f"{len(request.entries)}: {ids}", run)
 
-    async def _check_federates_with(self, batch: Sequence[RegistrationEntry]) -> None:
+    async def _check_federates_with(
+        self, batch: Sequence[RegistrationEntry], kept: frozenset[TrustDomain] = frozenset()
+    ) -> None:
         """An entry may federate only with a trust domain this server holds a bundle of or a
-        relationship with: any other name would silently give its workloads nothing."""
-        wanted = {td for e in batch for td in e.federates_with}
+        relationship with: any other name would silently give its workloads nothing. An
+        update may keep a name the entry had (its relationship may be gone since)."""
+        wanted = {td for e in batch for td in e.federates_with} - kept
         if not wanted:
             return
         stored = await self.core.blocking(self.core.store.list_bundles)
-        known = set(self.core.federation) | {r.trust_domain for r in stored}
+        relationships = await self.core.blocking(self.core.store.list_federations)
+        known = (
+            set(self.core.configured_federation)
+            | {r.trust_domain for r in stored}
+            | {r.trust_domain for r in relationships}
+        )
         known.discard(self.core.trust_domain)
         for i, e in enumerate(batch):
             for td in e.federates_with:
-                if td not in known:
+                if td not in known and td not in kept:
                     where = f"entries[{i}].federates_with" if len(batch) > 1 else "federates_with"
                     raise InvalidEntry(
                         where,
@@ -220,7 +239,8 @@ class AdminApi:
             if not request.entry.id:
                 raise InvalidEntry("id", "", "the id of the entry to update is required")
             entry = entry_from_proto(request.entry, self.core.limits, keep_id=True)
-            await self._check_federates_with([entry])
+            current = await self.core.blocking(self.core.store.get_entry, entry.id)
+            await self._check_federates_with([entry], frozenset(current.federates_with))
             stored = await self.core.blocking(
                 self.core.store.update_entry, entry, request.expected_revision
             )
@@ -332,6 +352,36 @@ class AdminApi:
     ) -> admin_pb2.CountResponse:
         return await self._count(context, "CountBundles", self.core.store.count_bundles)
 
+    async def SetFederatedBundle(
+        self, request: admin_pb2.SetFederatedBundleRequest, context: Context
+    ) -> admin_pb2.Bundle:
+        return await self._run(
+            context,
+            "SetFederatedBundle",
+            request.trust_domain,
+            lambda: fed.set_bundle(self.core, request),
+        )
+
+    async def ListFederatedBundles(
+        self, request: admin_pb2.ListFederatedBundlesRequest, context: Context
+    ) -> admin_pb2.ListFederatedBundlesResponse:
+        return await self._run(
+            context,
+            "ListFederatedBundles",
+            request.trust_domain,
+            lambda: fed.list_bundles(self.core, request),
+        )
+
+    async def DeleteFederatedBundle(
+        self, request: admin_pb2.DeleteFederatedBundleRequest, context: Context
+    ) -> admin_pb2.DeleteFederatedBundleResponse:
+        return await self._run(
+            context,
+            "DeleteFederatedBundle",
+            f"{request.trust_domain} mode={request.mode or 'restrict'}",
+            lambda: fed.delete_bundle(self.core, request),
+        )
+
     async def _count(
         self, context: Context, method: str, count: Callable[[], int]
     ) -> admin_pb2.CountResponse:
@@ -369,8 +419,8 @@ class AdminApi:
             ttl = self.core.defaults.jwt(request.ttl)
             state = self.core.authorities.state
             signed = sign_jwt(
-                state.active_jwt(),
-                state.active_jwt_not_after(),
+                state.active_key("jwt"),
+                state.active_key_not_after("jwt"),
                 spiffe_id,
                 list(request.audience),
                 ttl,
@@ -391,6 +441,65 @@ class AdminApi:
         if is_reserved(spiffe_id):
             raise SigningRefused(f"{spiffe_id}: {RESERVED_REASON}")
         return spiffe_id
+
+    # --- federation relationships ---------------------------------------------------------------
+
+    async def CreateFederationRelationship(
+        self, request: admin_pb2.FederationRelationship, context: Context
+    ) -> admin_pb2.FederationRelationship:
+        return await self._run(
+            context,
+            "CreateFederationRelationship",
+            f"{request.trust_domain} {request.bundle_endpoint_url}",
+            lambda: fed.create_relationship(self.core, request),
+        )
+
+    async def ListFederationRelationships(
+        self, request: admin_pb2.ListFederationRelationshipsRequest, context: Context
+    ) -> admin_pb2.ListFederationRelationshipsResponse:
+        return await self._run(
+            context, "ListFederationRelationships", "", lambda: fed.list_relationships(self.core)
+        )
+
+    async def GetFederationRelationship(
+        self, request: admin_pb2.FederationRelationshipRequest, context: Context
+    ) -> admin_pb2.FederationRelationship:
+        return await self._run(
+            context,
+            "GetFederationRelationship",
+            request.trust_domain,
+            lambda: fed.get_relationship(self.core, request),
+        )
+
+    async def UpdateFederationRelationship(
+        self, request: admin_pb2.FederationRelationship, context: Context
+    ) -> admin_pb2.FederationRelationship:
+        return await self._run(
+            context,
+            "UpdateFederationRelationship",
+            f"{request.trust_domain} {request.bundle_endpoint_url}",
+            lambda: fed.update_relationship(self.core, request),
+        )
+
+    async def DeleteFederationRelationship(
+        self, request: admin_pb2.FederationRelationshipRequest, context: Context
+    ) -> admin_pb2.FederationRelationship:
+        return await self._run(
+            context,
+            "DeleteFederationRelationship",
+            request.trust_domain,
+            lambda: fed.delete_relationship(self.core, request),
+        )
+
+    async def RefreshFederationRelationship(
+        self, request: admin_pb2.FederationRelationshipRequest, context: Context
+    ) -> admin_pb2.RefreshFederationRelationshipResponse:
+        return await self._run(
+            context,
+            "RefreshFederationRelationship",
+            request.trust_domain,
+            lambda: fed.refresh_relationship(self.core, request),
+        )
 
     # --- authorities and health -----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`authority x509|jwt show|prepare|activate|taint|revoke` on the server side."""
+"""`authority x509|jwt|wit show|prepare|activate|taint|revoke` on the server side."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def _kind(value: int) -> AuthorityKind:
         return "x509"
     if value == admin_pb2.JWT:
         return "jwt"
-    raise ValueError("authority kind: expected X509 or JWT")
+    if value == admin_pb2.WIT:
+        return "wit"
+    raise ValueError("authority kind: expected X509, JWT or WIT")
 
 
 def _upstream(core: ServerCore, kind: AuthorityKind) -> str:

@@ -11,12 +11,11 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import click
 import grpc
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from insignia_proto import admin_pb2, admin_pb2_grpc
 
 from insignia.daemon.config.cli_options import option
-from insignia.server.config import DEFAULT_ADMIN_SOCKET
+from insignia.server.admin.defaults import DEFAULT_ADMIN_SOCKET
 
 F = TypeVar("F", bound=Callable[..., Any])
 CALL_TIMEOUT = 30.0
@@ -95,6 +94,8 @@ def call(socket_path: Path, method: str, request: Message) -> Any:
 
 
 def to_dict(message: Message) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict  # for --json only (12 ms to import)
+
     return MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )

@@ -12,7 +12,6 @@ from insignia_proto import admin_pb2
 
 from insignia.bundle import load_der_certificates
 from insignia.daemon.config.cli_options import id_argument, option
-from insignia.daemon.files import atomic_write
 from insignia.daemon.times import format_time
 from insignia.keys import KeyType, generate_key, private_key_to_pem, x509_signature_hash
 from insignia.server.admin.client import (
@@ -191,6 +190,8 @@ def x509_mint(
         "bundle.pem": _pem(response.bundle),
     }
     if write_dir is not None:
+        from insignia.daemon.files import atomic_write  # it logs: structlog only when writing
+
         write_dir.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():  # each file atomic; the key 0600
             atomic_write(write_dir / name, data, 0o600 if name.endswith(".key") else 0o644)
@@ -285,3 +286,4 @@ def _authority_group(kind: str, value: int) -> None:
 
 _authority_group("x509", admin_pb2.X509)
 _authority_group("jwt", admin_pb2.JWT)
+_authority_group("wit", admin_pb2.WIT)

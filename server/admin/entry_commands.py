@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 import grpc
-from google.protobuf.json_format import ParseDict, ParseError
 from insignia_proto import admin_pb2
 
 from insignia.daemon.config.cli_options import TimeParam, id_argument, option
@@ -38,6 +37,7 @@ def _entry_text(e: admin_pb2.Entry) -> str:
         f"Revision       : {e.revision}",
         f"X509-SVID TTL  : {e.x509_svid_ttl or 'default'}",
         f"JWT-SVID TTL   : {e.jwt_svid_ttl or 'default'}",
+        f"WIT-SVID TTL   : {e.wit_svid_ttl or 'default'}",
     ]
     lines += [f"Selector       : {s}" for s in e.selectors]
     lines += [f"DNS name       : {d}" for d in e.dns_names]
@@ -77,6 +77,11 @@ def entry_fields(fn: Any) -> Any:
                 type=click.IntRange(min=0, max=MAX_TTL_SECONDS),
                 help="Seconds.",
             ),
+            option(
+                "--wit-svid-ttl",
+                type=click.IntRange(min=0, max=MAX_TTL_SECONDS),
+                help="Seconds (0: default_jwt_svid_ttl).",
+            ),
             option("--dns", "-dns", "dns_names", multiple=True, help="DNS SAN (repeat)."),
             option("--hint", "-hint", help="Hint for workloads holding several SVIDs."),
             option(
@@ -111,6 +116,8 @@ def _apply(entry: admin_pb2.Entry, given: dict[str, Any]) -> admin_pb2.Entry:
 
 
 def _load_file(path: Path) -> list[admin_pb2.Entry]:
+    from google.protobuf.json_format import ParseDict, ParseError  # for --file only
+
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -33,6 +33,7 @@ from insignia.server.ca.signing import (
     NoActiveAuthority,
     SigningRefused,
     sign_jwt,
+    sign_wit,
     sign_x509_svid,
     svid_fingerprint,
 )
@@ -100,7 +101,8 @@ class AgentApi:
         return agent_id, serial, fingerprint
 
     async def _limit(self, context: Context, agent_id: SpiffeId, kind: str, cost: float) -> None:
-        """Per agent, X.509 and JWT signing have separate budgets (`*_signing_rate`): keyed by
+        """Per agent, X.509, JWT and WIT signing have separate budgets (`*_signing_rate`; WIT
+        takes the JWT rate): keyed by
         the agent's ID, not its address, so agents behind one address (a NAT, one host) do
         not share one budget, and one agent's flood costs only that agent."""
         limiter = self.core.signing_limiters[kind]
@@ -313,8 +315,8 @@ class AgentApi:
             now = self.core.clock()
             authorized = self.core.model.authorized(agent_id, now)
             state = self.core.authorities.state
-            active = state.active_jwt()
-            key_not_after = state.active_jwt_not_after()
+            active = state.active_key("jwt")
+            key_not_after = state.active_key_not_after("jwt")
             results = []
             for params in request.params:
                 entry = authorized.get(params.entry_id)
@@ -347,3 +349,47 @@ class AgentApi:
                 )
             self.core.metrics.svids_signed.labels("jwt").inc(sum(1 for r in results if r.token))
             return agent_pb2.BatchNewJWTSVIDResponse(results=results)
+
+    @hide_internal_errors
+    async def BatchNewWITSVID(
+        self, request: agent_pb2.BatchNewWITSVIDRequest, context: Context
+    ) -> agent_pb2.BatchNewWITSVIDResponse:
+        """WIT-SVIDs for the agent's public keys: each entry must be authorized for the agent,
+        and each key is checked and re-encoded before it is bound (`sign_wit`)."""
+        with self.core.metrics.rpc(SERVICE, "BatchNewWITSVID"):
+            agent_id, _, _ = await self._caller(context)
+            await self._limit(context, agent_id, "wit", max(1, len(request.params)))
+            now = self.core.clock()
+            authorized = self.core.model.authorized(agent_id, now)
+            state = self.core.authorities.state
+            active, key_not_after = state.active_key("wit"), state.active_key_not_after("wit")
+            results = []
+            for params in request.params:
+                entry = authorized.get(params.entry_id)
+                if entry is None:
+                    error = self._unauthorized("wit", params.entry_id, agent_id)
+                    results.append(agent_pb2.WITSVIDResult(entry_id=params.entry_id, error=error))
+                    continue
+                try:
+                    signed = sign_wit(
+                        active,
+                        key_not_after,
+                        entry.spiffe_id,
+                        params.public_jwk,
+                        self.core.defaults.wit(entry.wit_svid_ttl),
+                        now,
+                    )
+                except (SigningRefused, NoActiveAuthority) as exc:
+                    self.core.metrics.signing_refused.labels("wit").inc()
+                    results.append(agent_pb2.WITSVIDResult(entry_id=entry.id, error=str(exc)))
+                    continue
+                results.append(
+                    agent_pb2.WITSVIDResult(
+                        entry_id=entry.id,
+                        token=signed.token,
+                        issued_at=signed.issued_at,
+                        expires_at=signed.expires_at,
+                    )
+                )
+            self.core.metrics.svids_signed.labels("wit").inc(sum(1 for r in results if r.token))
+            return agent_pb2.BatchNewWITSVIDResponse(results=results)

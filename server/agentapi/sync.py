@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from insignia_proto import agent_pb2
 
@@ -23,34 +24,49 @@ from insignia.server.entries import Defaults, RegistrationEntry
 from insignia.spiffeid import SpiffeId
 
 MAX_REMEMBERED_VIEWS = 4
-MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB: far below gRPC's default 4 MiB receive limit
+MAX_ENTRIES_PER_MESSAGE = 2000  # ~250 KB with typical entries
+# And at most about 1 MiB whatever the entries hold: far below gRPC's default 4 MiB receive
+# limit, which a full state of large entries would otherwise cross (as SPIRE users hit).
+MAX_PART_BYTES = 1 << 20
 
 
-def resolved_ttls(entry: RegistrationEntry, defaults: Defaults) -> tuple[int, int]:
+def resolved_ttls(entry: RegistrationEntry, defaults: Defaults) -> tuple[int, int, int]:
     """An agent gets TTLs resolved: it never sees the server's 0 = default."""
     x509 = defaults.x509(entry.x509_svid_ttl)
     jwt = defaults.jwt(entry.jwt_svid_ttl)
-    return int(x509.total_seconds()), int(jwt.total_seconds())
+    wit = defaults.wit(entry.wit_svid_ttl)
+    return int(x509.total_seconds()), int(jwt.total_seconds()), int(wit.total_seconds())
 
 
-def entry_to_proto(entry: RegistrationEntry, defaults: Defaults) -> agent_pb2.Entry:
-    x509_ttl, jwt_ttl = resolved_ttls(entry, defaults)
-    return agent_pb2.Entry(
-        id=entry.id,
-        spiffe_id=str(entry.spiffe_id),
-        parent_id=str(entry.parent_id),
-        selectors=[str(s) for s in entry.selectors],
-        x509_svid_ttl=x509_ttl,
-        jwt_svid_ttl=jwt_ttl,
-        dns_names=list(entry.dns_names),
-        federates_with=[str(td) for td in entry.federates_with],
-        hint=entry.hint,
-        admin=entry.admin,
-        downstream=entry.downstream,
-        expires_at=int(entry.expires_at.timestamp()) if entry.expires_at else 0,
-        revision=entry.revision,
-        created_at=int(entry.created_at.timestamp()),
-    )
+def entry_fields(entry: RegistrationEntry, defaults: Defaults) -> dict[str, Any]:
+    """An entry as the agent gets it, as `agent_pb2.Entry` fields: `entries.add(**fields)`
+    builds it in place, where a finished Entry would be copied into the update."""
+    x509_ttl, jwt_ttl, wit_ttl = resolved_ttls(entry, defaults)
+    return {
+        "id": entry.id,
+        "spiffe_id": str(entry.spiffe_id),
+        "parent_id": str(entry.parent_id),
+        "selectors": [str(s) for s in entry.selectors],
+        "x509_svid_ttl": x509_ttl,
+        "jwt_svid_ttl": jwt_ttl,
+        "wit_svid_ttl": wit_ttl,
+        "dns_names": list(entry.dns_names),
+        "federates_with": [str(td) for td in entry.federates_with],
+        "hint": entry.hint,
+        "admin": entry.admin,
+        "downstream": entry.downstream,
+        "expires_at": int(entry.expires_at.timestamp()) if entry.expires_at else 0,
+        "revision": entry.revision,
+        "created_at": int(entry.created_at.timestamp()),
+    }
+
+
+def _add_entries(
+    update: agent_pb2.SyncUpdate, entries: Iterable[RegistrationEntry], defaults: Defaults
+) -> None:
+    add = update.entries.add
+    for entry in entries:
+        add(**entry_fields(entry, defaults))
 
 
 def bundle_digest(state: agent_pb2.BundleState) -> str:
@@ -87,13 +103,8 @@ def full_update(
     defaults: Defaults,
 ) -> tuple[agent_pb2.SyncUpdate, SentView]:
     entries = list(authorized)
-    update = agent_pb2.SyncUpdate(
-        store_id=store_id,
-        revision=revision,
-        full=True,
-        entries=[entry_to_proto(e, defaults) for e in entries],
-        bundle=bundle,
-    )
+    update = agent_pb2.SyncUpdate(store_id=store_id, revision=revision, full=True, bundle=bundle)
+    _add_entries(update, entries, defaults)
     return update, SentView(revision, {e.id: e.revision for e in entries}, bundle_digest(bundle))
 
 
@@ -114,12 +125,9 @@ def delta_update(
     if not changed and not deleted and digest == previous.bundle_digest:
         return None, view
     update = agent_pb2.SyncUpdate(
-        store_id=store_id,
-        revision=revision,
-        full=False,
-        entries=[entry_to_proto(e, defaults) for e in changed],
-        deleted_entry_ids=deleted,
+        store_id=store_id, revision=revision, full=False, deleted_entry_ids=deleted
     )
+    _add_entries(update, changed, defaults)
     if digest != previous.bundle_digest:
         update.bundle.CopyFrom(bundle)
     return update, view
@@ -164,10 +172,10 @@ def log_resume_update(
         store_id=store_id,
         revision=revision,
         full=False,
-        entries=[entry_to_proto(authorized[i], defaults) for i in ids if i in authorized],
         deleted_entry_ids=[i for i in ids if i not in authorized],
         bundle=bundle,
     )
+    _add_entries(update, (authorized[i] for i in ids if i in authorized), defaults)
     view = SentView(
         revision, {e.id: e.revision for e in authorized.values()}, bundle_digest(bundle)
     )
@@ -175,24 +183,36 @@ def log_resume_update(
 
 
 def split_update(
-    update: agent_pb2.SyncUpdate, max_entries: int = MAX_ENTRIES_PER_MESSAGE
+    update: agent_pb2.SyncUpdate,
+    max_entries: int = MAX_ENTRIES_PER_MESSAGE,
+    max_bytes: int = MAX_PART_BYTES,
 ) -> list[agent_pb2.SyncUpdate]:
-    """`update` cut into parts of at most `max_entries` entries, chained with `more`."""
-    entries = list(update.entries)
-    if len(entries) <= max_entries:
+    """`update` cut into parts of at most `max_entries` entries and about `max_bytes`
+    (whatever the entries' sizes), chained with `more`."""
+    if len(update.entries) <= max_entries and update.ByteSize() <= max_bytes:
         return [update]
-    parts = []
-    for start in range(0, len(entries), max_entries):
-        part = agent_pb2.SyncUpdate(
-            store_id=update.store_id,
-            revision=update.revision,
-            full=update.full,
-            entries=entries[start : start + max_entries],
-            more=start + max_entries < len(entries),
-        )
-        if start == 0:
-            part.deleted_entry_ids.extend(update.deleted_entry_ids)
-            if update.HasField("bundle"):
-                part.bundle.CopyFrom(update.bundle)
-        parts.append(part)
+    entries = update.entries
+    parts = [_next_part(update, first=True)]
+    size, start = parts[0].ByteSize(), 0
+    for i, entry in enumerate(entries):
+        entry_size = entry.ByteSize() + 8  # with its tag and length prefix, generously
+        if i > start and (i - start >= max_entries or size + entry_size > max_bytes):
+            parts[-1].entries.extend(entries[start:i])
+            parts[-1].more = True
+            parts.append(_next_part(update, first=False))
+            size, start = 0, i
+        size += entry_size
+    parts[-1].entries.extend(entries[start:])
     return parts
+
+
+def _next_part(update: agent_pb2.SyncUpdate, *, first: bool) -> agent_pb2.SyncUpdate:
+    """A part's header; the bundle and the deletions go in the first part only."""
+    part = agent_pb2.SyncUpdate(
+        store_id=update.store_id, revision=update.revision, full=update.full
+    )
+    if first:
+        part.deleted_entry_ids.extend(update.deleted_entry_ids)
+        if update.HasField("bundle"):
+            part.bundle.CopyFrom(update.bundle)
+    return part

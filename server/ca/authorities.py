@@ -26,14 +26,15 @@ from insignia.server.ca import rotation
 from insignia.server.ca.keymanager import KeyManager
 from insignia.server.ca.rotation import AuthorityError, AuthorityRecord, AuthorityState, Step
 from insignia.server.ca.state import (
+    KEY_KINDS,
     CaSettings,
     CaState,
-    JwtSlot,
+    KeySlot,
     X509Slot,
     authority_record,
     from_records,
     key_name,
-    new_jwt_slot,
+    new_key_slot,
     new_x509_slot,
     to_records,
     x509_certificate,
@@ -51,8 +52,8 @@ class CaJournal(Protocol):
     def delete_ca_key(self, kind: AuthorityKind, key_id: str) -> None: ...
 
 
-Slot = X509Slot | JwtSlot
-KINDS: tuple[AuthorityKind, ...] = ("x509", "jwt")
+Slot = X509Slot | KeySlot
+KINDS: tuple[AuthorityKind, ...] = ("x509", *KEY_KINDS)
 
 
 class Authorities:
@@ -120,7 +121,7 @@ class Authorities:
         )
 
     def rotate(self) -> list[str]:
-        """Apply every step due now for both kinds; returns what happened, for the log."""
+        """Apply every step due now for every kind; returns what happened, for the log."""
         done: list[str] = []
         for kind in KINDS:
             for _ in range(8):  # a bounded loop: each step moves the state forward
@@ -155,7 +156,7 @@ class Authorities:
         slot: Slot = (
             new_x509_slot(self.settings, self.keys, now)
             if kind == "x509"
-            else new_jwt_slot(self.settings, self.keys, now)
+            else new_key_slot(kind, self.settings, self.keys, now)
         )
         records, replaced = rotation.with_prepared(self.state.records(kind), slot.record)
         self._set(kind, records, extra=slot)
@@ -226,15 +227,13 @@ class Authorities:
         self, kind: AuthorityKind, records: Sequence[AuthorityRecord], extra: Slot | None = None
     ) -> None:
         """Rebuild the slots of `kind` from `records` (plus a new slot) and persist them."""
-        current: list[Slot] = [*(self.state.x509 if kind == "x509" else self.state.jwt)]
+        current: list[Slot] = [*self.state.slots(kind)]
         if extra is not None:
             current.append(extra)
         by_id = {s.record.authority_id: s for s in current}
-        slots = [replace(by_id[r.authority_id], record=r) for r in records]
-        if kind == "x509":
-            new_state = CaState(tuple(s for s in slots if isinstance(s, X509Slot)), self.state.jwt)
-        else:
-            new_state = CaState(self.state.x509, tuple(s for s in slots if isinstance(s, JwtSlot)))
+        new_state = self.state.with_slots(
+            kind, [replace(by_id[r.authority_id], record=r) for r in records]
+        )
         self.journal.put_ca_keys(
             [r for r in to_records(new_state, self.server_id) if r.kind == kind]
         )
@@ -262,8 +261,8 @@ class Authorities:
 
     def bundle(self, sequence: int = 0, journal: Sequence[CaKeyRecord] | None = None) -> Bundle:
         """The trust domain's bundle: the upstream root or every server's CA certs, and every
-        server's JWT keys, including prepared authorities (published before use) and old ones
-        until they expire. With an upstream CA, every server must share that upstream.
+        server's JWT and WIT keys, including prepared authorities (published before use) and
+        old ones until they expire. With an upstream CA, every server must share that upstream.
         `journal`: take the peers from these rows (fresh from the database) instead."""
         now = self.clock()
         known = self.peers if journal is None else self._peers_in(journal)
@@ -275,19 +274,24 @@ class Authorities:
             x509_authorities = tuple(
                 s.certificate for s in self.state.x509 if s.record.authority_id in live
             ) + tuple(x509_certificate(r) for r in peers if r.kind == "x509")
-        live_jwt = {r.authority_id for r in rotation.published(self.state.records("jwt"), now)}
-        jwt: dict[str, JwtPublicKey] = {
-            s.record.authority_id: s.public_key
-            for s in self.state.jwt
-            if s.record.authority_id in live_jwt
-        }
-        jwt.update((r.key_id, public_key_from_der(r.public_key)) for r in peers if r.kind == "jwt")
+        keys: dict[str, dict[str, JwtPublicKey]] = {}
+        for kind in KEY_KINDS:
+            live = {r.authority_id for r in rotation.published(self.state.records(kind), now)}
+            keys[kind] = {
+                s.record.authority_id: s.public_key
+                for s in self.state.key_slots(kind)
+                if s.record.authority_id in live
+            }
+            keys[kind].update(
+                (r.key_id, public_key_from_der(r.public_key)) for r in peers if r.kind == kind
+            )
         return Bundle(
             self.settings.trust_domain,
             x509_authorities,
-            jwt,
+            keys["jwt"],
             sequence,
             refresh_hint=refresh_hint(self.settings.ttl),
+            wit_authorities=keys["wit"],
         )
 
 

@@ -16,12 +16,9 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Final
 
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
 from insignia._bytecache import ByteLru
 from insignia._clock import utc_now
-from insignia._jws import EC_PARAMS, ECDSA, HASHES, PKCS1, PSS, b64
+from insignia._jws import b64, jws_signature
 from insignia.durations import InvalidDuration
 from insignia.keys import PrivateKey, jwt_algorithm
 from insignia.server.ca.x509ca import check_ttl
@@ -31,37 +28,28 @@ from insignia.spiffeid import SpiffeId
 _AUDIENCE_CACHE_BYTES: Final = 256 * 1024
 
 
-def _jws_sign(alg: str, key: PrivateKey) -> Callable[[bytes], bytes]:
-    """A signing function for `alg` and `key`, producing the JWS signature encoding."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        ecdsa, size = ECDSA[alg], EC_PARAMS[alg][1]
-
-        def sign_ec(msg: bytes) -> bytes:
-            r, s = decode_dss_signature(key.sign(msg, ecdsa))
-            return r.to_bytes(size, "big") + s.to_bytes(size, "big")
-
-        return sign_ec
-    pad = PSS[alg] if alg.startswith("PS") else PKCS1
-    digest = HASHES[alg[2:]]
-    return lambda msg: key.sign(msg, pad, digest)
-
-
 @dataclass(frozen=True)
-class _Signer:
+class JwsSigner:
     alg: str
     header: bytes  # encoded header and the "." that follows it
     sign: Callable[[bytes], bytes]
 
+    def token(self, claims: str) -> str:
+        """The compact JWS of `claims` (JSON text)."""
+        signing_input = self.header + b64(claims.encode())
+        return (signing_input + b"." + b64(self.sign(signing_input))).decode("ascii")
+
 
 @lru_cache(maxsize=16)
-def _signer(private_key: PrivateKey, kid: str, alg: str | None) -> _Signer:
-    """Per-key work done once: the algorithm, the encoded header and the signing function.
-    Keyed by the key object's identity; the server holds two JWT key slots at a time."""
+def jws_signer(private_key: PrivateKey, kid: str, alg: str | None, typ: str = "JWT") -> JwsSigner:
+    """Per-key work done once: the algorithm, the encoded header {alg, kid, typ} and the
+    signing function. Keyed by the key object's identity; the server holds a few key slots
+    (JWT and WIT) at a time. The WIT-SVID signer (`wit_signing`) shares it."""
     if not kid:
         raise ValueError("kid must be a non-empty string: verifiers select the key by it")
     alg = jwt_algorithm(private_key, alg)
-    header = json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}, separators=(",", ":"))
-    return _Signer(alg, b64(header.encode()) + b".", _jws_sign(alg, private_key))
+    header = json.dumps({"alg": alg, "kid": kid, "typ": typ}, separators=(",", ":"))
+    return JwsSigner(alg, b64(header.encode()) + b".", jws_signature(alg, private_key))
 
 
 _audience_cache: ByteLru[tuple[str, ...], str] = ByteLru(_AUDIENCE_CACHE_BYTES)
@@ -100,7 +88,7 @@ def sign_jwt_svid(
     """
     if isinstance(audience, str):
         raise ValueError(f"audience {audience!r}: expected a list of strings, not a string")
-    signer = _signer(private_key, kid, alg)
+    signer = jws_signer(private_key, kid, alg)
     iat = int(time.time() if now is None else utc_now(now).timestamp())
     seconds = int(check_ttl(ttl).total_seconds())
     if seconds < 1:
@@ -110,6 +98,4 @@ def sign_jwt_svid(
     # controls), so the claims are formatted directly; the audience is JSON-encoded.
     iss = "" if issuer is None else f',"iss":{json.dumps(issuer)}'
     aud = _audience_json(tuple(audience))
-    claims = f'{{"sub":"{spiffe_id}","aud":{aud},"exp":{exp},"iat":{iat}{iss}}}'
-    signing_input = signer.header + b64(claims.encode())
-    return (signing_input + b"." + b64(signer.sign(signing_input))).decode("ascii")
+    return signer.token(f'{{"sub":"{spiffe_id}","aud":{aud},"exp":{exp},"iat":{iat}{iss}}}')

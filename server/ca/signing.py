@@ -1,4 +1,4 @@
-"""Signing SVIDs for callers: the checks a CSR must pass, then the X.509 or JWT signature.
+"""Signing SVIDs for callers: the checks a CSR must pass, then the X.509, JWT or WIT signature.
 
 The agent API and the admin API's `mint` both come through here, so a CSR is refused the same
 way everywhere: bad signature, a CA request, a URI SAN other than the one ID asked for, or any
@@ -7,22 +7,30 @@ SAN the server did not decide on itself (DNS names come from the entry, never th
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
+from insignia.bundle import public_key_to_jwk
 from insignia.daemon.reserved_ids import AGENT_PREFIX, is_agent_id
 from insignia.daemon.server_name import SERVER_TLS_NAME, is_reserved_dns_name
 from insignia.jwtsvid import AudienceLimits
 from insignia.keys import InvalidKey, PrivateKey, key_type_of
 from insignia.server.ca.jwt_signing import sign_jwt_svid
-from insignia.server.ca.x509_leaf import CsrRequest, InvalidCsr, build_leaf, parse_csr
+from insignia.server.ca.wit_signing import sign_wit_svid
+from insignia.server.ca.x509_leaf import CsrRequest, InvalidCsr, issue_leaf, parse_csr
 from insignia.server.ca.x509ca import SigningAuthority
 from insignia.server.entries import MIN_JWT_SVID_TTL, PATH_REQUIRED
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
+from insignia.wit import confirmation_key
+
+# A JWK is a few hundred bytes (RSA-4096: ~800); anything much larger is not one.
+MAX_JWK_BYTES = 4096
 
 
 class SigningRefused(ValueError):
@@ -90,24 +98,13 @@ def _checked_shape(der: bytes) -> CsrRequest:
         raise SigningRefused(
             f"CSR refused: extra DNS SANs {list(request.dns_names)}; DNS names come from the entry"
         )
-    _check_extra_sans(der)
+    if request.other_sans:  # IP, e-mail, directory names, ...
+        raise SigningRefused(f"CSR refused: extra SANs {list(request.other_sans)}")
     try:
         key_type_of(request.public_key)
     except InvalidKey as exc:
         raise SigningRefused(f"CSR refused: {exc}") from exc
     return request
-
-
-def _check_extra_sans(der: bytes) -> None:
-    """Refuse SAN kinds `parse_csr` does not report (IP, e-mail, directory names, ...)."""
-    csr = x509.load_der_x509_csr(der)
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return
-    others = [n for n in san if not isinstance(n, x509.UniformResourceIdentifier | x509.DNSName)]
-    if others:
-        raise SigningRefused(f"CSR refused: extra SANs {[str(n.value) for n in others]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +130,7 @@ def sign_x509_svid(
     *,
     id_optional: bool = False,
 ) -> SignedX509:
-    """Check the CSR and sign it; NotAfter is clamped to the CA's (build_leaf does that).
+    """Check the CSR and sign it; NotAfter is clamped to the CA's (issue_leaf does that).
 
     The server's TLS name is refused here too, whatever the caller validated: this is the one
     path every workload X509-SVID takes (the server's own SVID is built in server/tls.py)."""
@@ -147,9 +144,13 @@ def sign_x509_svid(
             "own certificate (agents trust it as the server)"
         )
     request = checked_csr(csr_der, spiffe_id, id_optional=id_optional)
-    leaf = build_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
-    chain = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (leaf, *authority.chain))
-    return SignedX509(chain, leaf.not_valid_after_utc, leaf.serial_number, svid_fingerprint(leaf))
+    leaf = issue_leaf(request.public_key, spiffe_id, ttl, authority, dns_names, now)
+    return SignedX509(
+        leaf.der + authority.chain_der,
+        leaf.not_after,
+        leaf.serial_number,
+        hashlib.sha256(leaf.der).hexdigest(),  # as `svid_fingerprint`, without a parse
+    )
 
 
 def _check_path(spiffe_id: SpiffeId) -> None:
@@ -180,17 +181,58 @@ def sign_jwt(
     """
     audience = limits.check(audience)
     _check_path(spiffe_id)
+    kid, key, ttl = _signing_key("JWT", active, key_not_after, ttl, now)
+    token = sign_jwt_svid(spiffe_id, audience, ttl, key, kid, now=now, issuer=issuer or None)
+    iat = int(now.timestamp())
+    return SignedJwt(token, iat, iat + int(ttl.total_seconds()))
+
+
+def _signing_key(
+    what: str,
+    active: tuple[str, PrivateKey] | None,
+    key_not_after: datetime | None,
+    ttl: timedelta,
+    now: datetime,
+) -> tuple[str, PrivateKey, timedelta]:
+    """The kid and key that sign a token of `what`, and its TTL cut to the key's expiry."""
     if ttl < timedelta(seconds=MIN_JWT_SVID_TTL):
         raise SigningRefused(
-            f"ttl {ttl.total_seconds():g} s is too short for a JWT-SVID; "
+            f"ttl {ttl.total_seconds():g} s is too short for a {what}-SVID; "
             f"expected at least {MIN_JWT_SVID_TTL} s"
         )
     if active is None or key_not_after is None:
-        raise NoActiveAuthority("JWT")
+        raise NoActiveAuthority(what)
     kid, key = active
     ttl = min(ttl, key_not_after - now)
     if ttl < timedelta(seconds=MIN_JWT_SVID_TTL):  # the key expires first: wait for the next
-        raise NoActiveAuthority("JWT")
-    token = sign_jwt_svid(spiffe_id, audience, ttl, key, kid, now=now, issuer=issuer or None)
+        raise NoActiveAuthority(what)
+    return kid, key, ttl
+
+
+def sign_wit(
+    active: tuple[str, PrivateKey] | None,
+    key_not_after: datetime | None,
+    spiffe_id: SpiffeId,
+    public_jwk: str,
+    ttl: timedelta,
+    now: datetime,
+) -> SignedJwt:
+    """A WIT-SVID binding `public_jwk` (the workload's key as a JWK with `alg`, made by the
+    agent), whose `exp` never passes the signing key's own expiry. The JWK is re-encoded
+    from the parsed key, so only its public members and `alg` reach the token."""
+    _check_path(spiffe_id)
+    if len(public_jwk) > MAX_JWK_BYTES:
+        raise SigningRefused(f"public key JWK is over {MAX_JWK_BYTES} bytes")
+    try:
+        jwk = json.loads(public_jwk)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise SigningRefused(f"public key is not JSON: {exc}") from None
+    try:
+        key, alg = confirmation_key(jwk)
+    except ValueError as exc:
+        raise SigningRefused(f"public key: {exc}") from None
+    kid, signer, ttl = _signing_key("WIT", active, key_not_after, ttl, now)
+    cnf = {**public_key_to_jwk(key), "alg": alg}
+    token = sign_wit_svid(spiffe_id, cnf, ttl, signer, kid, now)
     iat = int(now.timestamp())
     return SignedJwt(token, iat, iat + int(ttl.total_seconds()))

@@ -1,4 +1,4 @@
-"""The server's signing authorities: X.509 CAs and JWT keys, their slots, and the bundle.
+"""The server's signing authorities: X.509 CAs, JWT and WIT keys, their slots, and the bundle.
 
 State is an immutable `CaState` swapped whole, so gRPC handlers on the event loop always see a
 consistent set while a rotation step builds the next state in a worker thread. Decisions come
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -79,34 +80,60 @@ class X509Slot:
 
 
 @dataclass(frozen=True)
-class JwtSlot:
+class KeySlot:
+    """A bare signing key named by its `kid`: a JWT-SVID or a WIT-SVID authority."""
+
     record: AuthorityRecord
     public_key: JwtPublicKey
     private_key: PrivateKey | None
 
 
+# Authorities that are bare keys (no certificate); each kind rotates on its own.
+KeyKind = Literal["jwt", "wit"]
+KEY_KINDS: tuple[KeyKind, ...] = ("jwt", "wit")
+
+
 @dataclass(frozen=True)
 class CaState:
     x509: tuple[X509Slot, ...] = ()
-    jwt: tuple[JwtSlot, ...] = ()
+    jwt: tuple[KeySlot, ...] = ()
+    wit: tuple[KeySlot, ...] = ()
+
+    def slots(self, kind: AuthorityKind) -> Sequence[X509Slot | KeySlot]:
+        return self.x509 if kind == "x509" else self.key_slots(kind)
+
+    def key_slots(self, kind: KeyKind) -> tuple[KeySlot, ...]:
+        return self.jwt if kind == "jwt" else self.wit
 
     def records(self, kind: AuthorityKind) -> list[AuthorityRecord]:
-        slots: Sequence[X509Slot | JwtSlot] = self.x509 if kind == "x509" else self.jwt
-        return [s.record for s in slots]
+        return [s.record for s in self.slots(kind)]
 
     def active_x509(self) -> SigningAuthority | None:
         slot = next((s for s in self.x509 if s.record.state is AuthorityState.ACTIVE), None)
         return slot.authority if slot else None
 
-    def active_jwt(self) -> tuple[str, PrivateKey] | None:
-        slot = next((s for s in self.jwt if s.record.state is AuthorityState.ACTIVE), None)
+    def _active_key_slot(self, kind: KeyKind) -> KeySlot | None:
+        return next(
+            (s for s in self.key_slots(kind) if s.record.state is AuthorityState.ACTIVE), None
+        )
+
+    def active_key(self, kind: KeyKind) -> tuple[str, PrivateKey] | None:
+        """The kid and private key that sign tokens of `kind` now, if this server has one."""
+        slot = self._active_key_slot(kind)
         if slot is None or slot.private_key is None:
             return None
         return slot.record.authority_id, slot.private_key
 
-    def active_jwt_not_after(self) -> datetime | None:
-        slot = next((s for s in self.jwt if s.record.state is AuthorityState.ACTIVE), None)
+    def active_key_not_after(self, kind: KeyKind) -> datetime | None:
+        slot = self._active_key_slot(kind)
         return slot.record.not_after if slot else None
+
+    def with_slots(self, kind: AuthorityKind, slots: Sequence[X509Slot | KeySlot]) -> CaState:
+        """A copy whose slots of `kind` are `slots`."""
+        if kind == "x509":
+            return replace(self, x509=tuple(s for s in slots if isinstance(s, X509Slot)))
+        keys = tuple(s for s in slots if isinstance(s, KeySlot))
+        return replace(self, jwt=keys) if kind == "jwt" else replace(self, wit=keys)
 
     def tainted(self, kind: AuthorityKind) -> list[str]:
         return [r.authority_id for r in self.records(kind) if r.tainted]
@@ -155,14 +182,15 @@ def new_x509_slot(settings: CaSettings, keys: KeyManager, now: datetime) -> X509
     return X509Slot(record, authority.certificate, authority.chain, authority)
 
 
-def new_jwt_slot(settings: CaSettings, keys: KeyManager, now: datetime) -> JwtSlot:
-    """A fresh JWT signing key with a random `kid`, as a prepared slot. Hex, so a kid can
-    never start with '-' and be taken for an option by `authority jwt taint KID`."""
+def new_key_slot(kind: KeyKind, settings: CaSettings, keys: KeyManager, now: datetime) -> KeySlot:
+    """A fresh JWT or WIT signing key with a random `kid`, as a prepared slot. Hex, so a kid
+    can never start with '-' and be taken for an option by `authority jwt taint KID`; 128
+    random bits, so a kid is unique across the whole bundle (WIT-SVID §6.1)."""
     kid = secrets.token_hex(16)
     key = generate_key(settings.jwt_key_type)
-    keys.store(key_name("jwt", kid), key)
+    keys.store(key_name(kind, kid), key)
     record = AuthorityRecord(kid, AuthorityState.PREPARED, now, now + settings.ttl)
-    return JwtSlot(record, key.public_key(), key)
+    return KeySlot(record, key.public_key(), key)
 
 
 # --- journal records ------------------------------------------------------------------------
@@ -189,21 +217,23 @@ def to_records(state: CaState, server_id: str) -> list[CaKeyRecord]:
                 server_id=server_id,
             )
         )
-    for j in state.jwt:
-        out.append(
-            CaKeyRecord(
-                kind="jwt",
-                key_id=j.record.authority_id,
-                slot="jwt",
-                status=j.record.state.value,
-                public_key=public_key_to_der(j.public_key),
-                not_after=j.record.not_after,
-                not_before=j.record.not_before,
-                tainted=j.record.tainted,
-                server_id=server_id,
-            )
-        )
+    for kind in KEY_KINDS:
+        out.extend(_key_record(kind, j, server_id) for j in state.key_slots(kind))
     return out
+
+
+def _key_record(kind: KeyKind, j: KeySlot, server_id: str) -> CaKeyRecord:
+    return CaKeyRecord(
+        kind=kind,
+        key_id=j.record.authority_id,
+        slot=kind,
+        status=j.record.state.value,
+        public_key=public_key_to_der(j.public_key),
+        not_after=j.record.not_after,
+        not_before=j.record.not_before,
+        tainted=j.record.tainted,
+        server_id=server_id,
+    )
 
 
 def from_records(records: Sequence[CaKeyRecord], keys: KeyManager) -> CaState:
@@ -211,7 +241,7 @@ def from_records(records: Sequence[CaKeyRecord], keys: KeyManager) -> CaState:
     after a restart) can no longer sign: an active one is demoted to old, so it stays in the
     bundle until it expires, and a prepared one is dropped."""
     x509_slots: list[X509Slot] = []
-    jwt_slots: list[JwtSlot] = []
+    key_slots: dict[KeyKind, list[KeySlot]] = {kind: [] for kind in KEY_KINDS}
     for rec in records:
         if rec.revoked:
             continue
@@ -228,11 +258,11 @@ def from_records(records: Sequence[CaKeyRecord], keys: KeyManager) -> CaState:
                 x509_slots.append(slot)
         else:
             public = public_key_from_der(rec.public_key)
-            key = keys.load(key_name("jwt", rec.key_id))
-            jslot = JwtSlot(_without_key(record, key), public, key)
+            key = keys.load(key_name(rec.kind, rec.key_id))
+            jslot = KeySlot(_without_key(record, key), public, key)
             if jslot.record.state is not AuthorityState.PREPARED or key is not None:
-                jwt_slots.append(jslot)
-    return CaState(tuple(x509_slots), tuple(jwt_slots))
+                key_slots[rec.kind].append(jslot)
+    return CaState(tuple(x509_slots), tuple(key_slots["jwt"]), tuple(key_slots["wit"]))
 
 
 def authority_record(rec: CaKeyRecord) -> AuthorityRecord:

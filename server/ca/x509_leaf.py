@@ -9,41 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from insignia._clock import utc_now
 from insignia._dns import is_dns_name
 from insignia.keys import PublicKey
+from insignia.server.ca.leaf_template import KU_EC, KU_RSA, LEAF_BC, LEAF_EKU, LEAF_SUBJECT
 from insignia.server.ca.x509ca import BACKDATE, InvalidAuthority, SigningAuthority, check_ttl
 from insignia.spiffeid import SpiffeId
 
-_LEAF_SUBJECT = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIFFE")])
-_LEAF_EKU = x509.ExtendedKeyUsage(
-    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-)
-_LEAF_BC = x509.BasicConstraints(ca=False, path_length=None)
-
-
-def _key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-_KU_EC = _key_usage(key_encipherment=False)
-_KU_RSA = _key_usage(key_encipherment=True)  # RSA key exchange in TLS 1.2 needs it
+_DER = serialization.Encoding.DER
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 
 
 class InvalidCsr(ValueError):
@@ -56,7 +36,16 @@ class InvalidDnsName(ValueError):
         self.name = name
 
 
-def build_leaf(
+@dataclass(frozen=True, slots=True)
+class IssuedLeaf:
+    """A signed leaf as DER, with what the signing path reports about it (no parse needed)."""
+
+    der: bytes
+    serial_number: int
+    not_after: datetime  # as the certificate carries it: UTC, whole seconds
+
+
+def issue_leaf(
     public_key: PublicKey,
     spiffe_id: SpiffeId,
     ttl: timedelta,
@@ -65,11 +54,13 @@ def build_leaf(
     now: datetime | None = None,
     serial: int | None = None,
     subject: x509.Name | None = None,
-) -> x509.Certificate:
+) -> IssuedLeaf:
     """Sign an X509-SVID leaf for `public_key`; its chain is `(leaf, *authority.chain)`.
 
     NotBefore is backdated by `BACKDATE` for clock skew; NotAfter is `now + ttl` clamped to the
-    authority's NotAfter, so a leaf never outlives its CA.
+    authority's NotAfter, so a leaf never outlives its CA. The authority's pre-encoded template
+    (leaf_template.py) signs it, except for a custom `subject` or a CA key/hash the template
+    does not cover: those go through CertificateBuilder, with the same profile.
     """
     now = utc_now(now)
     not_after = min(now + check_ttl(ttl), authority.not_after)
@@ -80,24 +71,68 @@ def build_leaf(
             authority.certificate,
             f"is for trust domain {authority.trust_domain}, not for {spiffe_id}",
         )
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
     for name in dns_names:
         if not is_dns_name(name):
             raise InvalidDnsName(name)
-        sans.append(x509.DNSName(name))
+    if serial is None:
+        serial = x509.random_serial_number()
+    template = authority.leaf_template
+    if template is None or subject is not None:
+        leaf = _builder_leaf(
+            public_key, spiffe_id, not_after, authority, dns_names, now, serial, subject
+        )
+        return IssuedLeaf(leaf.public_bytes(_DER), serial, leaf.not_valid_after_utc)
+    der = template.certificate(
+        serial,
+        now - BACKDATE,
+        not_after,
+        public_key.public_bytes(_DER, _SPKI),
+        isinstance(public_key, rsa.RSAPublicKey),
+        str(spiffe_id),
+        dns_names,
+    )
+    return IssuedLeaf(der, serial, not_after.astimezone(UTC).replace(microsecond=0))
+
+
+def build_leaf(
+    public_key: PublicKey,
+    spiffe_id: SpiffeId,
+    ttl: timedelta,
+    authority: SigningAuthority,
+    dns_names: Sequence[str] = (),
+    now: datetime | None = None,
+    serial: int | None = None,
+    subject: x509.Name | None = None,
+) -> x509.Certificate:
+    """`issue_leaf` as a parsed certificate, for callers that read it."""
+    issued = issue_leaf(public_key, spiffe_id, ttl, authority, dns_names, now, serial, subject)
+    return x509.load_der_x509_certificate(issued.der)
+
+
+def _builder_leaf(
+    public_key: PublicKey,
+    spiffe_id: SpiffeId,
+    not_after: datetime,
+    authority: SigningAuthority,
+    dns_names: Sequence[str],
+    now: datetime,
+    serial: int,
+    subject: x509.Name | None,
+) -> x509.Certificate:
+    """The same leaf through CertificateBuilder: the fallback, and the template's reference."""
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
+    sans.extend(x509.DNSName(name) for name in dns_names)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(subject if subject is not None else _LEAF_SUBJECT)
+        .subject_name(subject if subject is not None else LEAF_SUBJECT)
         .issuer_name(authority.certificate.subject)
         .public_key(public_key)
-        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
-        .add_extension(_LEAF_BC, critical=True)
-        .add_extension(
-            _KU_RSA if isinstance(public_key, rsa.RSAPublicKey) else _KU_EC, critical=True
-        )
-        .add_extension(_LEAF_EKU, critical=False)
+        .add_extension(LEAF_BC, critical=True)
+        .add_extension(KU_RSA if isinstance(public_key, rsa.RSAPublicKey) else KU_EC, critical=True)
+        .add_extension(LEAF_EKU, critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(authority.authority_key_identifier, critical=False)

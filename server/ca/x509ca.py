@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from insignia._clock import utc_now
 from insignia.durations import InvalidDuration
 from insignia.keys import PrivateKey, PublicKey, x509_signature_hash
+from insignia.server.ca.leaf_template import LeafTemplate, template_for
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 from insignia.x509svid import is_ca
 
@@ -71,6 +72,9 @@ class SigningAuthority:
         init=False, repr=False, compare=False
     )
     trust_domain: TrustDomain | None = field(init=False, repr=False, compare=False)
+    # None: a CA key or hash the template does not cover (leaves take CertificateBuilder).
+    leaf_template: LeafTemplate | None = field(init=False, repr=False, compare=False)
+    chain_der: bytes = field(init=False, repr=False, compare=False)  # `chain`, concatenated
 
     def __post_init__(self) -> None:
         cert = self.certificate
@@ -90,6 +94,13 @@ class SigningAuthority:
             aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key())
         object.__setattr__(self, "authority_key_identifier", aki)
         object.__setattr__(self, "trust_domain", uri_trust_domain(cert))
+        object.__setattr__(
+            self,
+            "leaf_template",
+            template_for(cert.subject, aki, self.private_key, self.signature_hash),
+        )
+        der = serialization.Encoding.DER
+        object.__setattr__(self, "chain_der", b"".join(c.public_bytes(der) for c in self.chain))
 
     @property
     def not_after(self) -> datetime:

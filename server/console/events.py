@@ -28,7 +28,13 @@ _WHAT = {
     ("ca_key", "updated"): "changed state",
     ("ca_key", "deleted"): "dropped",
 }
-_NOUN = {"entry": "entry", "agent": "agent", "ca_key": "authority", "bundle": "bundle"}
+_NOUN = {
+    "entry": "entry",
+    "agent": "agent",
+    "ca_key": "authority",
+    "bundle": "bundle",
+    "federation": "federation relationship",
+}
 
 
 def describe(event: ChangeEvent) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""The authority timeline: every X.509 CA and JWT key on one time axis, as layout for the
+"""The authority timeline: every X.509 CA, JWT and WIT key on one time axis, as layout for the
 overview's server-rendered SVG (pure: records and a clock in, boxes and ticks out).
 
 Operators plan rotations from it: each key is a bar from not_before to not_after, coloured by
@@ -17,7 +17,7 @@ WIDTH = 960.0  # SVG user units; the page scales the drawing to its width
 LABEL_WIDTH = 150.0
 ROW_HEIGHT = 26.0
 AXIS_HEIGHT = 34.0
-KIND_TITLES = {"x509": "X.509 CA", "jwt": "JWT keys"}
+KIND_TITLES = {"x509": "X.509 CA", "jwt": "JWT keys", "wit": "WIT keys"}
 
 
 @dataclass(frozen=True)

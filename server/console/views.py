@@ -34,7 +34,7 @@ from insignia.server.registry import server_state
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 PAGE_SIZE = 50
-KINDS = {"x509": admin_pb2.X509, "jwt": admin_pb2.JWT}
+KINDS = {"x509": admin_pb2.X509, "jwt": admin_pb2.JWT, "wit": admin_pb2.WIT}
 # What each authority action does to workloads, shown on its confirmation page.
 AUTHORITY_EFFECTS: dict[Action, str] = {
     "prepare": "A new key is created and published in the trust bundle. Workloads notice "

@@ -31,6 +31,12 @@ Bundles (SPIFFE bundle JSON text, opaque here):
     put_bundle(td, document) -> BundleRecord (sequence + 1);  get_bundle(td) (BundleNotFound)
     list_bundles();  count_bundles();  delete_bundle(td)
     update_bundle(td, compose(journal, stored) -> document | None) -> stored?  (atomic)
+    put_federated_bundle(td, document, relationship_required=) -> record | None
+    delete_federated_bundle(td, mode) -> entry ids  (BundleInUse; restrict|delete|dissociate)
+Federation relationships (admin API's; the config file's live in memory):
+    create_federation(FederationRecord) (DuplicateFederation);  update_federation(record)
+    delete_federation(td) -> record, with its bundle (FederationNotFound)
+    get_federation(td);  list_federations()
 CA journal:
     put_ca_keys([CaKeyRecord, ...]) (upsert by (kind, key_id), one transaction)
     load_ca_keys(kind=None);  delete_ca_key(kind, key_id) (CaKeyNotFound)
@@ -47,15 +53,18 @@ from insignia.server.datastore.engine import normalize_url, sqlite_url
 from insignia.server.datastore.errors import (
     AgentBanned,
     AgentNotFound,
+    BundleInUse,
     BundleNotFound,
     CaKeyNotFound,
     ConstraintViolation,
     DatastoreError,
     DatastoreUnavailable,
     DuplicateEntry,
+    DuplicateFederation,
     DuplicateJoinToken,
     EntryNotFound,
     EntryRevisionConflict,
+    FederationNotFound,
     InvalidRecord,
     JoinTokenError,
     JoinTokenExpired,
@@ -75,6 +84,7 @@ from insignia.server.datastore.records import (
     ChangeKind,
     ChangeOp,
     EntrySnapshot,
+    FederationRecord,
     ServerRecord,
 )
 from insignia.server.datastore.store import Datastore, Listener
@@ -85,6 +95,7 @@ __all__ = [
     "AgentRecord",
     "AuthorityKind",
     "AuthorityStatus",
+    "BundleInUse",
     "BundleNotFound",
     "BundleRecord",
     "CaKeyNotFound",
@@ -97,10 +108,13 @@ __all__ = [
     "DatastoreError",
     "DatastoreUnavailable",
     "DuplicateEntry",
+    "DuplicateFederation",
     "DuplicateJoinToken",
     "EntryNotFound",
     "EntryRevisionConflict",
     "EntrySnapshot",
+    "FederationNotFound",
+    "FederationRecord",
     "InvalidRecord",
     "JoinTokenError",
     "JoinTokenExpired",

@@ -203,6 +203,7 @@ class _Decoder:
                 ),
                 x509_svid_ttl=r.x509_svid_ttl,
                 jwt_svid_ttl=r.jwt_svid_ttl,
+                wit_svid_ttl=r.wit_svid_ttl,
                 dns_names=tuple(children["dns"][r.id]),
                 federates_with=tuple(
                     sorted((self._td(t) for t in children["federates"][r.id]), key=str)
@@ -247,6 +248,7 @@ def _row(
         "identity_digest": digest,
         "x509_svid_ttl": e.x509_svid_ttl,
         "jwt_svid_ttl": e.jwt_svid_ttl,
+        "wit_svid_ttl": e.wit_svid_ttl,
         "hint": e.hint,
         "admin": e.admin,
         "downstream": e.downstream,

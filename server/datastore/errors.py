@@ -116,6 +116,26 @@ class BundleNotFound(DatastoreError, LookupError):
         super().__init__(f"no bundle for trust domain {trust_domain!r}")
 
 
+class FederationNotFound(DatastoreError, LookupError):
+    def __init__(self, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+        super().__init__(f"no federation relationship with trust domain {trust_domain!r}")
+
+
+class DuplicateFederation(DatastoreError):
+    def __init__(self, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+        super().__init__(f"a federation relationship with {trust_domain!r} already exists")
+
+
+class BundleInUse(DatastoreError):
+    """A bundle delete refused: entries federate with it, or a relationship still fetches it."""
+
+    def __init__(self, trust_domain: str, reason: str) -> None:
+        self.trust_domain = trust_domain
+        super().__init__(f"bundle of {trust_domain!r} not deleted: {reason}")
+
+
 class CaKeyNotFound(DatastoreError, LookupError):
     def __init__(self, kind: str, key_id: str) -> None:
         self.kind = kind

@@ -11,9 +11,9 @@ from insignia.server.datastore.errors import InvalidRecord
 from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId, TrustDomain
 
-AuthorityKind = Literal["x509", "jwt"]
+AuthorityKind = Literal["x509", "jwt", "wit"]
 AuthorityStatus = Literal["prepared", "active", "old"]
-ChangeKind = Literal["entry", "agent", "bundle", "ca_key"]
+ChangeKind = Literal["entry", "agent", "bundle", "ca_key", "federation"]
 ChangeOp = Literal["created", "updated", "deleted"]
 
 AUTHORITY_KINDS: tuple[str, ...] = get_args(AuthorityKind)
@@ -66,6 +66,20 @@ class BundleRecord:
     document: str
     sequence: int
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FederationRecord:
+    """A federation relationship as stored (checked by `insignia.server.federation`, which
+    turns it into a `Relationship`). `bootstrap_bundle` is SPIFFE bundle JSON, "" for none."""
+
+    trust_domain: TrustDomain
+    bundle_endpoint_url: str
+    profile: str
+    endpoint_spiffe_id: str = ""
+    bootstrap_bundle: str = ""
+    created_at: datetime = field(default_factory=_now)
+    updated_at: datetime = field(default_factory=_now)
 
 
 @dataclass(frozen=True, slots=True)

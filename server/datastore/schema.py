@@ -44,6 +44,7 @@ entries = sa.Table(
     sa.Column("identity_digest", sa.String(64), nullable=False),
     sa.Column("x509_svid_ttl", sa.Integer, nullable=False),
     sa.Column("jwt_svid_ttl", sa.Integer, nullable=False),
+    sa.Column("wit_svid_ttl", sa.Integer, nullable=False),
     sa.Column("hint", sa.Text, nullable=False),
     sa.Column("admin", sa.Boolean, nullable=False),
     sa.Column("downstream", sa.Boolean, nullable=False),
@@ -142,6 +143,20 @@ bundles = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
+# Federation relationships created through the admin API (the config file's are held in memory
+# and win over a row here): a peer trust domain and how to fetch and authenticate its bundle.
+federation_relationships = sa.Table(
+    "federation_relationships",
+    metadata,
+    sa.Column("trust_domain", sa.String(255), primary_key=True),
+    sa.Column("bundle_endpoint_url", sa.Text, nullable=False),
+    sa.Column("profile", sa.String(16), nullable=False),
+    sa.Column("endpoint_spiffe_id", sa.Text, nullable=False),
+    sa.Column("bootstrap_bundle", sa.Text, nullable=False),  # SPIFFE JSON; "" = none
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
 ca_keys = sa.Table(
     "ca_keys",
     metadata,
@@ -159,7 +174,7 @@ ca_keys = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     # Which server holds the private key ("" = written before schema 0003, not yet adopted).
     sa.Column("server_id", sa.String(64), nullable=False, server_default=""),
-    sa.CheckConstraint("kind IN ('x509', 'jwt')", name="ck_ca_keys_kind"),
+    sa.CheckConstraint("kind IN ('x509', 'jwt', 'wit')", name="ck_ca_keys_kind"),
     sa.CheckConstraint("status IN ('prepared', 'active', 'old')", name="ck_ca_keys_status"),
 )
 

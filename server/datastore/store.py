@@ -30,6 +30,7 @@ from insignia.server.datastore import (
     agent_queries,
     changelog,
     entry_queries,
+    federation_queries,
     meta,
     server_queries,
     trust_queries,
@@ -41,11 +42,13 @@ from insignia.server.datastore.engine import (
     upgrade_schema,
 )
 from insignia.server.datastore.errors import (
+    BundleInUse,
     ConstraintViolation,
     DatastoreError,
     DatastoreUnavailable,
     EntryNotFound,
 )
+from insignia.server.datastore.federation_queries import BundleDeleteMode
 from insignia.server.datastore.records import (
     AgentRecord,
     AuthorityKind,
@@ -53,6 +56,7 @@ from insignia.server.datastore.records import (
     CaKeyRecord,
     ChangeEvent,
     EntrySnapshot,
+    FederationRecord,
     ServerRecord,
 )
 from insignia.server.datastore.schema import agents, bundles, entries
@@ -368,6 +372,88 @@ class Datastore(Closing):
         with self._write() as conn:
             trust_queries.delete_bundle(conn, trust_domain)
             changelog.append(conn, "bundle", "deleted", [str(trust_domain)], now)
+
+    def put_federated_bundle(
+        self, trust_domain: TrustDomain, document: str, *, relationship_required: bool
+    ) -> BundleRecord | None:
+        """Store a peer's fetched bundle. With `relationship_required` (a relationship of the
+        datastore, not of the config file), only while that relationship exists: a fetch in
+        flight when another server deleted it must not bring the bundle back. None then."""
+        now = self._clock()
+        with self._write() as conn:
+            if relationship_required and not federation_queries.exists(conn, trust_domain):
+                return None
+            record, created = trust_queries.put_bundle(conn, trust_domain, document, now)
+            op: Literal["created", "updated"] = "created" if created else "updated"
+            changelog.append(conn, "bundle", op, [str(trust_domain)], now)
+        return record
+
+    def delete_federated_bundle(
+        self, trust_domain: TrustDomain, mode: BundleDeleteMode
+    ) -> list[str]:
+        """`bundle delete`: refuse (`BundleInUse`) while a stored relationship fetches it;
+        entries federating with it are a refusal (restrict), deleted with it (delete), or
+        lose it from their federates_with (dissociate). Returns those entries' ids."""
+        now = self._clock()
+        with self._write() as conn:
+            if federation_queries.exists(conn, trust_domain):
+                raise BundleInUse(
+                    str(trust_domain),
+                    "a federation relationship keeps it (`federation delete` removes both)",
+                )
+            ids = federation_queries.federating_entry_ids(conn, trust_domain)
+            if ids and mode == "restrict":
+                raise BundleInUse(
+                    str(trust_domain),
+                    f"{len(ids)} {'entry federates' if len(ids) == 1 else 'entries federate'} "
+                    f"with it (first {ids[0]}); --mode delete or dissociate",
+                )
+            trust_queries.delete_bundle(conn, trust_domain)
+            changelog.append(conn, "bundle", "deleted", [str(trust_domain)], now)
+            if ids and mode == "delete":
+                entry_queries.delete(conn, ids)
+                changelog.append(conn, "entry", "deleted", ids, now)
+            elif ids:
+                federation_queries.dissociate(conn, trust_domain, ids, now)
+                changelog.append(conn, "entry", "updated", ids, now)
+        return ids
+
+    # -- federation relationships ----------------------------------------------------------
+
+    def create_federation(self, record: FederationRecord) -> FederationRecord:
+        """Store a new relationship (`DuplicateFederation` if the trust domain has one)."""
+        now = self._clock()
+        with self._write() as conn:
+            stored = federation_queries.insert(conn, record, now)
+            changelog.append(conn, "federation", "created", [str(record.trust_domain)], now)
+        return stored
+
+    def update_federation(self, record: FederationRecord) -> FederationRecord:
+        now = self._clock()
+        with self._write() as conn:
+            stored = federation_queries.update(conn, record, now)
+            changelog.append(conn, "federation", "updated", [str(record.trust_domain)], now)
+        return stored
+
+    def delete_federation(self, trust_domain: TrustDomain) -> FederationRecord:
+        """Forget the relationship and the bundle fetched through it, in one transaction, so
+        agents drop the bundle with it. Entries keep naming the trust domain."""
+        now = self._clock()
+        with self._write() as conn:
+            deleted = federation_queries.delete(conn, trust_domain)
+            changelog.append(conn, "federation", "deleted", [str(trust_domain)], now)
+            if trust_queries.bundle_exists(conn, trust_domain):
+                trust_queries.delete_bundle(conn, trust_domain)
+                changelog.append(conn, "bundle", "deleted", [str(trust_domain)], now)
+        return deleted
+
+    def get_federation(self, trust_domain: TrustDomain) -> FederationRecord:
+        with self._read() as conn:
+            return federation_queries.load(conn, trust_domain)[0]
+
+    def list_federations(self) -> list[FederationRecord]:
+        with self._read() as conn:
+            return federation_queries.load(conn)
 
     def update_bundle(self, trust_domain: TrustDomain, compose: BundleComposer) -> bool:
         """Recompute the local bundle from the whole CA journal under the write lock; store

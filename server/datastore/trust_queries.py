@@ -107,6 +107,11 @@ def load_bundles(conn: Connection, trust_domain: TrustDomain | None = None) -> l
     return records
 
 
+def bundle_exists(conn: Connection, trust_domain: TrustDomain) -> bool:
+    query = sa.select(bundles.c.trust_domain).where(bundles.c.trust_domain == str(trust_domain))
+    return conn.execute(query).first() is not None
+
+
 def delete_bundle(conn: Connection, trust_domain: TrustDomain) -> None:
     result = conn.execute(bundles.delete().where(bundles.c.trust_domain == str(trust_domain)))
     if result.rowcount == 0:

@@ -34,15 +34,24 @@ def accept_bundle(trust_domain: TrustDomain, body: bytes, held: Bundle | None) -
         raise BundleRefused(f"not a SPIFFE bundle: {exc.reason}") from None
     if not bundle.x509_authorities and not bundle.jwt_authorities:
         raise BundleRefused("bundle has no x509-svid or jwt-svid keys")
-    for cert in bundle.x509_authorities:
-        named = uri_trust_domain(cert)
-        if named is not None and named != trust_domain:
-            raise BundleRefused(f"an X.509 authority is for trust domain {named}")
+    named = foreign_authority(bundle)
+    if named is not None:
+        raise BundleRefused(f"an X.509 authority is for trust domain {named}")
     if held is not None and bundle.sequence < held.sequence:
         raise BundleRefused(
             f"spiffe_sequence {bundle.sequence} is older than the held {held.sequence}"
         )
     return bundle
+
+
+def foreign_authority(bundle: Bundle) -> TrustDomain | None:
+    """The other trust domain an X.509 authority of `bundle` names in its URI SAN, if any: a
+    bundle holding another domain's CA would let that domain issue this one's IDs."""
+    for cert in bundle.x509_authorities:
+        named = uri_trust_domain(cert)
+        if named is not None and named != bundle.trust_domain:
+            return named
+    return None
 
 
 def refresh_interval(bundle: Bundle | None) -> timedelta:

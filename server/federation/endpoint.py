@@ -77,10 +77,12 @@ def pem_server_context(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
 
 class WebCertificate:
     """The https_web certificate and key files, loaded again when either one changes; a
-    change that fails to load is logged and the last good pair kept."""
+    change that fails to load is logged and the last good pair kept. `log_prefix` names the
+    listener in those log events."""
 
-    def __init__(self, cert_file: Path, key_file: Path) -> None:
+    def __init__(self, cert_file: Path, key_file: Path, log_prefix: str = "federation") -> None:
         self.cert_file, self.key_file = cert_file, key_file
+        self.log_prefix = log_prefix
         self._stamp = self._files_stamp()
         self._context = self._load()  # a bad pair at start stops the server (caller)
 
@@ -100,9 +102,13 @@ class WebCertificate:
             if stamp != self._stamp:
                 self._stamp = stamp  # a bad pair is reported once, not on every connection
                 self._context = self._load()
-                log.info("federation.web_certificate_reloaded", cert_file=str(self.cert_file))
+                log.info(
+                    f"{self.log_prefix}.web_certificate_reloaded", cert_file=str(self.cert_file)
+                )
         except (OSError, ssl.SSLError) as exc:
             log.warning(
-                "federation.web_certificate_unusable", cert_file=str(self.cert_file), error=str(exc)
+                f"{self.log_prefix}.web_certificate_unusable",
+                cert_file=str(self.cert_file),
+                error=str(exc),
             )
         return self._context

@@ -1,7 +1,8 @@
 """One GET of a peer's bundle endpoint, bounded in time and size, with the peer
 authenticated by its profile (SPIFFE Federation §5):
 
-- https_web: Web PKI, the system's roots (or `SSL_CERT_FILE`) and the URL's host name;
+- https_web: Web PKI, the relationship's `web_ca_file` or else the system's roots (or
+  `SSL_CERT_FILE`), and the URL's host name;
 - https_spiffe: the chain must verify against the trust anchors given (the bootstrap bundle,
   then the last bundle fetched) and the leaf must carry exactly `endpoint_id`.
 
@@ -32,7 +33,11 @@ class FetchFailed(Exception):
 
 def client_context(relationship: Relationship, anchors: Bundle | None) -> ssl.SSLContext:
     if relationship.profile == "https_web":
-        return ssl.create_default_context()
+        cafile = relationship.web_ca_file
+        try:
+            return ssl.create_default_context(cafile=None if cafile is None else str(cafile))
+        except (OSError, ssl.SSLError) as exc:
+            raise FetchFailed(f"web_ca_file {cafile}: {_one_line(exc)}") from None
     if anchors is None or not anchors.x509_authorities:
         raise FetchFailed(
             "https_spiffe needs the endpoint trust domain's bundle: give a bootstrap bundle "

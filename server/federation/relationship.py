@@ -1,20 +1,24 @@
 """A federation relationship: a peer trust domain, where its bundle endpoint is and how that
 endpoint proves itself (SPIFFE Federation §5: https_web by Web PKI, https_spiffe by an
 X509-SVID of `endpoint_id` chaining to the peer's bundle, bootstrapped by a configured one).
+An https_web relationship may name its own roots (`web_ca_file`) instead of the system's.
 
 Pure: the config, the admin API and the refresher all build and check relationships here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from insignia.bundle import Bundle, InvalidBundle
 from insignia.daemon.config.loading import StartupRefused
+from insignia.server.federation.acceptance import MAX_BUNDLE_BYTES, foreign_authority
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 if TYPE_CHECKING:  # the config imports this module's checks
@@ -32,6 +36,13 @@ class Relationship:
     endpoint_id: SpiffeId | None = None  # https_spiffe only
     bootstrap: Bundle | None = None  # https_spiffe: trusted until the first fetch succeeds
     from_config: bool = False  # declared in the config file: the config wins on restart
+    web_ca_file: Path | None = None  # https_web: the roots to trust instead of the system's
+
+    @property
+    def anchor_trust_domain(self) -> TrustDomain:
+        """Whose bundle authenticates the endpoint (https_spiffe): the endpoint ID's domain,
+        usually the peer itself."""
+        return self.endpoint_id.trust_domain if self.endpoint_id is not None else self.trust_domain
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -85,6 +96,8 @@ def load_bootstrap(trust_domain: TrustDomain, path: Path, fmt: str) -> Bundle:
 
 def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -> Bundle:
     """A bundle in `fmt` ("spiffe" or "pem") with at least one key; ValueError otherwise."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"{where}: over {MAX_BUNDLE_BYTES} bytes")
     try:
         bundle = (
             Bundle.parse_pem(trust_domain, data)
@@ -95,7 +108,24 @@ def parse_bundle(trust_domain: TrustDomain, data: bytes, fmt: str, where: str) -
         raise ValueError(f"{where}: {exc.reason}") from None
     if not bundle.x509_authorities and not bundle.jwt_authorities:
         raise ValueError(f"{where}: the bundle has no keys")
+    named = foreign_authority(bundle)
+    if named is not None:
+        raise ValueError(
+            f"{where}: an X.509 authority is for trust domain {named}, not {trust_domain}"
+        )
     return bundle
+
+
+def check_web_ca_file(path: Path) -> None:
+    """A readable PEM file of at least one certificate; ValueError naming the cause."""
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ValueError(f"{path}: no PEM certificate")
 
 
 def configured_relationships(configs: Sequence[FederationRelationshipConfig]) -> list[Relationship]:
@@ -120,9 +150,66 @@ def configured_relationships(configs: Sequence[FederationRelationshipConfig]) ->
                 raise StartupRefused(
                     f"federation.federates_with.{i}.trust_domain_bundle", str(exc)
                 ) from exc
+        if config.web_ca_file is not None:
+            try:
+                check_web_ca_file(config.web_ca_file)
+            except ValueError as exc:
+                raise StartupRefused(
+                    f"federation.federates_with.{i}.web_ca_file", str(exc)
+                ) from exc
         relationships.append(
             Relationship(
-                td, config.bundle_endpoint_url, config.profile, endpoint_id, bootstrap, True
+                td,
+                config.bundle_endpoint_url,
+                config.profile,
+                endpoint_id,
+                bootstrap,
+                True,
+                config.web_ca_file,
             )
         )
     return relationships
+
+
+BUNDLE_FORMATS = ("spiffe", "pem")
+
+
+def requested_relationship(
+    own: TrustDomain,
+    trust_domain: str,
+    url: str,
+    profile: str,
+    endpoint_spiffe_id: str,
+    bundle: bytes,
+    bundle_format: str,
+) -> Relationship:
+    """A relationship as the admin API receives it, every field checked: ValueError of one
+    line naming the first bad one."""
+    td, endpoint_id = check_relationship(trust_domain, url, profile, endpoint_spiffe_id)
+    if td == own:
+        raise ValueError(f"trust domain {td} is this server's own: federate with another one")
+    relationship = Relationship(td, url, cast(Profile, profile), endpoint_id)
+    if not bundle:
+        return relationship
+    if profile != "https_spiffe":
+        raise ValueError("a trust domain bundle bootstraps https_spiffe only")
+    if bundle_format not in BUNDLE_FORMATS:
+        raise ValueError(f"trust domain bundle format {bundle_format!r}: expected spiffe or pem")
+    anchor = relationship.anchor_trust_domain
+    if anchor == own:
+        raise ValueError(
+            f"trust domain bundle: the endpoint is in {own}, this server's own trust domain, "
+            "whose bundle the server has already"
+        )
+    bootstrap = parse_bundle(anchor, bundle, bundle_format, "trust domain bundle")
+    return Relationship(td, url, relationship.profile, endpoint_id, bootstrap)
+
+
+def relationships_in_force(
+    configured: Iterable[Relationship], stored: Iterable[Relationship]
+) -> dict[TrustDomain, Relationship]:
+    """The relationships this server acts on: the datastore's, with the config file's in
+    place of any of the same trust domain (the config wins)."""
+    result = {r.trust_domain: r for r in stored}
+    result.update((r.trust_domain, r) for r in configured)
+    return result

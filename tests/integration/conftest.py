@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from devtools.harness.agent_process import AgentProcess
 from devtools.harness.postgres import BACKEND_PARAMS, Backend, database_url
 from devtools.harness.server_process import ServerProcess
+from tests.integration.go_interop import GoClient, go_client
 
 ServerFactory = Callable[..., ServerProcess]
 AgentFactory = Callable[..., AgentProcess]
@@ -105,6 +108,13 @@ def running_agent(agent_factory: AgentFactory) -> AgentProcess:
     return agent_factory()
 
 
+@pytest.fixture(scope="session")
+def go() -> Iterator[GoClient]:
+    """The Go interop binary (tests/interop/go), built once per run."""
+    with go_client() as client:
+        yield client
+
+
 @pytest.fixture(name="tmp_path")
 def short_tmp_path() -> Iterator[Path]:
     """Replaces pytest's tmp_path for every integration test.
@@ -115,3 +125,25 @@ def short_tmp_path() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="insignia-t-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"backend\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_backend() -> Iterator[int]:
+    """A small HTTP server on 127.0.0.1 answering every GET "backend\\n"; yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()

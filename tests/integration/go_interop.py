@@ -1,9 +1,10 @@
 """The Go interop client (tests/interop/go): built once per source hash, run as a workload.
 
-The program is go-spiffe v2.9.0 and grpc-go on the wire against our agent, so it proves what
-our own client code cannot. Its binary is cached under `build/interop-go/<hash>/`; a file
-lock makes concurrent xdist workers build it once. Under CI=true a missing Go toolchain or a
-failed module download fails the run with one line; elsewhere the tests skip, naming it.
+The program is go-spiffe v2.9.0, go-control-plane's Envoy v1.40.0 types and grpc-go on the
+wire against our agent, so it proves what our own client code cannot. Its binary is cached
+under `build/interop-go/<hash>/`; a file lock makes concurrent xdist workers build it once.
+Under CI=true a missing Go toolchain or a failed module download fails the run with one line;
+elsewhere the tests skip, naming it.
 """
 
 from __future__ import annotations

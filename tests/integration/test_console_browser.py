@@ -349,7 +349,7 @@ def test_read_only_pages_work_without_javascript_and_keep_the_csp(
             assert shown in plain.find_element(By.TAG_NAME, "main").text, path
         plain.get(base(running_server) + "/")
         bars = plain.find_elements(By.CSS_SELECTOR, "#timeline g.key-active")
-        assert {b.get_attribute("data-kind") for b in bars} == {"x509", "jwt"}
+        assert {b.get_attribute("data-kind") for b in bars} == {"x509", "jwt", "wit"}
         screenshot(plain, "overview-no-javascript")
 
 

@@ -2,12 +2,12 @@
 
 curl-like client -> Envoy A (plain HTTP in, mTLS out) -> Envoy B (mTLS in, SPIFFE validator,
 only A's SPIFFE ID) -> a small HTTP backend. Each Envoy runs under its own uid with its own
-entry and reaches the agent through a pipe address to the Workload API socket.
+entry and reaches the agent through a pipe address to the Workload API socket. A last Envoy,
+misconfigured on purpose, NACKs what it gets, and the agent logs Envoy's error detail.
 """
 
 from __future__ import annotations
 
-import http.server
 import os
 import threading
 import time
@@ -39,27 +39,6 @@ UID_C = 41003
 FRONT = "spiffe://example.org/front"
 BACK = "spiffe://example.org/back"
 DAY = ("--x509-svid-ttl", "86400")  # only a taint, not the schedule, rotates them here
-
-
-class _Backend(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"backend\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def backend() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
 
 
 def get(port: int) -> tuple[int, str]:
@@ -102,11 +81,11 @@ def mesh(
     tmp_path: Path,
     running_server: ServerProcess,
     running_agent: AgentProcess,
-    backend: int,
+    http_backend: int,
 ) -> Iterator[Mesh]:
     for path, uid in (("/front", UID_A), ("/back", UID_B), ("/intruder", UID_C)):
         register(running_server, running_agent, path, f"unix:uid:{uid}", extra=DAY)
-    mesh = Mesh(tmp_path, running_agent, backend, request.param)
+    mesh = Mesh(tmp_path, running_agent, http_backend, request.param)
     try:
         for envoy in mesh.all:
             envoy.start()
@@ -180,3 +159,47 @@ def test_fetch_secrets_answers_only_the_callers_own_identities(
         assert packed.Unpack(secret)
         secrets.append(secret.name)
     assert secrets == ["default", "spiffe://example.org/mine"]  # not UID_A's /front
+
+
+def sds_stat(envoy: EnvoyProcess, name: str) -> int:
+    """One of Envoy's own counters for its "ROOTCA" secret (`sds.ROOTCA.<name>`, /stats)."""
+    for line in envoy.admin("/stats?filter=^sds\\.").splitlines():
+        key, _, value = line.partition(": ")
+        if key == f"sds.ROOTCA.{name}":
+            return int(value)
+    raise AssertionError(f"no sds.ROOTCA.{name} in Envoy's stats")
+
+
+@pytest.mark.parametrize("api", ["GRPC", "DELTA_GRPC"])
+def test_envoys_nack_is_logged_with_its_detail_once_per_change(
+    tmp_path: Path, running_server: ServerProcess, running_agent: AgentProcess, api: ApiType
+) -> None:
+    """Envoy told to take its certificate from "ROOTCA" gets a validation context and
+    rejects it: a NACK carrying Envoy's own error, which the agent logs. The next change of
+    that secret is sent, and rejected, once more. (Envoy itself ignores an identical
+    re-push, so the Go client's quiet window in test_interop_go_sds.py is what proves the
+    agent sends none.)"""
+    register(running_server, running_agent, "/back", f"unix:uid:{UID_B}")
+    bootstrap = server_bootstrap(
+        running_agent.socket_path, free_port(), free_port(), FRONT, None, api, svid_name="ROOTCA"
+    )
+    envoy = EnvoyProcess(tmp_path / "envoy", bootstrap, uid=UID_B)
+
+    def nacks() -> list[str]:
+        events = running_agent.log_events()
+        return [str(e["error"]) for e in events if e.get("event") == "sds.nack"]
+
+    try:
+        envoy.start()
+        wait_for(lambda: sds_stat(envoy, "update_rejected") == 1, 30, "Envoy's rejection")
+        wait_for(lambda: nacks() != [], 30, "Envoy's NACK in the agent log")
+        rejected = envoy.log().split("Secret rejected: ", 1)[1].splitlines()[0]
+        assert "private key" in rejected
+        assert nacks() == [rejected]  # Envoy's own words, as its log has them
+        running_server.cli("authority", "x509", "prepare")  # ROOTCA changes: one more push
+        wait_for(lambda: sds_stat(envoy, "update_rejected") >= 2, 30, "the next rejection")
+        wait_for(lambda: len(nacks()) >= 2, 30, "the second NACK in the agent log")
+        assert sds_stat(envoy, "update_rejected") == 2
+        assert len(nacks()) == 2
+    finally:
+        envoy.stop()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from devtools.harness.server_process import SERVER_BIN, ServerProcess
+from devtools.harness.federated_pair import endpoint_port
+from devtools.harness.server_process import SERVER_BIN
 from devtools.harness.waiting import wait_for
 from devtools.harness.web_pki import write_web_pki
 from insignia.bundle import Bundle
@@ -19,10 +20,6 @@ from insignia.x509svid import leaf_spiffe_id
 from tests.integration.conftest import ServerFactory
 
 pytestmark = pytest.mark.integration
-
-
-def endpoint_port(server: ServerProcess) -> int:
-    return int(server.addresses["bundle_endpoint"].rsplit(":", 1)[1])
 
 
 def curl(
@@ -89,7 +86,7 @@ def test_https_spiffe_serves_the_bundle_with_the_server_svid(
     doc = json.loads(body)
     assert doc["spiffe_refresh_hint"] == 45
     assert doc["spiffe_sequence"] >= 1
-    assert {k["use"] for k in doc["keys"]} == {"x509-svid", "jwt-svid"}
+    assert {k["use"] for k in doc["keys"]} == {"x509-svid", "jwt-svid", "wit-svid"}
     bundle = Bundle.parse_spiffe(TrustDomain.parse("a.test"), body)
     assert bundle.x509_pem() == ca_file.read_bytes()
 

@@ -9,7 +9,7 @@ case pairs it with Go, runs in this process as root with an entry of its own.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -20,15 +20,9 @@ from devtools.harness.server_process import ServerProcess
 from insignia.authorize import Authorizer, any_member_of, one_of
 from insignia.spiffetls import TlsHandshakeError, TlsStream, client_context, server_context
 from insignia.workloadapi import WorkloadX509Source, open_x509_source
-from tests.integration.go_interop import GoClient, GoFailed, finish, go_client, next_json
+from tests.integration.go_interop import GoClient, GoFailed, finish, next_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
-
-
-@pytest.fixture(scope="session")
-def go() -> Iterator[GoClient]:
-    with go_client() as client:
-        yield client
 
 
 @pytest.fixture

@@ -18,18 +18,17 @@ from devtools.harness.agent_clients import (
     UID_A,
     UID_B,
     register,
+    spiffetls_client,
+    spiffetls_server,
 )
 from devtools.harness.agent_process import AgentProcess
-from devtools.harness.other_uids import read_line, run_workload, workload_argv
-from devtools.harness.server_process import REPO, ServerProcess
+from devtools.harness.server_process import ServerProcess
 from insignia.authorize import one_of
 from insignia.jwtsvid import parse_and_validate
 from insignia.spiffetls import TlsStream, client_context, server_context
 from insignia.workloadapi import TrioWorkloadApiClient, WorkloadX509Source, open_x509_source
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
-
-PEER = REPO / "tests" / "unit" / "spiffetls_peer.py"
 
 
 @pytest.fixture
@@ -48,24 +47,8 @@ def pyspiffe_server(
     running_agent: AgentProcess, ids: dict[str, str], request: pytest.FixtureRequest
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A spiffe-tls echo server as uid A that admits only the ID the test names."""
-    allowed = ids[request.param]
-    source = f"workload-api:{running_agent.endpoint}"
-    argv, env = workload_argv(UID_A, PEER, "server", source, allowed)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/")
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        try:
-            port = int(read_line(proc.stdout, 60, "the spiffe-tls server").split()[1])
-        except (TimeoutError, EOFError) as exc:
-            proc.kill()
-            raise AssertionError(f"{exc}: {proc.stderr.read().decode()}") from None
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        proc.stdout.close()
-        proc.stderr.close()
+    with spiffetls_server(UID_A, running_agent, ids[request.param]) as server:
+        yield server
 
 
 @pytest.mark.parametrize("pyspiffe_server", ["b"], indirect=True)
@@ -75,14 +58,7 @@ def test_pyspiffe_workloads_of_two_uids_talk_mtls_through_our_agent(
     pyspiffe_server: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     server, port = pyspiffe_server
-    client = run_workload(
-        UID_B,
-        PEER,
-        "client",
-        f"workload-api:{running_agent.endpoint}",
-        ids["a"],
-        f"127.0.0.1:{port}",
-    )
+    client = spiffetls_client(UID_B, running_agent, ids["a"], f"127.0.0.1:{port}")
     assert client.returncode == 0, client.stderr
     assert client.stdout == "hello ping\n"
     assert server.wait(30) == 0
@@ -129,9 +105,8 @@ async def test_a_spiffe_tls_client_against_our_server_context(
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, tls.serve(echo), 0)
         port = listeners[0].socket.getsockname()[1]
-        source = f"workload-api:{running_agent.endpoint}"
         client = await trio.to_thread.run_sync(
-            lambda: run_workload(UID_B, PEER, "client", source, ids["sdk"], f"127.0.0.1:{port}")
+            lambda: spiffetls_client(UID_B, running_agent, ids["sdk"], f"127.0.0.1:{port}")
         )
         nursery.cancel_scope.cancel()
     assert client.returncode == 0, client.stderr

@@ -78,9 +78,38 @@ def test_spiffe_format_without_hint_omits_it() -> None:
 
 def test_spiffe_format_ignores_unknown_use_and_kty() -> None:
     doc = json.loads(FULL.to_spiffe())
-    doc["keys"].append({"use": "wit-svid", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"})
+    doc["keys"].append({"use": "x-future-svid", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"})
     doc["keys"].append({"use": "jwt-svid", "kty": "OKP", "crv": "Ed25519", "x": "AA", "kid": "e"})
     assert Bundle.parse_spiffe(TD, json.dumps(doc)) == FULL
+
+
+WIT_KEYS: dict[str, JwtPublicKey] = {"wit1": generate_key(KeyType.EC_P256).public_key()}
+WITH_WIT = Bundle(TD, (ROOT_EC,), JWT_KEYS, 3, wit_authorities=WIT_KEYS)
+
+
+def test_wit_keys_travel_with_their_own_use_and_stay_apart_from_jwt_keys() -> None:
+    doc = json.loads(WITH_WIT.to_spiffe())
+    assert [(k["use"], k.get("kid")) for k in doc["keys"] if k["use"] == "wit-svid"] == [
+        ("wit-svid", "wit1")
+    ]
+    assert Bundle.parse_spiffe(TD, WITH_WIT.to_spiffe()) == WITH_WIT
+    assert "wit1" not in Bundle.parse_jwks(TD, WITH_WIT.jwks()).jwt_authorities
+    wit_only = Bundle.parse_wit_jwks(TD, WITH_WIT.wit_jwks())
+    assert wit_only.wit_authorities == WIT_KEYS and not wit_only.jwt_authorities
+    # a JWT bundle's keys (no use, or jwt-svid) are never WIT keys
+    assert not Bundle.parse_wit_jwks(TD, WITH_WIT.jwks()).wit_authorities
+    assert json.loads(Bundle(TD).wit_jwks()) == {"keys": []}
+
+
+def test_a_kid_names_one_key_in_the_whole_bundle() -> None:
+    with pytest.raises(InvalidBundle, match="kid 'rsa' names both a JWT and a WIT authority"):
+        Bundle(TD, (), JWT_KEYS, wit_authorities={"rsa": WIT_KEYS["wit1"]})
+    doc = json.loads(WITH_WIT.to_spiffe())
+    for key in doc["keys"]:
+        if key.get("kid") == "wit1":
+            key["kid"] = "ec256"
+    with pytest.raises(InvalidBundle, match="duplicate kid 'ec256'"):
+        Bundle.parse_spiffe(TD, json.dumps(doc))
 
 
 def _doc(**changes: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 from insignia.bundle import Bundle
 from insignia.server.federation.acceptance import (
+    DEFAULT_REFRESH,
     MAX_BUNDLE_BYTES,
     MAX_REFRESH,
     MIN_REFRESH,
@@ -60,7 +61,7 @@ def test_an_older_sequence_is_refused() -> None:
 
 def test_keys_of_an_unknown_use_are_ignored() -> None:
     doc = json.loads(peer_bundle().to_spiffe())
-    doc["keys"].append({"use": "wit-svid", "kty": "EC"})
+    doc["keys"].append({"use": "x-future-svid", "kty": "EC"})
     assert len(accept_bundle(PEER, json.dumps(doc).encode(), None).x509_authorities) == 1
 
 
@@ -68,3 +69,18 @@ def test_the_refresh_hint_is_bounded() -> None:
     assert refresh_interval(peer_bundle(hint=1)) == MIN_REFRESH
     assert refresh_interval(peer_bundle(hint=10**7)) == MAX_REFRESH
     assert refresh_interval(peer_bundle(hint=120)) == timedelta(seconds=120)
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"),
+    [
+        (None, DEFAULT_REFRESH),
+        (29, MIN_REFRESH),
+        (30, timedelta(seconds=30)),
+        (86400, timedelta(days=1)),
+        (86401, MAX_REFRESH),
+    ],
+)
+def test_the_refresh_hint_bounds_are_inclusive(hint: int | None, expected: timedelta) -> None:
+    assert refresh_interval(peer_bundle(hint=hint)) == expected
+    assert refresh_interval(None) == DEFAULT_REFRESH

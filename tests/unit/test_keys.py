@@ -164,3 +164,36 @@ def test_certificate_hash_matches_key_strength(
     keys: dict[KeyType, PrivateKey], kt: KeyType, hash_type: type
 ) -> None:
     assert isinstance(x509_signature_hash(keys[kt]), hash_type)
+
+
+@pytest.mark.parametrize("key_type", list(KeyType))
+def test_private_jwks_round_trip_and_another_library_reads_them(key_type: KeyType) -> None:
+    from jwcrypto import jwk
+
+    from insignia.keys import private_key_from_jwk, private_key_to_jwk
+
+    key = generate_key(key_type)
+    encoded = private_key_to_jwk(key)
+    back, alg = private_key_from_jwk(encoded)
+    assert back.private_numbers() == key.private_numbers()
+    natural = {KeyType.EC_P256: "ES256", KeyType.EC_P384: "ES384"}.get(key_type, "RS256")
+    assert alg == encoded["alg"] == natural
+    theirs = jwk.JWK(**encoded)
+    assert (
+        theirs.has_private
+        and theirs.thumbprint()
+        == jwk.JWK(
+            **{k: v for k, v in encoded.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+        ).thumbprint()
+    )
+
+
+def test_a_private_jwk_whose_halves_differ_is_refused() -> None:
+    from insignia.keys import private_key_from_jwk, private_key_to_jwk
+
+    one, other = generate_key(KeyType.EC_P256), generate_key(KeyType.EC_P256)
+    mixed = {**private_key_to_jwk(one), "d": private_key_to_jwk(other)["d"]}
+    with pytest.raises(InvalidKey, match="do not match the public key"):
+        private_key_from_jwk(mixed)
+    with pytest.raises(InvalidKey, match="'alg'"):
+        private_key_from_jwk({k: v for k, v in private_key_to_jwk(one).items() if k != "alg"})

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from insignia.daemon.peercred.credentials import (
     UnknownPeer,
     parse_start_time,
     parse_status,
+    process_credentials,
     process_executable,
     process_start_time,
     read_peer_credentials,
@@ -219,3 +221,28 @@ def test_caller_table_maps_abstract_peer_names() -> None:
     with pytest.raises(UnknownPeer):
         table.lookup(peer)
     pidfd.close()
+
+
+def test_a_process_named_by_pid_is_pinned_and_a_missing_one_is_gone() -> None:
+    me = process_credentials(os.getpid())
+    try:
+        assert (me.uid, me.gid) == (os.geteuid(), os.getegid())
+        assert me.still_same_process()
+    finally:
+        me.pidfd.close()
+    child = subprocess.Popen(["true"])
+    child.wait()
+    with pytest.raises(ProcessGone, match="no such process"):
+        process_credentials(child.pid)
+    with pytest.raises(ProcessGone, match="positive integer"):
+        process_credentials(0)
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait)
+    thread.start()
+    try:
+        assert thread.native_id is not None
+        with pytest.raises(ProcessGone, match="not a process"):
+            process_credentials(thread.native_id)
+    finally:
+        done.set()
+        thread.join()

@@ -45,6 +45,15 @@ def shape(file_descriptor, package):
     # services and streaming flags; only the package prefix is taken out.
     proto = descriptor_pb2.FileDescriptorProto()
     file_descriptor.CopyToProto(proto)
+    # The WIT-SVID profile (the spec's experimental branch) is not in py-spiffe's copy of
+    # the stable file; test_wit_profile_matches_the_experimental_spec checks it.
+    kept = [m for m in proto.message_type if not m.name.startswith("WIT")]
+    del proto.message_type[:]
+    proto.message_type.extend(kept)
+    for service in proto.service:
+        methods = [m for m in service.method if not m.name.startswith("FetchWIT")]
+        del service.method[:]
+        service.method.extend(methods)
     prefix = "." + package + "." if package else "."
     def strip(messages):
         for message in messages:
@@ -82,6 +91,41 @@ def test_imports_beside_py_spiffe_in_either_order_and_messages_match() -> None:
         result = _python(IMPORT_BOTH.format(first=first, second=second))
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "ok"
+
+
+def test_wit_profile_matches_the_experimental_spec() -> None:
+    """The WIT-SVID messages and methods of spiffe/spiffe's experimental workloadapi.proto:
+    names, field numbers and types (the key is a JWK string; bundles map to strings)."""
+    fields = {
+        name: [
+            (f.name, f.number, f.type, f.is_repeated)
+            for f in pb.DESCRIPTOR.message_types_by_name[name].fields
+        ]
+        for name in ("WITSVIDRequest", "WITSVIDResponse", "WITSVID", "WITBundlesRequest")
+    }
+    string, message, optional, repeated = 9, 11, False, True
+    assert fields == {
+        "WITSVIDRequest": [("spiffe_id", 1, string, optional)],
+        "WITSVIDResponse": [("svids", 1, message, repeated)],
+        "WITSVID": [
+            ("spiffe_id", 1, string, optional),
+            ("wit_svid", 2, string, optional),
+            ("wit_svid_key", 3, string, optional),
+            ("hint", 4, string, optional),
+        ],
+        "WITBundlesRequest": [],
+    }
+    bundles = pb.DESCRIPTOR.message_types_by_name["WITBundlesResponse"].fields_by_name["bundles"]
+    entry = bundles.message_type.fields_by_name
+    assert bundles.number == 1 and (entry["key"].type, entry["value"].type) == (string, string)
+    service = pb.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].methods_by_name
+    for method, request, response in (
+        ("FetchWITSVID", "WITSVIDRequest", "WITSVIDResponse"),
+        ("FetchWITBundles", "WITBundlesRequest", "WITBundlesResponse"),
+    ):
+        assert service[method].input_type.name == request
+        assert service[method].output_type.name == response
+        assert service[method].server_streaming and not service[method].client_streaming
 
 
 def test_service_registered_under_public_name() -> None:

@@ -45,7 +45,7 @@ from insignia.x509svid import (
     parse_chain_der,
     verify_chain,
 )
-from tests.unit.common import TD, WALL_NOW, make_ca
+from tests.unit.common import TD, WALL_NOW, make_ca, openssl_verify
 
 OTHER_TD = TrustDomain("other.test")
 SID = SpiffeId.parse("spiffe://example.org/ns/prod/sa/web")
@@ -543,23 +543,6 @@ def test_parse_csr_rejects_bad_signature_and_garbage(leaf_key: PrivateKey) -> No
 # ----------------------------------------------------------------------------- independent checks
 
 
-def _openssl_verify(
-    tmp_path: Path,
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    purpose: str,
-) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "leaf.pem").write_bytes(chain[0].public_bytes(PEM))
-    (tmp_path / "bundle.pem").write_bytes(b"".join(c.public_bytes(PEM) for c in roots))
-    args = ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", "bundle.pem"]
-    if len(chain) > 1:
-        (tmp_path / "intermediates.pem").write_bytes(
-            b"".join(c.public_bytes(PEM) for c in chain[1:])
-        )
-        args += ["-untrusted", "intermediates.pem"]
-    return subprocess.run([*args, "leaf.pem"], cwd=tmp_path, capture_output=True, text=True)
-
-
 @pytest.mark.parametrize(
     "via_intermediate", [False, True], ids=["root-leaf", "root-intermediate-leaf"]
 )
@@ -577,7 +560,7 @@ def test_openssl_verifies_issued_svids(
         authority = SigningAuthority(cert, key, (cert,))
     leaf = build_leaf(generate_key(kt).public_key(), SID, HOUR, authority, now=now)
     chain = (leaf, *authority.chain)
-    out = _openssl_verify(tmp_path, chain, [root.certificate], purpose)
+    out = openssl_verify(tmp_path, chain, [root.certificate], purpose)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "leaf.pem: OK"
 
@@ -587,7 +570,7 @@ def test_openssl_rejects_a_leaf_from_another_root(tmp_path: Path, leaf_key: Priv
     a = build_root_ca(TD, generate_key(KeyType.EC_P256), HOUR, now)
     b = build_root_ca(TD, generate_key(KeyType.EC_P256), HOUR, now)
     leaf = build_leaf(leaf_key.public_key(), SID, HOUR, a, now=now)
-    out = _openssl_verify(tmp_path, (leaf,), [b.certificate], "sslclient")
+    out = openssl_verify(tmp_path, (leaf,), [b.certificate], "sslclient")
     assert out.returncode != 0
 
 

@@ -4,16 +4,35 @@ import without click)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import click
 
-from insignia.daemon.logs import LogLevel
+from insignia.daemon.log_levels import LogLevel
 from insignia.daemon.times import parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LazyGroup(click.Group):
+    """A group whose `lazy` commands ("name": "module:attribute") are imported only when one
+    runs (or `--help` lists them): a command then pays only for the modules it needs."""
+
+    lazy: Mapping[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
 
 
 def log_level_option(fn: F) -> F:

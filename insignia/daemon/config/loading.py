@@ -26,9 +26,9 @@ from msgspec import inspect as schema
 
 from insignia.daemon.config.addresses import HOST_PORT_EXPECTED, parse_host, parse_host_port
 from insignia.daemon.files import UnsafeDirectory
-from insignia.daemon.logs import LogFormat, LogLevel
+from insignia.daemon.log_levels import LogFormat, LogLevel
 from insignia.durations import parse_duration
-from insignia.spiffeid import InvalidSpiffeId, TrustDomain
+from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 CONFIG_EXIT_CODE = 2
 
@@ -123,6 +123,20 @@ class TrustDomainName(str):
             TrustDomain.parse(expect_text(value))
         except InvalidSpiffeId as exc:
             raise ValueError(exc.reason) from exc
+        return cls(value)
+
+
+class SpiffeIdText(str):
+    """A SPIFFE ID ("spiffe://example.org/path"), checked by `SpiffeId.parse`; kept as text."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, value: object) -> Self:
+        try:
+            SpiffeId.parse(expect_text(value))
+        except InvalidSpiffeId as exc:
+            raise ValueError(f"{value!r} is not a SPIFFE ID: {exc.reason}") from exc
         return cls(value)
 
 

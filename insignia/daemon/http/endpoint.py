@@ -97,6 +97,10 @@ Handler = Callable[[str, str], Response]
 """(method, path without the query string) -> the response. Runs in the trio thread: keep it
 quick. An exception becomes a logged 500."""
 
+HostCheck = Callable[[str | None], Response | None]
+"""The request's Host header as sent (None when absent) -> a refusal, or None to let the
+handler answer: for a listener that answers only some names. Runs as the handler does."""
+
 App = Callable[[Request], Awaitable[Response | Streamed]]
 """The whole request -> its response; runs as a trio task within the request's deadline.
 An exception becomes a logged 500."""
@@ -128,14 +132,29 @@ async def serve_http(
     *,
     limits: Limits = DEFAULT_LIMITS,
     tls: TlsContext | None = None,
+    host_check: HostCheck | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the plain `handler` (method and path only) on `bind`: see `serve_app`."""
-
-    async def app(request: Request) -> Response:
-        return handler(request.method, request.path)
-
+    """Serve the plain `handler` (method and path only) on `bind`, each request passing
+    `host_check` first when one is given: see `serve_app`."""
+    app = _plain_app(handler, host_check)
     await serve_app(bind, app, limits=limits, tls=tls, task_status=task_status)
+
+
+def _plain_app(handler: Handler, host_check: HostCheck | None) -> App:
+    async def app(request: Request) -> Response:
+        refusal = None if host_check is None else host_check(request.header("host"))
+        return handler(request.method, request.path) if refusal is None else refusal
+
+    return app
+
+
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Answer requests on one connection of someone else's listener until it closes (the
+    agent's admin socket: its gRPC front hands over the connections that are not HTTP/2)."""
+    await _serve_connection(stream, _plain_app(handler, None), limits)
 
 
 async def serve_app(
@@ -243,7 +262,7 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
 
 
 async def _serve_connection(stream: trio.abc.Stream, app: App, limits: Limits) -> None:
-    """Answer requests on one connection until it closes, errs or runs out of time."""
+    """Answer requests on one connection until it closes, errs or runs out of time; closes it."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:

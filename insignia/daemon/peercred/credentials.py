@@ -275,6 +275,43 @@ def read_peer_credentials(sock: socket.socket) -> PeerCredentials:
     )
 
 
+def process_credentials(pid: int) -> PeerCredentials:
+    """A process named by pid alone, pinned like a connected peer (blocking: reads /proc).
+
+    For APIs that act on behalf of a workload named by reference (the Broker and Delegated
+    Identity APIs): the pidfd is opened first and the start time, ids and executable are
+    accepted only if it is still alive afterwards, so they describe the process it pins;
+    ``still_same_process()`` then holds it to that process. No connection, so
+    ``socket_inode`` is 0. ProcessGone when no such process exists; the caller closes the pidfd.
+    """
+    if pid <= 0:
+        raise ProcessGone(pid, "a process id is a positive integer")
+    try:
+        pidfd = PidFd(os.pidfd_open(pid))
+    except ProcessLookupError:
+        raise ProcessGone(pid, "no such process") from None
+    except OSError as exc:  # EINVAL: a thread id, not a process's
+        raise ProcessGone(pid, f"not a process: {exc.strerror}") from None
+    try:
+        start_time = process_start_time(pid)
+        ids = parse_status(_read_proc(pid, "status"))
+        executable = process_executable(pid)
+        if not pidfd.is_alive():
+            raise ProcessGone(pid, "exited while it was read")
+    except BaseException:
+        pidfd.close()
+        raise
+    return PeerCredentials(
+        pid=pid,
+        uid=ids.uid,
+        gid=ids.gid,
+        pidfd=pidfd,
+        start_time=start_time,
+        executable=executable,
+        socket_inode=0,
+    )
+
+
 class CallerTable:
     """Maps grpc ``context.peer()`` strings to the credentials of the connection behind them.
 

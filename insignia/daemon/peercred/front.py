@@ -23,7 +23,7 @@ import socket
 import stat
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -82,6 +82,12 @@ def fit_to_fd_limit(max_connections: int) -> int:
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = max_connections * FDS_PER_CONNECTION + _FD_RESERVE
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        # A privileged agent (CAP_SYS_RESOURCE, as root has) may raise the hard limit too:
+        # 10,000 streams need about 40,000 descriptors, above many systems' default hard limit.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            soft = hard = needed
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
@@ -416,6 +422,31 @@ async def _proxy_connection(
             creds.pidfd.close()
 
 
+OtherProtocol = Callable[[trio.SocketStream], Awaitable[None]]
+"""Serves one connection that is not HTTP/2 (it owns and closes the stream)."""
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Enough of the first bytes to tell the preface from an HTTP/1.1 method ("PRI" vs "PUT").
+_SNIFF_BYTES = 3
+
+
+async def speaks_http2(client: socket.socket, within: float) -> bool:
+    """Whether the client's first bytes are the HTTP/2 preface, peeked (not consumed), so
+    whichever server gets the connection reads it from the start. A client that sends too
+    little ``within`` seconds or closes counts as HTTP/2: grpc then drops it as it would."""
+    with trio.move_on_after(within):
+        while True:
+            await trio.lowlevel.wait_readable(client)
+            try:
+                head = client.recv(_SNIFF_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                return True
+            if len(head) >= _SNIFF_BYTES or not head:
+                return not head or HTTP2_PREFACE.startswith(head)
+            await trio.sleep(0.01)  # a byte or two so far: the rest is on its way
+    return True
+
+
 async def serve_peercred_front(
     public_path: Path,
     upstream_path: Path,
@@ -426,9 +457,13 @@ async def serve_peercred_front(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID,
     limits: FrontLimits = DEFAULT_LIMITS,
+    other_protocol: OtherProtocol | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on ``public_path`` and proxy each caller to ``unix:upstream_path`` until cancelled.
+
+    With ``other_protocol``, a client whose first bytes are not the HTTP/2 preface is handed
+    to it instead (the agent's admin socket: HTTP/1.1 health beside gRPC; ``speaks_http2``).
 
     ``mode`` (and optional group ``gid``) are set before the socket appears. The caller
     creates the parent directory. Connections beyond ``max_connections`` (lowered to fit
@@ -448,6 +483,9 @@ async def serve_peercred_front(
 
     async def serve_one(client: socket.socket, uid: int) -> None:
         try:
+            if other_protocol is not None and not await speaks_http2(client, limits.stall_timeout):
+                await other_protocol(trio.SocketStream(trio.socket.from_stdlib_socket(client)))
+                return
             await _proxy_connection(client, upstream_path, table, warnings, limits)
         finally:
             admission.release(uid)

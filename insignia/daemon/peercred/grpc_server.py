@@ -26,6 +26,7 @@ from insignia.daemon.peercred.front import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_UID,
     FrontLimits,
+    OtherProtocol,
     serve_peercred_front,
 )
 from insignia.daemon.runtime import call_asyncio
@@ -126,6 +127,7 @@ async def _shielded_front(
     max_connections: int,
     max_connections_per_uid: int,
     limits: FrontLimits,
+    other_protocol: OtherProtocol | None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with scope:
@@ -138,6 +140,7 @@ async def _shielded_front(
             max_connections=max_connections,
             max_connections_per_uid=max_connections_per_uid,
             limits=limits,
+            other_protocol=other_protocol,
             task_status=task_status,
         )
 
@@ -155,9 +158,11 @@ async def serve_grpc_with_peercred(
     limits: FrontLimits = DEFAULT_LIMITS,
     grace: float = 2.0,
     server_options: Sequence[tuple[str, Any]] = (),
+    other_protocol: OtherProtocol | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``handlers`` on ``public_path`` with each caller's credentials in ``table``.
+    """Serve ``handlers`` on ``public_path`` with each caller's credentials in ``table``
+    (and clients that do not speak HTTP/2 with ``other_protocol``, when given).
 
     Needs ``runtime.run`` (grpc.aio under trio guest mode). Starts the internal grpc.aio
     server on ``private_dir/grpc.sock`` (dir made 0700), the front on ``public_path``, then
@@ -184,6 +189,7 @@ async def serve_grpc_with_peercred(
                 max_connections,
                 max_connections_per_uid,
                 limits,
+                other_protocol,
             )
             try:
                 await self_test(public_path)

@@ -65,7 +65,7 @@ def test_migrated_schema_matches_the_model(url: str) -> None:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn)
-            assert context.get_current_revision() == "0003"
+            assert context.get_current_revision() == "0005"
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
@@ -96,6 +96,55 @@ def test_0002_adds_svid_fingerprints_and_keeps_agents(url: str) -> None:
         )
         store.put_agent(replace(agent, svid_fingerprint="ab" * 32))
         assert store.get_agent(agent.spiffe_id).svid_fingerprint == "ab" * 32
+
+
+def test_0005_adds_wit_ttls_and_wit_keys_and_keeps_rows(url: str) -> None:
+    """An entry and a JWT key from schema 0004 survive; the entry's WIT TTL is 0 (the
+    server's default), and the journal takes WIT keys but still refuses other kinds."""
+    t = datetime(2030, 1, 1)
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        with engine.begin() as conn:
+            upgrade_to(conn, "0004")
+            conn.execute(
+                sa.text(
+                    "INSERT INTO entries (id, spiffe_id, parent_id, identity_digest, "
+                    "x509_svid_ttl, jwt_svid_ttl, hint, admin, downstream, revision, "
+                    "created_at, updated_at) VALUES ('e1', 'spiffe://example.org/w', "
+                    "'spiffe://example.org/p', 'd1', 60, 70, '', false, false, 1, :t, :t)"
+                ),
+                {"t": t},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ca_keys (kind, key_id, slot, status, public_key, not_before, "
+                    "not_after, tainted, revoked, created_at, updated_at, server_id) VALUES "
+                    "('jwt', 'k1', 'jwt', 'active', :pk, :t, :t, false, false, :t, :t, 's')"
+                ),
+                {"t": t, "pk": b"key"},
+            )
+    finally:
+        engine.dispose()
+    with Datastore.open(url) as store:
+        entry = store.get_entry("e1")
+        assert (entry.x509_svid_ttl, entry.jwt_svid_ttl, entry.wit_svid_ttl) == (60, 70, 0)
+        (jwt_key,) = store.load_ca_keys()
+        assert (jwt_key.kind, jwt_key.key_id, jwt_key.server_id) == ("jwt", "k1", "s")
+        store.put_ca_keys([replace(jwt_key, kind="wit", key_id="w1", slot="wit")])
+        assert {r.kind for r in store.load_ca_keys()} == {"jwt", "wit"}
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ca_keys (kind, key_id, slot, status, public_key, not_before, "
+                    "not_after, tainted, revoked, created_at, updated_at, server_id) VALUES "
+                    "('xyz', 'k2', 'x', 'active', :pk, :t, :t, false, false, :t, :t, 's')"
+                ),
+                {"t": t, "pk": b"key"},
+            )
+    finally:
+        engine.dispose()
 
 
 def upgrade_to(conn: sa.Connection, revision: str) -> None:

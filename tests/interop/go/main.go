@@ -22,12 +22,18 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"x509":        {"x509", runX509},
-	"jwt":         {"jwt AUDIENCE [AUDIENCE...]", runJWT},
-	"watch-x509":  {"watch-x509 TIMEOUT_SECONDS", runWatchX509},
-	"mtls-server": {"mtls-server id|member-of VALUE", runMTLSServer},
-	"mtls-client": {"mtls-client HOST:PORT id|member-of VALUE", runMTLSClient},
-	"raw":         {"raw x509|jwt [--no-header] [AUDIENCE...]", runRaw},
+	"x509":         {"x509", runX509},
+	"jwt":          {"jwt AUDIENCE [AUDIENCE...]", runJWT},
+	"watch-x509":   {"watch-x509 TIMEOUT_SECONDS", runWatchX509},
+	"mtls-server":  {"mtls-server id|member-of VALUE", runMTLSServer},
+	"mtls-client":  {"mtls-client HOST:PORT id|member-of VALUE", runMTLSClient},
+	"raw":          {"raw x509|jwt [--no-header] [AUDIENCE...]", runRaw},
+	"fetch-bundle": {"fetch-bundle TRUST_DOMAIN URL web CA_PEM | spiffe BUNDLE_PEM ENDPOINT_ID", runFetchBundle},
+	"dial-domain":  {"dial-domain HOST:PORT TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM", runDialDomain},
+	"serve-domain": {"serve-domain TRUST_DOMAIN DIR PEER_TRUST_DOMAIN PEER_BUNDLE_PEM", runServeDomain},
+	"sds-fetch":    {"sds-fetch [NAME...]", runSDSFetch},
+	"sds-protocol": {"sds-protocol sotw|delta UNKNOWN_NAME QUIET_SECONDS", runSDSProtocol},
+	"sds-follow":   {"sds-follow sotw|delta SECONDS NAME [NAME...]", runSDSFollow},
 }
 
 // emit writes one JSON line on stdout.

@@ -4,7 +4,7 @@ import pytest
 
 from insignia.agent.config import AgentConfig, load_agent_config
 from insignia.agent.identity.targets import ServerTarget
-from insignia.agent.workloadapi.sds_secrets import SdsNames
+from insignia.agent.workloadapi.sds_service import SdsNames
 from insignia.daemon.config.loading import ConfigError
 from insignia.keys import KeyType
 

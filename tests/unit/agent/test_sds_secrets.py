@@ -8,7 +8,8 @@ from cryptography.hazmat.primitives.serialization import (
 from envoy.extensions.transport_sockets.tls.v3 import tls_spiffe_validator_config_pb2 as spiffe_pb
 
 from insignia.agent.cache.store import BundleView, SyncDelta
-from insignia.agent.workloadapi.sds_secrets import SPIFFE_VALIDATOR, Resolved, SdsNames, resolve
+from insignia.agent.workloadapi.sds_secrets import SPIFFE_VALIDATOR, Resolved, resolve
+from insignia.agent.workloadapi.sds_service import SdsNames
 from insignia.agent.workloadapi.views import x509_bundles, x509_view
 from insignia.bundle import Bundle
 from insignia.spiffeid import TrustDomain

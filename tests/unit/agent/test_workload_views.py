@@ -7,7 +7,7 @@ from insignia.agent.workloadapi.views import (
     NoIdentity,
     SvidsExpired,
     jwt_bundles,
-    jwt_targets,
+    named_targets,
     x509_bundles,
     x509_view,
 )
@@ -87,12 +87,12 @@ def test_federated_bundles_only_for_entries_that_federate():
     assert set(jwt_bundles(cache, CALLER, NOW)) == both
 
 
-def test_jwt_targets_all_or_the_named_one():
+def test_named_targets_all_or_the_named_one():
     ca = make_ca()
     a = make_entry("a", "/a", "unix:uid:1000", created_at=1)
     b = make_entry("b", "/b", "unix:uid:1000", created_at=2)
     cache = filled_cache(ca, a, b)
-    assert [e.id for e in jwt_targets(cache, CALLER, NOW, "")] == ["a", "b"]
-    assert [e.id for e in jwt_targets(cache, CALLER, NOW, "spiffe://example.org/b")] == ["b"]
+    assert [e.id for e in named_targets(cache, CALLER, NOW, "")] == ["a", "b"]
+    assert [e.id for e in named_targets(cache, CALLER, NOW, "spiffe://example.org/b")] == ["b"]
     with pytest.raises(NoIdentity):
-        jwt_targets(cache, CALLER, NOW, "spiffe://example.org/someone-else")
+        named_targets(cache, CALLER, NOW, "spiffe://example.org/someone-else")

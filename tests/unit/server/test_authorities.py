@@ -7,7 +7,7 @@ from insignia.keys import KeyType
 from insignia.server.ca.authorities import Authorities
 from insignia.server.ca.keymanager import DiskKeyManager, MemoryKeyManager
 from insignia.server.ca.rotation import AuthorityState
-from insignia.server.ca.state import CaSettings, new_jwt_slot, x509_authority_id
+from insignia.server.ca.state import CaSettings, new_key_slot, x509_authority_id
 from tests.datastores import Clock, fresh_store
 from tests.unit.common import TD
 
@@ -29,20 +29,32 @@ def test_schedule_restart_and_bundle(tmp_path: Path) -> None:
             ["x509", "activated"],
             ["jwt", "prepared"],
             ["jwt", "activated"],
+            ["wit", "prepared"],
+            ["wit", "activated"],
         ]
         assert states(ca, "x509") == ["active"] and states(ca, "jwt") == ["active"]
+        assert states(ca, "wit") == ["active"]
+        bundle = ca.bundle()
+        assert len(bundle.wit_authorities) == 1 and len(bundle.jwt_authorities) == 1
+        assert not bundle.wit_authorities.keys() & bundle.jwt_authorities.keys()
         first = ca.state.active_x509()
         assert first is not None
         clock.now += timedelta(hours=11, minutes=59)
         assert ca.rotate() == []
         clock.now += timedelta(minutes=1)  # min(24h/2, 30d) left: prepare a successor
-        assert [s.split()[:2] for s in ca.rotate()] == [["x509", "prepared"], ["jwt", "prepared"]]
+        assert [s.split()[:2] for s in ca.rotate()] == [
+            ["x509", "prepared"],
+            ["jwt", "prepared"],
+            ["wit", "prepared"],
+        ]
         assert states(ca, "x509") == ["active", "prepared"]
         assert len(ca.bundle().x509_authorities) == 2  # published before use
         clock.now += timedelta(hours=8)
         ca.rotate()
         assert states(ca, "x509") == ["old", "active"]  # min(24h/6, 7d) left: activate
         assert states(ca, "jwt") == ["old", "active"]
+        assert states(ca, "wit") == ["old", "active"]
+        assert len(ca.bundle().wit_authorities) == 2  # the old key until it expires
         second = ca.state.active_x509()
         assert second is not None and second.certificate != first.certificate
         # a restart (new objects, same database and key directory) keeps every slot
@@ -50,6 +62,8 @@ def test_schedule_restart_and_bundle(tmp_path: Path) -> None:
         again.load()
         assert again.state.records("x509") == ca.state.records("x509")
         assert again.state.records("jwt") == ca.state.records("jwt")
+        assert again.state.records("wit") == ca.state.records("wit")
+        assert again.state.active_key("wit") is not None
         reloaded = again.state.active_x509()
         assert reloaded is not None and reloaded.certificate == second.certificate
         assert reloaded.private_key.private_numbers() == second.private_key.private_numbers()
@@ -80,14 +94,14 @@ def test_disk_keys_are_private(tmp_path: Path) -> None:
         Authorities(SETTINGS, DiskKeyManager(tmp_path / "keys"), store, clock).load()
     assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
     files = list((tmp_path / "keys").iterdir())
-    assert len(files) == 2
+    assert len(files) == 3  # the X.509 CA, the JWT key and the WIT key
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
 
 
 def test_jwt_kids_are_safe_to_pass_on_a_command_line() -> None:
     keys = MemoryKeyManager()
     now = Clock().now
-    kids = {new_jwt_slot(SETTINGS, keys, now).record.authority_id for _ in range(64)}
+    kids = {new_key_slot("jwt", SETTINGS, keys, now).record.authority_id for _ in range(64)}
     assert len(kids) == 64
     for kid in kids:
         assert kid[0] != "-" and kid.isalnum(), kid  # `authority jwt taint KID` must parse

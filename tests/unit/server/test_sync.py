@@ -81,6 +81,17 @@ def test_large_updates_are_sent_in_parts() -> None:
     assert split_update(parts[2], max_entries=2) == [parts[2]]
 
 
+def test_parts_stay_under_the_byte_budget_whatever_the_entries_hold() -> None:
+    bundle = agent_pb2.BundleState(spiffe_bundle=b"x" * 500)
+    update, _ = full_update("s", 9, [entry(f"e{i}") for i in range(40)], bundle, DEFAULTS)
+    one = update.entries[0].ByteSize()
+    parts = split_update(update, max_entries=1000, max_bytes=600 + 5 * one)
+    assert len(parts) > 1 and [p.more for p in parts] == [True] * (len(parts) - 1) + [False]
+    assert all(p.ByteSize() <= 600 + 5 * one for p in parts)
+    assert [e.id for p in parts for e in p.entries] == [f"e{i}" for i in range(40)]
+    assert parts[0].HasField("bundle") and not any(p.HasField("bundle") for p in parts[1:])
+
+
 AGENT = SpiffeId.parse("spiffe://example.org/insignia/agent/join_token/a")
 SERVER = SpiffeId.parse("spiffe://example.org/insignia/server")
 
