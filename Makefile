@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Debian packages the integration tests drive for real (nginx, openssl, iproute2, curl, podman,
-# busybox), then a PostgreSQL answering on the test DSN (tests/postgres_up.sh).
+# busybox, chromium and its driver), then a PostgreSQL answering on the test DSN (tests/postgres_up.sh).
 sysdeps:
 	@missing=""; \
-	for c in nginx:nginx openssl:openssl ip:iproute2 curl:curl ssh-keygen:openssh-client podman:podman busybox:busybox-static; do \
+	for c in nginx:nginx openssl:openssl ip:iproute2 curl:curl ssh-keygen:openssh-client podman:podman busybox:busybox-static chromium:chromium chromedriver:chromium-driver; do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${c%%:*} ] || missing="$$missing $${c##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

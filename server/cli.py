@@ -27,6 +27,7 @@ class _ServerGroup(LazyGroup):
         "agent": f"{_ADMIN}.commands:agent",
         "authority": f"{_ADMIN}.commands:authority",
         "bundle": f"{_ADMIN}.federation_commands:bundle",  # with its set, list and delete
+        "console": f"{_ADMIN}.console_commands:console",
         "entry": f"{_ADMIN}.entry_commands:entry",
         "federation": f"{_ADMIN}.federation_commands:federation",
         "healthcheck": f"{_ADMIN}.health_commands:healthcheck",

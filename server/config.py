@@ -156,6 +156,26 @@ class BundleEndpointConfig(StrictModel, frozen=True, kw_only=True):
             )
 
 
+class ConsoleConfig(StrictModel, frozen=True, kw_only=True):
+    """`[console]`: the operators' web console over HTTPS (no section = off). Its certificate
+    is the server's own X509-SVID unless cert_file and key_file are given (re-read when
+    either changes)."""
+
+    address: ListenAddress = ListenAddress("127.0.0.1:8444")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # How long the URL `insignia-server console login` prints can be used (once)...
+    login_ttl: PositiveDuration = PositiveDuration(minutes=5)
+    # ...and how long the session it opens lasts.
+    session_ttl: PositiveDuration = PositiveDuration(hours=8)
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise ValueError("console.address: expected host:port (no [console] turns it off)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("console: cert_file and key_file go together")
+
+
 class FederationRelationshipConfig(StrictModel, frozen=True, kw_only=True):
     """One `[[federation.federates_with]]`: a peer trust domain and where its bundle is."""
 
@@ -252,6 +272,7 @@ class ServerConfig(StrictModel, frozen=True, kw_only=True):
     log: LogSection = field(default_factory=LogSection)
     federation: FederationConfig = field(default_factory=FederationConfig)
     oidc_discovery: OidcDiscoveryConfig = field(default_factory=OidcDiscoveryConfig)
+    console: ConsoleConfig | None = None
 
     def __post_init__(self) -> None:
         for relationship in self.federation.federates_with:

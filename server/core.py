@@ -8,7 +8,7 @@ process or another) into model updates and Sync wake-ups, usually within millise
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,13 +27,14 @@ from insignia.server.ca.signer_pool import SignerPool, default_processes
 from insignia.server.ca.state import KEY_KINDS, x509_authority_id
 from insignia.server.config import ServerConfig
 from insignia.server.datastore.errors import DatastoreUnavailable, JoinTokenError, RevisionPruned
-from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord
+from insignia.server.datastore.records import AgentRecord, BundleRecord, CaKeyRecord, ChangeEvent
 from insignia.server.datastore.store import Datastore
 from insignia.server.entries import Defaults, EntryLimits, server_spiffe_id
 from insignia.server.federation.relationship import (
     Relationship,
     relationships_in_force,
 )
+from insignia.server.federation.status import RefreshStatus
 from insignia.server.federation.stored import stored_relationship
 from insignia.server.metrics import ServerMetrics
 from insignia.server.model import ServerModel
@@ -102,6 +103,10 @@ class ServerCore:
         self.on_federation_change: Callable[[dict[TrustDomain, Relationship]], None] = (
             lambda _relationships: None
         )
+        self.federation: dict[TrustDomain, Relationship] = {}  # in force, as last reloaded
+        self.federation_status: dict[TrustDomain, RefreshStatus] = {}  # kept by the refresher
+        # Told every batch of changes the follower applied (the console's live events).
+        self.on_changes: Callable[[Sequence[ChangeEvent]], None] = lambda events: None
 
     @property
     def settings_upstream_id(self) -> str:
@@ -244,9 +249,8 @@ class ServerCore:
                     trust_domain=str(record.trust_domain),
                     error=str(exc),
                 )
-        self.on_federation_change(
-            relationships_in_force(self.configured_federation.values(), stored)
-        )
+        self.federation = relationships_in_force(self.configured_federation.values(), stored)
+        self.on_federation_change(self.federation)
 
     # --- following the change log --------------------------------------------------------------
 
@@ -285,6 +289,7 @@ class ServerCore:
         if federation_changed:  # before the revision moves on: a failure retries it
             await self.reload_federation()
         self.model.revision = events[-1].revision
+        self.on_changes(events)
         if journal_changed:
             await self.adopt_journal()
         if bundle_changed or journal_changed:

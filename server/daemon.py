@@ -42,7 +42,7 @@ from insignia.server.agentapi.tls import DynamicCredentials, ServerIdentity, iss
 from insignia.server.ca.authorities import Authorities
 from insignia.server.ca.keymanager import key_manager
 from insignia.server.ca.state import CaSettings, UpstreamError, load_upstream
-from insignia.server.config import ServerConfig
+from insignia.server.config import ConsoleConfig, ServerConfig
 from insignia.server.core import JoinTokens, ServerCore
 from insignia.server.datastore.errors import DatastoreUnavailable
 from insignia.server.datastore.listen import RECONNECT, ChangeListener
@@ -408,6 +408,11 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
             )
         )
         addresses["admin_socket"] = str(config.admin_socket)
+        if config.console is not None:
+            with refused_for_key("console.address"):
+                addresses["console"] = await nursery.start(
+                    _serve_console, core, admin, config.console, tls
+                )
         relationships = configured_relationships(config.federation.federates_with)
         core.configured_federation = {r.trust_domain: r for r in relationships}
         refreshers = Refreshers(core)
@@ -455,6 +460,24 @@ async def _serve_bundle_endpoint(
         int(endpoint.refresh_hint.total_seconds()),
     )
     await serve_http(endpoint.address, document.handle, tls=context, task_status=task_status)
+
+
+async def _serve_console(
+    core: ServerCore,
+    admin: AdminApi,
+    console: ConsoleConfig,
+    tls: _ServerTls,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    from insignia.server.console.listener import serve_console  # Jinja2 only when configured
+
+    context: TlsContext = tls.endpoint_context
+    if console.cert_file is not None and console.key_file is not None:
+        try:
+            context = WebCertificate(console.cert_file, console.key_file).context
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupRefused("console.cert_file", str(exc)) from exc
+    await serve_console(core, admin, console, context, task_status=task_status)
 
 
 def admin_socket_dir(admin_socket: Path, admin_uids: Sequence[int]) -> Path:

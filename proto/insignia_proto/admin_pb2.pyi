@@ -981,3 +981,37 @@ class ListServersResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["servers", b"servers"]) -> None: ...
 
 Global___ListServersResponse: typing_extensions.TypeAlias = ListServersResponse
+
+@typing.final
+class CreateConsoleLoginRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___CreateConsoleLoginRequest: typing_extensions.TypeAlias = CreateConsoleLoginRequest
+
+@typing.final
+class ConsoleLogin(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    URL_FIELD_NUMBER: builtins.int
+    EXPIRES_AT_FIELD_NUMBER: builtins.int
+    SESSION_FIELD_NUMBER: builtins.int
+    url: builtins.str
+    """https://<console address>/login?token=..."""
+    expires_at: builtins.int
+    """unix seconds: the token is refused after this"""
+    session: builtins.str
+    """the session's name, as the audit log shows its actions"""
+    def __init__(
+        self,
+        *,
+        url: builtins.str = ...,
+        expires_at: builtins.int = ...,
+        session: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["expires_at", b"expires_at", "session", b"session", "url", b"url"]) -> None: ...
+
+Global___ConsoleLogin: typing_extensions.TypeAlias = ConsoleLogin

@@ -204,6 +204,11 @@ class AdminAPIStub:
                 request_serializer=insignia__proto_dot_admin__pb2.SetLogLevelRequest.SerializeToString,
                 response_deserializer=insignia__proto_dot_admin__pb2.LogLevel.FromString,
                 _registered_method=True)
+        self.CreateConsoleLogin = channel.unary_unary(
+                '/insignia.admin.v1.AdminAPI/CreateConsoleLogin',
+                request_serializer=insignia__proto_dot_admin__pb2.CreateConsoleLoginRequest.SerializeToString,
+                response_deserializer=insignia__proto_dot_admin__pb2.ConsoleLogin.FromString,
+                _registered_method=True)
 
 
 class AdminAPIServicer:
@@ -431,6 +436,15 @@ class AdminAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateConsoleLogin(self, request, context):
+        """A one-time login URL for the web console ([console] in the server config); the token in
+        it is short-lived and exchanged once for a session cookie. FAILED_PRECONDITION when the
+        console is off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -603,6 +617,11 @@ def add_AdminAPIServicer_to_server(servicer, server):
                     servicer.SetLogLevel,
                     request_deserializer=insignia__proto_dot_admin__pb2.SetLogLevelRequest.FromString,
                     response_serializer=insignia__proto_dot_admin__pb2.LogLevel.SerializeToString,
+            ),
+            'CreateConsoleLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConsoleLogin,
+                    request_deserializer=insignia__proto_dot_admin__pb2.CreateConsoleLoginRequest.FromString,
+                    response_serializer=insignia__proto_dot_admin__pb2.ConsoleLogin.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1523,6 +1542,33 @@ class AdminAPI:
             '/insignia.admin.v1.AdminAPI/SetLogLevel',
             insignia__proto_dot_admin__pb2.SetLogLevelRequest.SerializeToString,
             insignia__proto_dot_admin__pb2.LogLevel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConsoleLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/insignia.admin.v1.AdminAPI/CreateConsoleLogin',
+            insignia__proto_dot_admin__pb2.CreateConsoleLoginRequest.SerializeToString,
+            insignia__proto_dot_admin__pb2.ConsoleLogin.FromString,
             options,
             channel_credentials,
             insecure,

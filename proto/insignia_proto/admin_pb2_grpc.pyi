@@ -575,7 +575,23 @@ _AdminAPISetLogLevelType = typing_extensions.TypeVar(
     ],
 )
 
-class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPISetFederatedBundleType, _AdminAPIListFederatedBundlesType, _AdminAPIDeleteFederatedBundleType, _AdminAPICreateFederationRelationshipType, _AdminAPIListFederationRelationshipsType, _AdminAPIGetFederationRelationshipType, _AdminAPIUpdateFederationRelationshipType, _AdminAPIDeleteFederationRelationshipType, _AdminAPIRefreshFederationRelationshipType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIListServersType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType]):
+_AdminAPICreateConsoleLoginType = typing_extensions.TypeVar(
+    '_AdminAPICreateConsoleLoginType',
+    grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+        insignia_proto.admin_pb2.ConsoleLogin,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+        insignia_proto.admin_pb2.ConsoleLogin,
+    ],
+    default=grpc.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+        insignia_proto.admin_pb2.ConsoleLogin,
+    ],
+)
+
+class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntriesType, _AdminAPIGetEntryType, _AdminAPICountEntriesType, _AdminAPIUpdateEntryType, _AdminAPIDeleteEntryType, _AdminAPICreateJoinTokenType, _AdminAPIListAgentsType, _AdminAPIGetAgentType, _AdminAPICountAgentsType, _AdminAPIEvictAgentType, _AdminAPIBanAgentType, _AdminAPIGetBundleType, _AdminAPICountBundlesType, _AdminAPISetFederatedBundleType, _AdminAPIListFederatedBundlesType, _AdminAPIDeleteFederatedBundleType, _AdminAPICreateFederationRelationshipType, _AdminAPIListFederationRelationshipsType, _AdminAPIGetFederationRelationshipType, _AdminAPIUpdateFederationRelationshipType, _AdminAPIDeleteFederationRelationshipType, _AdminAPIRefreshFederationRelationshipType, _AdminAPIMintX509SVIDType, _AdminAPIMintJWTSVIDType, _AdminAPIListAuthoritiesType, _AdminAPIPrepareAuthorityType, _AdminAPIActivateAuthorityType, _AdminAPITaintAuthorityType, _AdminAPIRevokeAuthorityType, _AdminAPIHealthType, _AdminAPIListServersType, _AdminAPIGetLogLevelType, _AdminAPISetLogLevelType, _AdminAPICreateConsoleLoginType]):
     @typing.overload
     def __init__(self: AdminAPIStub[
         grpc.UnaryUnaryMultiCallable[
@@ -713,6 +729,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
         grpc.UnaryUnaryMultiCallable[
             insignia_proto.admin_pb2.SetLogLevelRequest,
             insignia_proto.admin_pb2.LogLevel,
+        ],
+        grpc.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+            insignia_proto.admin_pb2.ConsoleLogin,
         ],
     ], channel: grpc.Channel) -> None: ...
 
@@ -854,6 +874,10 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
             insignia_proto.admin_pb2.SetLogLevelRequest,
             insignia_proto.admin_pb2.LogLevel,
         ],
+        grpc.aio.UnaryUnaryMultiCallable[
+            insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+            insignia_proto.admin_pb2.ConsoleLogin,
+        ],
     ], channel: grpc.aio.Channel) -> None: ...
 
     CreateEntries: _AdminAPICreateEntriesType
@@ -944,6 +968,12 @@ class AdminAPIStub(typing.Generic[_AdminAPICreateEntriesType, _AdminAPIListEntri
     """The server's log level, readable and changeable while it runs (not saved to the config)."""
 
     SetLogLevel: _AdminAPISetLogLevelType
+
+    CreateConsoleLogin: _AdminAPICreateConsoleLoginType
+    """A one-time login URL for the web console ([console] in the server config); the token in
+    it is short-lived and exchanged once for a session cookie. FAILED_PRECONDITION when the
+    console is off.
+    """
 
 AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
@@ -1081,6 +1111,10 @@ AdminAPIAsyncStub: typing_extensions.TypeAlias = AdminAPIStub[
     grpc.aio.UnaryUnaryMultiCallable[
         insignia_proto.admin_pb2.SetLogLevelRequest,
         insignia_proto.admin_pb2.LogLevel,
+    ],
+    grpc.aio.UnaryUnaryMultiCallable[
+        insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+        insignia_proto.admin_pb2.ConsoleLogin,
     ],
 ]
 
@@ -1343,5 +1377,16 @@ class AdminAPIServicer(metaclass=abc.ABCMeta):
         request: insignia_proto.admin_pb2.SetLogLevelRequest,
         context: _ServicerContext,
     ) -> typing.Union[insignia_proto.admin_pb2.LogLevel, collections.abc.Awaitable[insignia_proto.admin_pb2.LogLevel]]: ...
+
+    @abc.abstractmethod
+    def CreateConsoleLogin(
+        self,
+        request: insignia_proto.admin_pb2.CreateConsoleLoginRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[insignia_proto.admin_pb2.ConsoleLogin, collections.abc.Awaitable[insignia_proto.admin_pb2.ConsoleLogin]]:
+        """A one-time login URL for the web console ([console] in the server config); the token in
+        it is short-lived and exchanged once for a session cookie. FAILED_PRECONDITION when the
+        console is off.
+        """
 
 def add_AdminAPIServicer_to_server(servicer: AdminAPIServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

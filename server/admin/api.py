@@ -2,6 +2,10 @@
 
 Every call is checked (root, the server's own uid, or a uid listed in `admin_uids`) and
 audit-logged with who (uid, pid), what (method and its key argument) and the result.
+
+The web console calls the same methods in process with a `SessionCaller` in place of the
+gRPC context: the session was opened by an admin (checked when its login was minted), the
+audit log names it, and a refusal is raised as `AdminRefused` instead of a gRPC abort.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -38,8 +43,35 @@ from insignia.server.registry import server_state
 from insignia.spiffeid import InvalidSpiffeId, SpiffeId, TrustDomain
 
 T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
 audit = get_logger("insignia.server.audit")
+
+
+@dataclass(frozen=True)
+class SessionCaller:
+    """An in-process caller already authenticated as an admin: a console session, named in
+    the audit log with the uid that minted its login."""
+
+    session: str
+    uid: int
+
+
+class AdminRefused(Exception):
+    """A call refused with `code` (what a gRPC caller would get); `cause` is the error that
+    made it (an `InvalidEntry` names its field)."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str, cause: Exception) -> None:
+        super().__init__(f"{code.name}: {detail}")
+        self.code, self.detail, self.cause = code, detail, cause
+
+
+Context = grpc.aio.ServicerContext[Any, Any] | SessionCaller
+ConsoleLoginMinter = Callable[[int], admin_pb2.ConsoleLogin]
+"""The admin's uid -> a one-time console login for them (server/console/sessions.py)."""
+
+
+class ConsoleOff(Exception):
+    """`console login` on a server without a `[console]` section."""
+
 
 _CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCode], ...] = (
     (
@@ -50,7 +82,14 @@ _CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCo
     ((ds.EntryNotFound, ds.AgentNotFound, LookupError), grpc.StatusCode.NOT_FOUND),
     (ds.EntryRevisionConflict, grpc.StatusCode.ABORTED),
     (
-        (AuthorityError, ds.AgentBanned, ds.BundleInUse, fed.DeclaredInConfig, fed.RefreshFailed),
+        (
+            AuthorityError,
+            ds.AgentBanned,
+            ds.BundleInUse,
+            fed.DeclaredInConfig,
+            fed.RefreshFailed,
+            ConsoleOff,
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     ((NoActiveAuthority, ds.DatastoreUnavailable), grpc.StatusCode.UNAVAILABLE),
@@ -69,6 +108,7 @@ class AdminApi:
         self.core = core
         self.callers = callers
         self.allowed = {0, os.geteuid(), *admin_uids}
+        self.console_login: ConsoleLoginMinter | None = None  # set when [console] is on
 
     async def _run(
         self,
@@ -82,14 +122,20 @@ class AdminApi:
         """Authorize, run and audit one call. A `routine` call (health probes, polled every few
         seconds by monitoring) is audited at debug when it succeeds, so it does not bury the
         calls that change something."""
-        creds = await self.callers.caller_or_abort(context)
-        who = {"uid": creds.uid, "pid": creds.pid}
-        if creds.uid not in self.allowed:
-            audit.warning("admin call", **who, method=method, what=what, result="PERMISSION_DENIED")
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"uid {creds.uid} may not use the admin API (allowed: root and admin_uids)",
-            )
+        who: dict[str, object]
+        if isinstance(context, SessionCaller):
+            who = {"uid": context.uid, "console_session": context.session}
+        else:
+            creds = await self.callers.caller_or_abort(context)
+            who = {"uid": creds.uid, "pid": creds.pid}
+            if creds.uid not in self.allowed:
+                audit.warning(
+                    "admin call", **who, method=method, what=what, result="PERMISSION_DENIED"
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"uid {creds.uid} may not use the admin API (allowed: root and admin_uids)",
+                )
         try:
             result = await fn()
         except Exception as exc:
@@ -103,6 +149,8 @@ class AdminApi:
             detail = str(exc)
             if isinstance(exc, ds.DatastoreUnavailable):  # tell it apart from "no server"
                 detail = f"{DATASTORE_UNAVAILABLE_PREFIX}{detail}"
+            if isinstance(context, SessionCaller):
+                raise AdminRefused(code, detail, exc) from exc
             await context.abort(code, detail)
         (audit.debug if routine else audit.info)(
             "admin call", **who, method=method, what=what, result="OK"
@@ -525,6 +573,29 @@ class AdminApi:
             )
 
         return await self._run(context, "ListServers", "", run)
+
+    # --- the web console ----------------------------------------------------------------------
+
+    async def CreateConsoleLogin(
+        self, request: admin_pb2.CreateConsoleLoginRequest, context: Context
+    ) -> admin_pb2.ConsoleLogin:
+        async def run() -> admin_pb2.ConsoleLogin:
+            if self.console_login is None:
+                raise ConsoleOff("the console is off: add a [console] section to the config")
+            if isinstance(context, SessionCaller):
+                uid = context.uid
+            else:
+                uid = (await self.callers.caller_or_abort(context)).uid
+            login = self.console_login(uid)
+            audit.info(
+                "console login issued",
+                uid=uid,
+                console_session=login.session,
+                expires_at=login.expires_at,
+            )
+            return login
+
+        return await self._run(context, "CreateConsoleLogin", "", run)
 
     # --- logging ------------------------------------------------------------------------------
 

@@ -236,6 +236,34 @@ class Datastore(Closing):
         with self._read() as conn:
             return entry_queries.load(conn, sa.and_(*conditions) if conditions else None)
 
+    def page_entries(
+        self,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
+        spiffe_id: SpiffeId | None = None,
+        parent_id: SpiffeId | None = None,
+        selectors: Sequence[Selector] = (),
+        federates_with: TrustDomain | None = None,
+    ) -> list[RegistrationEntry]:
+        """At most `limit` entries matching every given filter, in (SPIFFE ID, id) order after
+        the pair `after` (keyset paging: the last page of 100k entries costs what the first
+        does)."""
+        conditions: list[sa.ColumnElement[bool]] = []
+        if after is not None:
+            cursor = sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
+            conditions.append(sa.tuple_(entries.c.spiffe_id, entries.c.id) > cursor)
+        if spiffe_id is not None:
+            conditions.append(entries.c.spiffe_id == str(spiffe_id))
+        if parent_id is not None:
+            conditions.append(entries.c.parent_id == str(parent_id))
+        if selectors:
+            conditions.append(entry_queries.holding_each(selectors))
+        if federates_with is not None:
+            conditions.append(entry_queries.federating_with(federates_with))
+        with self._read() as conn:
+            return entry_queries.page(conn, sa.and_(sa.true(), *conditions), limit)
+
     def entries_snapshot(self) -> EntrySnapshot:
         """Every entry and the revision they reflect, read in one consistent snapshot."""
         with self._read() as conn:

@@ -23,6 +23,7 @@ from insignia.server.datastore.errors import BundleNotFound, DatastoreUnavailabl
 from insignia.server.federation.acceptance import BundleRefused, accept_bundle, refresh_interval
 from insignia.server.federation.fetch import FetchFailed, fetch_bundle
 from insignia.server.federation.relationship import Relationship
+from insignia.server.federation.status import RefreshStatus
 from insignia.spiffeid import TrustDomain
 
 log = get_logger(__name__)
@@ -85,9 +86,11 @@ async def refresh_once(core: ServerCore, relationship: Relationship) -> Refreshe
 async def refresh_recorded(core: ServerCore, relationship: Relationship) -> Refreshed:
     """`refresh_once`, its outcome counted in the metrics and logged."""
     td = str(relationship.trust_domain)
+    status = core.federation_status.setdefault(relationship.trust_domain, RefreshStatus())
     try:
         refreshed = await refresh_once(core, relationship)
     except RefreshError as exc:
+        status.failed(core.clock(), str(exc))
         core.metrics.federation_failures.labels(td).inc()
         core.metrics.federation_last_failure.labels(td).set(time.time())
         log.warning(
@@ -95,6 +98,7 @@ async def refresh_recorded(core: ServerCore, relationship: Relationship) -> Refr
         )
         raise
     core.metrics.federation_last_success.labels(td).set(time.time())
+    status.succeeded(core.clock(), refreshed.bundle.sequence)
     return refreshed
 
 
@@ -131,8 +135,9 @@ class Refreshers:
             if relationships.get(td) != running:
                 scope.cancel()
                 del self._running[td]
-                if td not in relationships:  # gone: so are its series
+                if td not in relationships:  # gone: so are its series and status
                     self.core.metrics.forget_federation(str(td))
+                    self.core.federation_status.pop(td, None)
                 log.info("federation.refresher_stopped", trust_domain=str(td))
         for td, relationship in relationships.items():
             if td not in self._running:

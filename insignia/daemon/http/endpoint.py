@@ -12,10 +12,13 @@ keep-alive, HEAD responses); this module only moves bytes between it and a socke
 - each request must arrive, and its response leave, within `Limits.idle_timeout`, so a
   silent or slow client cannot hold a connection forever;
 - at most `Limits.max_connections` at once; further connections are closed at accept;
-- request bodies (pointless for these GET routes) are read and dropped up to
-  `Limits.max_body_bytes`; a larger one gets 413 and the connection is closed;
+- request bodies are read up to `Limits.max_body_bytes` (the plain handlers never see them;
+  an `App` gets them whole); a larger one gets 413 and the connection is closed;
 - a malformed request gets 400 (h11's status hint, e.g. 431 for oversized headers) and close;
-- a handler that raises gets 500, is logged, and the server keeps serving.
+- a handler that raises gets 500, is logged, and the server keeps serving;
+- a `Streamed` response (server-sent events) leaves the per-request deadline behind: each of
+  its chunks must be taken by the client within `Limits.idle_timeout`, the app decides when
+  it ends, and the connection closes after it.
 
 `examples.asgi` (hypercorn) stays for the example services' ASGI apps.
 """
@@ -23,11 +26,10 @@ keep-alive, HEAD responses); this module only moves bytes between it and a socke
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,39 @@ class Response:
     headers: Sequence[tuple[str, str]] = ()
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """A response whose body is sent chunk by chunk as `chunks` yields them (server-sent
+    events); the connection closes when the iterator ends."""
+
+    status: int
+    chunks: Callable[[], AsyncIterator[bytes]]
+    headers: Sequence[tuple[str, str]] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One whole request: header names are lower case, the body is at most
+    `Limits.max_body_bytes`."""
+
+    method: str
+    target: str
+    headers: Sequence[tuple[str, str]]
+    body: bytes = b""
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (lower case), None when absent."""
+        return next((v for k, v in self.headers if k == name), None)
+
+
 TlsContext = Callable[[], ssl.SSLContext]
 """The server-side TLS context for the next connection (so a renewed certificate applies at
 once); the handshake runs within the first request's `Limits.idle_timeout`."""
@@ -66,7 +101,9 @@ HostCheck = Callable[[str | None], Response | None]
 """The request's Host header as sent (None when absent) -> a refusal, or None to let the
 handler answer: for a listener that answers only some names. Runs as the handler does."""
 
-_Responder = Callable[[h11.Request], Response]  # a request -> its answer (`_respond`, bound)
+App = Callable[[Request], Awaitable[Response | Streamed]]
+"""The whole request -> its response; runs as a trio task within the request's deadline.
+An exception becomes a logged 500."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +135,37 @@ async def serve_http(
     host_check: HostCheck | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `handler` on `bind` until cancelled (HTTPS when `tls` is given; each request
-    passes `host_check` first when one is given).
+    """Serve the plain `handler` (method and path only) on `bind`, each request passing
+    `host_check` first when one is given: see `serve_app`."""
+    app = _plain_app(handler, host_check)
+    await serve_app(bind, app, limits=limits, tls=tls, task_status=task_status)
+
+
+def _plain_app(handler: Handler, host_check: HostCheck | None) -> App:
+    async def app(request: Request) -> Response:
+        refusal = None if host_check is None else host_check(request.header("host"))
+        return handler(request.method, request.path) if refusal is None else refusal
+
+    return app
+
+
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Answer requests on one connection of someone else's listener until it closes (the
+    agent's admin socket: its gRPC front hands over the connections that are not HTTP/2)."""
+    await _serve_connection(stream, _plain_app(handler, None), limits)
+
+
+async def serve_app(
+    bind: str,
+    app: App,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    tls: TlsContext | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` on `bind` until cancelled (HTTPS when `tls` is given).
 
     `bind` is "host:port" (an IP address, "[v6]:port" or "localhost"; port 0 picks a free
     one) or "unix:/path" (a stale socket at that path is replaced, a live one refused with
@@ -112,8 +178,7 @@ async def serve_http(
     path = Path(address.removeprefix("unix:")) if address.startswith("unix:") else None
     bound_inode = os.stat(path).st_ino if path else None
     try:
-        respond = functools.partial(_respond, handler, host_check)
-        await _accept_forever(sock, address, respond, limits, tls, task_status)
+        await _accept_forever(sock, address, app, limits, tls, task_status)
     finally:
         if path is not None:  # ours only: another process may have replaced it since
             with contextlib.suppress(FileNotFoundError):
@@ -124,7 +189,7 @@ async def serve_http(
 async def _accept_forever(
     sock: trio.socket.SocketType,
     address: str,
-    respond: _Responder,
+    app: App,
     limits: Limits,
     tls: TlsContext | None,
     task_status: trio.TaskStatus[str],
@@ -137,12 +202,12 @@ async def _accept_forever(
         nonlocal active
         try:
             if tls is None:
-                await _serve_connection(stream, respond, limits)
+                await _serve_connection(stream, app, limits)
             else:
                 context = tls()
                 await _serve_connection(
                     trio.SSLStream(stream, context, server_side=True, https_compatible=True),
-                    respond,
+                    app,
                     limits,
                 )
         finally:
@@ -196,25 +261,22 @@ async def _listen(bind: str) -> tuple[trio.socket.SocketType, str]:
     return sock, f"{name[0]}:{name[1]}"
 
 
-async def serve_connection(
-    stream: trio.abc.Stream, handler: Handler, limits: Limits = DEFAULT_LIMITS
-) -> None:
-    """Answer requests on one connection of someone else's listener until it closes (the
-    agent's admin socket: its gRPC front hands over the connections that are not HTTP/2)."""
-    await _serve_connection(stream, functools.partial(_respond, handler, None), limits)
-
-
-async def _serve_connection(stream: trio.abc.Stream, respond: _Responder, limits: Limits) -> None:
+async def _serve_connection(stream: trio.abc.Stream, app: App, limits: Limits) -> None:
     """Answer requests on one connection until it closes, errs or runs out of time; closes it."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
-            with trio.move_on_after(limits.idle_timeout):
-                await _exchange(stream, conn, respond, limits)
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                    continue
-            return  # deadline passed, or h11 says this connection must close
+            streamed: Streamed | None = None
+            with trio.move_on_after(limits.idle_timeout) as deadline:
+                streamed = await _exchange(stream, conn, app, limits)
+            if deadline.cancelled_caught:
+                return
+            if streamed is not None:
+                await _send_stream(stream, conn, streamed, limits)
+                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # h11 says this connection must close
+            conn.start_next_cycle()
     except _Close:
         pass
     finally:
@@ -222,47 +284,47 @@ async def _serve_connection(stream: trio.abc.Stream, respond: _Responder, limits
 
 
 async def _exchange(
-    stream: trio.abc.Stream, conn: h11.Connection, respond: _Responder, limits: Limits
-) -> None:
-    """Read one request and send its response."""
-    request: h11.Request | None = None
+    stream: trio.abc.Stream, conn: h11.Connection, app: App, limits: Limits
+) -> Streamed | None:
+    """Read one request and send its response (or return the stream to send)."""
+    head: h11.Request | None = None
     try:
         event = await _next_event(stream, conn)
         if not isinstance(event, h11.Request):  # ConnectionClosed: the client is done
             raise _Close
-        request = event
-        if not await _drain_body(stream, conn, request, limits.max_body_bytes):
-            await _send(stream, conn, request, Response(413, b"request body too large\n"), True)
+        head = event
+        body = await _read_body(stream, conn, head, limits.max_body_bytes)
+        if body is None:
+            await _send(stream, conn, head, Response(413, b"request body too large\n"), True)
             raise _Close
     except h11.RemoteProtocolError as exc:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             answer = Response(exc.error_status_hint, f"bad request: {exc}\n".encode())
-            await _send(stream, conn, request, answer, True)
+            await _send(stream, conn, head, answer, True)
         raise _Close from None
-    await _send(stream, conn, request, respond(request), False)
+    response = await _respond(app, head, body)
+    if isinstance(response, Streamed):
+        return response
+    await _send(stream, conn, head, response, False)
+    return None
 
 
-def _respond(handler: Handler, host_check: HostCheck | None, request: h11.Request) -> Response:
-    """The host check's refusal or the handler's response, or a logged 500 when either raises
-    or answers something unsendable."""
-    method = request.method.decode("ascii")
-    path = request.target.decode("ascii").partition("?")[0]
+async def _respond(app: App, head: h11.Request, body: bytes) -> Response | Streamed:
+    """The app's response, or a logged 500 when it raises or answers something unsendable."""
+    request = Request(
+        head.method.decode("ascii"),
+        head.target.decode("ascii"),
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
+        body,
+    )
     try:
-        refusal = None if host_check is None else host_check(_host_header(request))
-        response = handler(method, path) if refusal is None else refusal
-        _head(response, close=False)  # a bad status or header fails here, not mid-send
+        response = await app(request)
+        if isinstance(response, Response):
+            _head(response, close=False)  # a bad status or header fails here, not mid-send
     except Exception:
-        log.exception("http.handler_failed", method=method, path=path)
+        log.exception("http.handler_failed", method=request.method, path=request.path)
         return Response(500, b"internal server error\n")
     return response
-
-
-def _host_header(request: h11.Request) -> str | None:
-    """The Host header's value (h11 has checked there is at most one, and one in HTTP/1.1)."""
-    for name, value in request.headers:
-        if name == b"host":
-            return value.decode("ascii", "replace")
-    return None
 
 
 async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
@@ -278,23 +340,23 @@ async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
         conn.receive_data(bytes(data))
 
 
-async def _drain_body(
+async def _read_body(
     stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, limit: int
-) -> bool:
-    """Read and drop the request's body; False (body left unread) when it exceeds `limit`."""
+) -> bytes | None:
+    """The request's body, or None (left unread) when it exceeds `limit`."""
     for name, value in request.headers:
         if name == b"content-length" and int(value) > limit:  # h11 checked it is digits
-            return False
-    received = 0
+            return None
+    received = bytearray()
     while True:
         event = await _next_event(stream, conn)
         if isinstance(event, h11.EndOfMessage):
-            return True
+            return bytes(received)
         if not isinstance(event, h11.Data):  # h11 raises on an early close; kept for safety
             raise _Close
-        received += len(event.data)
-        if received > limit:
-            return False
+        received += event.data
+        if len(received) > limit:
+            return None
 
 
 def _head(response: Response, *, close: bool) -> h11.Response:
@@ -321,3 +383,29 @@ async def _send(
         await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _Close from None
+
+
+async def _send_stream(
+    stream: trio.abc.Stream, conn: h11.Connection, streamed: Streamed, limits: Limits
+) -> None:
+    """Send the head, then each chunk as it comes (h11 frames them chunked); a client that
+    takes longer than `limits.idle_timeout` over one chunk is dropped."""
+    head = h11.Response(
+        status_code=streamed.status, headers=[*streamed.headers, ("connection", "close")]
+    )
+    chunks = streamed.chunks()
+    try:
+        with trio.fail_after(limits.idle_timeout):
+            await stream.send_all(conn.send(head) or b"")
+        async for chunk in chunks:
+            with trio.fail_after(limits.idle_timeout):
+                await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+        with trio.fail_after(limits.idle_timeout):
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        raise _Close from None
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()

@@ -201,3 +201,31 @@ def test_naive_times_are_refused_before_anything_is_written(store: Datastore) ->
         store.create_entry(naive)
     assert store.count_entries() == 0
     assert store.head_revision() == 0
+
+
+def test_entries_are_paged_by_id_with_every_filter(store: Datastore) -> None:
+    made = [
+        entry(
+            f"/p{i}", selectors=[f"unix:uid:{i % 2}"], federates_with=["partner.org"] * (i % 3 == 0)
+        )
+        for i in range(7)
+    ]
+    store.create_entries(made)
+    by_id = sorted(made, key=lambda e: (str(e.spiffe_id), e.id))  # ASCII: every collation agrees
+    first = store.page_entries(limit=3)
+    assert first == by_id[:3]
+    cursor = (str(first[-1].spiffe_id), first[-1].id)
+    assert store.page_entries(after=cursor, limit=3) == by_id[3:6]
+    assert store.page_entries(after=(str(by_id[5].spiffe_id), by_id[5].id), limit=3) == by_id[6:]
+    twin = entry("/p0", selectors=["unix:uid:9"])  # the same SPIFFE ID: the id breaks the tie
+    store.create_entry(twin)
+    pair = sorted([made[0], twin], key=lambda e: e.id)
+    assert store.page_entries(limit=1) == pair[:1]
+    assert store.page_entries(after=(str(pair[0].spiffe_id), pair[0].id), limit=1) == pair[1:]
+    odd = store.page_entries(limit=10, selectors=[Selector("unix", "uid:1")])
+    assert {str(e.spiffe_id) for e in odd} == {f"spiffe://example.org/p{i}" for i in (1, 3, 5)}
+    federating = store.page_entries(limit=10, federates_with=TrustDomain("partner.org"))
+    assert {e.spiffe_id.path for e in federating} == {"/p0", "/p3", "/p6"}
+    one = store.page_entries(limit=10, spiffe_id=SpiffeId.parse("spiffe://example.org/p4"))
+    assert [e.id for e in one] == [made[4].id]
+    assert len(store.page_entries(limit=10, parent_id=SpiffeId.parse(AGENT))) == 8

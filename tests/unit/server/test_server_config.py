@@ -1,4 +1,6 @@
 import re
+import types
+import typing
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +27,8 @@ def test_sample_documents_every_key() -> None:
     documented = set(re.findall(r"^#? ?([a-z0-9_]+) = ", text, re.MULTILINE))
     for field in msgspec.structs.fields(ServerConfig):
         name, annotation = field.name, field.type
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # [console]: X | None
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
             assert f"[{name}]" in text, name
             section = {f.name for f in msgspec.structs.fields(annotation)}
