@@ -23,7 +23,7 @@ from insignia.server.entries import InvalidEntry
 
 TEXT_FIELDS = ("spiffe_id", "parent_id", "hint")
 LIST_FIELDS = ("selectors", "dns_names", "federates_with")  # one value per line
-TTL_FIELDS = ("x509_svid_ttl", "jwt_svid_ttl")
+TTL_FIELDS = ("x509_svid_ttl", "jwt_svid_ttl", "wit_svid_ttl")
 FLAG_FIELDS = ("admin", "downstream")
 FIELDS = (*TEXT_FIELDS, *LIST_FIELDS, *TTL_FIELDS, *FLAG_FIELDS, "expires_at")
 _OPTION = {  # the CLI's option for each field, as its messages name them
@@ -32,6 +32,7 @@ _OPTION = {  # the CLI's option for each field, as its messages name them
     "selectors": "--selector",
     "x509_svid_ttl": "--x509-svid-ttl",
     "jwt_svid_ttl": "--jwt-svid-ttl",
+    "wit_svid_ttl": "--wit-svid-ttl",
     "expires_at": "--expires-at",
 }
 _INDEXED = re.compile(r"^entries\[\d+\]\.|\[\d+\]$")

@@ -131,10 +131,12 @@ def test_the_entry_form_refuses_what_the_cli_refuses_before_calling_the_server()
         "parent_id": ["spiffe://example.org/p"],
         "selectors": ["unix:colour:red"],
         "x509_svid_ttl": ["ten"],
+        "wit_svid_ttl": ["-1"],
     }
     _, form = read_entry_form(posted, admin_pb2.Entry())
     assert form.errors["selectors"].startswith("error: invalid selector 'unix:colour:red'")
     assert "--x509-svid-ttl" in form.errors["x509_svid_ttl"]
+    assert "--wit-svid-ttl" in form.errors["wit_svid_ttl"]
 
 
 def test_the_entry_form_fills_the_entry_and_places_server_refusals() -> None:
@@ -145,9 +147,11 @@ def test_the_entry_form_fills_the_entry_and_places_server_refusals() -> None:
         "dns_names": ["a.example\nb.example"],
         "admin": ["on"],
         "x509_svid_ttl": ["600"],
+        "wit_svid_ttl": ["120"],
     }
     entry, form = read_entry_form(posted, admin_pb2.Entry())
     assert form.errors == {}
+    assert (entry.wit_svid_ttl, EntryForm.of(entry).values["wit_svid_ttl"]) == (120, "120")
     assert entry.spiffe_id == "spiffe://example.org/w"
     assert list(entry.selectors) == ["unix:uid:1000", "unix:gid:1000"]
     assert list(entry.dns_names) == ["a.example", "b.example"]
