@@ -186,7 +186,10 @@ class _ServerTls:
         return self.core.authorities.bundle().x509_pem()
 
     def refresh(self, reissue: bool = True) -> None:
-        if reissue:
+        """New roots, and a new server SVID unless no CA signs right now (our active one
+        was tainted through another server, its successor not yet active): the current
+        SVID serves until the successor's activation refreshes again."""
+        if reissue and self.core.authorities.state.active_x509() is not None:
             self.identity = self._issue()
         self.attestation.update(self.identity, None)
         self.agent_api.update(self.identity, self._roots())
