@@ -368,6 +368,7 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
     core.store.add_listener(lambda head: token.run_sync_soon(send.send_nowait, head))
     for step in await core.ca_operation(core.authorities.load):
         log.info("ca rotation", step=step)
+    await core.replace_compromised_keys()  # tainted through another server while we were down
     await core.load_model()
     tls = await trio.to_thread.run_sync(_ServerTls, core)
     await trio.to_thread.run_sync(core.signer.warm_up)

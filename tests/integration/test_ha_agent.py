@@ -332,8 +332,8 @@ def test_a_dead_servers_active_key_is_tainted_and_revoked_through_the_live_one(
     shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
 ) -> None:
     """Server 1 is SIGKILLed with its CA still active; its agent moves to server 2. Tainting
-    that CA through server 2 gets the workload a new SVID from server 2's CA; revoking it
-    takes it out of the workload's bundle."""
+    that CA through server 2 gets the workload a new SVID from server 2's CA; server 1,
+    restarted, replaces it; revoking it takes it out of the workload's bundle."""
     first, second = _two_servers(shared_database, server_factory)
     agent = _agent_of_both(first, second, agent_factory)
     register(first, agent, "/w", UID, extra=("--x509-svid-ttl", "86400"))  # only a taint renews
@@ -347,6 +347,11 @@ def test_a_dead_servers_active_key_is_tainted_and_revoked_through_the_live_one(
     second.cli("authority", "x509", "taint", dead)
     wait_for(lambda: watch.issuers() == {live}, 30, "a new SVID from server 2's CA")
     assert dead in watch.bundle_cas()  # tainted, not revoked: still trusted meanwhile
+    # Server 1 restarts: it finds its active CA tainted and replaces it before serving.
+    first.start()
+    successor = _active(first, first)
+    assert successor not in (dead, live)
+    wait_for(lambda: _authorities(second, first)[dead] == "old", 10, "server 2 to see it")
     second.cli("authority", "x509", "revoke", dead)
     wait_for(lambda: dead not in watch.bundle_cas(), 30, "the revoked CA to leave the bundle")
     assert live in watch.bundle_cas() and watch.issuers() == {live}
