@@ -3,7 +3,8 @@
 Several servers may share one journal (one PostgreSQL database): each row names the server
 holding its private key. A server's `state` holds its own slots; `peers` holds the other
 servers' rows, whose public parts join the bundle, and whose taint and revocation any server
-may record (the owner adopts them from the journal, see `adopt_journal`).
+may record (the owner adopts them from the journal, see `adopt_journal`), the active key's
+too: its owner may be dead, and a live owner replaces it (`replace_compromised`).
 
 Every method here blocks (key generation, SQL): the daemon calls them from a worker thread,
 one at a time under its lock, and only then swaps `state`, which readers on the event loop use
