@@ -91,7 +91,9 @@ class ServerCore:
         }
         self.limits = EntryLimits.for_ca(self.trust_domain, self.config.ca.ttl)
         self.ca_lock = trio.Lock()
-        self.ca_compromised = trio.Event()  # set when our active key was tainted elsewhere
+        # Set when another server's journal write changed our keys: a taint or revocation of
+        # our active key needs a successor (the rotation loop waits on it).
+        self.rotation_due = trio.Event()
         self.attestations_in_flight = 0  # on the event loop thread only: no lock
         self.ready_reason: str | None = "starting"
         processes = api.signing_processes
@@ -152,8 +154,7 @@ class ServerCore:
         async with self.ca_lock:
             if await trio.to_thread.run_sync(self.authorities.adopt_journal):
                 await self._after_ca_change()
-        if self.authorities.compromised():
-            self.ca_compromised.set()
+                self.rotation_due.set()
 
     async def replace_compromised_keys(self) -> None:
         """From trio: our active key was tainted through another server, so it signs nothing

@@ -203,14 +203,15 @@ class _ServerTls:
 
 
 async def _rotate_forever(core: ServerCore) -> None:
-    """The rotation schedule, and the replacement of an active key tainted through another
-    server (`ServerCore.adopt_journal` wakes this loop; a restart finds it in the journal)."""
+    """The rotation schedule, and the replacement of an active key tainted or revoked through
+    another server (`ServerCore.adopt_journal` wakes this loop; a restart finds it in the
+    journal). A revoked active key leaves no active one: `rotate` replaces it at once."""
     while True:
         await core.replace_compromised_keys()
         wait = (core.authorities.next_check() - core.clock()).total_seconds()
         with trio.move_on_after(min(3600.0, max(0.05, wait))):
-            await core.ca_compromised.wait()
-        core.ca_compromised = trio.Event()
+            await core.rotation_due.wait()
+        core.rotation_due = trio.Event()
         done = await core.ca_operation(core.authorities.rotate)
         for step in done:
             log.info("ca rotation", step=step)
