@@ -16,7 +16,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 sys.path[:0] = [
     str(Path(__file__).resolve().parents[1]),
@@ -77,13 +79,21 @@ def attest_many(server: ServerProcess, count: int) -> list[AttestedAgent]:
     return [attest_join_token(server, t) for t in tokens]
 
 
-def load_entries(server: ServerProcess, agents: list[AttestedAgent], total: int) -> None:
+class HasAgentId(Protocol):
+    """A synthetic (AttestedAgent) or real (AgentProcess) agent: entries hang off its id."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+
+def load_entries(server: ServerProcess, agents: Sequence[HasAgentId], total: int) -> None:
     per_agent = max(1, total // len(agents))
     with server.admin() as admin:
         batch: list[admin_pb2.Entry] = []
         for a, agent in enumerate(agents):
+            agent_id = agent.agent_id  # a real agent's reads its identity file
             for i in range(per_agent):
-                batch.append(entry(f"spiffe://example.org/a{a}/w{i}", agent.agent_id))
+                batch.append(entry(f"spiffe://example.org/a{a}/w{i}", agent_id))
                 if len(batch) == 1000:
                     admin.CreateEntries(admin_pb2.CreateEntriesRequest(entries=batch))
                     batch = []

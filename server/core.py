@@ -92,6 +92,9 @@ class ServerCore:
         }
         self.limits = EntryLimits.for_ca(self.trust_domain, self.config.ca.ttl)
         self.ca_lock = trio.Lock()
+        # Set when another server's journal write changed our keys: a taint or revocation of
+        # our active key needs a successor (the rotation loop waits on it).
+        self.rotation_due = trio.Event()
         self.attestations_in_flight = 0  # on the event loop thread only: no lock
         self.ready_reason: str | None = "starting"
         processes = api.signing_processes
@@ -156,6 +159,20 @@ class ServerCore:
         async with self.ca_lock:
             if await trio.to_thread.run_sync(self.authorities.adopt_journal):
                 await self._after_ca_change()
+                self.rotation_due.set()
+
+    async def replace_compromised_keys(self) -> None:
+        """From trio: our active key was tainted through another server, so it signs nothing
+        more (`CaState.active_x509`). Activate the prepared successor, which every bundle
+        already holds; without one, prepare it, publish it, and activate it only after two
+        poll intervals, by when every live server's follower has read the new bundle and
+        pushed it to its agents: a key reaches every bundle before it signs."""
+        while self.authorities.compromised():
+            done, prepared = await self.ca_operation(self.authorities.replace_compromised)
+            for step in done:
+                log.info("ca rotation", step=step)
+            if prepared:
+                await trio.sleep(2 * self.config.cluster.poll_interval.total_seconds())
 
     async def refresh_bundle(self) -> None:
         """From trio: republish when time alone changed the bundle (a stale server's key

@@ -186,7 +186,10 @@ class _ServerTls:
         return self.core.authorities.bundle().x509_pem()
 
     def refresh(self, reissue: bool = True) -> None:
-        if reissue:
+        """New roots, and a new server SVID unless no CA signs right now (our active one
+        was tainted through another server, its successor not yet active): the current
+        SVID serves until the successor's activation refreshes again."""
+        if reissue and self.core.authorities.state.active_x509() is not None:
             self.identity = self._issue()
         self.attestation.update(self.identity, None)
         self.agent_api.update(self.identity, self._roots())
@@ -200,9 +203,15 @@ class _ServerTls:
 
 
 async def _rotate_forever(core: ServerCore) -> None:
+    """The rotation schedule, and the replacement of an active key tainted or revoked through
+    another server (`ServerCore.adopt_journal` wakes this loop; a restart finds it in the
+    journal). A revoked active key leaves no active one: `rotate` replaces it at once."""
     while True:
+        await core.replace_compromised_keys()
         wait = (core.authorities.next_check() - core.clock()).total_seconds()
-        await trio.sleep(min(3600.0, max(0.05, wait)))
+        with trio.move_on_after(min(3600.0, max(0.05, wait))):
+            await core.rotation_due.wait()
+        core.rotation_due = trio.Event()
         done = await core.ca_operation(core.authorities.rotate)
         for step in done:
             log.info("ca rotation", step=step)
@@ -360,6 +369,7 @@ async def _run(core: ServerCore, config: ServerConfig) -> None:
     core.store.add_listener(lambda head: token.run_sync_soon(send.send_nowait, head))
     for step in await core.ca_operation(core.authorities.load):
         log.info("ca rotation", step=step)
+    await core.replace_compromised_keys()  # tainted through another server while we were down
     await core.load_model()
     tls = await trio.to_thread.run_sync(_ServerTls, core)
     await trio.to_thread.run_sync(core.signer.warm_up)

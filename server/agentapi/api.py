@@ -142,9 +142,13 @@ class AgentApi:
                     now=self.core.clock(),
                     id_optional=True,
                 )
-            except (SigningRefused, NoActiveAuthority) as exc:
+            except SigningRefused as exc:
                 outcome[0] = "INVALID_ARGUMENT"
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise
+            except NoActiveAuthority as exc:  # a moment: the agent retries
+                outcome[0] = "UNAVAILABLE"
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 raise
             record = self.core.model.agents[agent_id]
             await self.core.save_agent(

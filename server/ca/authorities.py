@@ -3,7 +3,8 @@
 Several servers may share one journal (one PostgreSQL database): each row names the server
 holding its private key. A server's `state` holds its own slots; `peers` holds the other
 servers' rows, whose public parts join the bundle, and whose taint and revocation any server
-may record (the owner adopts them from the journal, see `adopt_journal`).
+may record (the owner adopts them from the journal, see `adopt_journal`), the active key's
+too: its owner may be dead, and a live owner replaces it (`replace_compromised`).
 
 Every method here blocks (key generation, SQL): the daemon calls them from a worker thread,
 one at a time under its lock, and only then swaps `state`, which readers on the event loop use
@@ -112,6 +113,23 @@ class Authorities:
                     )
         return before != (self.peers, self.state)
 
+    def compromised(self) -> bool:
+        """Whether an active key of ours was tainted (through another server's admin API)."""
+        return any(rotation.compromised(self.state.records(kind)) for kind in KINDS)
+
+    def replace_compromised(self) -> tuple[list[str], bool]:
+        """One step towards replacing every tainted active key of ours: activate its prepared
+        successor, or prepare one. Returns what happened and whether a key was prepared
+        (the caller then lets it reach every bundle before asking again)."""
+        done: list[str] = []
+        prepared = False
+        for kind in KINDS:
+            step = rotation.replacement_step(self.state.records(kind))
+            if step is not None:
+                done.append(f"{kind} {self._apply(kind, step)} (the active key was tainted)")
+                prepared = prepared or step is Step.PREPARE
+        return done, prepared
+
     def adopt_peers(self, journal: Sequence[CaKeyRecord]) -> None:
         self.peers = self._peers_in(journal)
 
@@ -212,11 +230,11 @@ class Authorities:
             if r.kind == kind and r.server_id == row.server_id
         ]
         if action == "taint":
-            rotation.tainted(theirs, authority_id)  # raises AuthorityError when not allowed
+            rotation.tainted(theirs, authority_id, active_too=True)  # AuthorityError: refused
             self.journal.put_ca_keys([replace(row, tainted=True)])
             self.peers = tuple(replace(r, tainted=True) if r is row else r for r in self.peers)
             return replace(authority_record(row), tainted=True)
-        rotation.revoked(theirs, authority_id)
+        rotation.revoked(theirs, authority_id, active_too=True)
         self.journal.put_ca_keys([replace(row, revoked=True)])
         self.peers = tuple(r for r in self.peers if r is not row)
         return authority_record(row)

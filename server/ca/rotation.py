@@ -176,30 +176,56 @@ def activated(records: Sequence[AuthorityRecord], authority_id: str = "") -> lis
     return result
 
 
-def tainted(records: Sequence[AuthorityRecord], authority_id: str) -> list[AuthorityRecord]:
+def tainted(
+    records: Sequence[AuthorityRecord], authority_id: str, *, active_too: bool = False
+) -> list[AuthorityRecord]:
     """Mark an old authority tainted: agents must replace the SVIDs it signed.
 
     Only an old authority can be tainted, because the active one would keep signing new SVIDs
-    with the suspect key; activate a successor first (as SPIRE requires).
+    with the suspect key; activate a successor first (as SPIRE requires). `active_too`: the
+    records are another server's, whose active key an operator cannot replace from here; its
+    owner stops signing with a tainted active key and replaces it (`replacement_step`), and a
+    dead owner signs nothing.
     """
     record = _get(records, authority_id)
-    if record.state is not AuthorityState.OLD:
+    allowed = (AuthorityState.OLD, AuthorityState.ACTIVE) if active_too else (AuthorityState.OLD,)
+    if record.state not in allowed:
+        expected = "an old or active" if active_too else "an old"
         raise AuthorityError(
-            authority_id, f"is {record.state.value}; only an old authority can be tainted"
+            authority_id, f"is {record.state.value}; only {expected} authority can be tainted"
         )
     if record.tainted:
         raise AuthorityError(authority_id, "is already tainted")
     return [replace(r, tainted=True) if r is record else r for r in records]
 
 
-def revoked(records: Sequence[AuthorityRecord], authority_id: str) -> list[AuthorityRecord]:
-    """Remove a tainted old authority from the records (and so from the bundle)."""
+def revoked(
+    records: Sequence[AuthorityRecord], authority_id: str, *, active_too: bool = False
+) -> list[AuthorityRecord]:
+    """Remove a tainted old authority from the records (and so from the bundle).
+    `active_too`: as for `tainted`, another server's tainted active key may go too."""
     record = _get(records, authority_id)
-    if record.state is not AuthorityState.OLD or not record.tainted:
+    allowed = (AuthorityState.OLD, AuthorityState.ACTIVE) if active_too else (AuthorityState.OLD,)
+    if record.state not in allowed or not record.tainted:
         raise AuthorityError(
             authority_id, "only a tainted old authority can be revoked; taint it first"
         )
     return [r for r in records if r is not record]
+
+
+def compromised(records: Sequence[AuthorityRecord]) -> bool:
+    """The active authority was tainted (through another server): it must sign nothing more."""
+    active = find(records, AuthorityState.ACTIVE)
+    return active is not None and active.tainted
+
+
+def replacement_step(records: Sequence[AuthorityRecord]) -> Step | None:
+    """How to replace a tainted active authority: activate the prepared one, which is in the
+    bundle already, or prepare one first (the caller lets it reach every bundle, then asks
+    again). None when nothing is compromised."""
+    if not compromised(records):
+        return None
+    return Step.ACTIVATE if find(records, AuthorityState.PREPARED) is not None else Step.PREPARE
 
 
 def without_expired(records: Sequence[AuthorityRecord], now: datetime) -> list[AuthorityRecord]:

@@ -42,7 +42,8 @@ class SigningRefused(ValueError):
 
 
 class NoActiveAuthority(RuntimeError):
-    """The CA has no usable active key (only at the first seconds of a fresh start)."""
+    """The CA has no usable active key: the first seconds of a fresh start, or while an
+    active key tainted through another server waits for its successor (docs/ha.md)."""
 
     def __init__(self, kind: str) -> None:
         super().__init__(f"no active {kind} authority yet; retry shortly")

@@ -109,13 +109,13 @@ class CaState:
         return [s.record for s in self.slots(kind)]
 
     def active_x509(self) -> SigningAuthority | None:
-        slot = next((s for s in self.x509 if s.record.state is AuthorityState.ACTIVE), None)
+        """The CA that signs now; none while the active one is tainted (through another
+        server) and not yet replaced: a tainted key signs nothing more."""
+        slot = next((s for s in self.x509 if _signs(s.record)), None)
         return slot.authority if slot else None
 
     def _active_key_slot(self, kind: KeyKind) -> KeySlot | None:
-        return next(
-            (s for s in self.key_slots(kind) if s.record.state is AuthorityState.ACTIVE), None
-        )
+        return next((s for s in self.key_slots(kind) if _signs(s.record)), None)
 
     def active_key(self, kind: KeyKind) -> tuple[str, PrivateKey] | None:
         """The kid and private key that sign tokens of `kind` now, if this server has one."""
@@ -159,6 +159,10 @@ class CaSettings:
     jwt_key_type: KeyType
     ttl: timedelta
     upstream: Upstream | None = None
+
+
+def _signs(record: AuthorityRecord) -> bool:
+    return record.state is AuthorityState.ACTIVE and not record.tainted
 
 
 def new_x509_slot(settings: CaSettings, keys: KeyManager, now: datetime) -> X509Slot:

@@ -3,8 +3,10 @@ corrupt cache files. Real server and agent processes throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,8 +25,10 @@ from devtools.harness.waiting import wait_for
 from insignia.agent.cache.persisted import CACHE_FILE
 from insignia.agent.identity.node_attestation import IDENTITY_FILE
 from insignia.daemon.sealed import seal, unseal
+from insignia.server.ca.state import x509_authority_id
 from insignia.server.datastore import Datastore
-from insignia.workloadapi import WorkloadApiClient
+from insignia.spiffeid import TrustDomain
+from insignia.workloadapi import WorkloadApiClient, WorkloadApiError, X509Context
 from insignia.x509svid import X509Svid
 from tests.integration.conftest import AgentFactory, ServerFactory
 
@@ -289,3 +293,117 @@ def test_an_agent_attested_on_one_server_is_not_refused_by_the_next(
         register(second, agent, "/fresh", UID)
         assert agent.process is not None and agent.process.poll() is None
         agent.stop()
+
+
+class _Watch:
+    """The latest FetchX509SVID message of one open stream, read in a thread, so a test
+    waits (with a deadline) for what the agent pushes rather than what it answers a poll."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        self.client = WorkloadApiClient(agent.socket_path, timeout=60)
+        self.latest: X509Context | None = None
+        self.messages = 0
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        with contextlib.suppress(WorkloadApiError):  # closed by the test
+            for context in self.client.watch_x509_context():
+                self.latest, self.messages = context, self.messages + 1
+
+    def issuers(self) -> set[str]:
+        return _issuers(self.latest.svids) if self.latest else set()
+
+    def bundle_cas(self) -> set[str]:
+        """The authority ids of the CAs in the workload's own trust-domain bundle."""
+        if self.latest is None:
+            return set()
+        bundle = self.latest.bundles.get_bundle_for_trust_domain(TrustDomain.parse("example.org"))
+        assert bundle is not None
+        return {x509_authority_id(ca) for ca in bundle.x509_authorities}
+
+
+def _active(server: ServerProcess, owner: ServerProcess) -> str:
+    (active,) = [i for i, s in _authorities(server, owner).items() if s == "active"]
+    return active
+
+
+@pytest.mark.postgres
+def test_a_dead_servers_active_key_is_tainted_and_revoked_through_the_live_one(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """Server 1 is SIGKILLed with its CA still active; its agent moves to server 2. Tainting
+    that CA through server 2 gets the workload a new SVID from server 2's CA; server 1,
+    restarted, replaces it; revoking it takes it out of the workload's bundle."""
+    first, second = _two_servers(shared_database, server_factory)
+    agent = _agent_of_both(first, second, agent_factory)
+    register(first, agent, "/w", UID, extra=("--x509-svid-ttl", "86400"))  # only a taint renews
+    dead = _active(first, first)
+    watch = _Watch(agent)
+    wait_for(lambda: watch.issuers() == {dead}, 30, "the workload's SVID from server 1")
+    _kill_and_wait_for_move(agent, first, second)
+    live = _active(second, second)
+    assert dead in _authorities(second, first), "server 1's CA listed on server 2"
+
+    second.cli("authority", "x509", "taint", dead)
+    wait_for(lambda: watch.issuers() == {live}, 30, "a new SVID from server 2's CA")
+    assert dead in watch.bundle_cas()  # tainted, not revoked: still trusted meanwhile
+    # Server 1 restarts: it finds its active CA tainted and replaces it before serving.
+    first.start()
+    successor = _active(first, first)
+    assert successor not in (dead, live)
+    wait_for(lambda: _authorities(second, first)[dead] == "old", 10, "server 2 to see it")
+    second.cli("authority", "x509", "revoke", dead)
+    wait_for(lambda: dead not in watch.bundle_cas(), 30, "the revoked CA to leave the bundle")
+    assert live in watch.bundle_cas() and watch.issuers() == {live}
+    assert dead not in _authorities(second, first)
+    watch.client.close()
+
+
+@pytest.mark.postgres
+def test_a_live_server_replaces_its_active_key_tainted_through_another(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """Server 2 taints server 1's active CA while server 1 runs: server 1 stops signing with
+    it, publishes a successor, activates it, and re-signs its agent's workload with it."""
+    first, second = _two_servers(shared_database, server_factory)
+    agent = _agent_of_both(first, second, agent_factory)
+    register(first, agent, "/w", UID, extra=("--x509-svid-ttl", "86400"))
+    tainted = _active(first, first)
+    watch = _Watch(agent)
+    wait_for(lambda: watch.issuers() == {tainted}, 30, "the workload's SVID from server 1")
+
+    second.cli("authority", "x509", "taint", tainted)
+    successor = wait_for(
+        lambda: (active := _active(first, first)) != tainted and active,
+        30,
+        "server 1 to activate a successor",
+    )
+    wait_for(lambda: watch.issuers() == {successor}, 30, "a new SVID from the successor")
+    assert {tainted, successor} <= watch.bundle_cas()
+    shown = {
+        a["authority_id"]: a for a in first.cli_json("authority", "x509", "show")["authorities"]
+    }
+    assert shown[tainted]["state"] == "old" and shown[tainted]["tainted"]
+    # The successor reached the bundle before it signed: published first, activated after.
+    steps = [e for e in first.log_lines() if "tainted" in e.get("step", "")]
+    assert [e["step"].split()[1] for e in steps] == ["prepared", "activated"], steps
+    prepared_at, activated_at = (datetime.fromisoformat(e["timestamp"]) for e in steps)
+    assert activated_at - prepared_at >= timedelta(seconds=2)  # two poll intervals
+    # It keeps serving: a new entry gets an SVID from the successor.
+    register(first, agent, "/after", UID)
+    with WorkloadApiClient(agent.socket_path, timeout=30) as client:
+        ids = wait_for(
+            lambda: (
+                {str(s.spiffe_id) for s in client.fetch_x509_context().svids}
+                >= {
+                    "spiffe://example.org/w",
+                    "spiffe://example.org/after",
+                }
+            ),
+            30,
+            "the new entry's SVID",
+        )
+    assert ids
+    second.cli("authority", "x509", "revoke", tainted)
+    wait_for(lambda: tainted not in watch.bundle_cas(), 30, "the revoked CA to leave the bundle")
+    watch.client.close()

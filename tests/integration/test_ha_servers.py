@@ -219,3 +219,35 @@ def test_a_second_server_on_the_same_sqlite_file_is_refused(
     line = one_line(result)
     assert "is in use by another server" in line and "SQLite serves one server only" in line
     first.cli("healthcheck")
+
+
+def test_an_active_key_revoked_through_another_server_is_replaced_at_once(
+    server_factory: ServerFactory, agent_factory: AgentFactory, shared_url: str
+) -> None:
+    """Taint and revoke of server 1's active CA through server 2, back to back (the revoke
+    usually lands before server 1 has replaced the key): server 1 is not left without a CA."""
+    s1, s2 = start_pair(server_factory, shared_url)
+
+    def active_of_s1() -> str:
+        shown = s2.cli_json("authority", "x509", "show")["authorities"]
+        mine = [a for a in shown if a["server_id"] == s1.instance_id and a["state"] == "active"]
+        return str(mine[0]["authority_id"]) if mine else ""
+
+    old = active_of_s1()
+    s2.cli("authority", "x509", "taint", old)
+    s2.cli("authority", "x509", "revoke", old)
+    new = wait_for(lambda: (a := active_of_s1()) not in ("", old) and a, 30, "a new CA on s1")
+
+    def bundle_ids() -> set[str]:
+        cas = x509.load_pem_x509_certificates(s1.bundle_pem())
+        return {
+            c.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+            for c in cas
+        }
+
+    wait_for(lambda: old not in bundle_ids() and new in bundle_ids(), 30, "the old CA to go")
+    s1.write_bundle()  # the new agent's trust anchor: today's bundle
+    agent = agent_factory(server=s1, name="after")  # s1 still attests and signs
+    register(s1, agent, "/after-revoke", f"unix:uid:{UID_A}")
+    fetched = pyspiffe(agent, "x509", uid=UID_A)
+    assert fetched.get("ids") == ["spiffe://example.org/after-revoke"], fetched

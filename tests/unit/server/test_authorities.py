@@ -105,3 +105,34 @@ def test_jwt_kids_are_safe_to_pass_on_a_command_line() -> None:
     assert len(kids) == 64
     for kid in kids:
         assert kid[0] != "-" and kid.isalnum(), kid  # `authority jwt taint KID` must parse
+
+
+def test_an_active_key_tainted_by_another_server_signs_no_more_and_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """Two servers on one journal: server 2 taints server 1's active X.509 key; server 1
+    adopts it, stops signing with it, prepares a successor, then activates it."""
+    clock = Clock()
+    with fresh_store("sqlite", tmp_path, clock) as store:
+        one = Authorities(SETTINGS, MemoryKeyManager(), store, clock, server_id="one")
+        two = Authorities(SETTINGS, MemoryKeyManager(), store, clock, server_id="two")
+        one.load()
+        two.load()
+        first = one.state.active_x509()
+        assert first is not None
+        active = x509_authority_id(first.certificate)
+        two.taint("x509", active)
+        assert active in two.tainted("x509")
+        assert one.adopt_journal() and one.compromised()
+        assert one.state.active_x509() is None  # a tainted key signs nothing more
+        done, prepared = one.replace_compromised()
+        assert prepared and done[0].startswith("x509 prepared")
+        assert one.state.active_x509() is None  # not before it reached every bundle
+        done, prepared = one.replace_compromised()
+        assert not prepared and done[0].startswith("x509 activated")
+        successor = one.state.active_x509()
+        assert successor is not None and successor.certificate != first.certificate
+        assert not one.compromised() and states(one, "x509") == ["old", "active"]
+        two.adopt_journal()
+        two.revoke("x509", active)
+        assert one.adopt_journal() and states(one, "x509") == ["active"]

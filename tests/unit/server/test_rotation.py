@@ -85,6 +85,25 @@ def test_manual_transitions_and_their_refusals() -> None:
     assert [r.authority_id for r in rotation.revoked(records, "a")] == ["c"]
 
 
+def test_another_servers_active_key_can_be_tainted_revoked_and_is_then_replaced() -> None:
+    """Its owner cannot be asked to activate a successor from here (and may be dead), so the
+    active key of another server's records may be tainted; its owner replaces it."""
+    records = [record("a", AuthorityState.ACTIVE, T0, DAY)]
+    assert rotation.replacement_step(records) is None
+    with pytest.raises(AuthorityError, match="taint it first"):
+        rotation.revoked(records, "a", active_too=True)
+    prepared = [record("p", AuthorityState.PREPARED, T0, DAY)]
+    with pytest.raises(AuthorityError, match="only an old or active authority"):
+        rotation.tainted(prepared, "p", active_too=True)
+    records = rotation.tainted(records, "a", active_too=True)
+    assert rotation.compromised(records)
+    assert rotation.replacement_step(records) is Step.PREPARE
+    records, _ = rotation.with_prepared(records, prepared[0])
+    assert rotation.replacement_step(records) is Step.ACTIVATE
+    assert not rotation.compromised(rotation.activated(records))
+    assert [r.authority_id for r in rotation.revoked(records, "a", active_too=True)] == ["p"]
+
+
 @given(st.integers(min_value=60, max_value=400 * 86400), st.floats(min_value=0, max_value=1))
 def test_schedule_invariants(life_seconds: int, fraction: float) -> None:
     """Whenever a step is due, next_check never lies in the future; prepare precedes activate."""
