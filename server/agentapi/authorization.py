@@ -139,17 +139,21 @@ class EntryIndex:
                 if alias.spiffe_id not in visited:
                     visited.add(alias.spiffe_id)
                     frontier.append(alias.spiffe_id)
+        by_parent = self._by_parent
         while frontier:
             parent = frontier.pop()
-            for entry in self._by_parent.get(parent, {}).values():
+            for entry in by_parent.get(parent, {}).values():
                 if entry.id in authorized or (now is not None and entry.expired(now)):
                     continue
                 if entry.parent_id == self.server_id:
                     continue  # aliases are granted by selectors above, never by parentage
                 authorized[entry.id] = entry
-                if entry.spiffe_id not in visited:
-                    visited.add(entry.spiffe_id)
-                    frontier.append(entry.spiffe_id)
+                # Only an ID with children widens the set: leaves (most entries) skip the
+                # visited set, which costs two SpiffeId hashes each.
+                spiffe_id = entry.spiffe_id
+                if spiffe_id in by_parent and spiffe_id not in visited:
+                    visited.add(spiffe_id)
+                    frontier.append(spiffe_id)
         return list(authorized.values())
 
     def agents_reaching(
