@@ -5,14 +5,18 @@ Every entry hangs below a node alias the agent reaches through its join token's 
 whole set is authorized and sent. The reference measured in the same run is the bulk write
 rate of those entries through the admin API.
 Run: .venv/bin/python benchmarks/server_scaling.py [--sizes 1000,10000,100000]
+    [--compare /path/to/other/checkout]   # each size again with that checkout's server
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path[:0] = [
@@ -29,8 +33,23 @@ from devtools.harness.server_process import ServerProcess  # noqa: E402
 BATCH = 2000
 
 
-def run(size: int) -> tuple[float, float, float, int, float]:
-    with tempfile.TemporaryDirectory() as tmp:
+@contextlib.contextmanager
+def server_code(checkout: Path | None) -> Iterator[None]:
+    """Servers started inside run from `checkout` (the harness keeps a PYTHONPATH it finds)."""
+    before = os.environ.get("PYTHONPATH")
+    if checkout is not None:
+        os.environ["PYTHONPATH"] = f"{checkout}:{checkout / 'proto'}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def run(size: int, checkout: Path | None = None) -> tuple[float, float, float, int, float]:
+    with tempfile.TemporaryDirectory() as tmp, server_code(checkout):
         server = ServerProcess(
             Path(tmp),
             extra_config={"log": {"level": "warning"}, "agent_api": {"signing_processes": 0}},
@@ -78,17 +97,21 @@ def run(size: int) -> tuple[float, float, float, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--compare", type=Path, help="also run a server from this checkout")
     args = parser.parse_args()
     print(
-        f"{'entries':>8} {'attest':>9} {'attest+full state':>18} {'state size':>11} "
-        f"{'server RSS':>11} {'reference: bulk write':>22}"
+        f"{'server':>8} {'entries':>8} {'attest':>9} {'attest+full state':>18} "
+        f"{'state size':>11} {'server RSS':>11} {'reference: bulk write':>22}"
     )
+    checkouts = [None] if args.compare is None else [None, args.compare.resolve()]
     for size in (int(s) for s in args.sizes.split(",")):
-        attested, total, write_rate, nbytes, rss = run(size)
-        print(
-            f"{size:>8} {attested * 1000:>7.0f}ms {total * 1000:>16.0f}ms "
-            f"{nbytes / 2**20:>9.1f}MB {rss:>9.0f}MB {write_rate:>15.0f} entries/s"
-        )
+        for checkout in checkouts:
+            attested, total, write_rate, nbytes, rss = run(size, checkout)
+            print(
+                f"{'this' if checkout is None else 'compare':>8} {size:>8} "
+                f"{attested * 1000:>7.0f}ms {total * 1000:>16.0f}ms "
+                f"{nbytes / 2**20:>9.1f}MB {rss:>9.0f}MB {write_rate:>15.0f} entries/s"
+            )
 
 
 if __name__ == "__main__":
