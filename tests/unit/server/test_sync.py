@@ -14,7 +14,7 @@ from insignia.server.agentapi.sync import (
 )
 from insignia.server.datastore.records import ChangeEvent, ChangeKind
 from insignia.server.entries import Defaults, EntryLimits, RegistrationEntry, validate_entry
-from insignia.spiffeid import SpiffeId
+from insignia.spiffeid import SpiffeId, TrustDomain
 from tests.unit.common import NOW, TD
 
 LIMITS = EntryLimits(TD, 86400, 86400)
@@ -45,9 +45,7 @@ def test_full_then_delta() -> None:
     ]
     same, _ = delta_update("s", 6, view, [entry("a", ttl=60), entry("b")], bundle, DEFAULTS)
     assert same is None
-    delta, view2 = delta_update(
-        "s", 7, view, [entry("a", 1, ttl=60), entry("c")], bundle, DEFAULTS
-    )
+    delta, view2 = delta_update("s", 7, view, [entry("a", 1, ttl=60), entry("c")], bundle, DEFAULTS)
     assert delta is not None
     changed = delta.message()
     assert not changed.full
@@ -60,6 +58,41 @@ def test_full_then_delta() -> None:
     )
     assert tainted is not None
     assert tainted.message().HasField("bundle") and not tainted.message().entries
+
+
+def test_every_entry_field_reaches_the_agent_and_defaults_stay_off_the_wire() -> None:
+    bundle = agent_pb2.BundleState(spiffe_bundle=b"{}")
+    rich = replace(
+        entry("r", revision=3, ttl=60),
+        dns_names=("a.example", "b.example"),
+        federates_with=(TrustDomain.parse("other.org"),),
+        hint="db",
+        admin=True,
+        downstream=True,
+        expires_at=NOW + timedelta(days=1),
+    )
+    plain = entry("q")
+    update, _ = full_update("s", 5, [rich, plain], bundle, DEFAULTS)
+    got = update.message().entries
+    assert got[0] == agent_pb2.Entry(
+        id="r",
+        spiffe_id="spiffe://example.org/r",
+        parent_id="spiffe://example.org/p",
+        selectors=["unix:uid:1"],
+        x509_svid_ttl=60,
+        jwt_svid_ttl=300,
+        wit_svid_ttl=300,
+        dns_names=["a.example", "b.example"],
+        federates_with=["other.org"],
+        hint="db",
+        admin=True,
+        downstream=True,
+        expires_at=int((NOW + timedelta(days=1)).timestamp()),
+        revision=3,
+        created_at=int(rich.created_at.timestamp()),
+    )
+    assert not got[1].dns_names and not got[1].hint and not got[1].expires_at
+    assert got[1].x509_svid_ttl == 3600 and got[1].created_at == int(NOW.timestamp())
 
 
 def test_history_keeps_the_last_views() -> None:
