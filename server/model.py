@@ -111,9 +111,9 @@ class ServerModel:
         if cached is None or (cached.valid_until is not None and now >= cached.valid_until):
             record = self.agents.get(agent_id)
             selectors = record.selectors if record is not None else ()
-            found = self.index.authorized_entries(agent_id, selectors, now)
-            expiries = [e.expires_at for e in found if e.expires_at is not None]
-            cached = _Authorized({e.id: e for e in found}, min(expiries, default=None))
+            found = self.index.authorized_by_id(agent_id, selectors, now)
+            expiries = [e.expires_at for e in found.values() if e.expires_at is not None]
+            cached = _Authorized(found, min(expiries, default=None))
             self._authorized[agent_id] = cached
         return cached.entries
 

@@ -13,19 +13,20 @@ default pool is never touched.
 Envoy's SDS, served on the same socket (insignia.agent.workloadapi.sds), is listed too, from
 xds-protos' files with every file they import, and with the types its responses pack in `Any`
 (the Secret, the SPIFFE validator's config), so a reflecting client can decode what it gets.
-Those files are large, so the pool is built on the first reflection call, as SDS's handler is.
+Those files are large, so the pool is built on the first reflection call, as SDS's handler is;
+so are grpc_reflection's servicer and protobuf's descriptor modules (3 MB of an idle agent's
+RSS, for a service most nodes never call).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
-from google.protobuf.descriptor import FileDescriptor
-from grpc_reflection.v1alpha import reflection_pb2
-from grpc_reflection.v1alpha._async import ReflectionServicer
-from insignia_proto import workload_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.descriptor import FileDescriptor
 
 from insignia.agent.workloadapi.first_call import LoadedOnFirstCall
 from insignia.agent.workloadapi.sds_service import SDS_SERVICE
@@ -38,6 +39,8 @@ _V1_FILE: Final = "grpc/reflection/v1/reflection.proto"
 
 
 def _copy(descriptor: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+    from google.protobuf import descriptor_pb2
+
     proto = descriptor_pb2.FileDescriptorProto()
     descriptor.CopyToProto(proto)
     return proto
@@ -98,6 +101,9 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
         tls_spiffe_validator_config_pb2,
     )
     from envoy.service.secret.v3 import sds_pb2
+    from google.protobuf import descriptor_pool, struct_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+    from insignia_proto import workload_pb2
 
     pool = descriptor_pool.DescriptorPool()
     sds = (sds_pb2.DESCRIPTOR, secret_pb2.DESCRIPTOR, tls_spiffe_validator_config_pb2.DESCRIPTOR)
@@ -120,6 +126,9 @@ def reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
 
 
 def _build_reflection_handlers() -> list[grpc.GenericRpcHandler[Any, Any]]:
+    from grpc_reflection.v1alpha import reflection_pb2
+    from grpc_reflection.v1alpha._async import ReflectionServicer
+
     services = (WORKLOAD_SERVICE, SDS_SERVICE, V1, V1ALPHA)
     servicer = ReflectionServicer(services, pool=reflection_pool())
     methods = {

@@ -20,12 +20,12 @@ from insignia.jwtsvid import InvalidAudience
 from insignia.server.agentapi.node_attestation import attest_agent
 from insignia.server.agentapi.rpc_errors import hide_internal_errors
 from insignia.server.agentapi.sync import (
+    PendingUpdate,
     SentView,
     delta_update,
     full_update,
     log_resumable,
     log_resume_update,
-    split_update,
 )
 from insignia.server.agentapi.tls import peer_certificate
 from insignia.server.ca.signer_pool import SignOutcome, SignRequest
@@ -171,7 +171,7 @@ class AgentApi:
         with model.watch(agent_id) as changed:
             update, view = await self._first_update(agent_id, request)
             history.remember(view)
-            for part in split_update(update):
+            for part in update.parts():
                 await context.write(part)
             heartbeat = core.config.agent_api.sync_heartbeat_interval.total_seconds()
             while True:
@@ -197,12 +197,12 @@ class AgentApi:
                 if maybe is not None:
                     view = new_view
                     history.remember(view)
-                    for part in split_update(maybe):
+                    for part in maybe.parts():
                         await context.write(part)
 
     async def _first_update(
         self, agent_id: SpiffeId, request: agent_pb2.SyncRequest
-    ) -> tuple[agent_pb2.SyncUpdate, SentView]:
+    ) -> tuple[PendingUpdate, SentView]:
         """What a new Sync stream starts with: the difference from a view this server sent,
         else from the change log since the agent's revision, else full state."""
         core, model = self.core, self.core.model
@@ -217,9 +217,8 @@ class AgentApi:
                 model.bundle_state,
                 core.defaults,
             )
-            return update or agent_pb2.SyncUpdate(
-                store_id=model.store_id, revision=model.revision
-            ), view
+            unchanged = agent_pb2.SyncUpdate(store_id=model.store_id, revision=model.revision)
+            return update or PendingUpdate(unchanged, (), core.defaults), view
         changed = (
             await self._changed_since(agent_id, request.since_revision) if same_store else None
         )
