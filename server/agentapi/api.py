@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 import grpc
 from insignia_proto import agent_pb2
@@ -17,6 +20,7 @@ from insignia_proto import agent_pb2
 from insignia.daemon.reserved_ids import is_agent_id
 from insignia.daemon.rpc_refusal import refuse
 from insignia.jwtsvid import InvalidAudience
+from insignia.keys import PrivateKey
 from insignia.server.agentapi.node_attestation import attest_agent
 from insignia.server.agentapi.rpc_errors import hide_internal_errors
 from insignia.server.agentapi.sync import (
@@ -31,19 +35,32 @@ from insignia.server.agentapi.tls import peer_certificate
 from insignia.server.ca.signer_pool import SignOutcome, SignRequest
 from insignia.server.ca.signing import (
     NoActiveAuthority,
+    SignedJwt,
     SigningRefused,
     sign_jwt,
     sign_wit,
     sign_x509_svid,
     svid_fingerprint,
 )
+from insignia.server.ca.state import KeyKind
 from insignia.server.core import ServerCore, log
 from insignia.server.datastore.errors import RevisionPruned
+from insignia.server.entries import RegistrationEntry
 from insignia.spiffeid import SpiffeId
 from insignia.x509svid import InvalidX509Svid, leaf_spiffe_id
 
 Context = grpc.aio.ServicerContext[object, object]
 SERVICE = "AgentAPI"
+ActiveKey = tuple[str, PrivateKey] | None  # the kid and key that sign tokens, if any
+
+
+class _TokenParams(Protocol):
+    @property
+    def entry_id(self) -> str: ...
+
+
+P = TypeVar("P", bound=_TokenParams)
+R = TypeVar("R")
 
 
 def _x509_result(entry_id: str, outcome: SignOutcome) -> agent_pb2.X509SVIDResult:
@@ -118,6 +135,47 @@ class AgentApi:
         """Count the refusal and say why: the entry is not one this agent may sign for."""
         self.core.metrics.signing_refused.labels(kind).inc()
         return f"entry {entry_id!r} is not authorized for {agent_id}"
+
+    def _sign_tokens(
+        self,
+        kind: KeyKind,
+        agent_id: SpiffeId,
+        requested: Iterable[P],
+        result: Callable[..., R],
+        sign: Callable[[ActiveKey, datetime | None, RegistrationEntry, P, datetime], SignedJwt],
+    ) -> list[R]:
+        """One result per requested token (JWT- or WIT-SVID), signed with this server's active
+        key of `kind` for the entries the agent is authorized for, or the reason it is not;
+        the refusals and the signed tokens are counted."""
+        now = self.core.clock()
+        authorized = self.core.model.authorized(agent_id, now)
+        state = self.core.authorities.state
+        active, key_not_after = state.active_key(kind), state.active_key_not_after(kind)
+        results = []
+        signed_count = 0
+        for params in requested:
+            entry = authorized.get(params.entry_id)
+            if entry is None:
+                error = self._unauthorized(kind, params.entry_id, agent_id)
+                results.append(result(entry_id=params.entry_id, error=error))
+                continue
+            try:
+                signed = sign(active, key_not_after, entry, params, now)
+            except (SigningRefused, NoActiveAuthority) as exc:
+                self.core.metrics.signing_refused.labels(kind).inc()
+                results.append(result(entry_id=entry.id, error=str(exc)))
+                continue
+            signed_count += 1
+            results.append(
+                result(
+                    entry_id=entry.id,
+                    token=signed.token,
+                    issued_at=signed.issued_at,
+                    expires_at=signed.expires_at,
+                )
+            )
+        self.core.metrics.svids_signed.labels(kind).inc(signed_count)
+        return results
 
     # --- RPCs -----------------------------------------------------------------------------
 
@@ -315,42 +373,22 @@ class AgentApi:
                     refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     return agent_pb2.BatchNewJWTSVIDResponse()
             await self._limit(context, agent_id, "jwt", max(1, len(request.params)))
-            now = self.core.clock()
-            authorized = self.core.model.authorized(agent_id, now)
-            state = self.core.authorities.state
-            active = state.active_key("jwt")
-            key_not_after = state.active_key_not_after("jwt")
-            results = []
-            for params in request.params:
-                entry = authorized.get(params.entry_id)
-                if entry is None:
-                    error = self._unauthorized("jwt", params.entry_id, agent_id)
-                    results.append(agent_pb2.JWTSVIDResult(entry_id=params.entry_id, error=error))
-                    continue
-                try:
-                    signed = sign_jwt(
-                        active,
-                        key_not_after,
-                        entry.spiffe_id,
-                        list(params.audience),
-                        self.core.defaults.jwt(entry.jwt_svid_ttl),
-                        now,
-                        limits,
-                        self.core.config.jwt_issuer,
-                    )
-                except (SigningRefused, NoActiveAuthority) as exc:
-                    self.core.metrics.signing_refused.labels("jwt").inc()
-                    results.append(agent_pb2.JWTSVIDResult(entry_id=entry.id, error=str(exc)))
-                    continue
-                results.append(
-                    agent_pb2.JWTSVIDResult(
-                        entry_id=entry.id,
-                        token=signed.token,
-                        issued_at=signed.issued_at,
-                        expires_at=signed.expires_at,
-                    )
-                )
-            self.core.metrics.svids_signed.labels("jwt").inc(sum(1 for r in results if r.token))
+            results = self._sign_tokens(
+                "jwt",
+                agent_id,
+                request.params,
+                agent_pb2.JWTSVIDResult,
+                lambda active, key_not_after, entry, params, now: sign_jwt(
+                    active,
+                    key_not_after,
+                    entry.spiffe_id,
+                    list(params.audience),
+                    self.core.defaults.jwt(entry.jwt_svid_ttl),
+                    now,
+                    limits,
+                    self.core.config.jwt_issuer,
+                ),
+            )
             return agent_pb2.BatchNewJWTSVIDResponse(results=results)
 
     @hide_internal_errors
@@ -362,37 +400,18 @@ class AgentApi:
         with self.core.metrics.rpc(SERVICE, "BatchNewWITSVID"):
             agent_id, _, _ = await self._caller(context)
             await self._limit(context, agent_id, "wit", max(1, len(request.params)))
-            now = self.core.clock()
-            authorized = self.core.model.authorized(agent_id, now)
-            state = self.core.authorities.state
-            active, key_not_after = state.active_key("wit"), state.active_key_not_after("wit")
-            results = []
-            for params in request.params:
-                entry = authorized.get(params.entry_id)
-                if entry is None:
-                    error = self._unauthorized("wit", params.entry_id, agent_id)
-                    results.append(agent_pb2.WITSVIDResult(entry_id=params.entry_id, error=error))
-                    continue
-                try:
-                    signed = sign_wit(
-                        active,
-                        key_not_after,
-                        entry.spiffe_id,
-                        params.public_jwk,
-                        self.core.defaults.wit(entry.wit_svid_ttl),
-                        now,
-                    )
-                except (SigningRefused, NoActiveAuthority) as exc:
-                    self.core.metrics.signing_refused.labels("wit").inc()
-                    results.append(agent_pb2.WITSVIDResult(entry_id=entry.id, error=str(exc)))
-                    continue
-                results.append(
-                    agent_pb2.WITSVIDResult(
-                        entry_id=entry.id,
-                        token=signed.token,
-                        issued_at=signed.issued_at,
-                        expires_at=signed.expires_at,
-                    )
-                )
-            self.core.metrics.svids_signed.labels("wit").inc(sum(1 for r in results if r.token))
+            results = self._sign_tokens(
+                "wit",
+                agent_id,
+                request.params,
+                agent_pb2.WITSVIDResult,
+                lambda active, key_not_after, entry, params, now: sign_wit(
+                    active,
+                    key_not_after,
+                    entry.spiffe_id,
+                    params.public_jwk,
+                    self.core.defaults.wit(entry.wit_svid_ttl),
+                    now,
+                ),
+            )
             return agent_pb2.BatchNewWITSVIDResponse(results=results)
