@@ -14,9 +14,10 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools.harness.agent_clients import agent_cli
@@ -93,11 +94,26 @@ def raw(
         conn.close()
 
 
+def _replaced(page: WebElement) -> bool:
+    """Whether `page` has left the document. Chromium reports a node of a replaced document
+    either as stale or, mid-navigation, as "does not belong to the document"; both mean gone
+    (selenium's staleness_of knows only the first)."""
+    try:
+        page.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in (exc.msg or ""):
+            return True
+        raise
+    return False
+
+
 def click_to_next_page(driver: WebDriver, by: str, value: str) -> None:
     """Click a link or submit button and wait until the page it leads to has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(by, value).click()
-    WebDriverWait(driver, 30).until(staleness_of(page))
+    WebDriverWait(driver, 30).until(lambda _driver: _replaced(page))
 
 
 def why_refused(driver: WebDriver) -> str:
