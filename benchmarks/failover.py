@@ -1,11 +1,13 @@
 """Failover: SIGKILL an agent's server; how long until the agent syncs on another server, and
 the longest time a workload went without a valid X.509-SVID (goal: 0 beyond the sampling).
+With --freeze the server is SIGSTOPped instead: it closes nothing, so the agent has only the
+missing Sync heartbeats to go by (the server's `sync_heartbeat_interval`, 2 s by default).
 
 Two servers share one PostgreSQL database (INSIGNIA_TEST_POSTGRES_DSN, default the local test
 one); the agent lists both in `[server] addresses`. A workload thread fetches its SVID every
 100 ms throughout. The reference, measured in the same run: the same agent listing only one
 server, that server SIGKILLed and started again at once; the agent waits for its return.
-Run: .venv/bin/python benchmarks/failover.py [--rounds 3] [--moves 4]
+Run: .venv/bin/python benchmarks/failover.py [--rounds 3] [--moves 4] [--freeze]
 """
 
 from __future__ import annotations
@@ -54,22 +56,28 @@ def attachments(agent: AgentProcess, server: ServerProcess) -> int:
     )
 
 
-def kill(server: ServerProcess) -> float:
+def fail(server: ServerProcess, freeze: bool) -> float:
+    """SIGKILL `server` (and reap it), or SIGSTOP it; when that happened."""
     assert server.process is not None
-    killed_at = time.monotonic()
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait(10)
-    server.process = None
-    return killed_at
+    failed_at = time.monotonic()
+    if freeze:
+        server.process.send_signal(signal.SIGSTOP)
+    else:
+        server.stop(signal.SIGKILL)
+    return failed_at
 
 
 def time_to_attach(
-    agent: AgentProcess, killed: ServerProcess, target: ServerProcess, between: Callable[[], None]
+    agent: AgentProcess,
+    killed: ServerProcess,
+    target: ServerProcess,
+    between: Callable[[], None],
+    freeze: bool = False,
 ) -> float:
-    """SIGKILL `killed`, run `between`, and time until the agent attached to `target`. The
-    attachments are counted before the kill: the move may be over before the kill returns."""
+    """Fail `killed`, run `between`, and time until the agent attached to `target`. The
+    attachments are counted before the failure: the move may be over before it returns."""
     before = attachments(agent, target)
-    killed_at = kill(killed)
+    killed_at = fail(killed, freeze)
     between()
     try:
         wait_for(lambda: attachments(agent, target) > before, 60, "the agent to attach")
@@ -84,6 +92,7 @@ def main() -> None:
     # Every move after the first returns to a restarted server: its TLS roots must hold the
     # other server's CA (the union bundle).
     parser.add_argument("--moves", type=int, default=4, help="failovers, alternating servers")
+    parser.add_argument("--freeze", action="store_true", help="SIGSTOP the server, not SIGKILL")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="insignia-failover-") as tmp,
@@ -133,7 +142,8 @@ def main() -> None:
                 current, other = first, second
                 for _ in range(args.moves):
                     wait_for(lambda: sampler.samples >= 5, 10, "samples")
-                    moves.append(time_to_attach(agent, current, other, lambda: None))
+                    moves.append(time_to_attach(agent, current, other, lambda: None, args.freeze))
+                    current.stop(signal.SIGKILL)  # a frozen one too: it is restarted
                     current.start()  # back for the next move, which kills the other one
                     current, other = other, current
         finally:
@@ -143,7 +153,7 @@ def main() -> None:
             second.stop()
     print(f"{'':44} {'median':>8} {'max':>8}")
     print(
-        f"{'kill -> sync on the other server (s)':44} "
+        f"{('freeze' if args.freeze else 'kill') + ' -> sync on the other server (s)':44} "
         f"{statistics.median(moves):8.2f} {max(moves):8.2f}"
     )
     print(

@@ -59,8 +59,9 @@ class AgentApiConfig(StrictModel, frozen=True, kw_only=True):
     # The attestation port is unauthenticated: bound what a peer can hold there.
     attestation_timeout: PositiveDuration = PositiveDuration(seconds=30)
     max_concurrent_attestations: Annotated[int, Meta(ge=1)] = 256
-    # An idle Sync stream carries a heartbeat this often, so agents know the server is there.
-    sync_heartbeat_interval: PositiveDuration = PositiveDuration(seconds=5)
+    # An idle Sync stream carries a heartbeat this often, so agents know the server is there;
+    # an agent that hears nothing for about twice this moves to the next server (2 s: 4.5 s).
+    sync_heartbeat_interval: PositiveDuration = PositiveDuration(seconds=2)
     # Worker processes for large X.509 signing batches; -1 = one per CPU (none on one CPU).
     signing_processes: Annotated[int, Meta(ge=-1, le=64)] = -1
 

@@ -9,6 +9,7 @@ lockstep after a server restart) and the cache keeps serving what it has.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -80,22 +81,45 @@ def parse_update(update: agent_pb2.SyncUpdate, trust_domain: TrustDomain) -> Syn
     )
 
 
+class ServerSilent(Exception):
+    """Nothing arrived on the Sync stream for longer than the server's heartbeats allow."""
+
+
+def silence_limit(heartbeat_interval_ms: int) -> float:
+    """Seconds without any message after which a Sync stream counts as broken.
+
+    A frozen server or a partition that drops packets ends nothing: TCP and HTTP/2 keepalive
+    notice only after tens of seconds. The server says how often it sends (at the latest, a
+    heartbeat); two intervals plus half a second of slack for a loaded server or a slow
+    path. 0 (a server that does not say) means no limit: keepalive alone decides.
+    """
+    if heartbeat_interval_ms <= 0:
+        return math.inf
+    return 2 * heartbeat_interval_ms / 1000 + 0.5
+
+
 async def _follow(
     server: ServerClient,
     cache: Cache,
     metrics: AgentMetrics,
     on_update: Callable[[], None],
 ) -> None:
-    """Read one Sync stream until it ends; raises AioRpcError or InvalidSyncUpdate."""
+    """Read one Sync stream until it ends; raises AioRpcError, InvalidSyncUpdate or
+    ServerSilent."""
     request = agent_pb2.SyncRequest(store_id=cache.store_id, since_revision=cache.revision)
     call = server.sync(request)
     updates = aiter(call)
     attached = False
+    limit = math.inf  # until the server's first message says how often to expect one
     try:
         while True:
-            update = await call_asyncio(next_message, updates)
+            with trio.move_on_after(limit) as waiting:
+                update = await call_asyncio(next_message, updates)
+            if waiting.cancelled_caught:
+                raise ServerSilent(f"no message from the server for {limit:g}s")
             if update is None:
                 return
+            limit = silence_limit(update.heartbeat_interval_ms)
             metrics.server_contact()
             if not attached:  # the first answer: this server holds our stream now
                 attached = True
@@ -136,6 +160,9 @@ async def run_sync(
         except grpc.aio.AioRpcError as exc:
             server.raise_if_evicted(exc, generation)
             error = f"{exc.code().name}: {exc.details()}"
+            server_failed = True
+        except ServerSilent as exc:
+            error = str(exc)
             server_failed = True
         except StreamClosed as exc:  # our own channel swap (renewal): same server
             error = str(exc)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainsignia_proto/agent.proto\x12\x11insignia.agent.v1\"h\n\rAttestRequest\x12\x31\n\x06params\x18\x01 \x01(\x0b\x32\x1f.insignia.agent.v1.AttestParamsH\x00\x12\x1c\n\x12\x63hallenge_response\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04step\">\n\x0c\x41ttestParams\x12\x10\n\x08\x61ttestor\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0b\n\x03\x63sr\x18\x03 \x01(\x0c\"`\n\x0e\x41ttestResponse\x12\x13\n\tchallenge\x18\x01 \x01(\x0cH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.insignia.agent.v1.AttestResultH\x00\x42\x06\n\x04step\"Z\n\x0c\x41ttestResult\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\x12\x14\n\x0creattestable\x18\x04 \x01(\x08\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"(\n\x12RenewAgentResponse\x12\x12\n\nsvid_chain\x18\x01 \x01(\x0c\"7\n\x0bSyncRequest\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x16\n\x0esince_revision\x18\x02 \x01(\x04\"\xa5\x02\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tselectors\x18\x04 \x03(\t\x12\x15\n\rx509_svid_ttl\x18\x05 \x01(\x05\x12\x14\n\x0cjwt_svid_ttl\x18\x06 \x01(\x05\x12\x11\n\tdns_names\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\x0c\n\x04hint\x18\t \x01(\t\x12\r\n\x05\x61\x64min\x18\n \x01(\x08\x12\x12\n\ndownstream\x18\x0b \x01(\x08\x12\x12\n\nexpires_at\x18\x0c \x01(\x03\x12\x10\n\x08revision\x18\r \x01(\x03\x12\x12\n\ncreated_at\x18\x0e \x01(\x03\x12\x14\n\x0cwit_svid_ttl\x18\x0f \x01(\x05\"\x92\x02\n\x0b\x42undleState\x12\x15\n\rspiffe_bundle\x18\x01 \x01(\x0c\x12 \n\x18tainted_x509_authorities\x18\x02 \x03(\t\x12\x1f\n\x17tainted_jwt_authorities\x18\x03 \x03(\t\x12O\n\x11\x66\x65\x64\x65rated_bundles\x18\x04 \x03(\x0b\x32\x34.insignia.agent.v1.BundleState.FederatedBundlesEntry\x12\x1f\n\x17tainted_wit_authorities\x18\x05 \x03(\t\x1a\x37\n\x15\x46\x65\x64\x65ratedBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xd5\x01\n\nSyncUpdate\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12)\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x18.insignia.agent.v1.Entry\x12\x19\n\x11\x64\x65leted_entry_ids\x18\x05 \x03(\t\x12.\n\x06\x62undle\x18\x06 \x01(\x0b\x32\x1e.insignia.agent.v1.BundleState\x12\x0c\n\x04more\x18\x07 \x01(\x08\x12\x11\n\theartbeat\x18\x08 \x01(\x08\"/\n\x0eX509SVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"Y\n\x0eX509SVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x01(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"L\n\x17\x42\x61tchNewX509SVIDRequest\x12\x31\n\x06params\x18\x01 \x03(\x0b\x32!.insignia.agent.v1.X509SVIDParams\"N\n\x18\x42\x61tchNewX509SVIDResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.insignia.agent.v1.X509SVIDResult\"3\n\rJWTSVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"f\n\rJWTSVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tissued_at\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"J\n\x16\x42\x61tchNewJWTSVIDRequest\x12\x30\n\x06params\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.JWTSVIDParams\"L\n\x17\x42\x61tchNewJWTSVIDResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.JWTSVIDResult\"5\n\rWITSVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\npublic_jwk\x18\x02 \x01(\t\"f\n\rWITSVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tissued_at\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"J\n\x16\x42\x61tchNewWITSVIDRequest\x12\x30\n\x06params\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.WITSVIDParams\"L\n\x17\x42\x61tchNewWITSVIDResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.WITSVIDResult2\xc2\x04\n\x08\x41gentAPI\x12Q\n\x06\x41ttest\x12 .insignia.agent.v1.AttestRequest\x1a!.insignia.agent.v1.AttestResponse(\x01\x30\x01\x12Y\n\nRenewAgent\x12$.insignia.agent.v1.RenewAgentRequest\x1a%.insignia.agent.v1.RenewAgentResponse\x12G\n\x04Sync\x12\x1e.insignia.agent.v1.SyncRequest\x1a\x1d.insignia.agent.v1.SyncUpdate0\x01\x12k\n\x10\x42\x61tchNewX509SVID\x12*.insignia.agent.v1.BatchNewX509SVIDRequest\x1a+.insignia.agent.v1.BatchNewX509SVIDResponse\x12h\n\x0f\x42\x61tchNewJWTSVID\x12).insignia.agent.v1.BatchNewJWTSVIDRequest\x1a*.insignia.agent.v1.BatchNewJWTSVIDResponse\x12h\n\x0f\x42\x61tchNewWITSVID\x12).insignia.agent.v1.BatchNewWITSVIDRequest\x1a*.insignia.agent.v1.BatchNewWITSVIDResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainsignia_proto/agent.proto\x12\x11insignia.agent.v1\"h\n\rAttestRequest\x12\x31\n\x06params\x18\x01 \x01(\x0b\x32\x1f.insignia.agent.v1.AttestParamsH\x00\x12\x1c\n\x12\x63hallenge_response\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04step\">\n\x0c\x41ttestParams\x12\x10\n\x08\x61ttestor\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0b\n\x03\x63sr\x18\x03 \x01(\x0c\"`\n\x0e\x41ttestResponse\x12\x13\n\tchallenge\x18\x01 \x01(\x0cH\x00\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.insignia.agent.v1.AttestResultH\x00\x42\x06\n\x04step\"Z\n\x0c\x41ttestResult\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\x12\x14\n\x0creattestable\x18\x04 \x01(\x08\" \n\x11RenewAgentRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"(\n\x12RenewAgentResponse\x12\x12\n\nsvid_chain\x18\x01 \x01(\x0c\"7\n\x0bSyncRequest\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x16\n\x0esince_revision\x18\x02 \x01(\x04\"\xa5\x02\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tparent_id\x18\x03 \x01(\t\x12\x11\n\tselectors\x18\x04 \x03(\t\x12\x15\n\rx509_svid_ttl\x18\x05 \x01(\x05\x12\x14\n\x0cjwt_svid_ttl\x18\x06 \x01(\x05\x12\x11\n\tdns_names\x18\x07 \x03(\t\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\x08 \x03(\t\x12\x0c\n\x04hint\x18\t \x01(\t\x12\r\n\x05\x61\x64min\x18\n \x01(\x08\x12\x12\n\ndownstream\x18\x0b \x01(\x08\x12\x12\n\nexpires_at\x18\x0c \x01(\x03\x12\x10\n\x08revision\x18\r \x01(\x03\x12\x12\n\ncreated_at\x18\x0e \x01(\x03\x12\x14\n\x0cwit_svid_ttl\x18\x0f \x01(\x05\"\x92\x02\n\x0b\x42undleState\x12\x15\n\rspiffe_bundle\x18\x01 \x01(\x0c\x12 \n\x18tainted_x509_authorities\x18\x02 \x03(\t\x12\x1f\n\x17tainted_jwt_authorities\x18\x03 \x03(\t\x12O\n\x11\x66\x65\x64\x65rated_bundles\x18\x04 \x03(\x0b\x32\x34.insignia.agent.v1.BundleState.FederatedBundlesEntry\x12\x1f\n\x17tainted_wit_authorities\x18\x05 \x03(\t\x1a\x37\n\x15\x46\x65\x64\x65ratedBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xf4\x01\n\nSyncUpdate\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\x12)\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x18.insignia.agent.v1.Entry\x12\x19\n\x11\x64\x65leted_entry_ids\x18\x05 \x03(\t\x12.\n\x06\x62undle\x18\x06 \x01(\x0b\x32\x1e.insignia.agent.v1.BundleState\x12\x0c\n\x04more\x18\x07 \x01(\x08\x12\x11\n\theartbeat\x18\x08 \x01(\x08\x12\x1d\n\x15heartbeat_interval_ms\x18\t \x01(\r\"/\n\x0eX509SVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"Y\n\x0eX509SVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x01(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"L\n\x17\x42\x61tchNewX509SVIDRequest\x12\x31\n\x06params\x18\x01 \x03(\x0b\x32!.insignia.agent.v1.X509SVIDParams\"N\n\x18\x42\x61tchNewX509SVIDResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.insignia.agent.v1.X509SVIDResult\"3\n\rJWTSVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"f\n\rJWTSVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tissued_at\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"J\n\x16\x42\x61tchNewJWTSVIDRequest\x12\x30\n\x06params\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.JWTSVIDParams\"L\n\x17\x42\x61tchNewJWTSVIDResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.JWTSVIDResult\"5\n\rWITSVIDParams\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\npublic_jwk\x18\x02 \x01(\t\"f\n\rWITSVIDResult\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tissued_at\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"J\n\x16\x42\x61tchNewWITSVIDRequest\x12\x30\n\x06params\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.WITSVIDParams\"L\n\x17\x42\x61tchNewWITSVIDResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .insignia.agent.v1.WITSVIDResult2\xc2\x04\n\x08\x41gentAPI\x12Q\n\x06\x41ttest\x12 .insignia.agent.v1.AttestRequest\x1a!.insignia.agent.v1.AttestResponse(\x01\x30\x01\x12Y\n\nRenewAgent\x12$.insignia.agent.v1.RenewAgentRequest\x1a%.insignia.agent.v1.RenewAgentResponse\x12G\n\x04Sync\x12\x1e.insignia.agent.v1.SyncRequest\x1a\x1d.insignia.agent.v1.SyncUpdate0\x01\x12k\n\x10\x42\x61tchNewX509SVID\x12*.insignia.agent.v1.BatchNewX509SVIDRequest\x1a+.insignia.agent.v1.BatchNewX509SVIDResponse\x12h\n\x0f\x42\x61tchNewJWTSVID\x12).insignia.agent.v1.BatchNewJWTSVIDRequest\x1a*.insignia.agent.v1.BatchNewJWTSVIDResponse\x12h\n\x0f\x42\x61tchNewWITSVID\x12).insignia.agent.v1.BatchNewWITSVIDRequest\x1a*.insignia.agent.v1.BatchNewWITSVIDResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,31 +54,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUNDLESTATE_FEDERATEDBUNDLESENTRY']._serialized_start=1058
   _globals['_BUNDLESTATE_FEDERATEDBUNDLESENTRY']._serialized_end=1113
   _globals['_SYNCUPDATE']._serialized_start=1116
-  _globals['_SYNCUPDATE']._serialized_end=1329
-  _globals['_X509SVIDPARAMS']._serialized_start=1331
-  _globals['_X509SVIDPARAMS']._serialized_end=1378
-  _globals['_X509SVIDRESULT']._serialized_start=1380
-  _globals['_X509SVIDRESULT']._serialized_end=1469
-  _globals['_BATCHNEWX509SVIDREQUEST']._serialized_start=1471
-  _globals['_BATCHNEWX509SVIDREQUEST']._serialized_end=1547
-  _globals['_BATCHNEWX509SVIDRESPONSE']._serialized_start=1549
-  _globals['_BATCHNEWX509SVIDRESPONSE']._serialized_end=1627
-  _globals['_JWTSVIDPARAMS']._serialized_start=1629
-  _globals['_JWTSVIDPARAMS']._serialized_end=1680
-  _globals['_JWTSVIDRESULT']._serialized_start=1682
-  _globals['_JWTSVIDRESULT']._serialized_end=1784
-  _globals['_BATCHNEWJWTSVIDREQUEST']._serialized_start=1786
-  _globals['_BATCHNEWJWTSVIDREQUEST']._serialized_end=1860
-  _globals['_BATCHNEWJWTSVIDRESPONSE']._serialized_start=1862
-  _globals['_BATCHNEWJWTSVIDRESPONSE']._serialized_end=1938
-  _globals['_WITSVIDPARAMS']._serialized_start=1940
-  _globals['_WITSVIDPARAMS']._serialized_end=1993
-  _globals['_WITSVIDRESULT']._serialized_start=1995
-  _globals['_WITSVIDRESULT']._serialized_end=2097
-  _globals['_BATCHNEWWITSVIDREQUEST']._serialized_start=2099
-  _globals['_BATCHNEWWITSVIDREQUEST']._serialized_end=2173
-  _globals['_BATCHNEWWITSVIDRESPONSE']._serialized_start=2175
-  _globals['_BATCHNEWWITSVIDRESPONSE']._serialized_end=2251
-  _globals['_AGENTAPI']._serialized_start=2254
-  _globals['_AGENTAPI']._serialized_end=2832
+  _globals['_SYNCUPDATE']._serialized_end=1360
+  _globals['_X509SVIDPARAMS']._serialized_start=1362
+  _globals['_X509SVIDPARAMS']._serialized_end=1409
+  _globals['_X509SVIDRESULT']._serialized_start=1411
+  _globals['_X509SVIDRESULT']._serialized_end=1500
+  _globals['_BATCHNEWX509SVIDREQUEST']._serialized_start=1502
+  _globals['_BATCHNEWX509SVIDREQUEST']._serialized_end=1578
+  _globals['_BATCHNEWX509SVIDRESPONSE']._serialized_start=1580
+  _globals['_BATCHNEWX509SVIDRESPONSE']._serialized_end=1658
+  _globals['_JWTSVIDPARAMS']._serialized_start=1660
+  _globals['_JWTSVIDPARAMS']._serialized_end=1711
+  _globals['_JWTSVIDRESULT']._serialized_start=1713
+  _globals['_JWTSVIDRESULT']._serialized_end=1815
+  _globals['_BATCHNEWJWTSVIDREQUEST']._serialized_start=1817
+  _globals['_BATCHNEWJWTSVIDREQUEST']._serialized_end=1891
+  _globals['_BATCHNEWJWTSVIDRESPONSE']._serialized_start=1893
+  _globals['_BATCHNEWJWTSVIDRESPONSE']._serialized_end=1969
+  _globals['_WITSVIDPARAMS']._serialized_start=1971
+  _globals['_WITSVIDPARAMS']._serialized_end=2024
+  _globals['_WITSVIDRESULT']._serialized_start=2026
+  _globals['_WITSVIDRESULT']._serialized_end=2128
+  _globals['_BATCHNEWWITSVIDREQUEST']._serialized_start=2130
+  _globals['_BATCHNEWWITSVIDREQUEST']._serialized_end=2204
+  _globals['_BATCHNEWWITSVIDRESPONSE']._serialized_start=2206
+  _globals['_BATCHNEWWITSVIDRESPONSE']._serialized_end=2282
+  _globals['_AGENTAPI']._serialized_start=2285
+  _globals['_AGENTAPI']._serialized_end=2863
 # @@protoc_insertion_point(module_scope)

@@ -301,6 +301,7 @@ class SyncUpdate(google.protobuf.message.Message):
     BUNDLE_FIELD_NUMBER: builtins.int
     MORE_FIELD_NUMBER: builtins.int
     HEARTBEAT_FIELD_NUMBER: builtins.int
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: builtins.int
     store_id: builtins.str
     revision: builtins.int
     """the revision reached once this update is applied"""
@@ -315,6 +316,12 @@ class SyncUpdate(google.protobuf.message.Message):
     heartbeat: builtins.bool
     """True: nothing changed; the server is alive and the stream healthy. Sent when the stream
     has been idle for the server's sync heartbeat interval. Carries no state to apply.
+    """
+    heartbeat_interval_ms: builtins.int
+    """The server's heartbeat interval, on every message. An agent that hears nothing on the
+    stream for a little longer (agent/cache/sync.py: silence_limit) takes it as a silent
+    break (a frozen server, a partition dropping packets) and moves to the next server,
+    rather than waiting for TCP or keepalive to notice. 0: the agent sets no such limit.
     """
     @property
     def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Entry]:
@@ -339,9 +346,10 @@ class SyncUpdate(google.protobuf.message.Message):
         bundle: Global___BundleState | None = ...,
         more: builtins.bool = ...,
         heartbeat: builtins.bool = ...,
+        heartbeat_interval_ms: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["bundle", b"bundle"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "deleted_entry_ids", b"deleted_entry_ids", "entries", b"entries", "full", b"full", "heartbeat", b"heartbeat", "more", b"more", "revision", b"revision", "store_id", b"store_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bundle", b"bundle", "deleted_entry_ids", b"deleted_entry_ids", "entries", b"entries", "full", b"full", "heartbeat", b"heartbeat", "heartbeat_interval_ms", b"heartbeat_interval_ms", "more", b"more", "revision", b"revision", "store_id", b"store_id"]) -> None: ...
 
 Global___SyncUpdate: typing_extensions.TypeAlias = SyncUpdate
 

@@ -226,19 +226,29 @@ class AgentApi:
         agent_id, serial, fingerprint = await self._caller(context)
         core, model = self.core, self.core.model
         history = model.history(agent_id)
+        interval = core.config.agent_api.sync_heartbeat_interval.total_seconds()
+        interval_ms = round(interval * 1000)
+        clock = asyncio.get_running_loop().time
+        last_sent = clock()
+
+        async def send(message: agent_pb2.SyncUpdate) -> None:
+            # Every message says how often to expect one, so the agent can tell silence
+            # (a frozen server, a dropped path) from a quiet stream.
+            nonlocal last_sent
+            message.heartbeat_interval_ms = interval_ms
+            await context.write(message)
+            last_sent = clock()
+
         with model.watch(agent_id) as changed:
             update, view = await self._first_update(agent_id, request)
             history.remember(view)
             for part in update.parts():
-                await context.write(part)
-            heartbeat = core.config.agent_api.sync_heartbeat_interval.total_seconds()
+                await send(part)
             while True:
-                try:
-                    await asyncio.wait_for(changed.wait(), heartbeat)
+                try:  # counted from the last message: changes for others do not reset it
+                    await asyncio.wait_for(changed.wait(), last_sent + interval - clock())
                 except TimeoutError:  # idle: tell the agent we (and the stream) are alive
-                    await context.write(
-                        agent_pb2.SyncUpdate(store_id=model.store_id, heartbeat=True)
-                    )
+                    await send(agent_pb2.SyncUpdate(store_id=model.store_id, heartbeat=True))
                     continue
                 changed.clear()
                 problem = model.check_agent(agent_id, serial, fingerprint)
@@ -256,7 +266,7 @@ class AgentApi:
                     view = new_view
                     history.remember(view)
                     for part in maybe.parts():
-                        await context.write(part)
+                        await send(part)
 
     async def _first_update(
         self, agent_id: SpiffeId, request: agent_pb2.SyncRequest

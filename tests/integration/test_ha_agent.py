@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,15 +85,22 @@ def _attached(agent: AgentProcess, server: ServerProcess) -> list[dict[str, Any]
     return [e for e in _events(agent, "sync.attached") if e["server"] == _agent_api(server)]
 
 
+def _wait_for_move(
+    agent: AgentProcess, target: ServerProcess, fail: Callable[[], None]
+) -> tuple[float, dict[str, Any]]:
+    """Run `fail`; seconds until the agent attached to `target`, and that attachment."""
+    before = len(_attached(agent, target))
+    failed_at = time.monotonic()
+    fail()
+    wait_for(lambda: len(_attached(agent, target)) > before, 10, f"a move to {target.workdir}")
+    return time.monotonic() - failed_at, _attached(agent, target)[before]
+
+
 def _kill_and_wait_for_move(
     agent: AgentProcess, killed: ServerProcess, target: ServerProcess
 ) -> tuple[float, dict[str, Any]]:
     """SIGKILL `killed`; seconds until the agent attached to `target`, and that attachment."""
-    before = len(_attached(agent, target))
-    killed_at = time.monotonic()
-    killed.stop(signal.SIGKILL)
-    wait_for(lambda: len(_attached(agent, target)) > before, 10, f"a move to {target.workdir}")
-    return time.monotonic() - killed_at, _attached(agent, target)[before]
+    return _wait_for_move(agent, target, lambda: killed.stop(signal.SIGKILL))
 
 
 def _issuers(svids: tuple[X509Svid, ...]) -> set[str]:
@@ -159,6 +166,35 @@ def test_sigkill_moves_the_agent_to_the_other_server_and_back_without_a_gap(
     assert back["full"] is False
     assert sampler.failures == []
     register(first, agent, "/after-failover", UID)
+
+
+@pytest.mark.postgres
+def test_a_frozen_server_is_left_for_the_next_within_its_heartbeat_limit(
+    shared_database: str, server_factory: ServerFactory, agent_factory: AgentFactory
+) -> None:
+    """A SIGSTOPped server closes nothing: its connections stay open and TCP still answers.
+    The agent notices the missing heartbeats (2 s each by default, so 4.5 s of silence) and
+    moves on, long before keepalive would; workloads keep their SVIDs throughout."""
+    first, second = _two_servers(shared_database, server_factory)
+    agent = _agent_of_both(first, second, agent_factory)
+    register(first, agent, "/frozen", UID)
+    assert first.process is not None
+    frozen = first.process.pid
+    try:
+        with Sampler(agent.socket_path, svids=1) as sampler:
+            wait_for(lambda: len(sampler.latest) == 1, 30, "the workload's SVID")
+            moved_after, attached = _wait_for_move(
+                agent, second, lambda: os.kill(frozen, signal.SIGSTOP)
+            )
+            wait_for(lambda: sampler.samples >= 10, 10, "samples after the move")
+        assert sampler.failures == []
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert attached["full"] is False
+    (left,) = [e for e in _events(agent, "sync.disconnected") if e["server"] == _agent_api(first)]
+    assert "no message from the server for 4.5s" in left["error"], left
+    assert moved_after < 9, f"moved after {moved_after:.1f}s"  # not keepalive's 30 s
+    register(second, agent, "/after-the-freeze", UID)
 
 
 @pytest.mark.postgres

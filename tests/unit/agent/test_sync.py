@@ -1,7 +1,9 @@
+import math
+
 import pytest
 from insignia_proto import agent_pb2
 
-from insignia.agent.cache.sync import InvalidSyncUpdate, parse_update
+from insignia.agent.cache.sync import InvalidSyncUpdate, parse_update, silence_limit
 from insignia.bundle import Bundle
 from tests.unit.common import TD, make_ca
 
@@ -64,3 +66,9 @@ def test_full_update_without_bundle_or_with_garbage_bundle_is_refused():
     )
     with pytest.raises(InvalidSyncUpdate, match="unusable bundle"):
         parse_update(garbage, TD)
+
+
+def test_silence_limit_allows_two_heartbeats_and_slack_and_none_without_an_interval():
+    assert silence_limit(2000) == 4.5
+    assert silence_limit(100) == pytest.approx(0.7)
+    assert silence_limit(0) == math.inf  # an older server that does not say: keepalive decides
